@@ -1,0 +1,125 @@
+"""Grouped-query attention: the pure math, masks, the KV cache and the linen module."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from msa_jax.model import layers
+from msa_jax.model import rope
+
+Dtype = Any
+# Masked logits get the most negative float32 rather than -inf, so a row with no visible key
+# (a pad query) gives a uniform softmax instead of NaN.
+_MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+
+class KVCache(NamedTuple):
+  """One layer's cache: keys and values [B, S, J, D] (post-RoPE keys) for S cache slots."""
+
+  k: jax.Array
+  v: jax.Array
+
+
+def init_cache(num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
+               dtype: Dtype = jnp.float32) -> tuple[KVCache, ...]:
+  """An all-zero cache for every layer: num_layers x KVCache([B, S, J, D])."""
+  shape = (batch, max_len, num_kv_heads, head_dim)
+  return tuple(KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+               for _ in range(num_layers))
+
+
+def causal_mask(num_tokens: int, segment_ids: jax.Array | None = None) -> jax.Array:
+  """[B or 1, T, T] bool: token t sees token s iff s <= t (and, with segment_ids [B, T],
+  both are in the same segment and the key is not padding, segment id 0)."""
+  idx = jnp.arange(num_tokens)
+  mask = (idx[None, :, None] >= idx[None, None, :])
+  if segment_ids is not None:
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    mask = mask & same & (segment_ids[:, None, :] != 0)
+  return mask
+
+
+def cache_mask(cache_index: jax.Array, num_tokens: int, cache_len: int) -> jax.Array:
+  """[B, T, S] bool for T new tokens written at slots cache_index[b] + t: a token sees every
+  slot up to and including its own. Slots past it (stale or never written) are hidden."""
+  query_slot = cache_index[:, None] + jnp.arange(num_tokens)[None, :]
+  return jnp.arange(cache_len)[None, None, :] <= query_slot[:, :, None]
+
+
+def update_cache(cache: KVCache, k: jax.Array, v: jax.Array, cache_index: jax.Array) -> KVCache:
+  """Writes k, v [B, T, J, D] into the cache at slots cache_index[b] .. cache_index[b] + T - 1."""
+
+  def write(buf, new, start):
+    return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (start, 0, 0))
+
+  return KVCache(jax.vmap(write)(cache.k, k, cache_index),
+                 jax.vmap(write)(cache.v, v, cache_index))
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array) -> jax.Array:
+  """Softmax attention with grouped kv heads (reference implementation).
+
+  Args:
+    q: [B, T, H, D] queries.
+    k, v: [B, S, J, D] keys and values; query head h reads kv head h // (H // J).
+    mask: [B or 1, T, S] bool, True where a query may attend to a key.
+
+  Returns:
+    [B, T, H, D] in q.dtype. Logits and softmax in float32, scale 1/sqrt(D).
+  """
+  b, t, h, d = q.shape
+  j = k.shape[2]
+  if h % j:
+    raise ValueError(f"query heads {h} not a multiple of kv heads {j}")
+  qg = q.reshape(b, t, j, h // j, d)
+  logits = jnp.einsum("BTJRD,BSJD->BJRTS", qg, k,
+                      preferred_element_type=jnp.float32) * (d ** -0.5)
+  logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("BJRTS,BSJD->BTJRD", probs, v)
+  return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+class Attention(nn.Module):
+  """GQA self-attention: projections, optional per-head q/k RMSNorm, RoPE, softmax, output."""
+
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float
+  qk_norm: bool
+  norm_eps: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+               cache: KVCache | None = None,
+               cache_index: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    e, h, j, d = x.shape[-1], self.num_heads, self.num_kv_heads, self.head_dim
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    q = layers.Einsum((e, h, d), ("embed", "q_heads", "head_dim"), name="q_proj",
+                      **kw)("BTE,EHD->BTHD", x)
+    k = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), name="k_proj",
+                      **kw)("BTE,EJD->BTJD", x)
+    v = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), name="v_proj",
+                      **kw)("BTE,EJD->BTJD", x)
+    if self.qk_norm:
+      q = layers.RMSNorm(self.norm_eps, axis_name="head_dim", name="q_norm", **kw)(q)
+      k = layers.RMSNorm(self.norm_eps, axis_name="head_dim", name="k_norm", **kw)(k)
+    q = rope.apply_rope(q, positions, self.rope_theta)
+    k = rope.apply_rope(k, positions, self.rope_theta)
+
+    if cache is not None:
+      cache = update_cache(cache, k, v, cache_index)
+      k, v = cache.k, cache.v
+    out = dot_product_attention(q, k, v, mask)
+    out = nn.with_logical_constraint(out, ("batch", "length", "q_heads", "head_dim"))
+    y = layers.Einsum((h, d, e), ("q_heads", "head_dim", "embed"), num_in=2, name="o_proj",
+                      **kw)("BTHD,HDE->BTE", out)
+    return y, cache

@@ -1,0 +1,100 @@
+"""Backbone building blocks as Flax linen modules.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`); the mapping of
+logical names to mesh axes lives in the config that builds the mesh, never here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+class Einsum(nn.Module):
+  """A bias-free linear map with a kernel of shape `shape = (*in_dims, *out_dims)`.
+
+  The first `num_in` kernel axes are contracted with the input; the initialiser's fan-in is
+  their product. Every kernel in the backbone has this [in..., out...] layout, which is what
+  makes checkpoint conversion a single reshape-transpose (see `checkpoint/hf.py`).
+  """
+
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  num_in: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
+    if len(self.shape) != len(self.axes):
+      raise ValueError(f"{self.name}: shape {self.shape} and axes {self.axes} differ in rank")
+    init = nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal",
+        in_axis=tuple(range(self.num_in)),
+        out_axis=tuple(range(self.num_in, len(self.shape))))
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), self.shape,
+                        self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    return jnp.einsum(eqn, x, kernel)
+
+
+class RMSNorm(nn.Module):
+  """y = scale * x / sqrt(mean(x^2) + eps), computed in float32 and cast to `dtype`."""
+
+  eps: float
+  axis_name: str = "norm"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                                                             (self.axis_name,)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Embedder(nn.Module):
+  """Token embedding [V, E]; `decode` is the tied LM head (x @ embedding^T)."""
+
+  vocab_size: int
+  embed_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
+        (self.vocab_size, self.embed_dim), self.param_dtype)
+
+  def encode(self, tokens: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def decode(self, x: jax.Array) -> jax.Array:
+    x, embedding = nn.dtypes.promote_dtype(x, self.embedding, dtype=self.dtype)
+    return jnp.einsum("BTE,VE->BTV", x, embedding)
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    e, f = x.shape[-1], self.mlp_dim
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    gate = Einsum((e, f), ("embed", "mlp"), name="gate_proj", **kw)("BTE,EF->BTF", x)
+    up = Einsum((e, f), ("embed", "mlp"), name="up_proj", **kw)("BTE,EF->BTF", x)
+    h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return Einsum((f, e), ("mlp", "embed"), name="down_proj", **kw)("BTF,FE->BTE", h)

@@ -1,0 +1,121 @@
+"""The decoder-only backbone (Qwen3 / Llama) and helpers to initialise it."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from msa_jax.model import attention
+from msa_jax.model import layers
+from msa_jax.model.config import ModelConfig
+
+Dtype = Any
+Cache = tuple[attention.KVCache, ...]
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h))."""
+
+  config: ModelConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, mask, cache=None, cache_index=None):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y, cache = attention.Attention(
+        num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+        rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, name="attn",
+        **kw)(layers.RMSNorm(cfg.norm_eps, name="attn_norm", **kw)(x), positions, mask, cache,
+              cache_index)
+    x = x + y
+    x = x + layers.MLP(cfg.mlp_dim, name="mlp", **kw)(
+        layers.RMSNorm(cfg.norm_eps, name="mlp_norm", **kw)(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+
+
+class Transformer(nn.Module):
+  """Token ids -> next-token logits.
+
+  Call with either
+    * no cache: `tokens` [B, T] are one causal sequence per row (optionally several segments
+      and padding via `segment_ids`, 0 = padding); `positions` default to 0..T-1; or
+    * a cache (from `init_cache`): the T new tokens are written at slots
+      cache_index[b] + 0..T-1 and attend to every earlier slot (prefill and decode alike).
+
+  Returns (logits [B, T, V] in float32, updated cache or None).
+  """
+
+  config: ModelConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None, cache: Cache | None = None,
+               cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    b, t = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    if cache is None:
+      mask = attention.causal_mask(t, segment_ids)
+    else:
+      if len(cache) != cfg.num_layers:
+        raise ValueError(f"cache has {len(cache)} layers, model has {cfg.num_layers}")
+      if cache_index is None:
+        raise ValueError("cache_index is required with a cache")
+      if segment_ids is not None:
+        raise ValueError("segment_ids are not supported together with a KV cache")
+      mask = attention.cache_mask(cache_index, t, cache[0].k.shape[1])
+
+    embedder = layers.Embedder(cfg.vocab_size, cfg.embed_dim, name="embed", **kw)
+    x = nn.with_logical_constraint(embedder.encode(tokens), ("batch", "length", "embed"))
+    new_cache = []
+    for i in range(cfg.num_layers):
+      x, layer_cache = DecoderLayer(cfg, name=f"layers_{i}", **kw)(
+          x, positions, mask, None if cache is None else cache[i], cache_index)
+      new_cache.append(layer_cache)
+    x = layers.RMSNorm(cfg.norm_eps, name="final_norm", **kw)(x)
+    if cfg.tie_embeddings:
+      logits = embedder.decode(x)
+    else:
+      logits = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
+                             name="lm_head", **kw)("BTE,EV->BTV", x)
+    logits = logits.astype(jnp.float32)
+    return logits, (None if cache is None else tuple(new_cache))
+
+  def init_cache(self, batch: int, max_len: int, dtype: Dtype | None = None) -> Cache:
+    cfg = self.config
+    return attention.init_cache(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim,
+                                dtype or self.dtype)
+
+
+def _init_variables(model: Transformer, rng: jax.Array):
+  return model.init(rng, jnp.zeros((1, 1), jnp.int32))
+
+
+def abstract_params(model: Transformer):
+  """Parameter shapes and dtypes (boxed with their logical axes), without allocating any."""
+  return jax.eval_shape(functools.partial(_init_variables, model), jax.random.key(0))["params"]
+
+
+def param_logical_axes(model: Transformer):
+  """A tree of PartitionSpecs of logical axis names, one per parameter."""
+  return nn.get_partition_spec(abstract_params(model))
+
+
+def init_params(model: Transformer, rng: jax.Array):
+  """Randomly initialised parameters (plain arrays, logical-axis boxes removed)."""
+  return nn.unbox(jax.jit(functools.partial(_init_variables, model))(rng)["params"])
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree (concrete or abstract)."""
+  return sum(int(x.size) for x in jax.tree.leaves(nn.unbox(params)))
