@@ -48,7 +48,7 @@ class Transformer(nn.Module):
     * a cache (from `init_cache`): the T new tokens are written at slots
       cache_index[b] + 0..T-1 and attend to every earlier slot (prefill and decode alike).
 
-  Returns (logits [B, T, V] in float32, updated cache or None).
+  Returns (logits [B, T, V] in float32 (or wider dtype), updated cache or None).
   """
 
   config: ModelConfig
@@ -88,7 +88,7 @@ class Transformer(nn.Module):
     else:
       logits = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
                              name="lm_head", **kw)("BTE,EV->BTV", x)
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(self.dtype, jnp.float32))
     return logits, (None if cache is None else tuple(new_cache))
 
   def init_cache(self, batch: int, max_len: int, dtype: Dtype | None = None) -> Cache:
