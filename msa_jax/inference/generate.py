@@ -1,0 +1,169 @@
+"""Plain autoregressive generation with a KV cache: one prefill, then a jitted decode loop."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msa_jax.inference.sampling import SamplingConfig, sample_logits
+from msa_jax.model.transformer import Cache, Transformer
+
+
+class Tokenizer(Protocol):
+  """What `generate_text` needs from a tokenizer."""
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def decode(self, ids: list[int]) -> str: ...
+
+
+class GenerateOutput(NamedTuple):
+  """tokens [B, max_new_tokens] int32 (pad_id after a row stops); lengths [B] int32 (the number
+  of generated tokens per row, a final stop token included)."""
+
+  tokens: jax.Array
+  lengths: jax.Array
+
+
+class _State(NamedTuple):
+  step: jax.Array     # [] int32: tokens emitted so far (same for every row).
+  tokens: jax.Array   # [B, N] int32.
+  lengths: jax.Array  # [B] int32.
+  done: jax.Array     # [B] bool: the row has emitted a stop token.
+  cache: Cache
+
+
+@functools.lru_cache(maxsize=32)
+def _generate_fn(model: Transformer, sampling: SamplingConfig):
+  """The jitted generation program for one (model, sampling) pair."""
+  n = sampling.max_new_tokens
+
+  def run(params: Any, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
+          rng: jax.Array) -> GenerateOutput:
+    b, tp = prompt_tokens.shape
+    stop_ids = jnp.asarray(sampling.stop_tokens, jnp.int32)
+
+    def forward(tokens, positions, cache):
+      # A token at position p always lives in cache slot p.
+      return model.apply({"params": params}, tokens, positions=positions, cache=cache,
+                         cache_index=positions[:, 0])
+
+    def emit(state: _State, logits: jax.Array) -> _State:
+      """Samples token number `state.step` of every row from its logits [B, V]."""
+      tok = sample_logits(logits, jax.random.fold_in(rng, state.step), sampling.temperature,
+                          sampling.top_p, sampling.top_k)
+      tok = jnp.where(state.done, sampling.pad_id, tok)
+      return state._replace(
+          step=state.step + 1,
+          tokens=state.tokens.at[:, state.step].set(tok),
+          lengths=state.lengths + (~state.done).astype(jnp.int32),
+          done=state.done | jnp.any(tok[:, None] == stop_ids, axis=-1))
+
+    positions = jnp.broadcast_to(jnp.arange(tp, dtype=jnp.int32), (b, tp))
+    logits, cache = forward(prompt_tokens, positions, model.init_cache(b, tp + n))
+    last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+    state = emit(_State(step=jnp.int32(0), tokens=jnp.full((b, n), sampling.pad_id, jnp.int32),
+                        lengths=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
+                        cache=cache), last)
+
+    def cond(state: _State) -> jax.Array:
+      return (state.step < n) & ~jnp.all(state.done)
+
+    def body(state: _State) -> _State:
+      # Feed the previous token at position prompt_length + step - 1.
+      tok = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1)
+      logits, cache = forward(tok, (prompt_lengths + state.step - 1)[:, None], state.cache)
+      return emit(state._replace(cache=cache), logits[:, 0])
+
+    state = jax.lax.while_loop(cond, body, state)
+    return GenerateOutput(state.tokens, state.lengths)
+
+  return jax.jit(run)
+
+
+def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
+             prompt_lengths: jax.Array, rng: jax.Array,
+             sampling: SamplingConfig) -> GenerateOutput:
+  """Continues every prompt of a batch by `sampling.max_new_tokens` tokens.
+
+  Compiled once per (model, sampling, shapes); call it eagerly (inputs are checked on the host).
+
+  Args:
+    model: the backbone.
+    params: its parameters.
+    prompt_tokens: [B, Tp] integer ids, right-padded (pad values are never attended to).
+    prompt_lengths: [B] integers in [1, Tp], the true length of each prompt.
+    rng: PRNG key; the token of step s is drawn with `jax.random.fold_in(rng, s)`.
+    sampling: decoding settings.
+
+  Returns:
+    GenerateOutput(tokens [B, max_new_tokens] int32, lengths [B] int32).
+  """
+  tokens, lengths = np.asarray(prompt_tokens), np.asarray(prompt_lengths)
+  if tokens.ndim != 2 or lengths.ndim != 1:
+    raise ValueError(f"prompt_tokens must be [B, Tp] and prompt_lengths [B], got shapes "
+                     f"{tokens.shape} and {lengths.shape}")
+  b, tp = tokens.shape
+  if b == 0 or lengths.shape[0] != b:
+    raise ValueError(f"batch sizes must match and be > 0: prompt_tokens {tokens.shape}, "
+                     f"prompt_lengths {lengths.shape}")
+  for name, array in (("prompt_tokens", tokens), ("prompt_lengths", lengths)):
+    if not np.issubdtype(array.dtype, np.integer):
+      raise ValueError(f"{name} must have an integer dtype, got {array.dtype}")
+  if lengths.min() < 1 or lengths.max() > tp:
+    raise ValueError(f"prompt_lengths must be in [1, {tp}], got {lengths.tolist()}")
+  vocab = model.config.vocab_size
+  for name, ids in (("prompt_tokens", tokens.ravel().tolist()),
+                    ("stop_tokens", sampling.stop_tokens), ("pad_id", [sampling.pad_id])):
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
+      raise ValueError(f"{name} must be in [0, {vocab}), got {bad[0]!r}")
+  return _generate_fn(model, sampling)(params, jnp.asarray(tokens, jnp.int32),
+                                       jnp.asarray(lengths, jnp.int32), rng)
+
+
+def generate_text(model: Transformer, params: Any, tokenizer: Tokenizer, prompts: list[str],
+                  sampling: SamplingConfig, rng: jax.Array | None = None,
+                  bucket: int = 64) -> list[str]:
+  """Generates a continuation of each prompt and returns it as text.
+
+  Prompts are padded with `sampling.pad_id` to a multiple of `bucket` tokens, so prompts of
+  similar lengths share one compiled program. A final stop token is not decoded.
+
+  Args:
+    model: the backbone.
+    params: its parameters.
+    tokenizer: anything with `encode(str) -> list[int]` and `decode(list[int]) -> str`.
+    prompts: the texts to continue; each must encode to at least one token.
+    sampling: decoding settings (stop tokens included).
+    rng: PRNG key; defaults to `jax.random.key(0)`.
+    bucket: prompt padding granularity in tokens.
+
+  Returns:
+    One continuation per prompt.
+  """
+  if not (isinstance(bucket, int) and bucket >= 1):
+    raise ValueError(f"bucket must be an int >= 1, got {bucket!r}")
+  if not prompts:
+    return []
+  encoded = [list(tokenizer.encode(text)) for text in prompts]
+  for text, ids in zip(prompts, encoded):
+    if not ids:
+      raise ValueError(f"prompt {text!r} encodes to no tokens")
+  tp = -(-max(map(len, encoded)) // bucket) * bucket
+  tokens = np.full((len(encoded), tp), sampling.pad_id, np.int32)
+  for row, ids in zip(tokens, encoded):
+    row[:len(ids)] = ids
+  out = generate(model, params, tokens, np.array([len(ids) for ids in encoded], np.int32),
+                 jax.random.key(0) if rng is None else rng, sampling)
+  texts = []
+  for row, length in zip(np.asarray(out.tokens), np.asarray(out.lengths)):
+    ids = row[:length].tolist()
+    if ids and ids[-1] in sampling.stop_tokens:
+      ids.pop()
+    texts.append(tokenizer.decode(ids))
+  return texts
