@@ -10,6 +10,7 @@ That gap is float32 rounding over 30 layers: against a float64 run of the same H
 
 import time
 
+import gguf
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from msa_jax.checkpoint import gguf as gguf_ckpt
 from msa_jax.checkpoint.hf import CheckpointError, params_to_hf
 from msa_jax.inference import SamplingConfig, generate_text
 from msa_jax.model import Transformer, get_preset
+from tests import hf_oracle
 
 PROMPTS = ["The capital of France is", "Water boils at a temperature of",
            "The largest planet in the solar system is"]
@@ -97,6 +99,67 @@ def test_greedy_continuation_is_sensible_and_matches_transformers(ours, theirs):
       out = theirs.generate(ids, max_new_tokens=8, do_sample=False,
                             eos_token_id=list(tokenizer.stop_ids), pad_token_id=0)
     assert text == tokenizer.decode(out[0, ids.shape[1]:].tolist())
+
+
+def write_gguf(path, hf_model, arch: str) -> None:
+  """Writes a HF model as a GGUF file the way llama.cpp's converter lays it out (2-D weights
+  Q8_0-quantised where their rows allow it; a byte-level toy vocabulary)."""
+  c = hf_model.config
+  writer = gguf.GGUFWriter(str(path), arch)
+  writer.add_block_count(c.num_hidden_layers)
+  writer.add_context_length(c.max_position_embeddings)
+  writer.add_embedding_length(c.hidden_size)
+  writer.add_feed_forward_length(c.intermediate_size)
+  writer.add_head_count(c.num_attention_heads)
+  writer.add_head_count_kv(c.num_key_value_heads)
+  writer.add_key_length(c.head_dim)
+  writer.add_value_length(c.head_dim)
+  writer.add_rope_freq_base(10_000.0)
+  writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+  writer.add_tokenizer_model("gpt2")
+  writer.add_tokenizer_pre("qwen2")
+  writer.add_token_list([bytes([i]).decode("latin-1") for i in range(c.vocab_size)])
+  writer.add_token_types([1] * c.vocab_size)
+  writer.add_token_merges([])
+  writer.add_eos_token_id(1)
+  to_gguf = {v: k for k, v in {**gguf_ckpt._GLOBAL_NAMES, **gguf_ckpt._LAYER_NAMES}.items()}
+  for name, tensor in hf_model.state_dict().items():
+    x = tensor.numpy().astype(np.float32)
+    base, kind = name.rsplit(".", 1)
+    if base.startswith("model.layers."):
+      _, _, layer, part = base.split(".", 3)
+      gguf_name = f"blk.{layer}.{to_gguf[part]}.{kind}"
+    else:
+      gguf_name = f"{to_gguf[base]}.{kind}"
+    if x.ndim == 2 and x.shape[1] % 32 == 0:
+      q = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
+      writer.add_tensor(gguf_name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    else:
+      writer.add_tensor(gguf_name, x)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def test_qwen3_gguf_matches_transformers(tmp_path):
+  """A random Qwen3 written as Q8_0 GGUF: our import vs transformers' import of the same file.
+
+  head_dim is 128 as in every real Qwen3: transformers' GGUF config mapping ignores
+  `qwen3.attention.key_length` and assumes 128, while we read it.
+  """
+  model = hf_oracle.random_hf_model("qwen3", hidden=64, heads=4, kv_heads=2, head_dim=128,
+                                    layers=2, tied=False)
+  write_gguf(tmp_path / "qwen3.gguf", model, "qwen3")
+  cfg, params, tokenizer = gguf_ckpt.load_gguf(tmp_path / "qwen3.gguf")
+  assert (cfg.qk_norm, cfg.head_dim, cfg.num_kv_heads, tokenizer.vocab_size) == (True, 128, 2, 256)
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path, gguf_file="qwen3.gguf", dtype=torch.float32, attn_implementation="eager").eval()
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 19))
+  got, _ = Transformer(cfg).apply({"params": params}, jnp.asarray(tokens, jnp.int32))
+  err = np.abs(np.asarray(got) - hf_oracle.hf_logits(theirs, tokens)).max()
+  print(f"Qwen3 Q8_0 GGUF: max|logits - transformers| = {err:.2e}")
+  assert err <= 1e-5
 
 
 def test_llama_qk_unpermute_inverts_llama_cpp_permutation():

@@ -1,0 +1,79 @@
+"""Model-level properties: logical axes, dtypes, masks, RoPE, the attention reference."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msa_jax.model import (Transformer, abstract_params, dot_product_attention, get_preset,
+                           init_params)
+from msa_jax.model import attention, rope
+
+LOGICAL_AXES = {"vocab", "embed", "q_heads", "kv_heads", "head_dim", "mlp", "norm"}
+
+
+@pytest.mark.parametrize("name", ["tiny", "smollm2_135m", "qwen3_4b"])
+def test_every_parameter_has_logical_axis_names(name):
+  leaves = jax.tree.leaves(abstract_params(Transformer(get_preset(name))),
+                           is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  for x in leaves:
+    assert len(x.names) == len(x.value.shape) and set(x.names) <= LOGICAL_AXES, x
+
+
+def test_bf16_compute_with_fp32_storage_tracks_fp32():
+  cfg = get_preset("tiny")
+  params = init_params(Transformer(cfg), jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 24), 0, cfg.vocab_size)
+  want, _ = Transformer(cfg).apply({"params": params}, tokens)
+  got, _ = Transformer(cfg, dtype=jnp.bfloat16).apply({"params": params}, tokens)
+  assert got.dtype == jnp.float32 and jax.tree.leaves(params)[0].dtype == jnp.float32
+  rel = float(jnp.abs(got - want).max() / jnp.abs(want).max())
+  assert 0 < rel < 5e-2  # bf16 really used, and still close
+
+
+def test_param_dtype_sets_storage():
+  params = init_params(Transformer(get_preset("tiny"), param_dtype=jnp.bfloat16),
+                       jax.random.key(0))
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_causal_mask_with_segments_and_padding():
+  seg = jnp.array([[1, 1, 2, 2, 0]])
+  want = np.array([[1, 0, 0, 0, 0],
+                   [1, 1, 0, 0, 0],
+                   [0, 0, 1, 0, 0],
+                   [0, 0, 1, 1, 0],
+                   [0, 0, 0, 0, 0]], bool)
+  np.testing.assert_array_equal(attention.causal_mask(5, seg)[0], want)
+
+
+def test_attention_reference_matches_naive_per_head_loop():
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=s).astype(np.float32) for s in ((2, 5, 6, 8), (2, 7, 2, 8),
+                                                              (2, 7, 2, 8)))
+  mask = rng.random((2, 5, 7)) < 0.7
+  mask[..., 0] = True
+  got = np.asarray(dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                                         jnp.asarray(mask)))
+  for b in range(2):
+    for h in range(6):
+      logits = q[b, :, h] @ k[b, :, h // 3].T / np.sqrt(8)
+      logits = np.where(mask[b], logits, -np.inf)
+      p = np.exp(logits - logits.max(-1, keepdims=True))
+      p /= p.sum(-1, keepdims=True)
+      np.testing.assert_allclose(got[b, :, h], p @ v[b, :, h // 3], atol=1e-5)
+
+
+def test_rope_is_a_rotation_by_relative_offset():
+  """<rope(q, m), rope(k, n)> depends on m - n only (the property document-wise RoPE uses)."""
+  rng = np.random.default_rng(0)
+  q, k = (jnp.asarray(rng.normal(size=(1, 1, 1, 32)), jnp.float32) for _ in range(2))
+
+  def score(m, n):
+    return float(jnp.sum(rope.apply_rope(q, jnp.array([[m]]), 1e4) *
+                         rope.apply_rope(k, jnp.array([[n]]), 1e4)))
+
+  assert score(7, 3) == pytest.approx(score(104, 100), rel=1e-4)
+  assert score(7, 3) != pytest.approx(score(7, 4), rel=1e-3)
