@@ -70,9 +70,11 @@ def config_from_metadata(meta: dict[str, Any], tensor_names: set[str]) -> ModelC
     return value
 
   embed, heads = int(get("embedding_length")), int(get("attention.head_count"))
-  vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
+  vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or ())
+  if not vocab:
+    raise hf.CheckpointError(f"GGUF metadata has neither {arch}.vocab_size nor a token list")
   return ModelConfig(
-      vocab_size=int(vocab) if vocab else int(get("vocab_size")),
+      vocab_size=int(vocab),
       embed_dim=embed,
       mlp_dim=int(get("feed_forward_length")),
       num_layers=int(get("block_count")),

@@ -204,16 +204,17 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, dtype=None
   params: dict = {}
   for spec in param_specs(cfg):
     w = np.asarray(tensors[spec.hf_name])
+    # The embedding comes first, so a stray untied head fails before anything else is read.
+    if (spec.hf_name == "model.embed_tokens.weight" and cfg.tie_embeddings
+        and "lm_head.weight" in shapes
+        and not np.array_equal(np.asarray(tensors["lm_head.weight"]), w)):
+      raise CheckpointError(f"{source}: tie_word_embeddings=True but lm_head.weight differs "
+                            "from model.embed_tokens.weight")
     x = w if spec.num_in is None else w.T.reshape(spec.shape)
     node = params
     for key in spec.path[:-1]:
       node = node.setdefault(key, {})
     node[spec.path[-1]] = _cast(np.ascontiguousarray(x), dtype)
-  if cfg.tie_embeddings and "lm_head.weight" in tensors.keys():
-    if not np.array_equal(np.asarray(tensors["lm_head.weight"]),
-                          np.asarray(tensors["model.embed_tokens.weight"])):
-      raise CheckpointError(f"{source}: tie_word_embeddings=True but lm_head.weight differs "
-                            "from model.embed_tokens.weight")
   return params
 
 
@@ -248,20 +249,24 @@ class SafetensorsDir(Mapping):
     single = self.path / SAFETENSORS_FILE
     if index.exists():
       weight_map = json.loads(index.read_text())["weight_map"]
-      self._file_of = {name: self.path / f for name, f in weight_map.items()}
-      absent = sorted({str(f) for f in self._file_of.values() if not f.exists()})
+      listed = {name: self.path / f for name, f in weight_map.items()}
+      absent = sorted({str(f) for f in listed.values() if not f.exists()})
       if absent:
         raise FileNotFoundError(f"{index} names shard files that do not exist: {absent}")
+      files = sorted(set(listed.values()))
     elif single.exists():
-      with safetensors.safe_open(single, framework="numpy") as f:
-        self._file_of = {name: single for name in f.keys()}
+      listed, files = None, [single]
     else:
       raise FileNotFoundError(f"no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX} in {self.path}")
+    # One pass over the headers: every tensor's shape and the file that holds it.
     self._shapes: dict[str, tuple[int, ...]] = {}
-    for file in sorted(set(self._file_of.values())):
+    found_in: dict[str, Path] = {}
+    for file in files:
       with safetensors.safe_open(file, framework="numpy") as f:
         for name in f.keys():
           self._shapes[name] = tuple(f.get_slice(name).get_shape())
+          found_in[name] = file
+    self._file_of = found_in if listed is None else listed
     listed_absent = sorted(set(self._file_of) - set(self._shapes))
     if listed_absent:
       raise FileNotFoundError(f"{self.path}: tensors listed in the index but absent from their "
