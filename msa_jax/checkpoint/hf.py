@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -167,10 +167,15 @@ def _cast(x: np.ndarray, dtype) -> np.ndarray:
 
 
 def check_names_and_shapes(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]],
-                           source: str = "checkpoint") -> None:
-  """Raises CheckpointError listing every missing, unexpected and misshapen tensor."""
-  specs = {s.hf_name: s for s in param_specs(cfg)}
-  present = {n for n in shapes if not n.endswith(_IGNORED_SUFFIXES)}
+                           source: str = "checkpoint",
+                           specs: list[ParamSpec] | None = None,
+                           ignore: Collection[str] = ()) -> None:
+  """Raises CheckpointError listing every missing, unexpected and misshapen tensor.
+
+  `specs` defaults to the backbone's `param_specs(cfg)`; names in `ignore` may be present.
+  """
+  specs = {s.hf_name: s for s in (param_specs(cfg) if specs is None else specs)}
+  present = {n for n in shapes if not n.endswith(_IGNORED_SUFFIXES) and n not in ignore}
   missing = sorted(set(specs) - present)
   unexpected = sorted(present - set(specs))
   if cfg.tie_embeddings and "lm_head.weight" in unexpected:
@@ -188,7 +193,8 @@ def check_names_and_shapes(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...
 
 
 def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, dtype=None,
-                 source: str = "checkpoint") -> dict:
+                 source: str = "checkpoint", specs: list[ParamSpec] | None = None,
+                 ignore: Collection[str] = ()) -> dict:
   """HF tensors (name -> array) to our nested parameter dict of numpy arrays.
 
   Args:
@@ -197,12 +203,15 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, dtype=None
     cfg: the model the tensors must fit exactly.
     dtype: cast every parameter to this dtype; None keeps each tensor's own dtype.
     source: how to name the tensors' origin in error messages.
+    specs: the tensors to read (default: the backbone's `param_specs(cfg)`).
+    ignore: names that may be present and are skipped (e.g. non-parameter buffers).
   """
+  specs = param_specs(cfg) if specs is None else specs
   shapes = (tensors.shapes if isinstance(tensors, SafetensorsDir) else
             {n: tuple(np.shape(x)) for n, x in tensors.items()})
-  check_names_and_shapes(cfg, shapes, source)
+  check_names_and_shapes(cfg, shapes, source, specs, ignore)
   params: dict = {}
-  for spec in param_specs(cfg):
+  for spec in specs:
     w = np.asarray(tensors[spec.hf_name])
     # The embedding comes first, so a stray untied head fails before anything else is read.
     if (spec.hf_name == "model.embed_tokens.weight" and cfg.tie_embeddings
@@ -218,10 +227,11 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, dtype=None
   return params
 
 
-def params_to_hf(params: Mapping, cfg: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
+def params_to_hf(params: Mapping, cfg: ModelConfig, dtype=None,
+                 specs: list[ParamSpec] | None = None) -> dict[str, np.ndarray]:
   """Our parameter tree to HF tensors (name -> numpy array, HF layout)."""
   out = {}
-  for spec in param_specs(cfg):
+  for spec in (param_specs(cfg) if specs is None else specs):
     node = params
     try:
       for key in spec.path:

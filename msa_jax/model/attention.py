@@ -86,8 +86,13 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 
 class Attention(nn.Module):
-  """GQA self-attention: projections, optional per-head q/k RMSNorm, RoPE, softmax, output."""
+  """GQA self-attention: projections, optional per-head q/k RMSNorm, RoPE, softmax, output.
 
+  `project` and `output` are the two halves around the softmax, so MSA's attention (which
+  mixes in memory keys) reuses the same parameters and math.
+  """
+
+  embed_dim: int
   num_heads: int
   num_kv_heads: int
   head_dim: int
@@ -97,29 +102,38 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    e, h, j, d = self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.q_proj = layers.Einsum((e, h, d), ("embed", "q_heads", "head_dim"), **kw)
+    self.k_proj = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), **kw)
+    self.v_proj = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), **kw)
+    self.o_proj = layers.Einsum((h, d, e), ("q_heads", "head_dim", "embed"), num_in=2, **kw)
+    if self.qk_norm:
+      self.q_norm = layers.RMSNorm(self.norm_eps, axis_name="head_dim", **kw)
+      self.k_norm = layers.RMSNorm(self.norm_eps, axis_name="head_dim", **kw)
+
+  def project(self, x: jax.Array,
+              positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x [B, T, E] at `positions` [B, T] -> q [B, T, H, D], k, v [B, T, J, D] (post-RoPE)."""
+    q = self.q_proj("BTE,EHD->BTHD", x)
+    k = self.k_proj("BTE,EJD->BTJD", x)
+    v = self.v_proj("BTE,EJD->BTJD", x)
+    if self.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    return (rope.apply_rope(q, positions, self.rope_theta),
+            rope.apply_rope(k, positions, self.rope_theta), v)
+
+  def output(self, out: jax.Array) -> jax.Array:
+    """Attention output [B, T, H, D] -> [B, T, E]."""
+    out = nn.with_logical_constraint(out, ("batch", "length", "q_heads", "head_dim"))
+    return self.o_proj("BTHD,HDE->BTE", out)
+
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                cache: KVCache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
-    e, h, j, d = x.shape[-1], self.num_heads, self.num_kv_heads, self.head_dim
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    q = layers.Einsum((e, h, d), ("embed", "q_heads", "head_dim"), name="q_proj",
-                      **kw)("BTE,EHD->BTHD", x)
-    k = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), name="k_proj",
-                      **kw)("BTE,EJD->BTJD", x)
-    v = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), name="v_proj",
-                      **kw)("BTE,EJD->BTJD", x)
-    if self.qk_norm:
-      q = layers.RMSNorm(self.norm_eps, axis_name="head_dim", name="q_norm", **kw)(q)
-      k = layers.RMSNorm(self.norm_eps, axis_name="head_dim", name="k_norm", **kw)(k)
-    q = rope.apply_rope(q, positions, self.rope_theta)
-    k = rope.apply_rope(k, positions, self.rope_theta)
-
+    q, k, v = self.project(x, positions)
     if cache is not None:
       cache = update_cache(cache, k, v, cache_index)
       k, v = cache.k, cache.v
-    out = dot_product_attention(q, k, v, mask)
-    out = nn.with_logical_constraint(out, ("batch", "length", "q_heads", "head_dim"))
-    y = layers.Einsum((h, d, e), ("q_heads", "head_dim", "embed"), num_in=2, name="o_proj",
-                      **kw)("BTHD,HDE->BTE", out)
-    return y, cache
+    return self.output(dot_product_attention(q, k, v, mask)), cache

@@ -88,3 +88,110 @@ def get_preset(name: str) -> ModelConfig:
     return PRESETS[name]
   except KeyError:
     raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+AUX_LOSSES = ("infonce", "infonce_focal", "infonce_decouple", "infonce_decouple_focal", "bce")
+_REDUCES = {"head_reduce": ("mean", "max"), "query_reduce": ("max", "mean", "last"),
+            "chunk_reduce": ("max", "mean")}
+
+
+@dataclasses.dataclass(frozen=True)
+class MSAConfig:
+  """Memory Sparse Attention on top of a backbone (paper section 3; official `msa_config`).
+
+  Attributes:
+    router_layers: which layers read the memory: "upper_half" (layers L//2 .. L-1, the
+      default), "all", or an explicit tuple of layer indices.
+    top_k: documents selected per sample and router layer (k = min(top_k, documents present)).
+    chunk_size: P, tokens per pooled chunk; a document's last chunk may be partial.
+    decouple_router: route with separate projections router_q_proj / router_k_proj (paper);
+      False routes with the attention's own q (after norm and RoPE) and k.
+    head_reduce: "mean" | "max" over query heads of the per-head cosine scores.
+    query_reduce: "max" | "mean" | "last" over the sample's routing-query tokens.
+    chunk_reduce: "max" | "mean" over a document's chunks.
+    aux_loss: routing loss: "infonce" (paper), "infonce_focal", "infonce_decouple",
+      "infonce_decouple_focal" or "bce". The InfoNCE family also L2-normalises routing vectors.
+    aux_layers: router layers whose scores feed the aux loss: "upper_half" (router layers
+      >= L//2, the official rule), "all" router layers, or a tuple of layer indices.
+    temperature: InfoNCE temperature, a constant (clamped to [0.001, 0.5] as officially).
+    focal_gamma: exponent of the focal variants' (1 - p)^gamma weight.
+    bce_bias_init: initial value of the BCE variant's learned score bias.
+    lm_weight, aux_weight, answer_weight: weights of the total loss
+      lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer.
+    remat: rematerialise each layer in the backward pass (saves activation memory).
+  """
+
+  router_layers: str | tuple[int, ...] = "upper_half"
+  top_k: int = 16
+  chunk_size: int = 64
+  decouple_router: bool = True
+  head_reduce: str = "mean"
+  query_reduce: str = "max"
+  chunk_reduce: str = "max"
+  aux_loss: str = "infonce"
+  aux_layers: str | tuple[int, ...] = "upper_half"
+  temperature: float = 0.05
+  focal_gamma: float = 2.0
+  bce_bias_init: float = -20.0
+  lm_weight: float = 1.0
+  aux_weight: float = 0.1
+  answer_weight: float = 0.0
+  remat: bool = False
+
+  def __post_init__(self):
+    for name in ("top_k", "chunk_size"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"MSAConfig.{name} must be a positive int, got {value!r}")
+    for name, allowed in _REDUCES.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"MSAConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
+    if self.aux_loss not in AUX_LOSSES:
+      raise ValueError(f"MSAConfig.aux_loss={self.aux_loss!r}; expected one of {AUX_LOSSES}")
+    for name in ("router_layers", "aux_layers"):
+      value = getattr(self, name)
+      if isinstance(value, list):
+        object.__setattr__(self, name, tuple(value))
+      elif not isinstance(value, (str, tuple)):
+        raise ValueError(f"MSAConfig.{name} must be a string or a tuple of ints, got {value!r}")
+    if not self.temperature > 0:
+      raise ValueError(f"MSAConfig.temperature must be > 0, got {self.temperature!r}")
+
+  @property
+  def normalize_routing(self) -> bool:
+    """Cosine routing: rq and the pooled routing keys are L2-normalised (InfoNCE family)."""
+    return self.aux_loss.startswith("infonce")
+
+  def routing_scale(self, head_dim: int) -> float:
+    """Officially 1 for decoupled cosine routing, otherwise 1/sqrt(D) (even if normalised)."""
+    return 1.0 if self.decouple_router and self.normalize_routing else head_dim ** -0.5
+
+  def router_layer_ids(self, num_layers: int) -> tuple[int, ...]:
+    return _layer_ids(self.router_layers, num_layers, "router_layers", range(num_layers))
+
+  def aux_layer_ids(self, num_layers: int) -> tuple[int, ...]:
+    routers = self.router_layer_ids(num_layers)
+    ids = _layer_ids(self.aux_layers, num_layers, "aux_layers", routers)
+    stray = sorted(set(ids) - set(routers))
+    if stray:
+      raise ValueError(f"MSAConfig.aux_layers {stray} are not router layers {routers}")
+    return ids
+
+  def replace(self, **changes) -> MSAConfig:
+    return dataclasses.replace(self, **changes)
+
+
+def _layer_ids(spec, num_layers: int, name: str, layers) -> tuple[int, ...]:
+  """Resolves "upper_half" / "all" / explicit indices against `layers`."""
+  if spec == "upper_half":
+    return tuple(i for i in layers if i >= num_layers // 2)
+  if spec == "all":
+    return tuple(layers)
+  if isinstance(spec, str):
+    raise ValueError(f"MSAConfig.{name}={spec!r}; expected 'upper_half', 'all' or layer indices")
+  ids = tuple(sorted(set(spec)))
+  bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < num_layers]
+  if bad or not ids:
+    raise ValueError(f"MSAConfig.{name}={spec!r}: indices must be in [0, {num_layers})"
+                     + (f"; bad: {bad}" if bad else "; got none"))
+  return ids

@@ -29,7 +29,8 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     y, cache = attention.Attention(
-        num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+        embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
         rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, name="attn",
         **kw)(layers.RMSNorm(cfg.norm_eps, name="attn_norm", **kw)(x), positions, mask, cache,
               cache_index)

@@ -1,0 +1,277 @@
+"""The MSA model: the backbone with Memory Sparse Attention in its router layers.
+
+Two streams run through every layer with the same weights:
+  * documents [B, N, G]: causal attention within each document only, at document positions
+    (0..G-1 unless the batch says otherwise), in every layer;
+  * the prompt [B, T] (template, routing query, answer): causal among itself; in a router layer
+    the tokens at or after `memory_index` also attend to the pooled K, V chunks of the top-k
+    documents picked by that layer's router. Non-router layers give it no memory access.
+
+A router layer pools the documents' post-RoPE keys and values over chunks of P tokens (partial
+last chunks pooled over their real tokens), scores the pooled routing keys against the routing
+queries (`routing.chunk_scores` -> `routing.doc_scores`) and keeps k = min(top_k, present).
+The selection is discrete: routing parameters learn only through the aux loss.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from msa_jax.model import attention
+from msa_jax.model import layers
+from msa_jax.model import losses
+from msa_jax.model import routing
+from msa_jax.model.batch import MSABatch
+from msa_jax.model.config import ModelConfig, MSAConfig
+
+Dtype = Any
+
+
+@flax.struct.dataclass
+class Route:
+  """One router layer's routing result.
+
+  Attributes:
+    doc_scores: [B, N] float32 document scores, -inf for absent documents.
+    chunk_scores: [B, N, C] float32 per-chunk scores (after the head and query reductions).
+    indices: [B, K] selected document slots, by descending score.
+    selected: [B, K] bool, slot i is used (i < min(top_k, documents present)).
+  """
+
+  doc_scores: jax.Array
+  chunk_scores: jax.Array
+  indices: jax.Array
+  selected: jax.Array
+
+
+@flax.struct.dataclass
+class MSAOutput:
+  """Outputs of the MSA forward.
+
+  Attributes:
+    logits: [B, T, V] next-token logits of the prompt tokens (float32 or wider).
+    routes: {router layer index: Route}.
+    doc_hidden: [B, N, G, E] final-normed hidden states of the document tokens.
+    doc_logits: [B, N, G, V] document-token logits, only when asked for (else None).
+    aux_bias: the BCE aux loss's learned bias (None for other aux losses).
+  """
+
+  logits: jax.Array
+  routes: dict[int, Route]
+  doc_hidden: jax.Array
+  doc_logits: jax.Array | None = None
+  aux_bias: jax.Array | None = None
+
+
+def _pad_query_rows(out: jax.Array, valid: jax.Array) -> jax.Array:
+  """Zeroes attention outputs of padding rows (officially 0; keeps them out of the MLP's way)."""
+  return jnp.where(valid[..., None, None], out, 0).astype(out.dtype)
+
+
+class MSAAttention(attention.Attention):
+  """Attention over both streams; in a router layer, the prompt also reads routed memory."""
+
+  msa: MSAConfig = MSAConfig()
+  is_router: bool = False
+
+  def setup(self):
+    super().setup()
+    if self.is_router and self.msa.decouple_router:
+      e, h, j, d = self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim
+      kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+      self.router_q_proj = layers.Einsum((e, h, d), ("embed", "q_heads", "head_dim"), **kw)
+      self.router_k_proj = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), **kw)
+
+  def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,
+               memory_index):
+    """Returns (document output [B, N, G, E], prompt output [B, T, E], Route or None)."""
+    b, n, g, e = docs.shape
+    t = x.shape[1]
+    # Documents: independent causal attention, [B*N, G].
+    dq, dk, dv = self.project(docs.reshape(b * n, g, e), doc_positions.reshape(b * n, g))
+    doc_valid = jnp.arange(g) < doc_lengths.reshape(b * n, 1)
+    doc_out = attention.dot_product_attention(
+        dq, dk, dv, attention.causal_mask(g) & doc_valid[:, None, :])
+    doc_out = self.output(_pad_query_rows(doc_out, doc_valid)).reshape(b, n, g, e)
+
+    q, k, v = self.project(x, positions)
+    self_mask = attention.causal_mask(t) & token_mask[:, None, :]
+    if not self.is_router:
+      out = attention.dot_product_attention(q, k, v, self_mask)
+      return doc_out, self.output(_pad_query_rows(out, token_mask)), None
+
+    p = self.msa.chunk_size
+    c = routing.num_chunks(g, p)
+    chunks = routing.chunk_mask(doc_lengths, g, p)  # [B, N, C]
+    shape5 = (b, n, g) + dk.shape[2:]
+    pooled_k = routing.chunk_mean(dk.reshape(shape5), doc_lengths, p)  # [B, N, C, J, D]
+    pooled_v = routing.chunk_mean(dv.reshape(shape5), doc_lengths, p)
+    if self.msa.decouple_router:
+      rq = self.router_q_proj("BTE,EHD->BTHD", x)
+      rk = self.router_k_proj("BNGE,EJD->BNGJD", docs)
+      rkeys = routing.chunk_mean(rk, doc_lengths, p)
+    else:
+      rq, rkeys = q, pooled_k
+    if self.msa.normalize_routing:
+      rq, rkeys = routing.l2_normalize(rq), routing.l2_normalize(rkeys)
+    chunk_scores = routing.chunk_scores(
+        rq, query_mask & token_mask, rkeys, chunks,
+        scale=self.msa.routing_scale(self.head_dim), head_reduce=self.msa.head_reduce,
+        query_reduce=self.msa.query_reduce)
+    scores = routing.doc_scores(chunk_scores, chunks, self.msa.chunk_reduce)
+    indices, selected = routing.select_top_k(scores, doc_lengths > 0, self.msa.top_k)
+    kk = indices.shape[1]
+
+    def gather(x):  # [B, N, C, ...] -> [B, K*C, ...]
+      picked = jnp.take_along_axis(x, indices.reshape((b, kk) + (1,) * (x.ndim - 2)), axis=1)
+      return picked.reshape((b, kk * c) + x.shape[3:])
+
+    mem_k, mem_v = gather(pooled_k), gather(pooled_v)
+    mem_valid = gather(chunks) & jnp.repeat(selected, c, axis=1)  # [B, K*C]
+    sees_memory = jnp.arange(t)[None, :] >= memory_index[:, None]  # [B, T]
+    mask = jnp.concatenate([sees_memory[:, :, None] & mem_valid[:, None, :], self_mask], -1)
+    out = attention.dot_product_attention(
+        q, jnp.concatenate([mem_k, k], 1), jnp.concatenate([mem_v, v], 1), mask)
+    route = Route(doc_scores=scores, chunk_scores=chunk_scores, indices=indices,
+                  selected=selected)
+    return doc_out, self.output(_pad_query_rows(out, token_mask)), route
+
+
+class MSADecoderLayer(nn.Module):
+  """Pre-norm block applied to both streams: h = x + attn(norm(x)); out = h + mlp(norm(h))."""
+
+  config: ModelConfig
+  msa: MSAConfig
+  is_router: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,
+               memory_index):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    attn_norm = layers.RMSNorm(cfg.norm_eps, name="attn_norm", **kw)
+    mlp_norm = layers.RMSNorm(cfg.norm_eps, name="mlp_norm", **kw)
+    mlp = layers.MLP(cfg.mlp_dim, name="mlp", **kw)
+    doc_y, y, route = MSAAttention(
+        embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
+        norm_eps=cfg.norm_eps, msa=self.msa, is_router=self.is_router, name="attn", **kw)(
+            attn_norm(docs), doc_positions, doc_lengths, attn_norm(x), positions, token_mask,
+            query_mask, memory_index)
+    b, n, g, e = docs.shape
+    docs = docs + doc_y
+    docs = docs + mlp(mlp_norm(docs.reshape(b * n, g, e))).reshape(b, n, g, e)
+    x = x + y
+    x = x + mlp(mlp_norm(x))
+    docs = nn.with_logical_constraint(docs, ("batch", "docs", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return docs, x, route
+
+
+class MSATransformer(nn.Module):
+  """The MSA model: `MSABatch` -> `MSAOutput` (see the module docstring).
+
+  Parameter paths are the backbone's (`embed`, `layers_{i}/...`, `final_norm`, `lm_head`) plus
+  `layers_{i}/attn/router_{q,k}_proj` in router layers (decoupled mode) and `aux_bias` for the
+  BCE aux loss, so a backbone checkpoint loads into it unchanged.
+  """
+
+  config: ModelConfig
+  msa: MSAConfig = MSAConfig()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, batch: MSABatch, doc_logits: bool = False) -> MSAOutput:
+    cfg, msa = self.config, self.msa
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    b, n, g, t = batch.shape
+    doc_positions = batch.doc_positions
+    if doc_positions is None:
+      doc_positions = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b, n, g))
+    token_mask = batch.token_mask.astype(bool)
+    query_mask = batch.query_mask.astype(bool)
+    doc_lengths = batch.doc_lengths.astype(jnp.int32)
+    memory_index = batch.memory_index.astype(jnp.int32)
+
+    embedder = layers.Embedder(cfg.vocab_size, cfg.embed_dim, name="embed", **kw)
+    docs = embedder.encode(batch.doc_tokens)
+    x = embedder.encode(batch.tokens)
+    block = MSADecoderLayer
+    if msa.remat:
+      block = nn.remat(MSADecoderLayer, prevent_cse=True)
+    router_ids = msa.router_layer_ids(cfg.num_layers)
+    routes = {}
+    for i in range(cfg.num_layers):
+      docs, x, route = block(cfg, msa, i in router_ids, name=f"layers_{i}", **kw)(
+          docs, doc_positions, doc_lengths, x, batch.positions,
+          token_mask, query_mask, memory_index)
+      if route is not None:
+        routes[i] = route
+    final_norm = layers.RMSNorm(cfg.norm_eps, name="final_norm", **kw)
+    docs, x = final_norm(docs), final_norm(x)
+    if cfg.tie_embeddings:
+      head = embedder.decode
+    else:
+      lm_head = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
+                              name="lm_head", **kw)
+      head = functools.partial(lm_head, "BTE,EV->BTV")
+    out_dtype = jnp.promote_types(self.dtype, jnp.float32)
+    logits = head(x).astype(out_dtype)
+    d_logits = None
+    if doc_logits:
+      d_logits = head(docs.reshape(b * n, g, -1)).reshape(b, n, g, -1).astype(out_dtype)
+    aux_bias = None
+    if msa.aux_loss == "bce":
+      aux_bias = self.param("aux_bias", nn.with_logical_partitioning(
+          nn.initializers.constant(msa.bce_bias_init), ()), (), jnp.float32)
+    return MSAOutput(logits=logits, routes=routes, doc_hidden=docs, doc_logits=d_logits,
+                     aux_bias=aux_bias)
+
+
+def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
+                   msa: MSAConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The weighted total loss and its parts (official `MSAForCausalLM.forward`, training).
+
+  total = lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer, where L_LM is the
+  shifted cross-entropy over all non-ignored labels of the batch, L_aux the mean over (aux
+  layer, sample) pairs of the per-sample routing loss, and L_answer the cross-entropy on
+  `answer_labels` of the samples in `answer_mask` (0 if absent). Metrics also hold routing
+  recall@{1,5,10} averaged like L_aux.
+  """
+  metrics = {}
+  if batch.labels is None:
+    lm = jnp.zeros((), jnp.float32)
+  else:
+    lm, metrics["lm_targets"] = losses.lm_cross_entropy(out.logits, batch.labels)
+  answer = jnp.zeros((), jnp.float32)
+  if batch.answer_labels is not None and batch.answer_mask is not None:
+    answer, _ = losses.lm_cross_entropy(out.logits, batch.answer_labels,
+                                        weights=batch.answer_mask.astype(jnp.float32))
+  aux = jnp.zeros((), jnp.float32)
+  aux_ids = msa.aux_layer_ids(config.num_layers)
+  docs = batch.doc_lengths > 0
+  if batch.route_labels is not None and aux_ids:
+    per_layer = []
+    recalls = {k: [] for k in (1, 5, 10)}
+    for i in aux_ids:
+      scores = out.routes[i].doc_scores
+      per_layer.append(losses.aux_loss(
+          msa.aux_loss, scores, docs, batch.route_labels, temperature=msa.temperature,
+          gamma=msa.focal_gamma, bias=out.aux_bias))
+      for k in recalls:
+        recalls[k].append(losses.routing_recall(scores, docs, batch.route_labels, k))
+    aux = jnp.mean(jnp.stack(per_layer))
+    for k, v in recalls.items():
+      metrics[f"recall@{k}"] = jnp.mean(jnp.stack(v))
+  total = msa.lm_weight * lm + msa.aux_weight * aux + msa.answer_weight * answer
+  metrics.update(loss=total, lm_loss=lm, aux_loss=aux, answer_loss=answer)
+  return total, metrics
