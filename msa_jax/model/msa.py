@@ -57,6 +57,7 @@ class MSAOutput:
   Attributes:
     logits: [B, T, V] next-token logits of the prompt tokens (float32 or wider).
     routes: {router layer index: Route}.
+    hidden: [B, T, E] final-normed hidden states of the prompt tokens.
     doc_hidden: [B, N, G, E] final-normed hidden states of the document tokens.
     doc_logits: [B, N, G, V] document-token logits, only when asked for (else None).
     aux_bias: the BCE aux loss's learned bias (None for other aux losses).
@@ -64,6 +65,7 @@ class MSAOutput:
 
   logits: jax.Array
   routes: dict[int, Route]
+  hidden: jax.Array
   doc_hidden: jax.Array
   doc_logits: jax.Array | None = None
   aux_bias: jax.Array | None = None
@@ -233,7 +235,7 @@ class MSATransformer(nn.Module):
     if msa.aux_loss == "bce":
       aux_bias = self.param("aux_bias", nn.with_logical_partitioning(
           nn.initializers.constant(msa.bce_bias_init), ()), (), jnp.float32)
-    return MSAOutput(logits=logits, routes=routes, doc_hidden=docs, doc_logits=d_logits,
+    return MSAOutput(logits=logits, routes=routes, hidden=x, doc_hidden=docs, doc_logits=d_logits,
                      aux_bias=aux_bias)
 
 

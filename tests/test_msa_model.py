@@ -1,0 +1,229 @@
+"""MSA model properties: configs, pooling, padding invariance, jit once, bf16, remat."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msa_jax.model import ModelConfig
+from msa_jax.model import routing
+from msa_jax.model.batch import IGNORE, MSABatch, global_doc_positions, prompt_positions
+from msa_jax.model.config import MSAConfig
+from msa_jax.model.msa import MSADecoderLayer, MSATransformer, compute_losses
+
+CFG = ModelConfig(vocab_size=97, embed_dim=32, mlp_dim=64, num_layers=4, num_heads=4,
+                  num_kv_heads=2, head_dim=8, tie_embeddings=False)
+MSA = MSAConfig(top_k=2, chunk_size=3)
+
+
+def make_batch(seed=0, b=2, n=3, g=7, t=6, lengths=((7, 5, 2), (4, 7, 0))):
+  rng = np.random.default_rng(seed)
+  labels = np.full((b, t), IGNORE, np.int32)
+  labels[:, t - 2:] = rng.integers(0, CFG.vocab_size, (b, 2))
+  return MSABatch(
+      doc_tokens=jnp.asarray(rng.integers(0, CFG.vocab_size, (b, n, g)), jnp.int32),
+      doc_lengths=jnp.asarray(lengths, jnp.int32)[:b, :n],
+      tokens=jnp.asarray(rng.integers(0, CFG.vocab_size, (b, t)), jnp.int32),
+      token_mask=jnp.ones((b, t), bool),
+      positions=jnp.asarray(prompt_positions(t, np.ones(b, int), 2)),
+      query_mask=jnp.asarray(np.arange(t) < t - 2).repeat(b).reshape(t, b).T,
+      memory_index=jnp.ones((b,), jnp.int32),
+      labels=jnp.asarray(labels),
+      route_labels=jnp.asarray([[0, 1, 0], [1, 0, 0]], jnp.int32)[:b, :n])
+
+
+def init(model, batch, seed=0):
+  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), batch)["params"])
+
+
+def forward(model, params, batch):
+  return jax.jit(model.apply)({"params": params}, batch)
+
+
+def grad_fn(model, msa, params, batch):
+  def loss(p):
+    return compute_losses(model.apply({"params": p}, batch), batch, CFG, msa)[0]
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_router_and_aux_layer_selection():
+  assert MSAConfig().router_layer_ids(4) == (2, 3)
+  assert MSAConfig().router_layer_ids(5) == (2, 3, 4)
+  assert MSAConfig(router_layers="all").router_layer_ids(3) == (0, 1, 2)
+  assert MSAConfig(router_layers=[3, 1]).router_layer_ids(4) == (1, 3)
+  # The official aux rule: router layers at or above num_layers // 2 only.
+  assert MSAConfig(router_layers="all").aux_layer_ids(4) == (2, 3)
+  assert MSAConfig(router_layers="all", aux_layers="all").aux_layer_ids(4) == (0, 1, 2, 3)
+  with pytest.raises(ValueError, match=r"indices must be in \[0, 4\); bad: \[4\]"):
+    MSAConfig(router_layers=(1, 4)).router_layer_ids(4)
+  with pytest.raises(ValueError, match=r"aux_layers \[1\] are not router layers"):
+    MSAConfig(router_layers=(2, 3), aux_layers=(1, 2)).aux_layer_ids(4)
+  with pytest.raises(ValueError, match="head_reduce='sum'"):
+    MSAConfig(head_reduce="sum")
+  with pytest.raises(ValueError, match="aux_loss='nce'"):
+    MSAConfig(aux_loss="nce")
+  with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
+    MSAConfig(chunk_size=0)
+
+
+def test_params_are_the_backbones_plus_router_projections():
+  batch = make_batch()
+  params = init(MSATransformer(CFG, MSA), batch)
+  attn2 = params["layers_2"]["attn"]
+  assert attn2["router_q_proj"]["kernel"].shape == (32, 4, 8)
+  assert attn2["router_k_proj"]["kernel"].shape == (32, 2, 8)
+  assert "router_q_proj" not in params["layers_1"]["attn"]
+  no_router = init(MSATransformer(CFG, MSA.replace(decouple_router=False)), batch)
+  assert "router_q_proj" not in no_router["layers_2"]["attn"]
+  boxed = jax.eval_shape(MSATransformer(CFG, MSA).init, jax.random.key(0), batch)["params"]
+  axes = nn.get_partition_spec(boxed)
+  assert tuple(axes["layers_2"]["attn"]["router_k_proj"]["kernel"]) == (
+      "embed", "kv_heads", "head_dim")
+
+
+def test_chunk_mean_handles_partial_chunks():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 7, 3)).astype(np.float32)
+  lengths = np.array([7, 4])
+  got = np.asarray(routing.chunk_mean(jnp.asarray(x), jnp.asarray(lengths), 3))
+  assert got.shape == (2, 3, 3)
+  np.testing.assert_allclose(got[0, 2], x[0, 6], rtol=1e-6)  # 1-token last chunk
+  np.testing.assert_allclose(got[1, 0], x[1, :3].mean(0), rtol=1e-6)
+  np.testing.assert_allclose(got[1, 1], x[1, 3], rtol=1e-6)  # padding never leaks in
+  np.testing.assert_array_equal(got[1, 2], 0.0)
+  np.testing.assert_array_equal(
+      routing.chunk_mask(jnp.asarray(lengths), 7, 3), [[True] * 3, [True, True, False]])
+
+
+def test_padding_changes_nothing():
+  """More padding (documents, document length, prompt length) gives identical results."""
+  batch = make_batch()
+  model = MSATransformer(CFG, MSA)
+  params = init(model, batch)
+  out = forward(model, params, batch)
+
+  def pad(x, widths, value=0):
+    return jnp.pad(x, widths, constant_values=value)
+
+  big = batch.replace(
+      doc_tokens=pad(batch.doc_tokens, ((0, 0), (0, 2), (0, 4)), 5),
+      doc_lengths=pad(batch.doc_lengths, ((0, 0), (0, 2))),
+      tokens=pad(batch.tokens, ((0, 0), (0, 3)), 7),
+      token_mask=pad(batch.token_mask, ((0, 0), (0, 3))),
+      positions=pad(batch.positions, ((0, 0), (0, 3))),
+      query_mask=pad(batch.query_mask, ((0, 0), (0, 3)), True),  # masked by token_mask
+      labels=pad(batch.labels, ((0, 0), (0, 3)), IGNORE),
+      route_labels=pad(batch.route_labels, ((0, 0), (0, 2))))
+  out_big = forward(model, params, big)
+  np.testing.assert_allclose(out_big.logits[:, :6], out.logits, atol=1e-5)
+  np.testing.assert_allclose(out_big.doc_hidden[:, :3, :7], out.doc_hidden, atol=1e-5)
+  for layer in (2, 3):
+    np.testing.assert_allclose(out_big.routes[layer].doc_scores[:, :3],
+                               out.routes[layer].doc_scores, atol=1e-6)
+    np.testing.assert_array_equal(out_big.routes[layer].indices, out.routes[layer].indices)
+  np.testing.assert_allclose(compute_losses(out_big, big, CFG, MSA)[0],
+                             compute_losses(out, batch, CFG, MSA)[0], rtol=1e-5)
+
+
+def test_memory_reaches_prompt_only_in_router_layers_and_after_memory_index():
+  batch = make_batch()
+  model = MSATransformer(CFG, MSA.replace(router_layers=(3,)))
+  params = init(model, batch)
+  out = forward(model, params, batch)
+  other_docs = batch.replace(doc_tokens=(batch.doc_tokens + 1) % CFG.vocab_size)
+  out2 = forward(model, params, other_docs)
+  # Token 0 is before the memory (memory_index = 1): the documents cannot affect it.
+  np.testing.assert_allclose(out2.logits[:, 0], out.logits[:, 0], atol=1e-6)
+  assert np.abs(np.asarray(out2.logits[:, 1:] - out.logits[:, 1:])).max() > 1e-3
+  # Below the router layer (3), no prompt token has read the documents.
+  def layer2_prompt(b):
+    _, state = jax.jit(functools.partial(
+        model.apply, mutable=["intermediates"],
+        capture_intermediates=lambda m, _: isinstance(m, MSADecoderLayer)))(
+            {"params": params}, b)
+    return state["intermediates"]["layers_2"]["__call__"][0][1]
+  np.testing.assert_array_equal(layer2_prompt(other_docs), layer2_prompt(batch))
+
+
+def test_top_k_larger_than_documents_selects_them_all():
+  batch = make_batch()
+  model = MSATransformer(CFG, MSA.replace(top_k=10))
+  out = forward(model, init(model, batch), batch)
+  route = out.routes[3]
+  assert route.indices.shape == (2, 3)  # K = min(top_k, N)
+  np.testing.assert_array_equal(route.selected, [[True] * 3, [True, True, False]])
+  assert sorted(np.asarray(route.indices[1, :2]).tolist()) == [0, 1]
+
+
+def test_document_positions_default_to_document_wise_rope():
+  batch = make_batch()
+  model = MSATransformer(CFG, MSA)
+  params = init(model, batch)
+  g = batch.doc_tokens.shape[2]
+  explicit = batch.replace(doc_positions=jnp.broadcast_to(jnp.arange(g), (2, 3, g)))
+  np.testing.assert_array_equal(forward(model, params, batch).logits,
+                                forward(model, params, explicit).logits)
+  shifted = batch.replace(doc_positions=global_doc_positions(batch.doc_lengths, g, 3))
+  np.testing.assert_array_equal(shifted.doc_positions[0, :, 0], [3, 10, 15])
+  assert np.abs(np.asarray(forward(model, params, shifted).logits
+                           - forward(model, params, batch).logits)).max() > 1e-4
+  np.testing.assert_array_equal(prompt_positions(6, 2, 16), [0, 1, 18, 19, 20, 21])
+
+
+def test_forward_and_grad_trace_once_per_shape():
+  model = MSATransformer(CFG, MSA)
+  batch = make_batch()
+  params = init(model, batch)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, batch):
+    def loss(p):
+      return compute_losses(model.apply({"params": p}, batch), batch, CFG, MSA)[0]
+    return jax.value_and_grad(loss)(params)
+
+  for seed in range(3):  # new values, same shapes: no retrace
+    step(params, make_batch(seed))
+  chex.clear_trace_counter()
+
+
+def test_bf16_compute_with_fp32_params():
+  batch = make_batch()
+  ref_model = MSATransformer(CFG, MSA)
+  params = init(ref_model, batch)
+  model = MSATransformer(CFG, MSA, dtype=jnp.bfloat16)
+  assert all(x.dtype == jnp.float32
+             for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0), batch)))
+  out = forward(model, params, batch)
+  ref = forward(ref_model, params, batch)
+  assert out.logits.dtype == jnp.float32 and out.doc_hidden.dtype == jnp.bfloat16
+  scale = float(np.abs(np.asarray(ref.logits)).max())
+  assert float(np.abs(np.asarray(out.logits - ref.logits)).max()) < 0.05 * scale
+  for layer in (2, 3):
+    np.testing.assert_allclose(out.routes[layer].doc_scores, ref.routes[layer].doc_scores,
+                               atol=0.03)
+
+  _, grads = grad_fn(model, MSA, params, batch)
+  assert all(g.dtype == jnp.float32 and np.isfinite(np.asarray(g)).all()
+             for g in jax.tree.leaves(grads))
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+  batch = make_batch()
+  msa = MSA.replace(aux_loss="bce")
+  params = init(MSATransformer(CFG, msa), batch)
+
+  (l0, g0), (l1, g1) = (grad_fn(MSATransformer(CFG, msa.replace(remat=r)), msa, params, batch)
+                        for r in (False, True))
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g0)
+  assert float(np.abs(g0["aux_bias"])) > 0  # the BCE bias trains through the aux loss
+  # Router projections learn only through the aux loss.
+  lm_only = msa.replace(aux_weight=0.0)
+  _, g = grad_fn(MSATransformer(CFG, lm_only), lm_only, params, batch)
+  assert float(np.abs(g["layers_3"]["attn"]["router_q_proj"]["kernel"]).max()) == 0.0
+  assert float(np.abs(g0["layers_3"]["attn"]["router_q_proj"]["kernel"]).max()) > 0.0
