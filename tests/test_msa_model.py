@@ -227,3 +227,17 @@ def test_remat_gives_the_same_loss_and_gradients():
   _, g = grad_fn(MSATransformer(CFG, lm_only), lm_only, params, batch)
   assert float(np.abs(g["layers_3"]["attn"]["router_q_proj"]["kernel"]).max()) == 0.0
   assert float(np.abs(g0["layers_3"]["attn"]["router_q_proj"]["kernel"]).max()) > 0.0
+
+
+def test_abstract_init_of_msa_presets():
+  """Qwen3-4B with MSA on its upper half: shapes only, no allocation."""
+  from msa_jax.model import abstract_params, count_params, get_preset, param_logical_axes
+  cfg = get_preset("qwen3_4b")
+  model = MSATransformer(cfg, MSAConfig())
+  params = abstract_params(model)
+  backbone = 4_022_468_096
+  routers = 18 * 2560 * (32 + 8) * 128  # layers 18..35: router_q [E, H*D] + router_k [E, J*D]
+  assert count_params(params) == backbone + routers
+  axes = param_logical_axes(model)
+  assert tuple(axes["layers_35"]["attn"]["router_q_proj"]["kernel"]) == (
+      "embed", "q_heads", "head_dim")

@@ -69,11 +69,11 @@ def msa_config_from_official(hf_config: Mapping[str, Any]) -> tuple[ModelConfig,
         aux_weight=float(m.get("auxloss_weight", 0.1)) if m.get("aux_loss", True) else 0.0,
         answer_weight=float(m.get("ansloss_weight", 0.0)),
     )
+    msa.router_layer_ids(cfg.num_layers)  # validates the indices against the model
   except KeyError as e:
     raise CheckpointError(f"msa_config lacks required field {e.args[0]!r}") from None
   except ValueError as e:
     raise CheckpointError(f"msa_config is invalid: {e}") from None
-  msa.router_layer_ids(cfg.num_layers)  # validates the indices against the model
   return cfg, msa
 
 
@@ -105,7 +105,7 @@ def official_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, msa:
   if "temperature" in tensors:
     value = float(np.asarray(tensors["temperature"]))
     if not np.isclose(value, msa.temperature, rtol=1e-6):
-      raise CheckpointError(f"{source}: temperature tensor {value} differs from the config's "
+      raise CheckpointError(f"{source}: temperature tensor {value:.6g} differs from the config's "
                             f"infonce_loss_temp {msa.temperature}")
   return hf.hf_to_params(tensors, cfg, dtype, source, specs=param_specs(cfg, msa),
                          ignore=("temperature",))

@@ -191,6 +191,10 @@ class MSATransformer(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def example_inputs(self) -> tuple[MSABatch]:
+    """The smallest inputs `init` accepts (parameters do not depend on their shape)."""
+    return (example_batch(),)
+
   @nn.compact
   def __call__(self, batch: MSABatch, doc_logits: bool = False) -> MSAOutput:
     cfg, msa = self.config, self.msa
@@ -237,6 +241,17 @@ class MSATransformer(nn.Module):
           nn.initializers.constant(msa.bce_bias_init), ()), (), jnp.float32)
     return MSAOutput(logits=logits, routes=routes, hidden=x, doc_hidden=docs, doc_logits=d_logits,
                      aux_bias=aux_bias)
+
+
+def example_batch(batch: int = 1, num_docs: int = 1, doc_len: int = 1,
+                  prompt_len: int = 1) -> MSABatch:
+  """An all-zeros batch of the given shape with one routing-query token per sample."""
+  b, n, g, t = batch, num_docs, doc_len, prompt_len
+  return MSABatch(
+      doc_tokens=jnp.zeros((b, n, g), jnp.int32), doc_lengths=jnp.full((b, n), g, jnp.int32),
+      tokens=jnp.zeros((b, t), jnp.int32), token_mask=jnp.ones((b, t), bool),
+      positions=jnp.zeros((b, t), jnp.int32), query_mask=jnp.ones((b, t), bool),
+      memory_index=jnp.zeros((b,), jnp.int32))
 
 
 def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,

@@ -92,27 +92,34 @@ class Transformer(nn.Module):
     logits = logits.astype(jnp.promote_types(self.dtype, jnp.float32))
     return logits, (None if cache is None else tuple(new_cache))
 
+  def example_inputs(self) -> tuple[jax.Array]:
+    """The smallest inputs `init` accepts (parameters do not depend on their shape)."""
+    return (jnp.zeros((1, 1), jnp.int32),)
+
   def init_cache(self, batch: int, max_len: int, dtype: Dtype | None = None) -> Cache:
     cfg = self.config
     return attention.init_cache(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim,
                                 dtype or self.dtype)
 
 
-def _init_variables(model: Transformer, rng: jax.Array):
-  return model.init(rng, jnp.zeros((1, 1), jnp.int32))
+def _init_variables(model: nn.Module, rng: jax.Array):
+  return model.init(rng, *model.example_inputs())
 
 
-def abstract_params(model: Transformer):
-  """Parameter shapes and dtypes (boxed with their logical axes), without allocating any."""
+def abstract_params(model: nn.Module):
+  """Parameter shapes and dtypes (boxed with their logical axes), without allocating any.
+
+  Works for any model with an `example_inputs()` method (Transformer, MSATransformer).
+  """
   return jax.eval_shape(functools.partial(_init_variables, model), jax.random.key(0))["params"]
 
 
-def param_logical_axes(model: Transformer):
+def param_logical_axes(model: nn.Module):
   """A tree of PartitionSpecs of logical axis names, one per parameter."""
   return nn.get_partition_spec(abstract_params(model))
 
 
-def init_params(model: Transformer, rng: jax.Array):
+def init_params(model: nn.Module, rng: jax.Array):
   """Randomly initialised parameters (plain arrays, logical-axis boxes removed)."""
   return nn.unbox(jax.jit(functools.partial(_init_variables, model))(rng)["params"])
 
