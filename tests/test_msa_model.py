@@ -44,9 +44,9 @@ def forward(model, params, batch):
   return jax.jit(model.apply)({"params": params}, batch)
 
 
-def grad_fn(model, msa, params, batch):
+def grad_fn(model, msa, params, batch, cfg=CFG):
   def loss(p):
-    return compute_losses(model.apply({"params": p}, batch), batch, CFG, msa)[0]
+    return compute_losses(model.apply({"params": p}, batch), batch, cfg, msa)[0]
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
@@ -241,3 +241,22 @@ def test_abstract_init_of_msa_presets():
   axes = param_logical_axes(model)
   assert tuple(axes["layers_35"]["attn"]["router_q_proj"]["kernel"]) == (
       "embed", "q_heads", "head_dim")
+
+
+def test_pallas_attention_switch_gives_the_same_model():
+  """attention_impl="pallas" (interpret mode on CPU) vs "xla": same outputs and gradients."""
+  batch = make_batch()
+  cfg = CFG.replace(head_dim=16)  # the kernel's smallest head dim
+  params = init(MSATransformer(cfg, MSA), batch)
+  results = {}
+  for impl in ("xla", "pallas"):
+    msa = MSA.replace(attention_impl=impl)
+    model = MSATransformer(cfg, msa)
+    results[impl] = (forward(model, params, batch), grad_fn(model, msa, params, batch, cfg))
+  (out_x, (loss_x, grad_x)), (out_p, (loss_p, grad_p)) = results["xla"], results["pallas"]
+  np.testing.assert_allclose(out_p.logits, out_x.logits, atol=2e-5)
+  np.testing.assert_allclose(loss_p, loss_x, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), grad_p, grad_x)
+  assert MSAConfig().attention_impl == "auto"
+  with pytest.raises(ValueError, match="attention_impl='triton'"):
+    MSAConfig(attention_impl="triton")

@@ -36,7 +36,7 @@ class MSABatch:
     doc_lengths: [B, N] int32 tokens per document; 0 marks an unused document slot, and
       unused slots come after the sample's documents.
     tokens: [B, T] int32 prompt/answer token ids.
-    token_mask: [B, T] bool, True for real tokens (False: padding, ignored everywhere).
+    token_mask: [B, T] bool, True for real tokens, which come first (right padding).
     positions: [B, T] int32 RoPE positions of the prompt tokens (e.g. the official layout:
       template head at 0..h-1, the rest from h + top_k on; see `prompt_positions`).
     query_mask: [B, T] bool, the routing-query tokens (official doc_id == 0).
@@ -99,7 +99,8 @@ def check_batch(batch: MSABatch, *, vocab_size: int, need_route_labels: bool = F
   """Raises BatchError on anything the forward would silently get wrong.
 
   Checks shapes and dtypes, token ids in [0, vocab_size), document lengths within [0, G] with
-  unused slots last and at least one document per sample, at least one real routing-query
+  unused slots last and at least one document per sample, right-padded prompts, at least one
+  real routing-query
   token per sample, memory_index within [0, T], finite 0/1 routing labels with a positive
   among each sample's documents (when `need_route_labels`), and finite inputs throughout.
   """
@@ -152,6 +153,10 @@ def check_batch(batch: MSABatch, *, vocab_size: int, need_route_labels: bool = F
       where = tuple(int(i) for i in np.argwhere(bad)[0])
       raise BatchError(f"{name}{list(where)} = {ids[where]} is not a token id in "
                        f"[0, {vocab_size})")
+  for s, row in enumerate(mask):
+    if row[row.sum():].any():
+      raise BatchError(f"sample {s}: token_mask {row.astype(int).tolist()} is not right "
+                       "padding (real tokens must come first)")
   queries = f["query_mask"].astype(bool) & mask
   for s in range(b):
     if not queries[s].any():

@@ -23,6 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+import pallas_kernels
 from msa_jax.model import attention
 from msa_jax.model import layers
 from msa_jax.model import losses
@@ -76,6 +77,45 @@ def _pad_query_rows(out: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.where(valid[..., None, None], out, 0).astype(out.dtype)
 
 
+def _use_pallas(impl: str, head_dim: int) -> bool:
+  """"auto" takes the kernel on GPU when it supports the head dim (a power of two >= 16)."""
+  supported = head_dim >= 16 and head_dim & (head_dim - 1) == 0
+  return impl == "pallas" or (impl == "auto" and jax.default_backend() == "gpu" and supported)
+
+
+def _xla_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selected, sees_memory,
+                          self_mask):
+  """Gathers the selected documents' chunks next to the prompt's own keys; dense attention.
+
+  pooled_k/v [B, N, C, J, D], chunks [B, N, C], indices/selected [B, K], sees_memory [B, T],
+  self_mask [B, T, T] -> [B, T, H, D].
+  """
+  b, kk = indices.shape
+  c = chunks.shape[-1]
+
+  def gather(x):  # [B, N, C, ...] -> [B, K*C, ...]
+    picked = jnp.take_along_axis(x, indices.reshape((b, kk) + (1,) * (x.ndim - 2)), axis=1)
+    return picked.reshape((b, kk * c) + x.shape[3:])
+
+  mem_valid = gather(chunks) & jnp.repeat(selected, c, axis=1)  # [B, K*C]
+  mask = jnp.concatenate([sees_memory[:, :, None] & mem_valid[:, None, :], self_mask], -1)
+  return attention.dot_product_attention(
+      q, jnp.concatenate([gather(pooled_k), k], 1), jnp.concatenate([gather(pooled_v), v], 1),
+      mask)
+
+
+def _pallas_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selected,
+                             sees_memory, token_mask):
+  """The same attention with the Pallas top-k block-sparse kernel, reading the selected
+  documents' chunks in place (interpret mode off GPU). The prompt must be right-padded."""
+  bank_k, bank_v, first, num = pallas_kernels.per_sample_memory_to_bank(
+      pooled_k, pooled_v, chunks, indices, selected)
+  return pallas_kernels.sparse_attention(
+      q, k, v, bank_k, bank_v, first, num, memory_visible=sees_memory,
+      kv_len=token_mask.sum(1).astype(jnp.int32), max_doc_chunks=chunks.shape[-1],
+      interpret=jax.default_backend() != "gpu")
+
+
 class MSAAttention(attention.Attention):
   """Attention over both streams; in a router layer, the prompt also reads routed memory."""
 
@@ -109,7 +149,6 @@ class MSAAttention(attention.Attention):
       return doc_out, self.output(_pad_query_rows(out, token_mask)), None
 
     p = self.msa.chunk_size
-    c = routing.num_chunks(g, p)
     chunks = routing.chunk_mask(doc_lengths, g, p)  # [B, N, C]
     shape5 = (b, n, g) + dk.shape[2:]
     pooled_k = routing.chunk_mean(dk.reshape(shape5), doc_lengths, p)  # [B, N, C, J, D]
@@ -128,18 +167,13 @@ class MSAAttention(attention.Attention):
         query_reduce=self.msa.query_reduce)
     scores = routing.doc_scores(chunk_scores, chunks, self.msa.chunk_reduce)
     indices, selected = routing.select_top_k(scores, doc_lengths > 0, self.msa.top_k)
-    kk = indices.shape[1]
-
-    def gather(x):  # [B, N, C, ...] -> [B, K*C, ...]
-      picked = jnp.take_along_axis(x, indices.reshape((b, kk) + (1,) * (x.ndim - 2)), axis=1)
-      return picked.reshape((b, kk * c) + x.shape[3:])
-
-    mem_k, mem_v = gather(pooled_k), gather(pooled_v)
-    mem_valid = gather(chunks) & jnp.repeat(selected, c, axis=1)  # [B, K*C]
     sees_memory = jnp.arange(t)[None, :] >= memory_index[:, None]  # [B, T]
-    mask = jnp.concatenate([sees_memory[:, :, None] & mem_valid[:, None, :], self_mask], -1)
-    out = attention.dot_product_attention(
-        q, jnp.concatenate([mem_k, k], 1), jnp.concatenate([mem_v, v], 1), mask)
+    if _use_pallas(self.msa.attention_impl, self.head_dim):
+      out = _pallas_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selected,
+                                     sees_memory, token_mask)
+    else:
+      out = _xla_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selected,
+                                  sees_memory, self_mask)
     route = Route(doc_scores=scores, chunk_scores=chunk_scores, indices=indices,
                   selected=selected)
     return doc_out, self.output(_pad_query_rows(out, token_mask)), route

@@ -1,0 +1,240 @@
+"""Fused routing-score kernel: stream the bank's routing keys once, score every document.
+
+What it computes is `reference.routing_doc_scores_reference` (same signature, same math).
+How:
+
+* The grid is (row blocks, chunk tiles). A program holds the routing queries of up to
+  `block_rows` (question, token) rows and one tile of `block_c` chunks of the key bank
+  [C, J, D], which it reads in a loop over the J kv heads (a [block_c, D] slice each, so
+  Triton can pipeline the loads), doing the dots on the tensor cores with float32
+  accumulation. When B * T_pad <= block_rows there is a single row block, so the bank is read
+  from HBM exactly once; the kernel is memory-bound (about B*T flops per key byte for the head
+  mean). `routing_chunk_scores` is the kernel alone ([B, C] chunk scores, the piece to tile
+  over a sharded bank).
+* Head mean is fused before the dots: mean_h <q_h, k_{h//R}> = sum_j <(1/H) sum_{h in j} q_h,
+  k_j>, so the wrapper pre-sums each kv group's R query heads in float32 (a cheap pass over q)
+  and the kernel does J dots instead of H. Head max does the H dots and a running max.
+* The query reduce (max | mean | last) is fused: the wrapper turns q_mask into per-row weights
+  (mask, 1/count, or one-hot at the last valid token), the kernel reduces the rows of each
+  question. Padding chunks (chunk_doc < 0) and the ragged tail (c >= C, read with masked
+  loads) score -inf.
+* The chunk -> document reduction is NOT fused: it is a segment max/mean (XLA scatter) after
+  the kernel on the [B, C] float32 chunk scores, which are J*D*itemsize/4 times smaller than
+  the keys (512x for J=8, D=128, bf16), so it adds well under 1 % of the kernel's traffic and
+  stays exact and deterministic. Fusing it would need cross-program reductions (documents span
+  tiles) via atomics.
+
+Backend: Pallas **Triton** lowering, chosen over Mosaic GPU, deliberately:
+
+* The kernel body uses only the backend-neutral Pallas subset (BlockSpecs, ref loads with
+  masks, `dot_general`, elementwise ops, reductions), so the very same code runs in Pallas'
+  generic interpret mode on CPU (how it is tested here: this project's CI and dev machines have
+  no GPU) and compiles with Triton on H100/H200. A Mosaic GPU kernel would need its own
+  primitives (TMA copies, barriers, warpgroup layouts, 64-row wgmma tiles) whose constraints the
+  CPU interpreter does not check, so it could not be validated without a GPU.
+* JAX 0.11 deprecates the Triton lowering (a DeprecationWarning) but still ships it in 0.11.x,
+  including 0.11.2 on H100/H200. Since JAX >= 0.10 sends a `pallas_call` without compiler
+  params to Mosaic GPU, the kernel passes `pltriton.CompilerParams` explicitly.
+* Triton's constraints are enforced by `RoutingBlockSizes` and the wrapper: power-of-two tile
+  sides >= 16 (every `dot` side), D a power of two, rows padded to a power of two. Without a
+  GPU the tests still lower the kernel to Triton IR for CUDA (JAX 0.10 does that on CPU),
+  which catches unsupported primitives, dtype mismatches and non-power-of-two tensors; only
+  Triton's own compilation to PTX needs the GPU (the `gpu`-marked tests).
+* The port to Mosaic GPU (`plgpu.kernel`: JAX's development head also deprecates
+  `pallas_call` for Mosaic GPU; TMA-pipelined key tiles, wgmma) is the follow-up once a GPU is
+  available to validate it; the wrapper, the reference and the tests stay as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels import _common
+from pallas_kernels.routing_scores.reference import (NEG_INF, RoutingBlockSizes, check_inputs,
+                                                     chunks_to_docs)
+
+
+def _routing_kernel(q_ref, w_ref, keys_ref, doc_ref, out_ref, *, num_chunks: int, groups: int,
+                    heads_per_group: int, head_mean: bool, query_max: bool, t_pad: int,
+                    scale: float, precision):
+  """One (row block, chunk tile) program.
+
+  Refs: q_ref [J*heads_per_group, rows, D] (compute dtype), w_ref [rows] f32 row weights,
+  keys_ref [block_c, J, D], doc_ref [block_c] int32, out_ref [rows // t_pad, block_c] f32.
+  """
+  block_c = keys_ref.shape[0]
+  d = keys_ref.shape[2]
+  c0 = pl.program_id(1) * block_c
+  in_bounds = c0 + lax.broadcasted_iota(jnp.int32, (block_c,), 0) < num_chunks
+  doc = _common.masked_load(doc_ref, in_bounds, -1)
+  valid = in_bounds & (doc >= 0)
+  key_mask = jnp.broadcast_to(in_bounds[:, None], (block_c, d))
+  rows = q_ref.shape[1]
+
+  def kv_head(j, acc):  # a loop, not unrolled: Triton pipelines the key loads across it
+    k_j = _common.masked_load(keys_ref.at[:, j, :], key_mask)  # [block_c, D]
+    for r in range(heads_per_group):
+      s = lax.dot_general(q_ref[j * heads_per_group + r], k_j, (((1,), (1,)), ((), ())),
+                          precision=precision, preferred_element_type=jnp.float32) * scale
+      acc = acc + s if head_mean else jnp.maximum(acc, s)
+    return acc
+
+  acc = jnp.full((rows, block_c), 0.0 if head_mean else NEG_INF, jnp.float32)
+  acc = lax.fori_loop(0, groups, kv_head, acc)
+  w = w_ref[...]
+  if query_max:
+    acc = jnp.where(w[:, None] > 0, acc, NEG_INF)
+  else:
+    acc = acc * w[:, None]
+  questions = rows // t_pad
+  if questions == 1:
+    red = acc.max(axis=0, keepdims=True) if query_max else acc.sum(axis=0, keepdims=True)
+  else:
+    acc = acc.reshape(questions, t_pad, block_c)
+    red = acc.max(axis=1) if query_max else acc.sum(axis=1)
+  out_ref[...] = jnp.where(valid[None, :], red, NEG_INF)
+
+
+def _row_weights(q_mask: jax.Array, query_reduce: str) -> jax.Array:
+  """[B, T] f32 weights that turn the fused row reduction into the query reduce."""
+  m = q_mask.astype(jnp.float32)
+  if query_reduce == "max":
+    return m
+  if query_reduce == "mean":
+    return m / jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
+  t = q_mask.shape[1]
+  last = jnp.max(jnp.where(q_mask, jnp.arange(t), -1), axis=1)
+  return (jnp.arange(t)[None, :] == last[:, None]).astype(jnp.float32)
+
+
+def _layout(b: int, t: int, block: RoutingBlockSizes) -> tuple[int, int, int]:
+  """(t_pad, rows per program, padded batch) for B questions of T tokens."""
+  t_pad = _common.next_power_of_two(t)
+  rows = min(max(_common.next_power_of_two(b * t_pad), 16), max(block.block_rows, 16))
+  rows = max(rows, t_pad)
+  per_block = rows // t_pad
+  return t_pad, rows, -(-b // per_block) * per_block
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "head_reduce", "query_reduce", "block",
+                                             "interpret", "debug"))
+def routing_chunk_scores(
+    q: jax.Array,
+    q_mask: jax.Array,
+    keys: jax.Array,
+    chunk_doc: jax.Array,
+    *,
+    scale: float,
+    head_reduce: str = "mean",
+    query_reduce: str = "max",
+    block: RoutingBlockSizes | None = None,
+    interpret: bool = False,
+    debug: bool = False,
+) -> jax.Array:
+  """Chunk routing scores [B, C] float32 with the fused Pallas kernel (the kernel alone).
+
+  The arguments are those of `routing_doc_scores`. Padding chunks (chunk_doc < 0) score -inf.
+  This is the piece to tile over a sharded bank (per-tile top-k, then a merge).
+  """
+  check_inputs(q, q_mask, keys, chunk_doc, 1, scale, head_reduce, query_reduce, "max")
+  block = RoutingBlockSizes() if block is None else block
+  b, t, h, d = q.shape
+  c, j, _ = keys.shape
+  if not _common.is_power_of_two(d) or d < 16:
+    raise ValueError(f"head dim D={d} must be a power of two >= 16 for the kernel "
+                     f"(q.shape={q.shape})")
+  t_pad, rows, b_pad = _layout(b, t, block)
+  r = h // j
+  if head_reduce == "mean":  # pre-sum each kv group's heads: J dots per tile instead of H
+    qk = q.reshape(b, t, j, r, d).astype(jnp.float32).sum(axis=3) / h
+    heads_per_group = 1
+  else:
+    qk = q
+    heads_per_group = r
+  qk = jnp.pad(qk.astype(keys.dtype), ((0, b_pad - b), (0, t_pad - t), (0, 0), (0, 0)))
+  qk = qk.reshape(b_pad * t_pad, -1, d).transpose(1, 0, 2)  # [G, rows_total, D]
+  w = jnp.pad(_row_weights(q_mask, query_reduce), ((0, b_pad - b), (0, t_pad - t)))
+  w = w.reshape(-1)
+  n_tiles = pl.cdiv(c, block.block_c)
+  kernel = functools.partial(
+      _routing_kernel, num_chunks=c, groups=j, heads_per_group=heads_per_group,
+      head_mean=head_reduce == "mean", query_max=query_reduce == "max", t_pad=t_pad,
+      scale=float(scale), precision=_common.dot_precision(keys.dtype))
+  g = qk.shape[0]
+  out = pl.pallas_call(
+      kernel,
+      grid=(b_pad * t_pad // rows, n_tiles),
+      in_specs=[
+          pl.BlockSpec((g, rows, d), lambda i, k: (0, i, 0)),
+          pl.BlockSpec((rows,), lambda i, k: (i,)),
+          pl.BlockSpec((block.block_c, j, d), lambda i, k: (k, 0, 0)),
+          pl.BlockSpec((block.block_c,), lambda i, k: (k,)),
+      ],
+      out_specs=pl.BlockSpec((rows // t_pad, block.block_c), lambda i, k: (i, k)),
+      out_shape=jax.ShapeDtypeStruct((b_pad, n_tiles * block.block_c), jnp.float32),
+      compiler_params=_common.compiler_params(block.num_warps, block.num_stages),
+      interpret=interpret,
+      debug=debug,
+      name="msa_routing_scores",
+  )(qk, w, keys, chunk_doc.astype(jnp.int32))
+  chunk_scores = out[:b, :c]
+  if query_reduce == "last":  # a question with no valid token: -inf, as in the reference
+    chunk_scores = jnp.where(q_mask.any(axis=1)[:, None], chunk_scores, NEG_INF)
+  return chunk_scores
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "num_docs", "scale", "head_reduce", "query_reduce", "chunk_reduce", "return_chunk_scores",
+    "block", "interpret", "debug"))
+def routing_doc_scores(
+    q: jax.Array,
+    q_mask: jax.Array,
+    keys: jax.Array,
+    chunk_doc: jax.Array,
+    num_docs: int,
+    *,
+    scale: float,
+    head_reduce: str = "mean",
+    query_reduce: str = "max",
+    chunk_reduce: str = "max",
+    return_chunk_scores: bool = False,
+    block: RoutingBlockSizes | None = None,
+    interpret: bool = False,
+    debug: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """Document routing scores: the fused Pallas kernel, then a segment max/mean over chunks.
+
+  Args:
+    q: [B, T, H, D] routing query vectors (L2-normalised by the caller); float32 or bfloat16.
+    q_mask: [B, T] bool, valid routing-query tokens.
+    keys: [C, J, D] pooled routing keys of the whole bank (L2-normalised), q's dtype. Head h
+      uses kv head h // (H // J).
+    chunk_doc: [C] int, the document of each chunk (documents are contiguous runs of chunks);
+      -1 marks a padding chunk, which is ignored.
+    num_docs: static number of documents (columns of the result).
+    scale: multiplies every dot product.
+    head_reduce: "mean" | "max" over the H heads.
+    query_reduce: "max" | "mean" over valid tokens, or "last" (the last valid token).
+    chunk_reduce: "max" | "mean" over a document's chunks.
+    return_chunk_scores: also return the [B, C] chunk scores.
+    block: tiling and launch parameters (`RoutingBlockSizes()` when None).
+    interpret: run the kernel in Pallas interpret mode (any backend, e.g. CPU).
+    debug: print the kernel's jaxpr and lowered module.
+
+  Returns:
+    doc_scores [B, num_docs] float32 (-inf for documents with no chunk), and chunk_scores
+    [B, C] float32 (-inf for padding chunks) if asked for. Dots run in the inputs' dtype with
+    float32 accumulation (exact fp32 products for fp32 inputs).
+  """
+  check_inputs(q, q_mask, keys, chunk_doc, num_docs, scale, head_reduce, query_reduce,
+               chunk_reduce)
+  chunk_scores = routing_chunk_scores(q, q_mask, keys, chunk_doc, scale=scale,
+                                      head_reduce=head_reduce, query_reduce=query_reduce,
+                                      block=block, interpret=interpret, debug=debug)
+  doc_scores = chunks_to_docs(chunk_scores, chunk_doc, num_docs, chunk_reduce)
+  return (doc_scores, chunk_scores) if return_chunk_scores else doc_scores

@@ -1,0 +1,202 @@
+"""Pure-jnp reference of the top-k block-sparse attention kernel (same signature as the kernel).
+
+Memory Sparse Attention lets the query tokens of a router layer attend, with one softmax, to
+
+* the pooled K̄/V̄ blocks (one per chunk) of the top-k documents the routing selected, read from
+  a flat bank `bank_k`/`bank_v` [C, J, D]: selected slot i of row b covers the chunks
+  `doc_first_chunk[b, i] + c` for `0 <= c < min(doc_num_chunks[b, i], max_doc_chunks)`
+  (a count of 0 marks an unused slot; chunk ids outside [0, C) are skipped), and
+* their own causal context k, v [B, S, J, D]: query t of row b sits at slot
+  `q_offset[b] + t` and sees own slots `s <= q_offset[b] + t` with `s < kv_len[b]`.
+
+`memory_visible[b, t]` says whether query token t sees the memory at all (prompt tokens placed
+before the memory see none). Query head h uses kv head h // R (GQA, R = H / J). Logits and the
+softmax are float32 with scale 1/sqrt(D) by default; the output has q's dtype; a query that
+sees nothing outputs 0.
+
+Shapes (letters as in `msa_jax.model`): B batch, T query tokens, S own kv slots, H query
+heads, J kv heads, D head dim, C bank chunks, K selected documents, Cd = max_doc_chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import _common
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseAttentionBlockSizes:
+  """Tiling and launch parameters of the sparse attention kernel.
+
+  Attributes:
+    block_q: query rows per program; a row is one (token, head of the kv group) pair, so a
+      decode step (T = 1) with R heads per kv head fills R rows (padded to >= 16).
+    block_c: memory chunks per step of the online softmax (one tile of a selected document).
+    block_k: own kv slots per step of the online softmax.
+    kv_splits: programs that share one row block's entries (flash-decoding style): split s
+      takes the selected documents i = s and the own tiles = s (mod kv_splits), and the
+      partial softmaxes are merged in XLA. Raise it when B * J * row blocks is too small to
+      fill the GPU (decode).
+    num_warps: Triton warps per program.
+    num_stages: Triton software-pipelining depth of the kv loops.
+  """
+  block_q: int = 64
+  block_c: int = 64
+  block_k: int = 64
+  kv_splits: int = 1
+  num_warps: int = 4
+  num_stages: int = 2
+
+  def __post_init__(self):
+    _common.check_block("block_q", self.block_q)
+    _common.check_block("block_c", self.block_c)
+    _common.check_block("block_k", self.block_k)
+    if not isinstance(self.kv_splits, int) or isinstance(self.kv_splits, bool) or (
+        self.kv_splits < 1):
+      raise ValueError(f"kv_splits={self.kv_splits!r} must be an int >= 1")
+    _common.check_launch(self.num_warps, self.num_stages)
+
+
+def _check_int(name: str, x: jax.Array, shape: tuple[int, ...]) -> None:
+  if x.shape != shape:
+    raise ValueError(f"{name}.shape={x.shape} must be {shape}")
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    raise ValueError(f"{name}.dtype={x.dtype} must be an integer type")
+
+
+def check_inputs(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_visible,
+                 q_offset, kv_len, max_doc_chunks, scale) -> None:
+  """Raises ValueError naming the bad value; shared by the kernel and the reference."""
+  if q.ndim != 4:
+    raise ValueError(f"q.shape={q.shape} must be [B, T, H, D]")
+  b, t, h, d = q.shape
+  if k.ndim != 4 or k.shape[0] != b or k.shape[3] != d:
+    raise ValueError(f"k.shape={k.shape} must be [B, S, J, D] with B={b}, D={d}")
+  if v.shape != k.shape:
+    raise ValueError(f"v.shape={v.shape} must equal k.shape={k.shape}")
+  j = k.shape[2]
+  if h % j:
+    raise ValueError(f"H={h} query heads must be a multiple of J={j} kv heads "
+                     f"(q.shape={q.shape}, k.shape={k.shape})")
+  if bank_k.ndim != 3 or bank_k.shape[1:] != (j, d):
+    raise ValueError(f"bank_k.shape={bank_k.shape} must be [C, J, D] with J={j}, D={d}")
+  if bank_v.shape != bank_k.shape:
+    raise ValueError(f"bank_v.shape={bank_v.shape} must equal bank_k.shape={bank_k.shape}")
+  dtypes = {x.dtype for x in (q, k, v, bank_k, bank_v)}
+  if len(dtypes) != 1 or not jnp.issubdtype(q.dtype, jnp.floating):
+    raise ValueError(f"q, k, v, bank_k, bank_v must share one float dtype, got "
+                     f"{[str(x.dtype) for x in (q, k, v, bank_k, bank_v)]}")
+  if doc_first_chunk.ndim != 2 or doc_first_chunk.shape[0] != b:
+    raise ValueError(f"doc_first_chunk.shape={doc_first_chunk.shape} must be [B, K] with B={b}")
+  if min(b, t, k.shape[1], bank_k.shape[0], doc_first_chunk.shape[1]) < 1:
+    raise ValueError(f"empty input: q.shape={q.shape}, k.shape={k.shape}, "
+                     f"bank_k.shape={bank_k.shape}, doc_first_chunk.shape={doc_first_chunk.shape}")
+  _check_int("doc_first_chunk", doc_first_chunk, doc_first_chunk.shape)
+  _check_int("doc_num_chunks", doc_num_chunks, doc_first_chunk.shape)
+  if memory_visible.shape != (b, t) or memory_visible.dtype != jnp.bool_:
+    raise ValueError(f"memory_visible (shape={memory_visible.shape}, "
+                     f"dtype={memory_visible.dtype}) must be bool [B, T]={(b, t)}")
+  _check_int("q_offset", q_offset, (b,))
+  _check_int("kv_len", kv_len, (b,))
+  if not isinstance(max_doc_chunks, int) or isinstance(max_doc_chunks, bool) or max_doc_chunks < 1:
+    raise ValueError(f"max_doc_chunks={max_doc_chunks!r} must be a static int >= 1")
+  if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
+    raise ValueError(f"scale={scale!r} must be a Python float or None")
+
+
+def fill_defaults(q, k, memory_visible, q_offset, kv_len):
+  """None -> all tokens see the memory, q_offset 0, kv_len S (a plain causal prefill)."""
+  b, t = q.shape[:2]
+  if memory_visible is None:
+    memory_visible = jnp.ones((b, t), jnp.bool_)
+  if q_offset is None:
+    q_offset = jnp.zeros((b,), jnp.int32)
+  if kv_len is None:
+    kv_len = jnp.full((b,), k.shape[1], jnp.int32)
+  return memory_visible, q_offset, kv_len
+
+
+def default_scale(d: int, scale: float | None) -> float:
+  return 1.0 / math.sqrt(d) if scale is None else float(scale)
+
+
+@functools.partial(jax.jit, static_argnames=("max_doc_chunks", "scale", "block", "interpret",
+                                             "debug"))
+def sparse_attention_reference(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bank_k: jax.Array,
+    bank_v: jax.Array,
+    doc_first_chunk: jax.Array,
+    doc_num_chunks: jax.Array,
+    memory_visible: jax.Array | None = None,
+    q_offset: jax.Array | None = None,
+    kv_len: jax.Array | None = None,
+    *,
+    max_doc_chunks: int,
+    scale: float | None = None,
+    block: SparseAttentionBlockSizes | None = None,
+    interpret: bool = False,
+    debug: bool = False,
+) -> jax.Array:
+  """Top-k block-sparse attention in plain jnp (XLA): gathers the blocks, then dense softmax.
+
+  Args:
+    q: [B, T, H, D] queries.
+    k: [B, S, J, D] own keys (the prompt's, or a decode cache).
+    v: [B, S, J, D] own values.
+    bank_k: [C, J, D] pooled keys of the memory bank.
+    bank_v: [C, J, D] pooled values of the memory bank.
+    doc_first_chunk: [B, K] int, first bank chunk of each selected document.
+    doc_num_chunks: [B, K] int, its number of chunks (0: unused slot; clipped to
+      max_doc_chunks). Chunk ids outside [0, C) are skipped.
+    memory_visible: [B, T] bool, tokens that see the memory (None: all).
+    q_offset: [B] int, own slot of query token 0 (None: 0).
+    kv_len: [B] int, valid own slots (None: S).
+    max_doc_chunks: static bound on the chunks per document (Cd).
+    scale: logit scale (None: 1/sqrt(D)).
+    block: ignored (the kernel's tiling); accepted so the two are interchangeable.
+    interpret: ignored, as `block`.
+    debug: ignored, as `block`.
+
+  Returns:
+    [B, T, H, D] in q's dtype; 0 for a query that sees nothing.
+  """
+  del block, interpret, debug
+  memory_visible, q_offset, kv_len = fill_defaults(q, k, memory_visible, q_offset, kv_len)
+  check_inputs(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_visible,
+               q_offset, kv_len, max_doc_chunks, scale)
+  b, t, h, d = q.shape
+  s_len, j = k.shape[1], k.shape[2]
+  c = bank_k.shape[0]
+  scale = default_scale(d, scale)
+  # Memory entries: [B, K * Cd] chunk ids and validity.
+  slot = jnp.arange(max_doc_chunks)
+  n = jnp.clip(doc_num_chunks, 0, max_doc_chunks)
+  idx = (doc_first_chunk[:, :, None] + slot[None, None, :]).reshape(b, -1)
+  mem_valid = (slot[None, None, :] < n[:, :, None]).reshape(b, -1) & (idx >= 0) & (idx < c)
+  idx = jnp.where(mem_valid, idx, 0)
+  keys = jnp.concatenate([bank_k[idx], k], axis=1)  # [B, K*Cd + S, J, D]
+  values = jnp.concatenate([bank_v[idx], v], axis=1)
+  own = jnp.arange(s_len)[None, None, :]
+  pos = q_offset[:, None, None] + jnp.arange(t)[None, :, None]
+  own_valid = (own <= pos) & (own < kv_len[:, None, None])  # [B, T, S]
+  mem_valid = memory_visible[:, :, None] & mem_valid[:, None, :]  # [B, T, K*Cd]
+  valid = jnp.concatenate([mem_valid, own_valid], axis=2)[:, :, None, None, :]
+  qg = q.reshape(b, t, j, h // j, d)
+  logits = jnp.einsum("btjrd,bsjd->btjrs", qg, keys, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(valid, logits, _common.NEG)
+  m = logits.max(axis=-1, keepdims=True)
+  p = jnp.where(valid, jnp.exp(logits - m), 0.0)
+  l = p.sum(axis=-1)
+  o = jnp.einsum("btjrs,bsjd->btjrd", p.astype(values.dtype), values,
+                 preferred_element_type=jnp.float32)
+  o = o / jnp.where(l > 0, l, 1.0)[..., None]
+  return o.reshape(b, t, h, d).astype(q.dtype)
