@@ -243,20 +243,26 @@ def test_abstract_init_of_msa_presets():
       "embed", "q_heads", "head_dim")
 
 
-def test_pallas_attention_switch_gives_the_same_model():
-  """attention_impl="pallas" (interpret mode on CPU) vs "xla": same outputs and gradients."""
+@pytest.mark.parametrize("decouple", [True, False])
+def test_pallas_kernel_switch_gives_the_same_model(decouple):
+  """kernel_impl="pallas" (both kernels, interpret mode on CPU) vs "xla": same outputs,
+  routing and gradients, in both router modes."""
   batch = make_batch()
   cfg = CFG.replace(head_dim=16)  # the kernel's smallest head dim
-  params = init(MSATransformer(cfg, MSA), batch)
+  params = init(MSATransformer(cfg, MSA.replace(decouple_router=decouple)), batch)
   results = {}
   for impl in ("xla", "pallas"):
-    msa = MSA.replace(attention_impl=impl)
+    msa = MSA.replace(kernel_impl=impl, decouple_router=decouple)
     model = MSATransformer(cfg, msa)
     results[impl] = (forward(model, params, batch), grad_fn(model, msa, params, batch, cfg))
   (out_x, (loss_x, grad_x)), (out_p, (loss_p, grad_p)) = results["xla"], results["pallas"]
   np.testing.assert_allclose(out_p.logits, out_x.logits, atol=2e-5)
   np.testing.assert_allclose(loss_p, loss_x, rtol=1e-6)
+  for layer in (2, 3):
+    np.testing.assert_allclose(out_p.routes[layer].chunk_scores,
+                               out_x.routes[layer].chunk_scores, atol=1e-6)
+    np.testing.assert_array_equal(out_p.routes[layer].indices, out_x.routes[layer].indices)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), grad_p, grad_x)
-  assert MSAConfig().attention_impl == "auto"
-  with pytest.raises(ValueError, match="attention_impl='triton'"):
-    MSAConfig(attention_impl="triton")
+  assert MSAConfig().kernel_impl == "auto"
+  with pytest.raises(ValueError, match="kernel_impl='triton'"):
+    MSAConfig(kernel_impl="triton")

@@ -119,9 +119,10 @@ class MSAConfig:
     lm_weight, aux_weight, answer_weight: weights of the total loss
       lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer.
     remat: rematerialise each layer in the backward pass (saves activation memory).
-    attention_impl: the prompt's routed attention in router layers: "xla" (gather + dense
-      attention), "pallas" (the top-k block-sparse kernel of `pallas_kernels`, in interpret
-      mode where there is no GPU), or "auto" (pallas on GPU, xla elsewhere).
+    kernel_impl: how router layers score chunks and attend to the routed memory: "xla"
+      (dense jnp), "pallas" (the fused routing-score and top-k block-sparse attention kernels
+      of `pallas_kernels`, in interpret mode where there is no GPU), or "auto" (pallas on GPU
+      when the head dim suits the kernels, xla elsewhere).
   """
 
   router_layers: str | tuple[int, ...] = "upper_half"
@@ -140,7 +141,7 @@ class MSAConfig:
   aux_weight: float = 0.1
   answer_weight: float = 0.0
   remat: bool = False
-  attention_impl: str = "auto"
+  kernel_impl: str = "auto"
 
   def __post_init__(self):
     for name in ("top_k", "chunk_size"):
@@ -150,8 +151,8 @@ class MSAConfig:
     for name, allowed in _REDUCES.items():
       if getattr(self, name) not in allowed:
         raise ValueError(f"MSAConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
-    if self.attention_impl not in ("auto", "xla", "pallas"):
-      raise ValueError(f"MSAConfig.attention_impl={self.attention_impl!r}; expected 'auto', "
+    if self.kernel_impl not in ("auto", "xla", "pallas"):
+      raise ValueError(f"MSAConfig.kernel_impl={self.kernel_impl!r}; expected 'auto', "
                        "'xla' or 'pallas'")
     if self.aux_loss not in AUX_LOSSES:
       raise ValueError(f"MSAConfig.aux_loss={self.aux_loss!r}; expected one of {AUX_LOSSES}")

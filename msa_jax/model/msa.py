@@ -116,6 +116,36 @@ def _pallas_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selec
       interpret=jax.default_backend() != "gpu")
 
 
+def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, query_reduce):
+  """`routing.chunk_scores` through the fused Pallas routing kernel, one sample's documents
+  at a time (vmap); the backward is the jnp function's (the kernel has no VJP of its own)."""
+  b, n, c = chunks.shape
+  kw = dict(scale=scale, head_reduce=head_reduce, query_reduce=query_reduce)
+
+  def kernel(rq, query_mask, keys, chunks):
+    def one(q, m, k, ch):  # one sample: its N*C chunks form the bank
+      chunk_doc = jnp.where(ch, jnp.arange(n)[:, None], -1).reshape(n * c)
+      s = pallas_kernels.routing_chunk_scores(
+          q[None], m[None], k.reshape((n * c,) + k.shape[2:]), chunk_doc,
+          interpret=jax.default_backend() != "gpu", **kw)
+      return s.reshape(n, c)
+    return jax.vmap(one)(rq, query_mask, keys, chunks)
+
+  @jax.custom_vjp
+  def scores(rq, keys):
+    return kernel(rq, query_mask, keys, chunks)
+
+  def fwd(rq, keys):
+    return kernel(rq, query_mask, keys, chunks), (rq, keys)
+
+  def bwd(res, g):
+    _, vjp = jax.vjp(lambda q, k: routing.chunk_scores(q, query_mask, k, chunks, **kw), *res)
+    return vjp(g)
+
+  scores.defvjp(fwd, bwd)
+  return scores(rq, keys)
+
+
 class MSAAttention(attention.Attention):
   """Attention over both streams; in a router layer, the prompt also reads routed memory."""
 
@@ -161,14 +191,15 @@ class MSAAttention(attention.Attention):
       rq, rkeys = q, pooled_k
     if self.msa.normalize_routing:
       rq, rkeys = routing.l2_normalize(rq), routing.l2_normalize(rkeys)
-    chunk_scores = routing.chunk_scores(
+    use_pallas = _use_pallas(self.msa.kernel_impl, self.head_dim)
+    chunk_scores = (_pallas_chunk_scores if use_pallas else routing.chunk_scores)(
         rq, query_mask & token_mask, rkeys, chunks,
         scale=self.msa.routing_scale(self.head_dim), head_reduce=self.msa.head_reduce,
         query_reduce=self.msa.query_reduce)
     scores = routing.doc_scores(chunk_scores, chunks, self.msa.chunk_reduce)
     indices, selected = routing.select_top_k(scores, doc_lengths > 0, self.msa.top_k)
     sees_memory = jnp.arange(t)[None, :] >= memory_index[:, None]  # [B, T]
-    if _use_pallas(self.msa.attention_impl, self.head_dim):
+    if use_pallas:
       out = _pallas_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selected,
                                      sees_memory, token_mask)
     else:
