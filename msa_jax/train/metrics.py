@@ -1,0 +1,77 @@
+"""Training metrics: a JSON-lines file and TensorBoard summaries in the workdir, plus log lines.
+
+Only process 0 writes (multi-host runs log once). Values are pulled to the host as Python
+floats; `write` is called at the logging interval, not every step, so this is not on the hot
+path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import logging
+
+try:  # TensorBoard event files without TensorFlow
+  from tensorboardX import SummaryWriter
+except ImportError:  # pragma: no cover - tensorboardX is a dependency; keep jsonl working
+  SummaryWriter = None
+
+
+def _scalar(value) -> float:
+  return float(np.asarray(jax.device_get(value)))
+
+
+class MetricsWriter:
+  """Appends `{"step": s, "split": ..., name: value, ...}` lines to `<workdir>/metrics.jsonl`
+  and writes the same scalars to TensorBoard under `<workdir>/tensorboard/<split>`."""
+
+  def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = Path(workdir) / "metrics.jsonl"
+    self._tb = {}
+    self._tb_root = Path(workdir) / "tensorboard"
+    if self.enabled:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+
+  def write(self, step: int, metrics: Mapping[str, object], split: str = "train") -> dict:
+    """Writes the scalars and returns them as floats."""
+    values = {name: _scalar(v) for name, v in metrics.items()}
+    if not self.enabled:
+      return values
+    with self.path.open("a") as f:
+      f.write(json.dumps({"step": int(step), "split": split, "time": time.time(), **values})
+              + "\n")
+    if SummaryWriter is not None:
+      if split not in self._tb:
+        self._tb[split] = SummaryWriter(str(self._tb_root / split))
+      for name, value in values.items():
+        self._tb[split].add_scalar(name, value, int(step))
+      self._tb[split].flush()
+    return values
+
+  def log(self, step: int, metrics: Mapping[str, object], split: str = "train") -> dict:
+    """`write` plus one readable log line: `[train] step 100 | loss 2.31 | ...`."""
+    values = self.write(step, metrics, split)
+    logging.info("[%s] step %d | %s", split, step,
+                 " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    return values
+
+  def close(self) -> None:
+    for writer in self._tb.values():
+      writer.close()
+    self._tb.clear()
+
+
+def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict]:
+  """The records of `<workdir>/metrics.jsonl` (optionally one split), in order."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in records if split is None or r["split"] == split]
