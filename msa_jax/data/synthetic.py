@@ -1,0 +1,600 @@
+"""A synthetic memory task for MSA: find the document that holds a fact, generate its identifier.
+
+The corpus is M documents of a fixed length, each written as
+
+  <doc> [ 0 4 2 7 ] w3 w17 ... <fact> k5 k12 v9 ... w8
+
+an identifier prefix, then filler words with `facts_per_doc` facts (key -> value) hidden among
+them, each preceded by the `<fact>` marker (DESIGN.md section 9: without such textual structure a
+tiny model barely learns to route). Keys are `key_length` key words, unique across the corpus.
+A question names a key; its answer is the identifier of the document holding it (generative
+retrieval), optionally followed by the value, then `<eos>`:
+
+  prompt  = head (e.g. <bos>) | <query> k5 k12 | <answer> [ 0 4 2 7 ] [v9] <eos>
+  query_mask on `<query> k5 k12`, labels (unshifted) on the answer tokens after `<answer>`,
+  memory_index = len(head).
+
+Everything is a pure function of the seeds (numpy Generators): `generate_corpus` from its seed,
+the training batch number k of `SyntheticBatchSource` from (spec.seed, k). The iterator's state is
+`{"seed", "epoch", "index"}`; `grain_dataset` wraps the same source as a `grain.MapDataset` (its
+iterator has grain's checkpointable state) when grain is installed. Both give identical batches.
+
+For evaluation, `whole_memory_batch` puts all M corpus documents in every sample (N = M) and
+`chunked_memory_batches` splits them into chunks of documents; `corpus_memory` returns the memory
+once ([M, G]) so routing keys can be encoded a single time for large M.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from msa_jax.model.batch import IGNORE, MSABatch, prompt_positions
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+DOC, QUERY, ANSWER, FACT = "<doc>", "<query>", "<answer>", "<fact>"
+ID_OPEN, ID_CLOSE = "[", "]"
+DIGITS = tuple(str(d) for d in range(10))
+SPECIAL_TOKENS = (PAD, BOS, EOS, DOC, QUERY, ANSWER, FACT)
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+class SyntheticTokenizer:
+  """A fixed word-level vocabulary: specials, `[`, `]`, digits, filler, key and value words.
+
+  Ids: the specials of `SPECIAL_TOKENS` (pad = 0), `[`, `]`, `0`..`9`, then `w0..w{F-1}`,
+  `k0..k{K-1}`, `v0..v{V-1}`. The vocabulary depends only on the three sizes, so corpora of any
+  size built with the same sizes share it (train on a small memory, evaluate on a large one).
+
+  Args:
+    num_filler_words: F, filler words.
+    num_key_words: K, key words (a key is `key_length` of them).
+    num_value_words: V, value words.
+  """
+
+  def __init__(self, num_filler_words: int = 64, num_key_words: int = 64,
+               num_value_words: int = 32):
+    self.num_filler_words = _positive_int("num_filler_words", num_filler_words)
+    self.num_key_words = _positive_int("num_key_words", num_key_words)
+    self.num_value_words = _positive_int("num_value_words", num_value_words)
+    self.tokens: tuple[str, ...] = (
+        SPECIAL_TOKENS + (ID_OPEN, ID_CLOSE) + DIGITS
+        + tuple(f"w{i}" for i in range(self.num_filler_words))
+        + tuple(f"k{i}" for i in range(self.num_key_words))
+        + tuple(f"v{i}" for i in range(self.num_value_words)))
+    self._ids = {t: i for i, t in enumerate(self.tokens)}
+    self.pad_id = self._ids[PAD]
+    self.bos_id = self._ids[BOS]
+    self.eos_id = self._ids[EOS]
+    self.doc_id = self._ids[DOC]
+    self.query_id = self._ids[QUERY]
+    self.answer_id = self._ids[ANSWER]
+    self.fact_id = self._ids[FACT]
+    self.id_open_id = self._ids[ID_OPEN]
+    self.id_close_id = self._ids[ID_CLOSE]
+    self.digit0_id = self._ids["0"]
+    self.filler0_id = self._ids["w0"]
+    self.key0_id = self._ids["k0"]
+    self.value0_id = self._ids["v0"]
+    self.stop_ids = (self.eos_id,)
+    self.add_bos = False
+
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids (the model config's `vocab_size` must be at least this)."""
+    return len(self.tokens)
+
+  def token_to_id(self, token: str) -> int | None:
+    return self._ids.get(token)
+
+  def id_to_token(self, token_id: int) -> str | None:
+    return self.tokens[token_id] if 0 <= token_id < len(self.tokens) else None
+
+  def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+    """Ids of the whitespace-separated words of `text`.
+
+    Raises:
+      ValueError: a word outside the vocabulary.
+    """
+    ids = [self.bos_id] if add_bos else []
+    for word in text.split():
+      if word not in self._ids:
+        raise ValueError(f"word {word!r} is not in the synthetic vocabulary")
+      ids.append(self._ids[word])
+    return ids
+
+  def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+    """Words of `ids` joined by spaces (pad/bos/eos dropped when `skip_special_tokens`).
+
+    Raises:
+      ValueError: an id outside [0, vocab_size).
+    """
+    words = []
+    for i in ids:
+      i = int(i)
+      if not 0 <= i < len(self.tokens):
+        raise ValueError(f"token id {i} is not in [0, {len(self.tokens)})")
+      if skip_special_tokens and i in (self.pad_id, self.bos_id, self.eos_id):
+        continue
+      words.append(self.tokens[i])
+    return " ".join(words)
+
+  def identifier_ids(self, identifier: int, digits: int) -> list[int]:
+    """`[ d d ... ]`: the identifier zero-padded to `digits` digits."""
+    text = str(int(identifier)).zfill(digits)
+    if len(text) != digits:
+      raise ValueError(f"identifier {identifier} does not fit in {digits} digits")
+    return [self.id_open_id] + [self.digit0_id + int(c) for c in text] + [self.id_close_id]
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticCorpus:
+  """Documents and their facts (Q = M * facts_per_doc questions, one per fact).
+
+  Attributes:
+    tokenizer: the vocabulary the ids refer to.
+    doc_tokens: [M, L] int32 token ids of the documents (all exactly L = doc_length tokens).
+    identifiers: [M] int64 document identifiers (unique, written with `id_digits` digits).
+    id_digits: digits per identifier.
+    keys: [Q, key_length] int32 token ids of each fact's key (unique rows).
+    values: [Q, value_length] int32 token ids of each fact's value.
+    key_doc: [Q] int32 index of the document holding fact q.
+    key_offset: [Q] int32 position of fact q's `<fact>` marker in that document.
+    seed: the generator seed.
+  """
+  tokenizer: SyntheticTokenizer
+  doc_tokens: np.ndarray
+  identifiers: np.ndarray
+  id_digits: int
+  keys: np.ndarray
+  values: np.ndarray
+  key_doc: np.ndarray
+  key_offset: np.ndarray
+  seed: int
+
+  @property
+  def num_docs(self) -> int:
+    return self.doc_tokens.shape[0]
+
+  @property
+  def doc_length(self) -> int:
+    return self.doc_tokens.shape[1]
+
+  @property
+  def num_questions(self) -> int:
+    return self.keys.shape[0]
+
+  def identifier_ids(self, doc: int) -> list[int]:
+    """Token ids `[ d d ... ]` of document `doc`'s identifier."""
+    return self.tokenizer.identifier_ids(self.identifiers[doc], self.id_digits)
+
+  def question_ids(self, q: int) -> list[int]:
+    """`<query> key...` of question q (the routing query)."""
+    return [self.tokenizer.query_id] + self.keys[q].tolist()
+
+  def answer_ids(self, q: int, include_value: bool = False) -> list[int]:
+    """`[ id ] [value] <eos>`: the target of question q."""
+    ids = self.identifier_ids(int(self.key_doc[q]))
+    if include_value:
+      ids += self.values[q].tolist()
+    return ids + [self.tokenizer.eos_id]
+
+
+def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length: int = 64,
+                    facts_per_doc: int = 1, key_length: int = 2, value_length: int = 1,
+                    id_digits: int = 6, seed: int = 0) -> SyntheticCorpus:
+  """A deterministic corpus: same arguments, same arrays.
+
+  Args:
+    tokenizer: the vocabulary (its sizes bound how many unique keys exist).
+    num_docs: M documents.
+    doc_length: L tokens per document, prefix `<doc> [ id ]` included.
+    facts_per_doc: facts hidden in each document.
+    key_length: key words per key; num_key_words ** key_length unique keys exist.
+    value_length: value words per value.
+    id_digits: digits per identifier (>= log10(num_docs)). Identifiers are distinct random
+      numbers below 10 ** id_digits, not the document index. Keep it the same for training and
+      evaluation corpora, so answers have one length whatever the memory size.
+    seed: numpy Generator seed.
+
+  Raises:
+    ValueError: naming a parameter that is out of range, facts that do not fit in doc_length,
+      or more facts than unique keys.
+  """
+  num_docs = _positive_int("num_docs", num_docs)
+  facts_per_doc = _positive_int("facts_per_doc", facts_per_doc)
+  key_length = _positive_int("key_length", key_length)
+  value_length = _positive_int("value_length", value_length)
+  seed = _positive_int("seed", seed, minimum=0)
+  id_digits = _positive_int("id_digits", id_digits)
+  if 10 ** id_digits < num_docs:
+    raise ValueError(f"id_digits={id_digits} gives {10 ** id_digits} identifiers, fewer than "
+                     f"num_docs={num_docs}")
+  prefix = 3 + id_digits  # <doc> [ digits ]
+  fact_len = 1 + key_length + value_length
+  needed = prefix + facts_per_doc * fact_len
+  doc_length = _positive_int("doc_length", doc_length)
+  if doc_length < needed:
+    raise ValueError(f"doc_length={doc_length} cannot hold facts_per_doc={facts_per_doc} facts of "
+                     f"{fact_len} tokens after a {prefix}-token identifier prefix (needs "
+                     f">= {needed})")
+  num_q = num_docs * facts_per_doc
+  num_keys = tokenizer.num_key_words ** key_length
+  if num_q > num_keys:
+    raise ValueError(f"num_docs * facts_per_doc = {num_q} facts need unique keys, but only "
+                     f"{num_keys} exist (num_key_words={tokenizer.num_key_words} ** "
+                     f"key_length={key_length}); raise either")
+
+  rng = np.random.default_rng(seed)
+  identifiers = rng.choice(10 ** id_digits, size=num_docs, replace=False).astype(np.int64)
+  key_codes = rng.choice(num_keys, size=num_q, replace=False)
+  powers = tokenizer.num_key_words ** np.arange(key_length - 1, -1, -1)
+  keys = (tokenizer.key0_id + (key_codes[:, None] // powers) % tokenizer.num_key_words)
+  values = tokenizer.value0_id + rng.integers(0, tokenizer.num_value_words,
+                                              size=(num_q, value_length))
+  num_filler = doc_length - needed
+  filler = tokenizer.filler0_id + rng.integers(0, tokenizer.num_filler_words,
+                                               size=(num_docs, num_filler))
+  # Fact j goes after gaps[j] filler words (sorted, so facts keep their order; may be adjacent).
+  gaps = np.sort(rng.integers(0, num_filler + 1, size=(num_docs, facts_per_doc)), axis=1)
+
+  docs = np.empty((num_docs, doc_length), np.int32)
+  key_offset = np.empty((num_q,), np.int32)
+  digits = tokenizer.digit0_id + (identifiers[:, None] // 10 ** np.arange(id_digits - 1, -1, -1)
+                                  ) % 10
+  for m in range(num_docs):
+    row = [tokenizer.doc_id, tokenizer.id_open_id, *digits[m].tolist(), tokenizer.id_close_id]
+    prev = 0
+    for j in range(facts_per_doc):
+      q = m * facts_per_doc + j
+      row += filler[m, prev:gaps[m, j]].tolist()
+      prev = gaps[m, j]
+      key_offset[q] = len(row)
+      row += [tokenizer.fact_id, *keys[q].tolist(), *values[q].tolist()]
+    row += filler[m, prev:].tolist()
+    docs[m] = row
+  return SyntheticCorpus(
+      tokenizer=tokenizer, doc_tokens=docs, identifiers=identifiers, id_digits=id_digits,
+      keys=keys.astype(np.int32), values=values.astype(np.int32),
+      key_doc=np.repeat(np.arange(num_docs, dtype=np.int32), facts_per_doc),
+      key_offset=key_offset, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+  """Static shapes and sampling of training batches.
+
+  Attributes:
+    batch_size: B samples per batch.
+    docs_per_sample: N documents per sample: the positive plus N - 1 sampled negatives.
+    doc_tokens: G, document slot length (>= the corpus doc_length); None: the doc_length.
+    prompt_tokens: T, prompt length; None: the longest prompt of the corpus.
+    head: template head token strings before the query (they do not see the memory).
+    position_offset: positions after the head start at len(head) + position_offset (the
+      official layout uses top_k; see `prompt_positions`).
+    include_value: answer `[ id ] value <eos>` instead of `[ id ] <eos>`.
+    seed: shuffling / negative sampling seed.
+  """
+  batch_size: int = 8
+  docs_per_sample: int = 16
+  doc_tokens: int | None = None
+  prompt_tokens: int | None = None
+  head: tuple[str, ...] = (BOS,)
+  position_offset: int = 0
+  include_value: bool = False
+  seed: int = 0
+
+
+def _shapes(corpus: SyntheticCorpus, spec: BatchSpec) -> tuple[int, int]:
+  """(G, T) for this corpus, validating the spec's sizes against it."""
+  g = corpus.doc_length if spec.doc_tokens is None else _positive_int("doc_tokens",
+                                                                     spec.doc_tokens)
+  if g < corpus.doc_length:
+    raise ValueError(f"doc_tokens={g} is shorter than the corpus doc_length={corpus.doc_length}")
+  key_len, value_len = corpus.keys.shape[1], corpus.values.shape[1]
+  needed = (len(spec.head) + 1 + key_len + 1 + corpus.id_digits + 2
+            + (value_len if spec.include_value else 0) + 1)
+  t = needed if spec.prompt_tokens is None else _positive_int("prompt_tokens",
+                                                              spec.prompt_tokens)
+  if t < needed:
+    raise ValueError(f"prompt_tokens={t} cannot hold the {needed}-token prompt "
+                     "(head, query, answer marker, answer)")
+  _positive_int("position_offset", spec.position_offset, minimum=0)
+  return g, t
+
+
+def _prompts(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSpec,
+             t: int) -> dict[str, np.ndarray]:
+  """Prompt arrays [Q, T] of the given questions (plus answer_start [Q])."""
+  tok = corpus.tokenizer
+  head = [tok.token_to_id(w) for w in spec.head]
+  if None in head:
+    raise ValueError(f"head {spec.head} has a word outside the synthetic vocabulary")
+  q_n = len(questions)
+  tokens = np.full((q_n, t), tok.pad_id, np.int32)
+  labels = np.full((q_n, t), IGNORE, np.int32)
+  token_mask = np.zeros((q_n, t), bool)
+  query_mask = np.zeros((q_n, t), bool)
+  answer_start = np.zeros((q_n,), np.int32)
+  for i, q in enumerate(questions):
+    query = corpus.question_ids(int(q))
+    answer = corpus.answer_ids(int(q), spec.include_value)
+    row = head + query + [tok.answer_id]
+    start = len(row)
+    row += answer
+    tokens[i, :len(row)] = row
+    token_mask[i, :len(row)] = True
+    query_mask[i, len(head):len(head) + len(query)] = True
+    labels[i, start:len(row)] = answer
+    answer_start[i] = start
+  positions = np.broadcast_to(prompt_positions(t, len(head), spec.position_offset),
+                              (q_n, t)).copy()
+  return dict(tokens=tokens, token_mask=token_mask, positions=positions, query_mask=query_mask,
+              memory_index=np.full((q_n,), len(head), np.int32), labels=labels,
+              answer_start=answer_start)
+
+
+def _padded_docs(corpus: SyntheticCorpus, docs: np.ndarray, g: int) -> np.ndarray:
+  out = np.full(docs.shape + (g,), corpus.tokenizer.pad_id, np.int32)
+  out[..., :corpus.doc_length] = corpus.doc_tokens[docs]
+  return out
+
+
+def build_batch(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSpec,
+                rng: np.random.Generator) -> MSABatch:
+  """A training batch for `questions`: each sample's positive plus N - 1 random negatives.
+
+  Args:
+    corpus: the corpus.
+    questions: B question indices.
+    spec: shapes and options (its batch_size is not used here; B = len(questions)).
+    rng: draws the negatives and the slot order.
+
+  Returns:
+    An MSABatch of numpy arrays: doc_tokens [B, N, G], route_labels [B, N] with exactly one 1.
+  """
+  n = _positive_int("docs_per_sample", spec.docs_per_sample)
+  if n > corpus.num_docs:
+    raise ValueError(f"docs_per_sample={n} exceeds the corpus' num_docs={corpus.num_docs}")
+  g, t = _shapes(corpus, spec)
+  b = len(questions)
+  docs = np.empty((b, n), np.int64)
+  route = np.zeros((b, n), np.int32)
+  for i, q in enumerate(questions):
+    pos = int(corpus.key_doc[q])
+    neg = rng.choice(corpus.num_docs - 1, size=n - 1, replace=False)
+    neg = neg + (neg >= pos)  # skip the positive
+    slots = rng.permutation(n)
+    docs[i, slots] = np.concatenate([[pos], neg])
+    route[i, slots[0]] = 1
+  p = _prompts(corpus, questions, spec, t)
+  return MSABatch(
+      doc_tokens=_padded_docs(corpus, docs, g),
+      doc_lengths=np.full((b, n), corpus.doc_length, np.int32),
+      tokens=p["tokens"], token_mask=p["token_mask"], positions=p["positions"],
+      query_mask=p["query_mask"], memory_index=p["memory_index"], labels=p["labels"],
+      route_labels=route)
+
+
+class SyntheticBatchSource:
+  """Random access to training batches: `source[k]` is global batch k (epoch k // len).
+
+  Each epoch visits the questions in a fresh permutation drawn from (seed, epoch), dropping the
+  last Q % B; batch k's negatives come from (seed, k). So any batch can be rebuilt from its index.
+  """
+
+  def __init__(self, corpus: SyntheticCorpus, spec: BatchSpec):
+    b = _positive_int("batch_size", spec.batch_size)
+    _positive_int("seed", spec.seed, minimum=0)
+    if b > corpus.num_questions:
+      raise ValueError(f"batch_size={b} exceeds the corpus' {corpus.num_questions} questions")
+    build_batch(corpus, [0], spec, np.random.default_rng(0))  # validates the spec early
+    self.corpus = corpus
+    self.spec = spec
+    self.batches_per_epoch = corpus.num_questions // b
+    self._perm_epoch = -1
+    self._perm = None
+
+  def __len__(self) -> int:
+    return self.batches_per_epoch
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch != self._perm_epoch:
+      self._perm = np.random.default_rng([self.spec.seed, 0, epoch]).permutation(
+          self.corpus.num_questions)
+      self._perm_epoch = epoch
+    return self._perm
+
+  def questions(self, k: int) -> np.ndarray:
+    """Question indices of global batch k."""
+    k = _positive_int("batch index", k, minimum=0)
+    epoch, i = divmod(k, self.batches_per_epoch)
+    b = self.spec.batch_size
+    return self._permutation(epoch)[i * b:(i + 1) * b]
+
+  def __getitem__(self, k: int) -> MSABatch:
+    return build_batch(self.corpus, self.questions(k), self.spec,
+                       np.random.default_rng([self.spec.seed, 1, int(k)]))
+
+
+class SyntheticBatchIterator:
+  """Iterates over `SyntheticBatchSource` batches, with a small checkpointable state.
+
+  `get_state()` is `{"seed": s, "epoch": e, "index": i}` (the next batch is batch i of epoch e);
+  `set_state` of a saved state continues exactly where it was saved.
+
+  Args:
+    corpus: the corpus.
+    spec: batch shapes and seed.
+    num_epochs: stop after this many epochs; None: never stop.
+  """
+
+  def __init__(self, corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | None = None):
+    self.source = SyntheticBatchSource(corpus, spec)
+    self.num_epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
+    self._next = 0
+
+  def __iter__(self) -> Iterator[MSABatch]:
+    return self
+
+  def __next__(self) -> MSABatch:
+    if (self.num_epochs is not None
+        and self._next >= self.num_epochs * self.source.batches_per_epoch):
+      raise StopIteration
+    batch = self.source[self._next]
+    self._next += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    epoch, index = divmod(self._next, self.source.batches_per_epoch)
+    return {"seed": self.source.spec.seed, "epoch": epoch, "index": index}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Restores a `get_state()` result.
+
+    Raises:
+      ValueError: a state of another seed, or an epoch/index out of range.
+    """
+    if set(state) != {"seed", "epoch", "index"}:
+      raise ValueError(f"iterator state must have keys seed, epoch, index; got {sorted(state)}")
+    if int(state["seed"]) != self.source.spec.seed:
+      raise ValueError(f"iterator state seed={state['seed']} differs from this iterator's "
+                       f"seed={self.source.spec.seed}")
+    epoch = _positive_int("state epoch", int(state["epoch"]), minimum=0)
+    index = _positive_int("state index", int(state["index"]), minimum=0)
+    if index >= self.source.batches_per_epoch:
+      raise ValueError(f"state index={index} >= batches_per_epoch="
+                       f"{self.source.batches_per_epoch}")
+    self._next = epoch * self.source.batches_per_epoch + index
+
+
+def grain_dataset(corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | None = None):
+  """The same batches as `SyntheticBatchIterator`, as a `grain.MapDataset` (element k = batch k).
+
+  Its iterator (`iter(ds)`) has grain's checkpointable state (`{"next_index": k}`), works with
+  grain's orbax checkpoint handler, and composes with grain (`ds[jax.process_index()::n]` for
+  per-process sharding, `.to_iter_dataset()` for prefetching).
+
+  Raises:
+    ImportError: grain is not installed (`pip install grain`).
+  """
+  try:
+    import grain  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("grain_dataset needs grain: pip install grain (or use "
+                      "SyntheticBatchIterator, which gives the same batches)") from e
+  source = SyntheticBatchSource(corpus, spec)
+  epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
+  return (grain.MapDataset.range(len(source)).repeat(epochs)
+          .map_with_index(lambda k, _: source[k]))
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation over the whole memory
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalBatch:
+  """Questions against the whole corpus memory.
+
+  Attributes:
+    batch: the MSABatch (N = all M documents, in corpus order, or one chunk of them).
+    target_doc: [Q] corpus index of each question's document (its slot when N = M).
+    answer_start: [Q] prompt index of the first answer token: generation is fed
+      `tokens[q, :answer_start[q]]` and should produce `answer_tokens[q]`.
+    answer_tokens: [Q, A] the expected answer (`[ id ] [value] <eos>`).
+    doc_offset: corpus index of the batch's first document slot (0 unless chunked).
+  """
+  batch: MSABatch
+  target_doc: np.ndarray
+  answer_start: np.ndarray
+  answer_tokens: np.ndarray
+  doc_offset: int = 0
+
+
+def corpus_memory(corpus: SyntheticCorpus, doc_tokens: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """The memory once: doc_tokens [M, G] and doc_lengths [M] (encode routing keys one time)."""
+  g = corpus.doc_length if doc_tokens is None else _positive_int("doc_tokens", doc_tokens)
+  if g < corpus.doc_length:
+    raise ValueError(f"doc_tokens={g} is shorter than the corpus doc_length={corpus.doc_length}")
+  return (_padded_docs(corpus, np.arange(corpus.num_docs), g),
+          np.full((corpus.num_docs,), corpus.doc_length, np.int32))
+
+
+def _eval_batch(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSpec,
+                start: int, stop: int) -> EvalBatch:
+  questions = np.asarray(questions, np.int64).reshape(-1)
+  if questions.size == 0:
+    raise ValueError("questions is empty")
+  bad = (questions < 0) | (questions >= corpus.num_questions)
+  if bad.any():
+    raise ValueError(f"question {int(questions[bad][0])} is not in [0, {corpus.num_questions})")
+  g, t = _shapes(corpus, spec)
+  q_n, n = questions.size, stop - start
+  docs, lengths = corpus_memory(corpus, g)
+  p = _prompts(corpus, questions.tolist(), spec, t)
+  target = corpus.key_doc[questions].astype(np.int32)
+  route = np.zeros((q_n, n), np.int32)
+  inside = (target >= start) & (target < stop)
+  route[np.flatnonzero(inside), target[inside] - start] = 1
+  answers = np.stack([corpus.answer_ids(int(q), spec.include_value) for q in questions])
+  batch = MSABatch(
+      # Read-only broadcast views: the documents are shared by all samples.
+      doc_tokens=np.broadcast_to(docs[start:stop], (q_n, n, g)),
+      doc_lengths=np.broadcast_to(lengths[start:stop], (q_n, n)),
+      tokens=p["tokens"], token_mask=p["token_mask"], positions=p["positions"],
+      query_mask=p["query_mask"], memory_index=p["memory_index"], labels=p["labels"],
+      route_labels=route)
+  return EvalBatch(batch=batch, target_doc=target, answer_start=p["answer_start"],
+                   answer_tokens=answers.astype(np.int32), doc_offset=start)
+
+
+def whole_memory_batch(corpus: SyntheticCorpus, questions: Sequence[int],
+                       spec: BatchSpec) -> EvalBatch:
+  """Questions against all M documents: N = M, slot m is corpus document m.
+
+  `spec.docs_per_sample`, `batch_size` and `seed` are not used. doc_tokens / doc_lengths are
+  read-only broadcast views of one [M, G] memory (no copy per question on the host).
+
+  Raises:
+    ValueError: an empty question list or a question index out of range.
+  """
+  return _eval_batch(corpus, questions, spec, 0, corpus.num_docs)
+
+
+def chunked_memory_batches(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSpec,
+                           chunk_docs: int) -> Iterator[EvalBatch]:
+  """`whole_memory_batch` split over the documents: chunks of `chunk_docs` (the last smaller).
+
+  Route labels mark the target only in the chunk holding it (others have none, so they are not
+  `check_batch(..., need_route_labels=True)`-valid); merge per-chunk routing scores across
+  chunks (by `doc_offset`) to rank all M documents.
+  """
+  chunk_docs = _positive_int("chunk_docs", chunk_docs)
+  for start in range(0, corpus.num_docs, chunk_docs):
+    yield _eval_batch(corpus, questions, spec, start, min(start + chunk_docs, corpus.num_docs))

@@ -1,0 +1,202 @@
+"""The synthetic memory task: tokenizer, corpus, training batches, iterator state, eval batches."""
+
+import jax
+import numpy as np
+import pytest
+
+from msa_jax.data import synthetic
+from msa_jax.data.synthetic import (BatchSpec, SyntheticBatchIterator, SyntheticBatchSource,
+                                    SyntheticTokenizer, chunked_memory_batches, corpus_memory,
+                                    generate_corpus, whole_memory_batch)
+from msa_jax.model.batch import IGNORE, check_batch, prompt_positions
+
+TOK = SyntheticTokenizer(num_filler_words=32, num_key_words=16, num_value_words=8)
+SPEC = BatchSpec(batch_size=3, docs_per_sample=5, doc_tokens=40, prompt_tokens=16,
+                 position_offset=4, include_value=True, seed=7)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+  return generate_corpus(TOK, num_docs=30, doc_length=36, facts_per_doc=3, key_length=2,
+                         value_length=1, seed=3)
+
+
+def _leaves(batch):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(batch)]
+
+
+def _assert_same(a, b):
+  la, lb = _leaves(a), _leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_tokenizer_roundtrip_and_vocab():
+  assert TOK.vocab_size == 7 + 2 + 10 + 32 + 16 + 8
+  assert TOK.pad_id == 0
+  text = "<bos> <query> k3 k15 <answer> [ 0 4 2 7 ] v7 <eos>"
+  ids = TOK.encode(text)
+  assert TOK.decode(ids) == text
+  assert TOK.decode(ids, skip_special_tokens=True) == "<query> k3 k15 <answer> [ 0 4 2 7 ] v7"
+  assert max(ids) < TOK.vocab_size
+  assert TOK.identifier_ids(42, 4) == TOK.encode("[ 0 0 4 2 ]")
+  with pytest.raises(ValueError, match="'k99'"):
+    TOK.encode("k99")
+  with pytest.raises(ValueError, match="num_key_words must be an integer >= 1, got 0"):
+    SyntheticTokenizer(num_key_words=0)
+
+
+def test_corpus_is_deterministic(corpus):
+  again = generate_corpus(TOK, num_docs=30, doc_length=36, facts_per_doc=3, seed=3)
+  other = generate_corpus(TOK, num_docs=30, doc_length=36, facts_per_doc=3, seed=4)
+  for name in ("doc_tokens", "identifiers", "keys", "values", "key_doc", "key_offset"):
+    np.testing.assert_array_equal(getattr(corpus, name), getattr(again, name))
+  assert not np.array_equal(corpus.doc_tokens, other.doc_tokens)
+
+
+def test_corpus_keys_unique_and_held_by_their_document(corpus):
+  assert corpus.num_questions == 90
+  assert len({tuple(k) for k in corpus.keys.tolist()}) == 90
+  assert len(set(corpus.identifiers.tolist())) == 30
+  for q in range(corpus.num_questions):
+    doc = corpus.doc_tokens[corpus.key_doc[q]]
+    o = corpus.key_offset[q]
+    fact = [TOK.fact_id, *corpus.keys[q], *corpus.values[q]]
+    assert doc[o:o + len(fact)].tolist() == fact
+    # The document starts with its identifier.
+    assert doc[1:1 + corpus.id_digits + 2].tolist() == corpus.identifier_ids(corpus.key_doc[q])
+  # One <fact> marker per fact, and key words appear nowhere else.
+  assert ((corpus.doc_tokens == TOK.fact_id).sum(axis=1) == 3).all()
+  is_key = (corpus.doc_tokens >= TOK.key0_id) & (corpus.doc_tokens < TOK.value0_id)
+  assert is_key.sum() == corpus.keys.size
+
+
+def test_training_batch_layout(corpus):
+  source = SyntheticBatchSource(corpus, SPEC)
+  assert len(source) == 30  # 90 questions // 3
+  batch = source[5]
+  check_batch(batch, vocab_size=TOK.vocab_size, need_route_labels=True)
+  assert batch.shape == (3, 5, 40, 16)
+  assert (batch.route_labels.sum(axis=1) == 1).all()
+  np.testing.assert_array_equal(batch.doc_lengths, 36)
+  assert (batch.doc_tokens[..., 36:] == TOK.pad_id).all()
+  head = len(SPEC.head)
+  np.testing.assert_array_equal(batch.memory_index, head)
+  np.testing.assert_array_equal(batch.positions[0], prompt_positions(16, head, 4))
+  for i, q in enumerate(source.questions(5)):
+    # The positive slot holds the key's document; the others do not contain the key.
+    slot = int(np.argmax(batch.route_labels[i]))
+    docs = batch.doc_tokens[i, :, :36]
+    np.testing.assert_array_equal(docs[slot], corpus.doc_tokens[corpus.key_doc[q]])
+    assert len({tuple(d) for d in docs.tolist()}) == 5
+    # Query mask on `<query> key`, labels exactly on the answer tokens.
+    query = corpus.question_ids(q)
+    assert batch.tokens[i][batch.query_mask[i]].tolist() == query
+    answer = corpus.answer_ids(q, include_value=True)
+    trained = batch.labels[i] != IGNORE
+    assert batch.labels[i][trained].tolist() == answer
+    start = head + len(query) + 1
+    assert trained.tolist() == [start <= t < start + len(answer) for t in range(16)]
+    assert batch.tokens[i, start - 1] == TOK.answer_id
+    np.testing.assert_array_equal(batch.tokens[i, trained], batch.labels[i, trained])
+    assert batch.token_mask[i].sum() == start + len(answer)
+
+
+def test_positive_slot_is_shuffled(corpus):
+  source = SyntheticBatchSource(corpus, SPEC)
+  slots = np.concatenate([np.argmax(source[k].route_labels, axis=1) for k in range(30)])
+  assert len(set(slots.tolist())) == 5
+
+
+def test_batches_are_deterministic_and_epochs_reshuffle(corpus):
+  a, b = SyntheticBatchSource(corpus, SPEC), SyntheticBatchSource(corpus, SPEC)
+  for k in (0, 7, 31):
+    _assert_same(a[k], b[k])
+  epoch0 = np.concatenate([a.questions(k) for k in range(30)])
+  epoch1 = np.concatenate([a.questions(k) for k in range(30, 60)])
+  assert sorted(epoch0.tolist()) == sorted(epoch1.tolist()) == list(range(90))
+  assert epoch0.tolist() != epoch1.tolist()
+  c = SyntheticBatchSource(corpus, BatchSpec(**{**SPEC.__dict__, "seed": 8}))
+  assert c.questions(0).tolist() != a.questions(0).tolist()
+
+
+def test_iterator_state_resumes_exactly(corpus):
+  full = SyntheticBatchIterator(corpus, SPEC)
+  reference = [next(full) for _ in range(35)]  # crosses an epoch boundary
+  it = SyntheticBatchIterator(corpus, SPEC)
+  for _ in range(28):
+    next(it)
+  state = it.get_state()
+  assert state == {"seed": 7, "epoch": 0, "index": 28}
+  resumed = SyntheticBatchIterator(corpus, SPEC)
+  resumed.set_state(dict(state))
+  for k in range(28, 35):
+    _assert_same(next(resumed), reference[k])
+  assert resumed.get_state() == {"seed": 7, "epoch": 1, "index": 5}
+  with pytest.raises(ValueError, match="seed=8"):
+    resumed.set_state({"seed": 8, "epoch": 0, "index": 0})
+  with pytest.raises(ValueError, match="index=30"):
+    resumed.set_state({"seed": 7, "epoch": 0, "index": 30})
+  finite = SyntheticBatchIterator(corpus, SPEC, num_epochs=1)
+  assert sum(1 for _ in finite) == 30
+
+
+def test_grain_dataset_matches_iterator(corpus):
+  grain = pytest.importorskip("grain")
+  del grain
+  ds = synthetic.grain_dataset(corpus, SPEC)
+  it = iter(ds)
+  plain = SyntheticBatchIterator(corpus, SPEC)
+  for _ in range(3):
+    _assert_same(next(it), next(plain))
+  state = it.get_state()
+  again = iter(synthetic.grain_dataset(corpus, SPEC))
+  again.set_state(state)
+  _assert_same(next(again), next(plain))
+
+
+def test_whole_memory_batch(corpus):
+  questions = [0, 44, 89]
+  ev = whole_memory_batch(corpus, questions, SPEC)
+  check_batch(ev.batch, vocab_size=TOK.vocab_size, need_route_labels=True)
+  assert ev.batch.shape == (3, 30, 40, 16)
+  np.testing.assert_array_equal(ev.target_doc, corpus.key_doc[questions])
+  np.testing.assert_array_equal(np.argmax(ev.batch.route_labels, axis=1), ev.target_doc)
+  docs, lengths = corpus_memory(corpus, 40)
+  np.testing.assert_array_equal(ev.batch.doc_tokens[1], docs)
+  np.testing.assert_array_equal(ev.batch.doc_lengths[2], lengths)
+  for i, q in enumerate(questions):
+    s = ev.answer_start[i]
+    assert ev.batch.tokens[i, s - 1] == TOK.answer_id
+    assert ev.answer_tokens[i].tolist() == corpus.answer_ids(q, include_value=True)
+    n = len(ev.answer_tokens[i])
+    np.testing.assert_array_equal(ev.batch.tokens[i, s:s + n], ev.answer_tokens[i])
+  chunks = list(chunked_memory_batches(corpus, questions, SPEC, chunk_docs=12))
+  assert [c.batch.shape[1] for c in chunks] == [12, 12, 6]
+  assert [c.doc_offset for c in chunks] == [0, 12, 24]
+  merged = np.concatenate([np.asarray(c.batch.route_labels) for c in chunks], axis=1)
+  np.testing.assert_array_equal(merged, ev.batch.route_labels)
+
+
+def test_bad_parameters_raise(corpus):
+  with pytest.raises(ValueError, match="num_docs must be an integer >= 1, got 0"):
+    generate_corpus(TOK, num_docs=0)
+  with pytest.raises(ValueError, match="doc_length=20 cannot hold facts_per_doc=4"):
+    generate_corpus(TOK, num_docs=2, doc_length=20, facts_per_doc=4)
+  with pytest.raises(ValueError, match="only 256 exist"):
+    generate_corpus(TOK, num_docs=300, doc_length=16, key_length=2)
+  with pytest.raises(ValueError, match="id_digits=1"):
+    generate_corpus(TOK, num_docs=11, id_digits=1)
+  with pytest.raises(ValueError, match="docs_per_sample=31"):
+    SyntheticBatchSource(corpus, BatchSpec(docs_per_sample=31))
+  with pytest.raises(ValueError, match="batch_size=91"):
+    SyntheticBatchSource(corpus, BatchSpec(batch_size=91, docs_per_sample=2))
+  with pytest.raises(ValueError, match="prompt_tokens=8"):
+    SyntheticBatchSource(corpus, BatchSpec(docs_per_sample=2, prompt_tokens=8))
+  with pytest.raises(ValueError, match="doc_tokens=10"):
+    SyntheticBatchSource(corpus, BatchSpec(docs_per_sample=2, doc_tokens=10))
+  with pytest.raises(ValueError, match="question 90"):
+    whole_memory_batch(corpus, [90], SPEC)
+  with pytest.raises(ValueError, match="chunk_docs must be an integer >= 1, got 0"):
+    list(chunked_memory_batches(corpus, [0], SPEC, 0))
