@@ -15,7 +15,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import logging
 
 try:  # TensorBoard event files without TensorFlow
   from tensorboardX import SummaryWriter
@@ -56,10 +55,11 @@ class MetricsWriter:
     return values
 
   def log(self, step: int, metrics: Mapping[str, object], split: str = "train") -> dict:
-    """`write` plus one readable log line: `[train] step 100 | loss 2.31 | ...`."""
+    """`write` plus one readable line on stdout: `[train] step 100 | loss 2.31 | ...`."""
     values = self.write(step, metrics, split)
-    logging.info("[%s] step %d | %s", split, step,
-                 " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    if self.enabled:
+      print(f"[{split}] step {step} | "
+            + " | ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)
     return values
 
   def close(self) -> None:
