@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 
@@ -42,3 +43,24 @@ def median_time(fn: Callable, *args, warmup: int = 2, iters: int = 10) -> float:
 
 def fraction(value: float, peak: float | None) -> str:
   return "n/a" if peak is None else f"{100 * value / peak:.1f}%"
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+  """The options every kernel benchmark shares (reference, timing, interpret mode)."""
+  p.add_argument("--no-reference", action="store_true", help="skip the XLA reference")
+  p.add_argument("--iters", type=int, default=20)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--interpret", action="store_true", help="Pallas interpret mode")
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None,
+          small: Mapping[str, object]) -> argparse.Namespace:
+  """Parses argv; with --small, options left at their defaults take the `small` values and
+  the kernel runs in interpret mode (a few seconds on CPU)."""
+  args = p.parse_args(argv)
+  if args.small:
+    for key, value in small.items():
+      if p.get_default(key) == getattr(args, key):
+        setattr(args, key, value)
+    args.interpret = True
+  return args

@@ -54,18 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--num-stages", type=int, default=RoutingBlockSizes.num_stages)
   p.add_argument("--sweep", action="store_true",
                  help="also time block_c x num_warps variants of the kernel alone")
-  p.add_argument("--no-reference", action="store_true", help="skip the XLA reference")
-  p.add_argument("--iters", type=int, default=20)
-  p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--peak-gbps", type=float, default=None, help="override the assumed peak")
-  p.add_argument("--interpret", action="store_true", help="Pallas interpret mode")
-  args = p.parse_args(argv)
-  if args.small:
-    for key, value in SMALL.items():
-      if p.get_default(key) == getattr(args, key):
-        setattr(args, key, value)
-    args.interpret = True
-  return args
+  _bench.add_common_args(p)
+  return _bench.parse(p, argv, SMALL)
 
 
 def make_inputs(key, c: int, args) -> tuple[jax.Array, ...]:

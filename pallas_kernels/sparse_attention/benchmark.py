@@ -59,17 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--num-warps", type=int, default=SparseAttentionBlockSizes.num_warps)
   p.add_argument("--num-stages", type=int, default=SparseAttentionBlockSizes.num_stages)
   p.add_argument("--backward", action="store_true", help="also time value-and-grad")
-  p.add_argument("--no-reference", action="store_true", help="skip the XLA reference")
-  p.add_argument("--iters", type=int, default=20)
-  p.add_argument("--warmup", type=int, default=3)
-  p.add_argument("--interpret", action="store_true", help="Pallas interpret mode")
-  args = p.parse_args(argv)
-  if args.small:
-    for key, value in SMALL.items():
-      if p.get_default(key) == getattr(args, key):
-        setattr(args, key, value)
-    args.interpret = True
-  return args
+  _bench.add_common_args(p)
+  return _bench.parse(p, argv, SMALL)
 
 
 def make_inputs(mode: str, args, seed: int = 0) -> dict:
