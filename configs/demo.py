@@ -3,7 +3,10 @@
   python -m msa_jax.train --config=configs/demo.py --workdir=/tmp/msa_demo
 
 Documents are `<doc> [ id ] filler ... <fact> key value ... filler`; a question names a key
-and the model must route to the document holding it and generate its identifier. Variant `:smoke` runs a
+and the model must route to the document holding it and generate its identifier. About
+4.5 minutes on a 2-core CPU: held-out routing recall@1 0.67, recall@5 0.98 over 16 documents
+(measured). The training corpus is large (4,000 documents, so most key pairs are seen) because a
+small one gets memorised: the router then fails on held-out documents. Variant `:smoke` runs a
 few steps (for tests). Rerunning the same command resumes from the workdir.
 """
 
@@ -23,15 +26,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       aux_loss="infonce", temperature=0.05, lm_weight=1.0, aux_weight=1.0,
       kernel_impl="auto"))
   c.data = ml_collections.ConfigDict(dict(
-      kind="synthetic", num_docs=512, eval_docs=128, doc_length=64, docs_per_sample=16,
+      kind="synthetic", num_docs=4000, eval_docs=128, doc_length=64, docs_per_sample=16,
       facts_per_doc=1, key_length=2, id_digits=4, include_value=False, seed=0,
       num_filler_words=64, num_key_words=64, num_value_words=32))
   c.optim = ml_collections.ConfigDict(dict(
-      learning_rate=3e-3, schedule="cosine", warmup_steps=50, total_steps=600,
+      learning_rate=1e-3, schedule="cosine", warmup_steps=50, total_steps=1500,
       end_lr_factor=0.05, weight_decay=0.01, grad_clip_norm=1.0))
   c.train = ml_collections.ConfigDict(dict(
-      steps=600, batch_size=8, log_every=50, eval_every=200, eval_batches=8,
-      checkpoint_every=200, keep_checkpoints=2))
+      steps=1500, batch_size=8, log_every=50, eval_every=500, eval_batches=8,
+      checkpoint_every=500, keep_checkpoints=2))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   if arg == "smoke":
     c.data.num_docs, c.data.eval_docs = 64, 16
