@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.routing_scores.reference import reduce_queries
+
 # Masked scores: -inf, so a masked entry never wins a max and softmax-style losses ignore it.
 NEG_INF = float("-inf")
 
@@ -73,18 +75,7 @@ def chunk_scores(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunks: 
                  preferred_element_type=jnp.float32) * scale
   s = s.reshape(s.shape[:4] + (h,))
   s = s.mean(-1) if head_reduce == "mean" else s.max(-1)  # [B, T, N, C]
-  q = query_mask[:, :, None, None]
-  if query_reduce == "max":
-    out = jnp.where(q, s, NEG_INF).max(axis=1)
-  elif query_reduce == "mean":
-    out = jnp.where(q, s, 0.0).sum(axis=1) / jnp.maximum(query_mask.sum(1), 1)[:, None, None]
-  elif query_reduce == "last":
-    last = jnp.max(jnp.where(query_mask, jnp.arange(t), -1), axis=1)  # -1: no query token
-    out = jnp.take_along_axis(s, jnp.maximum(last, 0)[:, None, None, None], axis=1)[:, 0]
-    out = jnp.where((last >= 0)[:, None, None], out, NEG_INF)
-  else:
-    raise ValueError(f"query_reduce={query_reduce!r}; expected 'max', 'mean' or 'last'")
-  return jnp.where(chunks, out, NEG_INF)
+  return jnp.where(chunks, reduce_queries(s, query_mask, query_reduce), NEG_INF)
 
 
 def doc_scores(scores: jax.Array, chunks: jax.Array, reduce: str) -> jax.Array:

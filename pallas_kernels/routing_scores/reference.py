@@ -110,16 +110,24 @@ def chunks_to_docs(chunk_scores: jax.Array, chunk_doc: jax.Array, num_docs: int,
 
 
 def reduce_queries(s: jax.Array, q_mask: jax.Array, query_reduce: str) -> jax.Array:
-  """[B, T, C] head-reduced scores -> [B, C] by the query reduce over valid tokens."""
+  """[B, T, ...] head-reduced scores -> [B, ...] by the query reduce over valid tokens.
+
+  "max" and "last" give -inf, "mean" gives 0, for a question with no valid token. This is the
+  one definition; `msa_jax.model.routing.chunk_scores` uses it too.
+  """
+  m = q_mask.reshape(q_mask.shape + (1,) * (s.ndim - 2))
   if query_reduce == "max":
-    return jnp.where(q_mask[:, :, None], s, NEG_INF).max(axis=1)
+    return jnp.where(m, s, NEG_INF).max(axis=1)
   if query_reduce == "mean":
     count = jnp.maximum(q_mask.sum(axis=1), 1).astype(jnp.float32)
-    return jnp.where(q_mask[:, :, None], s, 0.0).sum(axis=1) / count[:, None]
+    return jnp.where(m, s, 0.0).sum(axis=1) / count.reshape((-1,) + (1,) * (s.ndim - 2))
+  if query_reduce != "last":
+    raise ValueError(f"query_reduce={query_reduce!r}; expected 'max', 'mean' or 'last'")
   t = q_mask.shape[1]
   last = jnp.max(jnp.where(q_mask, jnp.arange(t), -1), axis=1)  # -1: no valid token
-  picked = jnp.take_along_axis(s, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
-  return jnp.where((last >= 0)[:, None], picked, NEG_INF)
+  idx = jnp.maximum(last, 0).reshape((-1, 1) + (1,) * (s.ndim - 2))
+  picked = jnp.take_along_axis(s, idx, axis=1)[:, 0]
+  return jnp.where((last >= 0).reshape((-1,) + (1,) * (s.ndim - 2)), picked, NEG_INF)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "head_reduce", "query_reduce", "block",
