@@ -125,12 +125,11 @@ def from_official(input_ids, attention_mask, doc_ids, position_ids, *, labels=No
         _check_labels(s, name, labelled, doc_ids[s], prompt)
     samples.append((docs, prompt, memory_index))
 
-  n = num_docs or max(len(d) for d, _, _ in samples)
-  g = doc_len or max(len(idx) for d, _, _ in samples for _, idx in d)
-  t = prompt_len or max(len(p) for _, p, _ in samples)
-  if max(len(d) for d, _, _ in samples) > n or max(
-      len(idx) for d, _, _ in samples for _, idx in d) > g or max(
-          len(p) for _, p, _ in samples) > t:
+  need_n = max(len(d) for d, _, _ in samples)
+  need_g = max(len(idx) for d, _, _ in samples for _, idx in d)
+  need_t = max(len(p) for _, p, _ in samples)
+  n, g, t = num_docs or need_n, doc_len or need_g, prompt_len or need_t
+  if need_n > n or need_g > g or need_t > t:
     raise BatchError(f"num_docs={n}, doc_len={g} or prompt_len={t} is too small for the batch")
 
   doc_tokens = np.zeros((b, n, g), np.int32)

@@ -11,6 +11,7 @@ the same task.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -37,15 +38,14 @@ def _synthetic_data(cfg: ml_collections.ConfigDict):
   """(tokenizer, train iterator, eval batches) for the synthetic memory task."""
   d = cfg.data
   tok = synthetic.SyntheticTokenizer(d.num_filler_words, d.num_key_words, d.num_value_words)
-  corpus = synthetic.generate_corpus(
-      tok, num_docs=d.num_docs, doc_length=d.doc_length, facts_per_doc=d.facts_per_doc,
-      key_length=d.key_length, id_digits=d.id_digits, seed=d.seed)
+  corpus_of = functools.partial(
+      synthetic.generate_corpus, tok, doc_length=d.doc_length, facts_per_doc=d.facts_per_doc,
+      key_length=d.key_length, id_digits=d.id_digits)
+  corpus = corpus_of(num_docs=d.num_docs, seed=d.seed)
   spec = synthetic.BatchSpec(
       batch_size=cfg.train.batch_size, docs_per_sample=d.docs_per_sample,
       position_offset=cfg.msa.top_k, include_value=d.include_value, seed=d.seed)
-  held_out = synthetic.generate_corpus(
-      tok, num_docs=d.eval_docs, doc_length=d.doc_length, facts_per_doc=d.facts_per_doc,
-      key_length=d.key_length, id_digits=d.id_digits, seed=d.seed + 1_000_003)
+  held_out = corpus_of(num_docs=d.eval_docs, seed=d.seed + 1_000_003)  # other docs and keys
   iterator = synthetic.SyntheticBatchIterator(corpus, spec)
   rng = np.random.default_rng(d.seed + 1)
   b = cfg.train.batch_size
