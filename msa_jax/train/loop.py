@@ -11,7 +11,6 @@ the same task.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -24,34 +23,14 @@ import ml_collections
 import numpy as np
 
 from msa_jax.checkpoint.hf import dtype_from_name
-from msa_jax.data import synthetic
 from msa_jax.model import MSAConfig, MSATransformer, check_batch, get_preset
 from msa_jax.train import checkpoints as ckpt_lib
+from msa_jax.train import data as data_lib
 from msa_jax.train import distributed
 from msa_jax.train import metrics as metrics_lib
 from msa_jax.train import optimizer as optim_lib
 from msa_jax.train import sharding as sharding_lib
 from msa_jax.train import step as step_lib
-
-
-def _synthetic_data(cfg: ml_collections.ConfigDict):
-  """(tokenizer, train iterator, eval batches) for the synthetic memory task."""
-  d = cfg.data
-  tok = synthetic.SyntheticTokenizer(d.num_filler_words, d.num_key_words, d.num_value_words)
-  corpus_of = functools.partial(
-      synthetic.generate_corpus, tok, doc_length=d.doc_length, facts_per_doc=d.facts_per_doc,
-      key_length=d.key_length, id_digits=d.id_digits)
-  corpus = corpus_of(num_docs=d.num_docs, seed=d.seed)
-  spec = synthetic.BatchSpec(
-      batch_size=cfg.train.batch_size, docs_per_sample=d.docs_per_sample,
-      position_offset=cfg.msa.top_k, include_value=d.include_value, seed=d.seed)
-  held_out = corpus_of(num_docs=d.eval_docs, seed=d.seed + 1_000_003)  # other docs and keys
-  iterator = synthetic.SyntheticBatchIterator(corpus, spec)
-  rng = np.random.default_rng(d.seed + 1)
-  b = cfg.train.batch_size
-  eval_batches = [synthetic.build_batch(held_out, np.arange(i, i + b), spec, rng)
-                  for i in range(0, held_out.num_questions - b + 1, b)][:cfg.train.eval_batches]
-  return tok, iterator, eval_batches
 
 
 def _model(cfg: ml_collections.ConfigDict, vocab_size: int):
@@ -70,9 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  if config.data.kind != "synthetic":
-    raise ValueError(f"data.kind={config.data.kind!r} is not supported yet; known: 'synthetic'")
-  tok, iterator, eval_batches = _synthetic_data(config)
+  tok, iterator, eval_batches = data_lib.make_data(config)
   model_cfg, msa, model = _model(config, tok.vocab_size)
 
   opt_cfg = config.optim.to_dict()
