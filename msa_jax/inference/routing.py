@@ -1,0 +1,356 @@
+"""Stage 2 of MSA inference: route questions against a whole memory bank (paper section 3.4).
+
+The bank holds, per router layer, the L2-normalised pooled routing keys `keys` [C, J, D] of all
+C chunks of all M documents (a document's chunks contiguous) and `chunk_doc` [C] int, the
+document of each chunk (-1 marks a padding row). `route` scores Q questions against it with
+exactly the training math (`msa_jax.model.routing.chunk_scores` -> `doc_scores` ->
+`select_top_k`), but streams the bank in fixed-size tiles of chunks, so its memory is
+O(Q * tile * T * H + Q * M) whatever C is:
+
+  for each tile of chunks:   per-chunk scores [Q, tile] (head reduce, query reduce)
+                             scattered into per-document running max / sum [Q, M]
+  documents:                 max, or sum / number of chunks (-inf with no chunk)
+  selection:                 top K = min(top_k, M) documents; slot i valid iff i < documents
+                             present; ties go to the lower document index.
+
+On CPU the scatter applies a tile's chunks in order, so a document's sum is the left fold of
+its chunk scores in bank order, whatever the tile size. (On GPU the scatter-add of a
+"mean" reduction may add a document's chunks in any order: equal to ~1 ulp.)
+
+Memory Parallel (`route_sharded`) splits the chunks over the `memory` axis of a mesh. Choice:
+**no document straddles two shards.** `layout_bank` packs whole documents into S contiguous
+shards of equal size (a multiple of the tile), padding each shard's end with rows of
+chunk_doc = -1; `shard_bank` lays out and `device_put`s a bank that way. Each shard then owns
+complete documents, so its local document scores are final: it takes a local top-K, the
+candidates of all shards are all-gathered, and a merge by (score desc, document asc) gives the
+global top-K. With the same tile size, a sharded bank gives bitwise the single-device result on
+that bank (`route(..., keys, chunk_doc)` on the laid-out arrays): every chunk score, every
+document's max / left-fold sum and every tie are computed the same way. A bank whose document
+straddles a shard boundary is rejected (checked on the host when `chunk_doc` is concrete).
+
+Letters as in `msa_jax.model`: B questions (Q above), T routing-query tokens, H query heads,
+J kv heads, R = H / J, D head dim, C chunks, M (here `num_docs`) documents, K selected.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pallas_kernels.routing_scores.reference import (CHUNK_REDUCES, HEAD_REDUCES, QUERY_REDUCES,
+                                                     check_inputs, reduce_queries)
+
+NEG_INF = float("-inf")
+DEFAULT_TILE_CHUNKS = 512
+# Below every finite or infinite score's sort key: marks documents a shard does not own.
+_NOT_OWNED = np.iinfo(np.int32).min
+
+
+class RouteResult(NamedTuple):
+  """Routing of B questions against a bank of M documents.
+
+  Attributes:
+    doc_scores: [B, M] float32 document scores, -inf for documents with no chunk.
+    indices: [B, K] int32 selected documents by descending score, K = min(top_k, M).
+    scores: [B, K] float32 their scores.
+    selected: [B, K] bool, slot i is valid iff i < number of documents present in the bank.
+  """
+
+  doc_scores: jax.Array
+  indices: jax.Array
+  scores: jax.Array
+  selected: jax.Array
+
+
+def _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
+                      query_reduce, chunk_reduce, tile_chunks) -> None:
+  check_inputs(rq, query_mask, keys, chunk_doc, num_docs, scale, head_reduce, query_reduce,
+               chunk_reduce)
+  for name, value in (("top_k", top_k), ("tile_chunks", tile_chunks)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"{name}={value!r} must be a static int >= 1")
+
+
+def tile_chunk_scores(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, *, scale: float,
+                      head_reduce: str, query_reduce: str) -> jax.Array:
+  """Chunk scores [B, C] of one tile of keys [C, J, D]: `routing.chunk_scores`' math, op for op.
+
+  Every chunk is scored (no -inf masking: the caller drops padding rows).
+  """
+  b, t, h, d = rq.shape
+  j = keys.shape[-2]
+  rqg = rq.reshape(b, t, j, h // j, d)
+  s = jnp.einsum("BTJRD,CJD->BTCJR", rqg, keys, preferred_element_type=jnp.float32) * scale
+  s = s.reshape(s.shape[:3] + (h,))
+  s = s.mean(-1) if head_reduce == "mean" else s.max(-1)  # [B, T, C]
+  return reduce_queries(s, query_mask, query_reduce)
+
+
+def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_reduce,
+                    query_reduce, chunk_reduce, tile_chunks):
+  """Per-document running max or sum [B, M] over the bank, streamed tile by tile.
+
+  The last tile is the bank's last `tile` rows (its start clamped), with the rows an earlier
+  tile already covered dropped; padding rows (chunk_doc < 0) are dropped too. Dropped rows
+  scatter to index M, out of bounds, which the scatter ignores.
+  """
+  c = keys.shape[0]
+  tile = min(tile_chunks, c)
+  num_tiles = -(-c // tile)
+  b = rq.shape[0]
+  chunk_doc = chunk_doc.astype(jnp.int32)
+  init = jnp.full((b, num_docs), NEG_INF if chunk_reduce == "max" else 0.0, jnp.float32)
+
+  def body(i, acc):
+    nominal = i * tile
+    start = jnp.minimum(nominal, c - tile)
+    k = jax.lax.dynamic_slice_in_dim(keys, start, tile, axis=0)
+    doc = jax.lax.dynamic_slice_in_dim(chunk_doc, start, tile, axis=0)
+    fresh = start + jnp.arange(tile) >= nominal
+    seg = jnp.where(fresh & (doc >= 0) & (doc < num_docs), doc, num_docs)
+    s = tile_chunk_scores(rq, query_mask, k, scale=scale, head_reduce=head_reduce,
+                          query_reduce=query_reduce)
+    if chunk_reduce == "max":
+      return acc.at[:, seg].max(s, mode="drop")
+    return acc.at[:, seg].add(s, mode="drop")
+
+  return jax.lax.fori_loop(0, num_tiles, body, init)
+
+
+def _chunk_counts(chunk_doc: jax.Array, num_docs: int) -> jax.Array:
+  """[M] int32 number of chunks of each document (padding rows and ids >= M ignored)."""
+  valid = (chunk_doc >= 0) & (chunk_doc < num_docs)
+  seg = jnp.where(valid, chunk_doc, num_docs).astype(jnp.int32)
+  return jax.ops.segment_sum(valid.astype(jnp.int32), seg, num_segments=num_docs)
+
+
+def _finish_docs(acc: jax.Array, count: jax.Array, chunk_reduce: str) -> jax.Array:
+  """Running max / sum [B, M] and chunk counts [M] -> document scores (`routing.doc_scores`)."""
+  if chunk_reduce == "max":
+    return jnp.where(count > 0, acc, NEG_INF)
+  return jnp.where(count > 0, acc / jnp.maximum(count, 1), NEG_INF)
+
+
+def sort_keys(scores: jax.Array) -> jax.Array:
+  """float32 -> int32 keys with the same order (-0.0 == 0.0; -inf above int32 min)."""
+  x = scores.astype(jnp.float32) + 0.0  # -0.0 -> +0.0
+  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+  return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+
+def _top_k(doc_scores: jax.Array, owned: jax.Array, k: int):
+  """Top k owned documents by (score desc, index asc): (sort keys, indices, scores) [B, k]."""
+  keys = jnp.where(owned, sort_keys(doc_scores), _NOT_OWNED)
+  top, idx = jax.lax.top_k(keys, k)
+  return top, idx.astype(jnp.int32), jnp.take_along_axis(doc_scores, idx, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "num_docs", "top_k", "scale", "head_reduce", "query_reduce", "chunk_reduce", "tile_chunks"))
+def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.Array,
+          num_docs: int, *, top_k: int, scale: float, head_reduce: str = "mean",
+          query_reduce: str = "max", chunk_reduce: str = "max",
+          tile_chunks: int = DEFAULT_TILE_CHUNKS) -> RouteResult:
+  """Routes B questions against a whole bank of one router layer (single device).
+
+  Args:
+    rq: [B, T, H, D] routing queries (L2-normalised by the caller where the model does).
+    query_mask: [B, T] bool, each question's routing-query tokens.
+    keys: [C, J, D] pooled routing keys of every chunk of the bank; rq's dtype.
+    chunk_doc: [C] int, document (0 .. num_docs-1) of each chunk, -1 for padding rows.
+    num_docs: static number of documents M.
+    top_k: documents to select (K = min(top_k, M)).
+    scale: multiplies every dot product (`MSAConfig.routing_scale`).
+    head_reduce: "mean" | "max" over the H heads.
+    query_reduce: "max" | "mean" | "last" over the routing-query tokens.
+    chunk_reduce: "max" | "mean" over a document's chunks.
+    tile_chunks: chunks scored per step; peak memory grows with it, not with C.
+
+  Returns:
+    A `RouteResult`; equal to `routing.select_top_k(routing.doc_scores(routing.chunk_scores(
+    ...)))` of the training path on the same documents.
+  """
+  _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
+                    query_reduce, chunk_reduce, tile_chunks)
+  acc = _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, scale=scale,
+                        head_reduce=head_reduce, query_reduce=query_reduce,
+                        chunk_reduce=chunk_reduce, tile_chunks=tile_chunks)
+  count = _chunk_counts(chunk_doc, num_docs)
+  doc_scores = _finish_docs(acc, count, chunk_reduce)
+  k = min(top_k, num_docs)
+  owned = jnp.ones((num_docs,), jnp.bool_)
+  _, indices, scores = _top_k(doc_scores, owned, k)
+  selected = jnp.arange(k)[None, :] < jnp.sum(count > 0)
+  return RouteResult(doc_scores, indices, scores, jnp.broadcast_to(selected, indices.shape))
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory Parallel
+
+
+def layout_bank(keys: np.ndarray, chunk_doc: np.ndarray, num_shards: int, *,
+                tile_chunks: int = DEFAULT_TILE_CHUNKS) -> tuple[np.ndarray, np.ndarray]:
+  """Packs a bank into `num_shards` equal contiguous shards, no document straddling two.
+
+  Shard s starts at the first document boundary at or after s * (chunks / num_shards); every
+  shard is padded at its end to the same length, a multiple of `tile_chunks`, with zero keys
+  and chunk_doc = -1 (so `route` on the result uses the same tiles as each shard). Padding
+  rows of the input are dropped first. Document order is kept.
+
+  Args:
+    keys: [C, J, D] routing keys (numpy or a host-fetchable array).
+    chunk_doc: [C] int, each document's chunks contiguous; -1 for padding rows.
+    num_shards: S, the size of the mesh's memory axis.
+    tile_chunks: the tile size `route_sharded` will use.
+
+  Returns:
+    (keys [S * L, J, D], chunk_doc [S * L] int32) with L the per-shard length.
+  """
+  if not isinstance(num_shards, int) or num_shards < 1:
+    raise ValueError(f"num_shards={num_shards!r} must be an int >= 1")
+  if not isinstance(tile_chunks, int) or tile_chunks < 1:
+    raise ValueError(f"tile_chunks={tile_chunks!r} must be an int >= 1")
+  keys, chunk_doc = np.asarray(keys), np.asarray(chunk_doc)
+  if keys.ndim != 3 or chunk_doc.shape != keys.shape[:1]:
+    raise ValueError(f"keys.shape={keys.shape} must be [C, J, D] and chunk_doc.shape="
+                     f"{chunk_doc.shape} [C]")
+  real = chunk_doc >= 0
+  keys, chunk_doc = keys[real], chunk_doc[real].astype(np.int32)
+  c = chunk_doc.shape[0]
+  starts = np.flatnonzero(np.r_[True, chunk_doc[1:] != chunk_doc[:-1]]) if c else np.zeros(0, int)
+  docs, runs = np.unique(chunk_doc[starts], return_counts=True)
+  if (runs > 1).any():
+    raise ValueError(f"document {int(docs[runs > 1][0])} has non-contiguous chunks; a "
+                     "document's chunks must be contiguous")
+  bounds = np.r_[starts, c]  # where a shard may start: document starts, and the end
+  ideal = np.arange(1, num_shards) * c / num_shards
+  cuts = np.r_[0, bounds[np.searchsorted(bounds, ideal, side="left")], c].astype(int)
+  length = -(-max(int(np.diff(cuts).max()), 1) // tile_chunks) * tile_chunks
+  out_keys = np.zeros((num_shards * length,) + keys.shape[1:], keys.dtype)
+  out_doc = np.full((num_shards * length,), -1, np.int32)
+  for s in range(num_shards):
+    lo, hi = cuts[s], cuts[s + 1]
+    out_keys[s * length: s * length + hi - lo] = keys[lo:hi]
+    out_doc[s * length: s * length + hi - lo] = chunk_doc[lo:hi]
+  return out_keys, out_doc
+
+
+def shard_bank(mesh: Mesh, keys, chunk_doc, *, axis_name: str = "memory",
+               tile_chunks: int = DEFAULT_TILE_CHUNKS) -> tuple[jax.Array, jax.Array]:
+  """`layout_bank` for the mesh's `axis_name` axis, then `device_put` sharded over it.
+
+  The arrays are replicated over the mesh's other axes.
+  """
+  _check_axis(mesh, axis_name)
+  keys, chunk_doc = layout_bank(keys, chunk_doc, mesh.shape[axis_name], tile_chunks=tile_chunks)
+  spec = NamedSharding(mesh, P(axis_name))
+  return jax.device_put(keys, spec), jax.device_put(chunk_doc, spec)
+
+
+def _check_axis(mesh: Mesh, axis_name: str) -> None:
+  if axis_name not in mesh.shape:
+    raise ValueError(f"axis_name={axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
+
+
+def check_no_straddling(chunk_doc, num_shards: int) -> None:
+  """Raises ValueError if a document has chunks on both sides of a shard boundary.
+
+  Compares, for consecutive shards, the last real document of one and the first of the next.
+  """
+  doc = np.asarray(chunk_doc).reshape(num_shards, -1)
+  for s in range(num_shards - 1):
+    left, right = doc[s][doc[s] >= 0], doc[s + 1][doc[s + 1] >= 0]
+    if len(left) and len(right) and left[-1] == right[0]:
+      raise ValueError(f"document {int(left[-1])} straddles the boundary of memory shards {s} "
+                       f"and {s + 1}; lay the bank out with layout_bank / shard_bank")
+
+
+def _host_value(x) -> np.ndarray | None:
+  """x on the host, or None under an outer jit or when other processes hold parts of it."""
+  try:
+    return np.asarray(x) if getattr(x, "is_fully_addressable", True) else None
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    return None
+
+
+def _merge(top: jax.Array, idx: jax.Array, scores: jax.Array, k: int):
+  """Candidates [B, N] -> the first k by (sort key desc, index asc)."""
+  _, idx, scores = jax.lax.sort((~top, idx, scores), dimension=-1, num_keys=2)
+  return idx[:, :k], scores[:, :k]
+
+
+def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Array,
+                  chunk_doc: jax.Array, num_docs: int, *, top_k: int, scale: float,
+                  head_reduce: str = "mean", query_reduce: str = "max",
+                  chunk_reduce: str = "max", tile_chunks: int = DEFAULT_TILE_CHUNKS,
+                  axis_name: str = "memory", return_doc_scores: bool = True) -> RouteResult:
+  """`route` with the bank's chunks sharded over the mesh axis `axis_name` (Memory Parallel).
+
+  The bank must be laid out with no document straddling shards (`shard_bank` / `layout_bank`
+  with the same `tile_chunks`); questions are replicated. Each shard scores its chunks, takes a
+  local top-K of the documents it owns (a document with no chunk anywhere is owned by shard 0),
+  and the S * K candidates are all-gathered and merged. Results equal `route` on the same
+  laid-out bank bitwise. The straddling check runs on the host when `chunk_doc` is a concrete,
+  fully addressable array (not under an outer `jit`).
+
+  Args:
+    mesh: a mesh with an axis `axis_name` (other axes replicate the work).
+    rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce, query_reduce,
+      chunk_reduce, tile_chunks: as in `route`; C must be a multiple of the axis size.
+    axis_name: the memory axis.
+    return_doc_scores: also all-reduce the [B, M] document scores (else `doc_scores` is None).
+
+  Returns:
+    A `RouteResult`, replicated over the mesh.
+  """
+  _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
+                    query_reduce, chunk_reduce, tile_chunks)
+  _check_axis(mesh, axis_name)
+  shards = mesh.shape[axis_name]
+  if keys.shape[0] % shards:
+    raise ValueError(f"C={keys.shape[0]} chunks must be a multiple of the {shards} shards of "
+                     f"axis {axis_name!r}; lay the bank out with layout_bank / shard_bank")
+  host_doc = _host_value(chunk_doc)
+  if host_doc is not None:
+    check_no_straddling(host_doc, shards)
+  return _route_sharded(
+      mesh, rq, query_mask, keys, chunk_doc, num_docs, top_k=top_k, scale=float(scale),
+      head_reduce=head_reduce, query_reduce=query_reduce, chunk_reduce=chunk_reduce,
+      tile_chunks=tile_chunks, axis_name=axis_name, return_doc_scores=return_doc_scores)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "mesh", "num_docs", "top_k", "scale", "head_reduce", "query_reduce", "chunk_reduce",
+    "tile_chunks", "axis_name", "return_doc_scores"))
+def _route_sharded(mesh, rq, query_mask, keys, chunk_doc, num_docs, *, top_k, scale,
+                   head_reduce, query_reduce, chunk_reduce, tile_chunks, axis_name,
+                   return_doc_scores):
+  k = min(top_k, num_docs)
+
+  def local(rq, query_mask, keys, chunk_doc):
+    acc = _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, scale=scale,
+                          head_reduce=head_reduce, query_reduce=query_reduce,
+                          chunk_reduce=chunk_reduce, tile_chunks=tile_chunks)
+    count = _chunk_counts(chunk_doc, num_docs)
+    total = jax.lax.psum(count, axis_name)
+    doc_scores = _finish_docs(acc, count, chunk_reduce)
+    first = jax.lax.axis_index(axis_name) == 0
+    owned = (count > 0) | ((total == 0) & first)
+    top, idx, scores = _top_k(doc_scores, owned, k)
+    gather = lambda x: jnp.moveaxis(jax.lax.all_gather(x, axis_name), 0, 1).reshape(
+        x.shape[0], -1)
+    indices, scores = _merge(gather(top), gather(idx), gather(scores), k)
+    selected = jnp.broadcast_to(jnp.arange(k)[None, :] < jnp.sum(total > 0), indices.shape)
+    docs = jax.lax.pmax(doc_scores, axis_name) if return_doc_scores else None
+    return RouteResult(docs, indices, scores, selected)
+
+  # check_vma=False: all_gather's result is the same on every shard, but the replication
+  # checker types it as varying (and the per-shard running max / sum carry with it).
+  out_specs = RouteResult(P() if return_doc_scores else None, P(), P(), P())
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis_name), P(axis_name)),
+                       out_specs=out_specs, check_vma=False)(rq, query_mask, keys, chunk_doc)

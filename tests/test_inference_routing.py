@@ -1,0 +1,308 @@
+"""Bank routing (`msa_jax.inference.routing`) against the training path's routing math.
+
+`route` streams a flat bank [C, J, D] in tiles; the oracle lays the same documents out as the
+training batch [B, N, C_doc, J, D] and runs `routing.chunk_scores` -> `doc_scores` ->
+`select_top_k`. Memory Parallel (`route_sharded`) runs on 8 fake CPU devices in a subprocess
+(this file as a script) and must equal `route` bitwise.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+MODES = [(h, q, c) for h in ("mean", "max") for q in ("max", "mean", "last")
+         for c in ("max", "mean")]
+MESHES = {"memory8": {"memory": 8}, "data2_memory4": {"data": 2, "memory": 4}}
+
+
+def random_bank(seed: int, chunks_per_doc, *, j: int = 2, d: int = 8, dup: tuple = ()):
+  """A flat bank: documents with the given chunk counts (0 = absent), L2-normalised keys.
+
+  `dup` = (a, b): document b gets a copy of document a's keys (needs equal chunk counts), a
+  guaranteed score tie.
+  """
+  rng = np.random.default_rng(seed)
+  n = np.asarray(chunks_per_doc)
+  chunk_doc = np.repeat(np.arange(len(n)), n).astype(np.int32)
+  keys = rng.normal(size=(len(chunk_doc), j, d)).astype(np.float32)
+  keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
+  if dup:
+    a, b = dup
+    assert n[a] == n[b]
+    keys[chunk_doc == b] = keys[chunk_doc == a]
+  return keys, chunk_doc
+
+
+def random_questions(seed: int, b: int = 3, t: int = 4, h: int = 4, d: int = 8):
+  """Normalised routing queries; question 1 has one token, the last has none."""
+  rng = np.random.default_rng(seed + 100)
+  rq = rng.normal(size=(b, t, h, d)).astype(np.float32)
+  rq /= np.linalg.norm(rq, axis=-1, keepdims=True)
+  mask = rng.random((b, t)) < 0.6
+  mask[:, 0] = True
+  mask[1] = np.arange(t) == t - 2
+  mask[-1] = False
+  return rq, mask
+
+
+def training_route(rq, mask, keys, chunk_doc, num_docs, top_k, head_reduce, query_reduce,
+                   chunk_reduce, scale):
+  """The oracle: the bank as a training batch through `msa_jax.model.routing`."""
+  import jax.numpy as jnp
+  from msa_jax.model import routing
+  b = rq.shape[0]
+  counts = np.bincount(chunk_doc[chunk_doc >= 0], minlength=num_docs)
+  cmax = max(int(counts.max()), 1)
+  docs = np.zeros((num_docs, cmax) + keys.shape[1:], keys.dtype)
+  chunks = np.arange(cmax) < counts[:, None]
+  for doc in range(num_docs):
+    docs[doc, :counts[doc]] = keys[chunk_doc == doc]
+  docs_b = jnp.broadcast_to(docs, (b,) + docs.shape)
+  chunks_b = jnp.broadcast_to(chunks, (b,) + chunks.shape)
+  cs = routing.chunk_scores(jnp.asarray(rq), jnp.asarray(mask), docs_b, chunks_b, scale=scale,
+                            head_reduce=head_reduce, query_reduce=query_reduce)
+  ds = routing.doc_scores(cs, chunks_b, chunk_reduce)
+  idx, sel = routing.select_top_k(ds, jnp.broadcast_to(counts > 0, (b, num_docs)), top_k)
+  return np.asarray(ds), np.asarray(idx), np.asarray(sel)
+
+
+def max_finite_diff(a, b) -> float:
+  """max |a - b| where b is finite; inf if a and b disagree on which entries are finite."""
+  a, b = np.asarray(a), np.asarray(b)
+  finite = np.isfinite(b)
+  if not np.array_equal(a[~finite], b[~finite]):
+    return float("inf")
+  return float(np.abs(a[finite] - b[finite]).max(initial=0.0))
+
+
+def check_against_training(bank, questions, num_docs, top_k, mode, tile, scale=0.7):
+  from msa_jax.inference.routing import route
+  keys, chunk_doc = bank
+  rq, mask = questions
+  h, q, c = mode
+  out = route(rq, mask, keys, chunk_doc, num_docs, top_k=top_k, scale=scale, head_reduce=h,
+              query_reduce=q, chunk_reduce=c, tile_chunks=tile)
+  ds, idx, sel = training_route(rq, mask, keys, chunk_doc, num_docs, top_k, h, q, c, scale)
+  k = min(top_k, num_docs)
+  assert out.doc_scores.shape == (rq.shape[0], num_docs) and out.indices.shape == (rq.shape[0], k)
+  err = max_finite_diff(out.doc_scores, ds)
+  print(f"{mode} tile={tile}: max |doc score error| = {err:.2e}")
+  np.testing.assert_allclose(np.asarray(out.doc_scores), ds, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(out.indices), idx)
+  np.testing.assert_array_equal(np.asarray(out.selected), sel)
+  np.testing.assert_array_equal(
+      np.asarray(out.scores), np.take_along_axis(np.asarray(out.doc_scores), idx, axis=1))
+  return out
+
+
+# Ragged documents: 0 chunks (absent), 1 chunk, long ones; 2 and 6 tie (copied keys).
+RAGGED = (3, 1, 5, 0, 2, 7, 5, 1, 0, 4)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=["-".join(m) for m in MODES])
+def test_route_matches_training_path(mode):
+  bank = random_bank(0, RAGGED, dup=(2, 6))
+  tile = (1, 4, 7, 28, 64)[MODES.index(mode) % 5]  # C = 28: divisors and not, and > C
+  check_against_training(bank, random_questions(0), len(RAGGED), 4, mode, tile)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 5, 14, 28, 100])
+def test_tile_size_does_not_change_the_result(tile):
+  bank = random_bank(1, RAGGED)
+  out = check_against_training(bank, random_questions(1), len(RAGGED), 3,
+                               ("mean", "max", "mean"), tile)
+  from msa_jax.inference.routing import route
+  ref = route(*random_questions(1), *bank, len(RAGGED), top_k=3, scale=0.7,
+              chunk_reduce="mean", tile_chunks=28)
+  np.testing.assert_array_equal(np.asarray(out.doc_scores), np.asarray(ref.doc_scores))
+
+
+def test_ties_go_to_the_lower_document():
+  bank = random_bank(2, RAGGED, dup=(2, 6))
+  out = check_against_training(bank, random_questions(2), len(RAGGED), len(RAGGED),
+                               ("mean", "max", "max"), 4)
+  ds = np.asarray(out.doc_scores)
+  assert (ds[:-1, 2] == ds[:-1, 6]).all()
+  for row in np.asarray(out.indices)[:-1]:
+    assert list(row).index(2) + 1 == list(row).index(6)
+  # The question without routing tokens scores every document -inf: a tie of all.
+  assert list(np.asarray(out.indices)[-1]) == list(range(len(RAGGED)))
+
+
+def test_top_k_larger_than_the_bank():
+  bank = random_bank(3, (2, 0, 3))
+  out = check_against_training(bank, random_questions(3), 3, 5, ("mean", "max", "max"), 2)
+  assert out.indices.shape == (3, 3)
+  assert np.asarray(out.selected).tolist() == [[True, True, False]] * 3
+  assert np.asarray(out.indices)[0, 2] == 1 and np.isneginf(np.asarray(out.scores)[:, 2]).all()
+
+
+def test_padding_rows_and_bfloat16():
+  import jax.numpy as jnp
+  from msa_jax.inference.routing import route
+  keys, chunk_doc = random_bank(4, RAGGED)
+  rq, mask = random_questions(4)
+  pad_keys = np.concatenate([keys[:9], np.ones_like(keys[:3]), keys[9:], keys[:2]])
+  pad_doc = np.concatenate([chunk_doc[:9], [-1] * 3, chunk_doc[9:], [-1] * 2]).astype(np.int32)
+  kw = dict(top_k=4, scale=1.0, chunk_reduce="mean", tile_chunks=8)
+  a = route(rq, mask, keys, chunk_doc, len(RAGGED), **kw)
+  b = route(rq, mask, pad_keys, pad_doc, len(RAGGED), **kw)
+  np.testing.assert_allclose(np.asarray(b.doc_scores), np.asarray(a.doc_scores), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(b.indices), np.asarray(a.indices))
+  c = route(jnp.asarray(rq, jnp.bfloat16), mask, jnp.asarray(keys, jnp.bfloat16), chunk_doc,
+            len(RAGGED), **kw)
+  assert c.doc_scores.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(c.doc_scores), np.asarray(a.doc_scores), atol=3e-2)
+
+
+def test_bad_arguments_are_named():
+  from msa_jax.inference.routing import layout_bank, route
+  keys, chunk_doc = random_bank(5, (2, 3))
+  rq, mask = random_questions(5)
+  with pytest.raises(ValueError, match="top_k=0"):
+    route(rq, mask, keys, chunk_doc, 2, top_k=0, scale=1.0)
+  with pytest.raises(ValueError, match="tile_chunks=0"):
+    route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, tile_chunks=0)
+  with pytest.raises(ValueError, match="chunk_reduce='sum'"):
+    route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, chunk_reduce="sum")
+  with pytest.raises(ValueError, match="document 0 has non-contiguous"):
+    layout_bank(keys, np.array([0, 1, 0, 1, 1]), 2)
+
+
+def test_layout_bank_keeps_documents_whole():
+  from msa_jax.inference.routing import check_no_straddling, layout_bank
+  keys, chunk_doc = random_bank(6, (1, 9, 2, 2, 0, 3, 1))  # 18 chunks: doc 1 > 18 / 4
+  out_keys, out_doc = layout_bank(keys, chunk_doc, 4, tile_chunks=4)
+  length = out_doc.shape[0] // 4
+  assert out_doc.shape[0] % 4 == 0 and length % 4 == 0
+  check_no_straddling(out_doc, 4)
+  np.testing.assert_array_equal(out_doc[out_doc >= 0], chunk_doc)
+  np.testing.assert_array_equal(out_keys[out_doc >= 0], keys)
+  assert (out_keys[out_doc < 0] == 0).all()
+  with pytest.raises(ValueError, match="document 1 straddles the boundary of memory shards 0"):
+    check_no_straddling(np.r_[chunk_doc, [-1, -1]], 4)
+
+
+@pytest.mark.parametrize("devices", [0, 1])
+def test_benchmark_small_mode_runs(devices, capsys):
+  from msa_jax.inference import routing_benchmark
+  rows = routing_benchmark.main(["--small", f"--memory-devices={devices}"])
+  assert [r["tokens"] for r in rows] == [2048, 8192]
+  assert [r["chunks"] for r in rows] == [128, 512] and [r["docs"] for r in rows] == [32, 128]
+  for r in rows:
+    assert r["seconds"] > 0 and r["bank_bytes"] == r["chunks"] * (2 * 16 * 4 + 4)
+  out = capsys.readouterr().out
+  assert "memory tokens" in out
+  assert ("(route_sharded)" if devices else "(route)") in out
+
+
+def test_benchmark_paper_flags():
+  from msa_jax.inference import routing_benchmark
+  args = routing_benchmark.parse_args(["--paper"])
+  assert (args.tokens, args.heads, args.kv_heads, args.dim, args.dtype, args.router_layers) == (
+      "100000000", 32, 8, 128, "bfloat16", 18)
+  assert routing_benchmark.bank_shape(100_000_000, args) == (1_562_500, 195_313)
+  with pytest.raises(ValueError, match="--heads=6 must be a multiple of --kv-heads=4"):
+    routing_benchmark.parse_args(["--heads=6", "--kv-heads=4"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory Parallel on 8 fake CPU devices.
+
+SHARDED_CASES = [  # (mode, top_k, tile)
+    (("mean", "max", "max"), 4, 2),
+    (("mean", "max", "mean"), 4, 3),
+    (("max", "mean", "mean"), 20, 2),
+    (("max", "last", "max"), 6, 1),
+]
+# 31 chunks: documents 1 and 5 longer than a shard of 8 / 4 chunks, 2 and 8 tie (copied keys).
+SHARDED_DOCS = (2, 9, 3, 0, 1, 6, 0, 2, 3, 1, 4)
+
+
+def _worker() -> None:
+  """Routes on each mesh, compares with single-device `route`; prints one JSON line."""
+  import jax
+  jax.config.update("jax_default_matmul_precision", "highest")
+  from msa_jax.inference.routing import layout_bank, route, route_sharded, shard_bank
+  from msa_jax.train.sharding import make_mesh
+
+  keys, chunk_doc = random_bank(7, SHARDED_DOCS, dup=(2, 8))
+  num_docs = len(SHARDED_DOCS)
+  rq, mask = random_questions(7, b=4)
+  result = {"devices": jax.device_count()}
+  for name, shape in MESHES.items():
+    mesh = make_mesh(shape)
+    shards = shape["memory"]
+    for mode, top_k, tile in SHARDED_CASES:
+      h, q, c = mode
+      kw = dict(top_k=top_k, scale=0.5, head_reduce=h, query_reduce=q, chunk_reduce=c,
+                tile_chunks=tile)
+      s_keys, s_doc = shard_bank(mesh, keys, chunk_doc, tile_chunks=tile)
+      got = route_sharded(mesh, rq, mask, s_keys, s_doc, num_docs, **kw)
+      laid = layout_bank(keys, chunk_doc, shards, tile_chunks=tile)
+      same_bank = route(rq, mask, *laid, num_docs, **kw)
+      flat = route(rq, mask, keys, chunk_doc, num_docs, **kw)
+      lean = route_sharded(mesh, rq, mask, s_keys, s_doc, num_docs, return_doc_scores=False,
+                           **kw)
+      eq = lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b)))
+      result[f"{name}/{'-'.join(mode)}/k{top_k}/t{tile}"] = {
+          "keys_shards": len({str(s.index) for s in s_keys.addressable_shards}),
+          "bitwise": all(eq(getattr(got, f), getattr(same_bank, f)) for f in got._fields),
+          "lean_equal": eq(lean.indices, got.indices) and eq(lean.scores, got.scores)
+                        and lean.doc_scores is None,
+          "indices_equal_flat": eq(got.indices, flat.indices),
+          "selected_equal_flat": eq(got.selected, flat.selected),
+          "max_diff_flat": max_finite_diff(got.doc_scores, flat.doc_scores),
+          "tie_adjacent": all(list(r).index(2) + 1 == list(r).index(8)
+                              for r in np.asarray(got.indices)[:3] if 2 in r and 8 in r),
+      }
+    bad_doc = np.r_[chunk_doc, [-1] * (-len(chunk_doc) % shards)]
+    bad_keys = np.zeros((len(bad_doc),) + keys.shape[1:], np.float32)
+    try:
+      route_sharded(mesh, rq, mask, bad_keys, bad_doc, num_docs, top_k=2, scale=1.0)
+      result[f"{name}/straddle_error"] = ""
+    except ValueError as e:
+      result[f"{name}/straddle_error"] = str(e)
+  print(json.dumps(result))
+
+
+@pytest.fixture(scope="module")
+def worker_result():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_worker_sees_eight_devices(worker_result):
+  assert worker_result["devices"] == 8
+
+
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+@pytest.mark.parametrize("case", SHARDED_CASES, ids=lambda c: str(c))
+def test_route_sharded_equals_route(worker_result, mesh, case):
+  mode, top_k, tile = case
+  r = worker_result[f"{mesh}/{'-'.join(mode)}/k{top_k}/t{tile}"]
+  assert r["keys_shards"] == MESHES[mesh]["memory"]
+  assert r["bitwise"], r  # same laid-out bank: identical doc scores, indices, scores, slots
+  assert r["lean_equal"], r
+  assert r["indices_equal_flat"] and r["selected_equal_flat"], r  # the unpadded bank
+  assert r["max_diff_flat"] <= 1e-6, r
+  assert r["tie_adjacent"], r
+
+
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_route_sharded_rejects_straddling_documents(worker_result, mesh):
+  assert "straddles the boundary of memory shards" in worker_result[f"{mesh}/straddle_error"]
+
+
+if __name__ == "__main__":
+  _worker()
