@@ -1,0 +1,411 @@
+"""Needle-in-a-haystack (NIAH) tasks over the synthetic vocabulary, in the style of RULER's NIAH.
+
+A haystack is a long text of filler words (`w*` of `SyntheticTokenizer`), written as sentences
+(one per line) grouped in paragraphs (separated by a blank line). Needles are sentences
+
+  <fact> k5 k12 v9            (a key of `key_length` key words, a value of `value_length` value
+                               words, the same fact layout as the synthetic training corpus)
+
+inserted between sentences at chosen depths (0 = the start, 1 = the end of the filler). The
+haystack is then split by `msa_jax.data.segment.segment_text` into memory documents of at most
+`doc_tokens` tokens; a needle is one sentence, so it is never cut. A question names a key,
+`<query> k5 k12`, and expects every value stored under it.
+
+Variants (`NiahSpec`, with RULER's names in `PRESETS`):
+  single      one needle, one question.
+  multikey    `num_keys` needles with distinct keys; one key is asked, the others distract.
+  multivalue  one key written `num_values` times with distinct values; all must be returned.
+  multiquery  several of the keys are asked (one question each).
+
+Memory sizes grow by a factor (`memory_sizes`: 1x, 10x, 100x ... a base size); the total length
+counts every token of the haystack, needles included. Everything is a pure function of the seed.
+
+Scoring: `answer_scores` (exact match: the generated value words are exactly the expected ones,
+in any order; value recall: the fraction of expected values that appear in the generation, as
+RULER's string_match_all), `routing_recall` (the fraction of the question's needles held by a
+routed document), and `score_task` (their means over a task's questions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from msa_jax.data import segment
+from msa_jax.data.synthetic import FACT, QUERY, SPECIAL_TOKENS, SyntheticTokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class NiahSpec:
+  """What a haystack hides and what is asked.
+
+  Attributes:
+    num_keys: distinct keys written in the haystack (the asked ones plus distractors).
+    num_values: values written under each key, one needle each (distinct per key).
+    num_queries: keys asked, one question each (the first `num_queries` keys).
+    key_length: key words per key.
+    value_length: value words per value.
+    min_sentence, max_sentence: filler words per haystack sentence (uniform, inclusive).
+    min_paragraph, max_paragraph: sentences per paragraph (uniform, inclusive).
+  """
+  num_keys: int = 1
+  num_values: int = 1
+  num_queries: int = 1
+  key_length: int = 2
+  value_length: int = 1
+  min_sentence: int = 6
+  max_sentence: int = 14
+  min_paragraph: int = 3
+  max_paragraph: int = 8
+
+  @property
+  def num_needles(self) -> int:
+    return self.num_keys * self.num_values
+
+  @property
+  def needle_tokens(self) -> int:
+    """Tokens of one needle sentence: the marker, the key, the value."""
+    return 1 + self.key_length + self.value_length
+
+
+PRESETS = {
+    "single": NiahSpec(),
+    "multikey": NiahSpec(num_keys=4),
+    "multivalue": NiahSpec(num_values=4),
+    "multiquery": NiahSpec(num_keys=4, num_queries=2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Needle:
+  """One inserted fact.
+
+  Attributes:
+    key: key words, space-separated.
+    value: value words, space-separated.
+    depth: requested depth in [0, 1].
+    start, end: character span of the needle sentence in the haystack.
+    docs: indices of the documents that hold the whole needle (one, or more with overlap).
+  """
+  key: str
+  value: str
+  depth: float
+  start: int
+  end: int
+  docs: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class NiahQuestion:
+  """A question and its expected answers.
+
+  Attributes:
+    query: `<query> key...`, the routing query / question text.
+    key: the asked key.
+    values: every value stored under the key, in haystack order.
+    needles: indices into `NiahTask.needles` of the key's needles (same order as values).
+    needle_docs: for each of those needles, the documents holding it.
+  """
+  query: str
+  key: str
+  values: tuple[str, ...]
+  needles: tuple[int, ...]
+  needle_docs: tuple[tuple[int, ...], ...]
+
+  @property
+  def answer(self) -> str:
+    """The expected answer text: the values, space-separated."""
+    return " ".join(self.values)
+
+  @property
+  def doc_ids(self) -> tuple[int, ...]:
+    """Sorted indices of every document holding one of the key's needles."""
+    return tuple(sorted({d for docs in self.needle_docs for d in docs}))
+
+
+@dataclasses.dataclass(frozen=True)
+class NiahTask:
+  """A haystack, its memory documents and its questions.
+
+  Attributes:
+    text: the haystack.
+    segments: the memory documents (`segment.Segment`: text, character span, token count).
+    needles: the inserted needles, in haystack order.
+    questions: one per asked key.
+    memory_tokens: tokens of the haystack (needles included).
+    doc_tokens: the document budget used to segment it.
+    spec: the variant.
+    seed: the seed it was built from.
+  """
+  text: str
+  segments: tuple[segment.Segment, ...]
+  needles: tuple[Needle, ...]
+  questions: tuple[NiahQuestion, ...]
+  memory_tokens: int
+  doc_tokens: int
+  spec: NiahSpec
+  seed: int
+
+  @property
+  def documents(self) -> tuple[str, ...]:
+    """The memory documents' texts; document ids are indices into this tuple."""
+    return tuple(s.text for s in self.segments)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+def check_spec(spec: NiahSpec, tokenizer: SyntheticTokenizer) -> None:
+  """Raises ValueError naming a field that is out of range or needs more words than exist."""
+  for name in ("num_keys", "num_values", "num_queries", "key_length", "value_length",
+               "min_sentence", "max_sentence", "min_paragraph", "max_paragraph"):
+    _check_int(f"spec.{name}", getattr(spec, name), 1)
+  if spec.num_queries > spec.num_keys:
+    raise ValueError(f"spec.num_queries={spec.num_queries} exceeds spec.num_keys={spec.num_keys}")
+  if spec.max_sentence < spec.min_sentence or spec.max_paragraph < spec.min_paragraph:
+    raise ValueError(f"empty ranges: sentence [{spec.min_sentence}, {spec.max_sentence}], "
+                     f"paragraph [{spec.min_paragraph}, {spec.max_paragraph}]")
+  keys = tokenizer.num_key_words ** spec.key_length
+  if spec.num_keys > keys:
+    raise ValueError(f"spec.num_keys={spec.num_keys} needs distinct keys, but only {keys} exist "
+                     f"(num_key_words={tokenizer.num_key_words} ** key_length={spec.key_length})")
+  values = tokenizer.num_value_words ** spec.value_length
+  if spec.num_values > values:
+    raise ValueError(f"spec.num_values={spec.num_values} needs distinct values, but only {values} "
+                     f"exist (num_value_words={tokenizer.num_value_words} ** "
+                     f"value_length={spec.value_length})")
+
+
+def memory_sizes(base_tokens: int, num_scales: int = 3, factor: int = 10) -> list[int]:
+  """[base, base * factor, base * factor ** 2, ...]: `num_scales` memory sizes in tokens."""
+  base_tokens = _check_int("base_tokens", base_tokens, 1)
+  num_scales = _check_int("num_scales", num_scales, 1)
+  factor = _check_int("factor", factor, 2)
+  return [base_tokens * factor ** i for i in range(num_scales)]
+
+
+def _words(prefix: str, codes: np.ndarray, base: int, length: int) -> list[str]:
+  """Codes in [0, base ** length) written as `length` words `{prefix}{digit}`."""
+  powers = base ** np.arange(length - 1, -1, -1)
+  digits = (np.asarray(codes)[:, None] // powers) % base
+  return [" ".join(f"{prefix}{d}" for d in row) for row in digits.tolist()]
+
+
+def _filler(rng: np.random.Generator, spec: NiahSpec, tokens: int,
+            num_words: int) -> list[list[str]]:
+  """Filler sentences (lists of words) adding up to exactly `tokens` words."""
+  sizes, total = [], 0
+  while total < tokens:
+    sizes.append(int(rng.integers(spec.min_sentence, spec.max_sentence + 1)))
+    total += sizes[-1]
+  if sizes:
+    sizes[-1] -= total - tokens
+  words = [f"w{i}" for i in rng.integers(0, num_words, size=tokens).tolist()]
+  cuts = np.cumsum([0, *sizes])
+  return [words[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def build_niah(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *, memory_tokens: int,
+               doc_tokens: int, seed: int = 0, depths: Sequence[float] | None = None,
+               overlap: int = 0) -> NiahTask:
+  """Builds one NIAH task: haystack, memory documents, needles and questions.
+
+  Args:
+    tokenizer: the synthetic vocabulary (filler, key and value words) and the token counter.
+    spec: a `NiahSpec` or a `PRESETS` name.
+    memory_tokens: total haystack tokens, needles included.
+    doc_tokens: token budget of a memory document (>= one needle sentence).
+    seed: numpy Generator seed.
+    depths: one depth in [0, 1] per needle (needles are listed key by key, values within a key);
+      None draws them uniformly. A needle goes to the sentence boundary nearest to
+      depth * filler tokens.
+    overlap: tokens repeated between consecutive documents (see `segment_text`).
+
+  Raises:
+    ValueError: an unknown preset, a bad spec, sizes that cannot hold the needles, or depths of
+      the wrong number or outside [0, 1].
+  """
+  if isinstance(spec, str):
+    if spec not in PRESETS:
+      raise ValueError(f"unknown NIAH preset {spec!r}; known: {sorted(PRESETS)}")
+    spec = PRESETS[spec]
+  check_spec(spec, tokenizer)
+  memory_tokens = _check_int("memory_tokens", memory_tokens, 1)
+  doc_tokens = _check_int("doc_tokens", doc_tokens, 1)
+  seed = _check_int("seed", seed, 0)
+  needle_total = spec.num_needles * spec.needle_tokens
+  if memory_tokens < needle_total:
+    raise ValueError(f"memory_tokens={memory_tokens} cannot hold {spec.num_needles} needles of "
+                     f"{spec.needle_tokens} tokens")
+  if doc_tokens < spec.needle_tokens:
+    raise ValueError(f"doc_tokens={doc_tokens} cannot hold a {spec.needle_tokens}-token needle")
+  rng = np.random.default_rng(seed)
+  if depths is None:
+    depths = rng.uniform(0.0, 1.0, size=spec.num_needles).tolist()
+  depths = [float(d) for d in depths]
+  if len(depths) != spec.num_needles or not all(0.0 <= d <= 1.0 for d in depths):
+    raise ValueError(f"depths={depths} must be {spec.num_needles} numbers in [0, 1]")
+
+  keys = _words("k", rng.choice(tokenizer.num_key_words ** spec.key_length, spec.num_keys,
+                                replace=False), tokenizer.num_key_words, spec.key_length)
+  facts = []  # (key, value, depth), key by key
+  for key in keys:
+    codes = rng.choice(tokenizer.num_value_words ** spec.value_length, spec.num_values,
+                       replace=False)
+    for value in _words("v", codes, tokenizer.num_value_words, spec.value_length):
+      facts.append((key, value, depths[len(facts)]))
+
+  filler_tokens = memory_tokens - needle_total
+  sentences = _filler(rng, spec, filler_tokens, tokenizer.num_filler_words)
+  paragraph = []  # paragraph index of each filler sentence
+  while len(paragraph) < len(sentences):
+    size = int(rng.integers(spec.min_paragraph, spec.max_paragraph + 1))
+    paragraph += [paragraph[-1] + 1 if paragraph else 0] * size
+  paragraph = paragraph[:len(sentences)]
+
+  # Needle f goes before filler sentence slot[f] (len(sentences): after the last one).
+  offsets = np.cumsum([0] + [len(s) for s in sentences])
+  slots = [int(np.argmin(np.abs(offsets - d * filler_tokens))) for _, _, d in facts]
+  order = sorted(range(len(facts)), key=lambda f: (slots[f], f))
+  items = []  # (words, paragraph, fact index or None)
+  next_fact = 0
+  for slot in range(len(sentences) + 1):
+    while next_fact < len(order) and slots[order[next_fact]] == slot:
+      f = order[next_fact]
+      par = paragraph[slot] if slot < len(sentences) else (paragraph[-1] if paragraph else 0)
+      items.append(([FACT, *facts[f][0].split(), *facts[f][1].split()], par, f))
+      next_fact += 1
+    if slot < len(sentences):
+      items.append((sentences[slot], paragraph[slot], None))
+
+  parts, spans, pos = [], {}, 0
+  for n, (words, par, fact) in enumerate(items):
+    if n:
+      sep = "\n" if par == items[n - 1][1] else "\n\n"
+      parts.append(sep)
+      pos += len(sep)
+    line = " ".join(words)
+    if fact is not None:
+      spans[fact] = (pos, pos + len(line))
+    parts.append(line)
+    pos += len(line)
+  text = "".join(parts)
+
+  segments = tuple(segment.segment_text(text, doc_tokens, tokenizer=tokenizer, overlap=overlap))
+  needles, index_of = [], {}
+  for f in order:  # haystack order
+    start, end = spans[f]
+    docs = tuple(segment.segments_containing(list(segments), start, end))
+    assert docs, f"needle {f} at {start}:{end} is in no segment"
+    index_of[f] = len(needles)
+    needles.append(Needle(key=facts[f][0], value=facts[f][1], depth=facts[f][2], start=start,
+                          end=end, docs=docs))
+  questions = []
+  for key in keys[:spec.num_queries]:
+    mine = [index_of[f] for f in range(len(facts)) if facts[f][0] == key]
+    mine.sort()
+    questions.append(NiahQuestion(
+        query=f"{QUERY} {key}", key=key, values=tuple(needles[i].value for i in mine),
+        needles=tuple(mine), needle_docs=tuple(needles[i].docs for i in mine)))
+  return NiahTask(text=text, segments=segments, needles=tuple(needles),
+                  questions=tuple(questions), memory_tokens=memory_tokens,
+                  doc_tokens=doc_tokens, spec=spec, seed=seed)
+
+
+def build_suite(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *, base_tokens: int,
+                doc_tokens: int, num_scales: int = 3, factor: int = 10,
+                samples_per_size: int = 1, seed: int = 0,
+                depths: Sequence[float] | None = None, overlap: int = 0) -> list[NiahTask]:
+  """Tasks at every memory size of `memory_sizes(base_tokens, num_scales, factor)`.
+
+  Sample s at size m is built with the seed `SeedSequence([seed, m, s])` draws, so adding sizes
+  or samples leaves the other tasks unchanged.
+  """
+  samples_per_size = _check_int("samples_per_size", samples_per_size, 1)
+  tasks = []
+  for size in memory_sizes(base_tokens, num_scales, factor):
+    for sample in range(samples_per_size):
+      task_seed = int(np.random.SeedSequence([seed, size, sample]).generate_state(1)[0])
+      tasks.append(build_niah(tokenizer, spec, memory_tokens=size, doc_tokens=doc_tokens,
+                              seed=task_seed, depths=depths, overlap=overlap))
+  return tasks
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+
+def _answer_words(generated: str | Sequence[str]) -> list[str]:
+  """Words of a generation, special tokens (`<eos>`, `<answer>`, ...) dropped."""
+  words = generated.split() if isinstance(generated, str) else list(generated)
+  return [w for w in words if w not in SPECIAL_TOKENS]
+
+
+def answer_scores(generated: str | Sequence[str], expected: Sequence[str]) -> dict[str, float]:
+  """Exact match and value recall of one generated answer.
+
+  Args:
+    generated: the decoded answer (text or a list of words).
+    expected: the expected values (each one or more space-separated words).
+
+  Returns:
+    {"exact_match": 1.0 if the generated words, special tokens dropped, are exactly the expected
+     values' words in any order, "value_recall": the fraction of expected values found in the
+     generation as a contiguous run of words}.
+  """
+  if not expected:
+    raise ValueError("expected has no value to score against")
+  words = _answer_words(generated)
+  wanted = [w for value in expected for w in value.split()]
+
+  def found(value: str) -> bool:
+    v = value.split()
+    return any(words[i:i + len(v)] == v for i in range(len(words) - len(v) + 1))
+
+  return {"exact_match": float(sorted(words) == sorted(wanted)),
+          "value_recall": float(np.mean([found(v) for v in expected]))}
+
+
+def routing_recall(question: NiahQuestion, routed_docs: Sequence[int]) -> float:
+  """Fraction of the question's needles with at least one holding document among `routed_docs`."""
+  routed = {int(d) for d in routed_docs}
+  return float(np.mean([bool(routed.intersection(docs)) for docs in question.needle_docs]))
+
+
+def score_task(task: NiahTask, answers: Sequence[str] | None = None,
+               routed_docs: Sequence[Sequence[int]] | None = None) -> dict[str, float]:
+  """Means over the task's questions of `answer_scores` and `routing_recall`.
+
+  Args:
+    task: the task.
+    answers: one generated answer per question (in `task.questions` order), or None.
+    routed_docs: the document ids routed for each question, or None.
+
+  Raises:
+    ValueError: a number of answers or routed lists other than the number of questions, or a
+      routed document id outside [0, number of documents).
+  """
+  n = len(task.questions)
+  scores = {}
+  if answers is not None:
+    if isinstance(answers, str) or len(answers) != n:
+      raise ValueError(f"expected {n} answers (one per question), got {answers!r}")
+    per = [answer_scores(a, q.values) for a, q in zip(answers, task.questions)]
+    scores.update({name: float(np.mean([p[name] for p in per])) for name in per[0]})
+  if routed_docs is not None:
+    if len(routed_docs) != n:
+      raise ValueError(f"expected {n} routed-document lists, got {len(routed_docs)}")
+    num_docs = len(task.segments)
+    bad = [d for docs in routed_docs for d in docs if not 0 <= int(d) < num_docs]
+    if bad:
+      raise ValueError(f"routed document ids {bad[:5]} are outside [0, {num_docs})")
+    scores["routing_recall"] = float(np.mean(
+        [routing_recall(q, docs) for q, docs in zip(task.questions, routed_docs)]))
+  return scores
+
