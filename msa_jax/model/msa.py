@@ -146,8 +146,29 @@ def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, qu
   return scores(rq, keys)
 
 
+@flax.struct.dataclass
+class MemoryBlocks:
+  """A router layer's view of documents: pooled chunks, what the memory bank stores.
+
+  Attributes:
+    keys: [..., C, J, D] pooled routing keys (L2-normalised when the config says so).
+    k, v: [..., C, J, D] pooled post-RoPE attention keys and values.
+    chunks: [..., C] bool, existing chunks.
+  """
+
+  keys: jax.Array
+  k: jax.Array
+  v: jax.Array
+  chunks: jax.Array
+
+
 class MSAAttention(attention.Attention):
-  """Attention over both streams; in a router layer, the prompt also reads routed memory."""
+  """Attention over both streams; in a router layer, the prompt also reads routed memory.
+
+  `__call__` is the training forward (in-batch routing). The inference engine calls the
+  parts: `doc_attention` (documents -> output and `MemoryBlocks`), `routing_queries` and
+  `prompt_attention` (prompt tokens over given memory blocks and a KV cache).
+  """
 
   msa: MSAConfig = MSAConfig()
   is_router: bool = False
@@ -160,50 +181,89 @@ class MSAAttention(attention.Attention):
       self.router_q_proj = layers.Einsum((e, h, d), ("embed", "q_heads", "head_dim"), **kw)
       self.router_k_proj = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), **kw)
 
-  def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,
-               memory_index):
-    """Returns (document output [B, N, G, E], prompt output [B, T, E], Route or None)."""
+  def doc_attention(self, docs, doc_positions, doc_lengths):
+    """Documents [B, N, G, E] -> (output [B, N, G, E], MemoryBlocks [B, N, C, ...] or None)."""
     b, n, g, e = docs.shape
-    t = x.shape[1]
-    # Documents: independent causal attention, [B*N, G].
     dq, dk, dv = self.project(docs.reshape(b * n, g, e), doc_positions.reshape(b * n, g))
     doc_valid = jnp.arange(g) < doc_lengths.reshape(b * n, 1)
     doc_out = attention.dot_product_attention(
         dq, dk, dv, attention.causal_mask(g) & doc_valid[:, None, :])
     doc_out = self.output(_pad_query_rows(doc_out, doc_valid)).reshape(b, n, g, e)
+    if not self.is_router:
+      return doc_out, None
+    p = self.msa.chunk_size
+    shape5 = (b, n, g) + dk.shape[2:]
+    pooled_k = routing.chunk_mean(dk.reshape(shape5), doc_lengths, p)  # [B, N, C, J, D]
+    pooled_v = routing.chunk_mean(dv.reshape(shape5), doc_lengths, p)
+    if self.msa.decouple_router:
+      keys = routing.chunk_mean(self.router_k_proj("BNGE,EJD->BNGJD", docs), doc_lengths, p)
+    else:
+      keys = pooled_k
+    if self.msa.normalize_routing:
+      keys = routing.l2_normalize(keys)
+    return doc_out, MemoryBlocks(keys=keys, k=pooled_k, v=pooled_v,
+                                 chunks=routing.chunk_mask(doc_lengths, g, p))
 
+  def _routing_queries(self, x, q):
+    rq = self.router_q_proj("BTE,EHD->BTHD", x) if self.msa.decouple_router else q
+    return routing.l2_normalize(rq) if self.msa.normalize_routing else rq
+
+  def routing_queries(self, x, positions):
+    """Prompt [B, T, E] at `positions` -> routing queries [B, T, H, D] (router layers)."""
+    if self.msa.decouple_router:
+      return self._routing_queries(x, None)
+    return self._routing_queries(x, self.project(x, positions)[0])
+
+  def prompt_attention(self, x, positions, mask, memory_k=None, memory_v=None,
+                       memory_mask=None, cache=None, cache_index=None):
+    """The prompt stream over given memory chunks (inference).
+
+    Args:
+      x: [B, T, E] normed prompt hidden states at `positions` [B, T].
+      mask: [B, T, S] bool over the prompt's own keys (S = T, or the cache length).
+      memory_k, memory_v: [B, M, J, D] routed pooled chunks, or None (no memory).
+      memory_mask: [B, T, M] bool, which query sees which memory chunk.
+      cache, cache_index: a KVCache and the slot of the first new token, as in `Attention`.
+
+    Returns:
+      (output [B, T, E], updated cache or None).
+    """
+    q, k, v = self.project(x, positions)
+    if cache is not None:
+      cache = attention.update_cache(cache, k, v, cache_index)
+      k, v = cache.k, cache.v
+    if memory_k is not None:
+      k = jnp.concatenate([memory_k.astype(k.dtype), k], 1)
+      v = jnp.concatenate([memory_v.astype(v.dtype), v], 1)
+      mask = jnp.concatenate([memory_mask, jnp.broadcast_to(mask, memory_mask.shape[:2]
+                                                             + mask.shape[2:])], -1)
+    return self.output(attention.dot_product_attention(q, k, v, mask)), cache
+
+  def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,
+               memory_index):
+    """Returns (document output [B, N, G, E], prompt output [B, T, E], Route or None)."""
+    doc_out, mem = self.doc_attention(docs, doc_positions, doc_lengths)
+    t = x.shape[1]
     q, k, v = self.project(x, positions)
     self_mask = attention.causal_mask(t) & token_mask[:, None, :]
     if not self.is_router:
       out = attention.dot_product_attention(q, k, v, self_mask)
       return doc_out, self.output(_pad_query_rows(out, token_mask)), None
 
-    p = self.msa.chunk_size
-    chunks = routing.chunk_mask(doc_lengths, g, p)  # [B, N, C]
-    shape5 = (b, n, g) + dk.shape[2:]
-    pooled_k = routing.chunk_mean(dk.reshape(shape5), doc_lengths, p)  # [B, N, C, J, D]
-    pooled_v = routing.chunk_mean(dv.reshape(shape5), doc_lengths, p)
-    if self.msa.decouple_router:
-      rq = self.router_q_proj("BTE,EHD->BTHD", x)
-      rk = self.router_k_proj("BNGE,EJD->BNGJD", docs)
-      rkeys = routing.chunk_mean(rk, doc_lengths, p)
-    else:
-      rq, rkeys = q, pooled_k
-    if self.msa.normalize_routing:
-      rq, rkeys = routing.l2_normalize(rq), routing.l2_normalize(rkeys)
+    rq = self._routing_queries(x, q)
     use_pallas = _use_pallas(self.msa.kernel_impl, self.head_dim)
     chunk_scores = (_pallas_chunk_scores if use_pallas else routing.chunk_scores)(
-        rq, query_mask & token_mask, rkeys, chunks,
+        rq, query_mask & token_mask, mem.keys, mem.chunks,
         scale=self.msa.routing_scale(self.head_dim), head_reduce=self.msa.head_reduce,
         query_reduce=self.msa.query_reduce)
-    scores = routing.doc_scores(chunk_scores, chunks, self.msa.chunk_reduce)
+    scores = routing.doc_scores(chunk_scores, mem.chunks, self.msa.chunk_reduce)
     indices, selected = routing.select_top_k(scores, doc_lengths > 0, self.msa.top_k)
     sees_memory = jnp.arange(t)[None, :] >= memory_index[:, None]  # [B, T]
     if use_pallas:
-      out = _pallas_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selected,
+      out = _pallas_routed_attention(q, k, v, mem.k, mem.v, mem.chunks, indices, selected,
                                      sees_memory, token_mask)
     else:
-      out = _xla_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selected,
+      out = _xla_routed_attention(q, k, v, mem.k, mem.v, mem.chunks, indices, selected,
                                   sees_memory, self_mask)
     route = Route(doc_scores=scores, chunk_scores=chunk_scores, indices=indices,
                   selected=selected)
@@ -211,7 +271,11 @@ class MSAAttention(attention.Attention):
 
 
 class MSADecoderLayer(nn.Module):
-  """Pre-norm block applied to both streams: h = x + attn(norm(x)); out = h + mlp(norm(h))."""
+  """Pre-norm block applied to both streams: h = x + attn(norm(x)); out = h + mlp(norm(h)).
+
+  `__call__` is the training forward; `docs`, `routing_queries` and `prompt` are its parts
+  for the inference engine (same parameters, same math).
+  """
 
   config: ModelConfig
   msa: MSAConfig
@@ -219,28 +283,50 @@ class MSADecoderLayer(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,
-               memory_index):
+  def setup(self):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    attn_norm = layers.RMSNorm(cfg.norm_eps, name="attn_norm", **kw)
-    mlp_norm = layers.RMSNorm(cfg.norm_eps, name="mlp_norm", **kw)
-    mlp = layers.MLP(cfg.mlp_dim, name="mlp", **kw)
-    doc_y, y, route = MSAAttention(
+    self.attn_norm = layers.RMSNorm(cfg.norm_eps, **kw)
+    self.mlp_norm = layers.RMSNorm(cfg.norm_eps, **kw)
+    self.mlp = layers.MLP(cfg.mlp_dim, **kw)
+    self.attn = MSAAttention(
         embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
-        norm_eps=cfg.norm_eps, msa=self.msa, is_router=self.is_router, name="attn", **kw)(
-            attn_norm(docs), doc_positions, doc_lengths, attn_norm(x), positions, token_mask,
-            query_mask, memory_index)
+        norm_eps=cfg.norm_eps, msa=self.msa, is_router=self.is_router, **kw)
+
+  def _doc_mlp(self, docs, doc_y):
     b, n, g, e = docs.shape
     docs = docs + doc_y
-    docs = docs + mlp(mlp_norm(docs.reshape(b * n, g, e))).reshape(b, n, g, e)
+    docs = docs + self.mlp(self.mlp_norm(docs.reshape(b * n, g, e))).reshape(b, n, g, e)
+    return nn.with_logical_constraint(docs, ("batch", "docs", "length", "embed"))
+
+  def _prompt_mlp(self, x, y):
     x = x + y
-    x = x + mlp(mlp_norm(x))
-    docs = nn.with_logical_constraint(docs, ("batch", "docs", "length", "embed"))
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    return docs, x, route
+    x = x + self.mlp(self.mlp_norm(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def docs(self, docs, doc_positions, doc_lengths):
+    """Document stream only: [B, N, G, E] -> (output, MemoryBlocks or None)."""
+    doc_y, mem = self.attn.doc_attention(self.attn_norm(docs), doc_positions, doc_lengths)
+    return self._doc_mlp(docs, doc_y), mem
+
+  def routing_queries(self, x, positions):
+    """Routing queries [B, T, H, D] of the prompt hidden states entering this layer."""
+    return self.attn.routing_queries(self.attn_norm(x), positions)
+
+  def prompt(self, x, positions, mask, memory_k=None, memory_v=None, memory_mask=None,
+             cache=None, cache_index=None):
+    """Prompt stream only, over given memory chunks; see `MSAAttention.prompt_attention`."""
+    y, cache = self.attn.prompt_attention(self.attn_norm(x), positions, mask, memory_k,
+                                          memory_v, memory_mask, cache, cache_index)
+    return self._prompt_mlp(x, y), cache
+
+  def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,
+               memory_index):
+    doc_y, y, route = self.attn(
+        self.attn_norm(docs), doc_positions, doc_lengths, self.attn_norm(x), positions,
+        token_mask, query_mask, memory_index)
+    return self._doc_mlp(docs, doc_y), self._prompt_mlp(x, y), route
 
 
 class MSATransformer(nn.Module):
