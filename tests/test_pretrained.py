@@ -1,0 +1,86 @@
+"""A pretrained backbone under fresh routers: msa_jax.train.pretrained."""
+
+import functools
+
+import flax.traverse_util
+import jax
+import numpy as np
+import pytest
+
+from msa_jax.checkpoint import hf
+from msa_jax.model import MSAConfig, MSATransformer, get_preset
+from msa_jax.train import optimizer as optim_lib
+from msa_jax.train import pretrained
+from msa_jax.train import sharding as sharding_lib
+from msa_jax.train import step as step_lib
+
+CFG = get_preset("tiny").replace(num_layers=4)
+MSA = MSAConfig(top_k=2, chunk_size=8, aux_loss="bce")  # bce: aux_bias must stay fresh too
+
+
+@functools.lru_cache(maxsize=None)
+def _state(seed):
+  """A fresh train state (cached: do not donate it)."""
+  model = MSATransformer(CFG, MSA)
+  tx = optim_lib.make_optimizer({})
+  return step_lib.init_train_state(model, tx, jax.random.key(seed),
+                                   sharding_lib.make_mesh(dict(data=-1, fsdp=1, tensor=1)))[0]
+
+
+def _flat(params):
+  return flax.traverse_util.flatten_dict(jax.device_get(params))
+
+
+def test_backbone_from_checkpoint_routers_fresh(tmp_path):
+  donor = _state(1).params  # the "pretrained" model: another init
+  hf.save_hf_checkpoint(tmp_path / "ckpt", CFG, donor)
+  fresh = _state(0)
+  assert pretrained.checkpoint_config(tmp_path / "ckpt") == CFG
+  loaded = pretrained.load_into_state(_state(0), tmp_path / "ckpt")
+  got, want, init = _flat(loaded.params), _flat(donor), _flat(fresh.params)
+  assert set(got) == set(init)
+  routers = [p for p in got if pretrained.is_fresh(p)]
+  assert len(routers) == 2 * 2 + 1  # router q/k of layers 2, 3, and aux_bias
+  for path in got:
+    ref = init[path] if pretrained.is_fresh(path) else want[path]
+    np.testing.assert_array_equal(got[path], ref, err_msg="/".join(path))
+  leaf = loaded.params["layers_0"]["attn"]["q_proj"]["kernel"]
+  assert leaf.sharding == fresh.params["layers_0"]["attn"]["q_proj"]["kernel"].sharding
+
+
+def test_first_layers_only(tmp_path):
+  hf.save_hf_checkpoint(tmp_path / "ckpt", CFG, _state(1).params)
+  cfg, params = pretrained.load_backbone(tmp_path / "ckpt", num_layers=2)
+  assert cfg.num_layers == 2 and sorted(k for k in params if k.startswith("layers_")) == [
+      "layers_0", "layers_1"]
+  with pytest.raises(ValueError, match=r"model.num_layers=5 must be in \[1, 4\]"):
+    pretrained.checkpoint_config(tmp_path / "ckpt", num_layers=5)
+
+
+def test_mismatch_is_reported():
+  params = _state(0).params
+  backbone = flax.traverse_util.unflatten_dict({
+      p: v for p, v in _flat(params).items() if not pretrained.is_fresh(p) and p[0] != "final_norm"})
+  backbone["layers_0"] = dict(backbone["layers_0"], extra={"kernel": np.zeros(3)})
+  with pytest.raises(hf.CheckpointError, match=r"missing \['final_norm/scale'\].*unexpected "
+                     r"\['layers_0/extra/kernel'\]"):
+    pretrained.merge_backbone(params, backbone)
+  bad = flax.traverse_util.unflatten_dict({
+      p: v for p, v in _flat(params).items() if not pretrained.is_fresh(p)})
+  bad["final_norm"] = {"scale": np.zeros(7)}
+  with pytest.raises(hf.CheckpointError, match=r"final_norm/scale: model \(64,\) vs checkpoint "
+                     r"\(7,\)"):
+    pretrained.merge_backbone(params, bad)
+
+
+def test_missing_checkpoint_names_the_field(tmp_path):
+  with pytest.raises(FileNotFoundError, match="model.checkpoint="):
+    pretrained.checkpoint_path(tmp_path / "nope.gguf")
+
+
+def test_smollm2_gguf_config_and_tokenizer():
+  cfg = pretrained.checkpoint_config("smollm2")
+  # GGUF stores norm_eps as float32.
+  assert cfg == get_preset("smollm2_135m").replace(norm_eps=cfg.norm_eps)
+  assert cfg.norm_eps == pytest.approx(1e-5)
+  assert pretrained.checkpoint_tokenizer("smollm2").vocab_size == cfg.vocab_size
