@@ -200,3 +200,24 @@ def test_bad_parameters_raise(corpus):
     whole_memory_batch(corpus, [90], SPEC)
   with pytest.raises(ValueError, match="chunk_docs must be an integer >= 1, got 0"):
     list(chunked_memory_batches(corpus, [0], SPEC, 0))
+
+
+def test_process_rows_concatenate_to_the_global_batch(corpus):
+  spec = BatchSpec(**{**SPEC.__dict__, "batch_size": 6})
+  full = SyntheticBatchIterator(corpus, spec)
+  parts = [SyntheticBatchIterator(corpus, spec, process_index=p, process_count=3)
+           for p in range(3)]
+  for _ in range(17):  # crosses an epoch boundary (15 batches per epoch)
+    whole, local = next(full), [next(it) for it in parts]
+    assert local[0].tokens.shape[0] == 2
+    for name, x in vars(whole).items():
+      if x is not None:
+        np.testing.assert_array_equal(np.concatenate([vars(b)[name] for b in local]), x)
+  assert {str(it.get_state()) for it in parts} == {str(full.get_state())}
+  ds = synthetic.grain_dataset(corpus, spec, process_index=2, process_count=3)
+  _assert_same(ds[16], local[2])
+  assert synthetic.process_rows(8, 1, 4) == slice(2, 4)
+  with pytest.raises(ValueError, match="global batch size 6 is not divisible by the 4 processes"):
+    SyntheticBatchIterator(corpus, spec, process_index=0, process_count=4)
+  with pytest.raises(ValueError, match="process_index=3 must be < process_count=3"):
+    synthetic.process_rows(6, 3, 3)

@@ -1,10 +1,12 @@
 """`python -m msa_jax.train` end to end on the demo's smoke variant: metrics, checkpoints,
-and a rerun that resumes and reproduces the uninterrupted run."""
+and a rerun that resumes and reproduces the uninterrupted run (also after a SIGKILL)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,11 +20,16 @@ from tests.paths import REPO
 def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
   config = demo.get_config("smoke")
   straight = train_and_evaluate(config, tmp_path / "straight")
-  # The same run stopped after step 3 (its checkpoint), then the same command again.
+  # The same run stopped after step 3 (its checkpoint), then the same command again; read
+  # through grain (same batches), whose iterator state the checkpoints store.
   stopped = demo.get_config("smoke")
   stopped.train.steps = 3
+  stopped.data.loader = config.data.loader = "grain"
   train_and_evaluate(stopped, tmp_path / "resumed")
   resumed = train_and_evaluate(config, tmp_path / "resumed")
+  data_state = json.loads((tmp_path / "resumed" / "checkpoints" / "3" / "data" / "metadata")
+                          .read_text())
+  assert data_state == {"next_index": 3}
   a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight", "train")}
   b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "resumed", "train")}
   assert sorted(a) == [2, 4, 6] and sorted(b) == [2, 3, 4, 6]
@@ -48,3 +55,69 @@ def test_command_line(tmp_path):
       [sys.executable, "-m", "msa_jax.train", f"--config={REPO / 'configs' / 'demo.py'}:nope",
        f"--workdir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
   assert bad.returncode != 0 and "unknown variant 'nope'" in bad.stderr
+
+
+def _finished_checkpoints(directory) -> list[int]:
+  """Steps of the complete checkpoints (orbax renames a finished save to its step number)."""
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_resumes_and_reproduces(tmp_path):
+  overrides = dict(steps=10, log_every=1, eval_every=5, checkpoint_every=2)
+  command = [sys.executable, "-m", "msa_jax.train",
+             f"--config={REPO / 'configs' / 'demo.py'}:smoke", f"--workdir={tmp_path / 'run'}",
+             "--config.optim.total_steps=10"] + [f"--config.train.{k}={v}"
+                                                  for k, v in overrides.items()]
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+  checkpoints = tmp_path / "run" / "checkpoints"
+  with (tmp_path / "killed.log").open("w") as log:
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:  # SIGKILL as soon as the first checkpoint is complete, mid-run
+      deadline = time.monotonic() + 300
+      while not _finished_checkpoints(checkpoints) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.02)
+    finally:
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+  start = _finished_checkpoints(checkpoints)[-1]
+  assert 2 <= start < 10 and not (tmp_path / "run" / "final_metrics.json").exists()
+  # A save killed half-way (the kill may also have hit one): ignored, then deleted.
+  partial = checkpoints / f"{start + 2}.orbax-checkpoint-tmp-1763712000000000"
+  (partial / "state").mkdir(parents=True, exist_ok=True)
+  (partial / "state" / "_METADATA").write_text("{trunc")
+
+  rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f"resumed from step {start} in" in rerun.stdout, rerun.stdout[-3000:]
+  assert f"[train] step {start + 1} | " in rerun.stdout
+  assert f"[train] step {start} | " not in rerun.stdout
+  assert _finished_checkpoints(checkpoints)[-1] == 10
+  assert not any(".orbax-checkpoint-tmp" in p.name for p in checkpoints.iterdir())
+
+  config = demo.get_config("smoke")
+  config.optim.total_steps = 10
+  config.train.update(overrides)
+  straight = train_and_evaluate(config, tmp_path / "straight")
+  resumed = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+  keys = ("loss", "lm_loss", "aux_loss", "eval_loss", "eval_lm_loss", "eval_aux_loss")
+  print("killed at step", start, "; relative differences to the uninterrupted run:",
+        {k: abs(resumed[k] - straight[k]) / abs(straight[k]) for k in keys})
+  for key in keys:
+    np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, err_msg=key)
+  # Rerunning a finished run trains nothing and gives the same final metrics.
+  assert train_and_evaluate(config, tmp_path / "straight") == straight
+  # metrics.jsonl: one row per (split, step), steps logged before the kill and after the
+  # checkpoint were dropped on resume and logged again.
+  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+          .splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 11))
+  assert [r["step"] for r in rows if r["split"] == "eval"] == [5, 10]
+  reference = {(r["split"], r["step"]): r["loss"] for r in read_metrics(tmp_path / "straight")}
+  for r in rows:
+    np.testing.assert_allclose(r["loss"], reference[r["split"], r["step"]], rtol=1e-5)

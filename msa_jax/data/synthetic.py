@@ -19,6 +19,11 @@ the training batch number k of `SyntheticBatchSource` from (spec.seed, k). The i
 `{"seed", "epoch", "index"}`; `grain_dataset` wraps the same source as a `grain.MapDataset` (its
 iterator has grain's checkpointable state) when grain is installed. Both give identical batches.
 
+Multi-process training: with `process_index=p, process_count=P` the source, iterator and
+`grain_dataset` yield only rows [p * B / P, (p + 1) * B / P) of each global batch (B must be
+divisible by P). The global batch (all processes' rows in process order) is the single-process
+batch: negatives are still drawn for all B samples, only the arrays of the other rows are skipped.
+
 For evaluation, `whole_memory_batch` puts all M corpus documents in every sample (N = M) and
 `chunked_memory_batches` splits them into chunks of documents; `corpus_memory` returns the memory
 once ([M, G]) so routing keys can be encoded a single time for large M.
@@ -200,7 +205,8 @@ class SyntheticCorpus:
 
 def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length: int = 64,
                     facts_per_doc: int = 1, key_length: int = 2, value_length: int = 1,
-                    id_digits: int = 6, seed: int = 0) -> SyntheticCorpus:
+                    id_digits: int = 6, fact_span: int | None = None,
+                    seed: int = 0) -> SyntheticCorpus:
   """A deterministic corpus: same arguments, same arrays.
 
   Args:
@@ -213,6 +219,10 @@ def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length:
     id_digits: digits per identifier (>= log10(num_docs)). Identifiers are distinct random
       numbers below 10 ** id_digits, not the document index. Keep it the same for training and
       evaluation corpora, so answers have one length whatever the memory size.
+    fact_span: facts lie among the first `fact_span` tokens after the identifier prefix
+      (filler included); None: anywhere in the document. A span that puts the facts in the
+      identifier's chunk lets a shallow model copy the identifier from the fact's chunk
+      (pooled memory keeps no token order across chunks; see configs/demo.py).
     seed: numpy Generator seed.
 
   Raises:
@@ -251,10 +261,17 @@ def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length:
   values = tokenizer.value0_id + rng.integers(0, tokenizer.num_value_words,
                                               size=(num_q, value_length))
   num_filler = doc_length - needed
+  max_gap = num_filler
+  if fact_span is not None:
+    fact_span = _positive_int("fact_span", fact_span)
+    if fact_span < facts_per_doc * fact_len:
+      raise ValueError(f"fact_span={fact_span} cannot hold facts_per_doc={facts_per_doc} facts "
+                       f"of {fact_len} tokens")
+    max_gap = min(num_filler, fact_span - facts_per_doc * fact_len)
   filler = tokenizer.filler0_id + rng.integers(0, tokenizer.num_filler_words,
                                                size=(num_docs, num_filler))
   # Fact j goes after gaps[j] filler words (sorted, so facts keep their order; may be adjacent).
-  gaps = np.sort(rng.integers(0, num_filler + 1, size=(num_docs, facts_per_doc)), axis=1)
+  gaps = np.sort(rng.integers(0, max_gap + 1, size=(num_docs, facts_per_doc)), axis=1)
 
   docs = np.empty((num_docs, doc_length), np.int32)
   key_offset = np.empty((num_q,), np.int32)
@@ -297,6 +314,10 @@ class BatchSpec:
       official layout uses top_k; see `prompt_positions`).
     include_value: answer `[ id ] value <eos>` instead of `[ id ] <eos>`.
     seed: shuffling / negative sampling seed.
+    global_positions: the global-RoPE ablation: document slot n takes positions
+      len(head) + n * doc_length + 0..G-1 (the documents run on one after the other) and the
+      prompt after the head continues after all of them (`position_offset` is then unused).
+      False (the MSA default): every document at 0..G-1.
   """
   batch_size: int = 8
   docs_per_sample: int = 16
@@ -306,6 +327,7 @@ class BatchSpec:
   position_offset: int = 0
   include_value: bool = False
   seed: int = 0
+  global_positions: bool = False
 
 
 def _shapes(corpus: SyntheticCorpus, spec: BatchSpec) -> tuple[int, int]:
@@ -364,17 +386,19 @@ def _padded_docs(corpus: SyntheticCorpus, docs: np.ndarray, g: int) -> np.ndarra
 
 
 def build_batch(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSpec,
-                rng: np.random.Generator) -> MSABatch:
+                rng: np.random.Generator, rows: slice | None = None) -> MSABatch:
   """A training batch for `questions`: each sample's positive plus N - 1 random negatives.
 
   Args:
     corpus: the corpus.
     questions: B question indices.
     spec: shapes and options (its batch_size is not used here; B = len(questions)).
-    rng: draws the negatives and the slot order.
+    rng: draws the negatives and the slot order (for all B samples, whatever `rows`).
+    rows: build only these rows of the batch (e.g. this process's slice); None: all.
 
   Returns:
-    An MSABatch of numpy arrays: doc_tokens [B, N, G], route_labels [B, N] with exactly one 1.
+    An MSABatch of numpy arrays: doc_tokens [B, N, G] (B = the rows built), route_labels [B, N]
+    with exactly one 1. Rows are identical to the same rows of the full batch.
   """
   n = _positive_int("docs_per_sample", spec.docs_per_sample)
   if n > corpus.num_docs:
@@ -390,13 +414,40 @@ def build_batch(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSp
     slots = rng.permutation(n)
     docs[i, slots] = np.concatenate([[pos], neg])
     route[i, slots[0]] = 1
+  if rows is not None:
+    questions, docs, route = list(questions)[rows], docs[rows], route[rows]
+    b = len(questions)
   p = _prompts(corpus, questions, spec, t)
+  doc_positions = None
+  if spec.global_positions:
+    h, length = len(spec.head), corpus.doc_length
+    doc_positions = np.broadcast_to(
+        h + np.arange(n)[:, None] * length + np.arange(g), (b, n, g)).astype(np.int32)
+    p["positions"] = np.broadcast_to(prompt_positions(t, h, n * length), (b, t)).copy()
   return MSABatch(
       doc_tokens=_padded_docs(corpus, docs, g),
       doc_lengths=np.full((b, n), corpus.doc_length, np.int32),
       tokens=p["tokens"], token_mask=p["token_mask"], positions=p["positions"],
       query_mask=p["query_mask"], memory_index=p["memory_index"], labels=p["labels"],
-      route_labels=route)
+      route_labels=route, doc_positions=doc_positions)
+
+
+def process_rows(batch_size: int, process_index: int = 0, process_count: int = 1) -> slice:
+  """Rows [p * B / P, (p + 1) * B / P) of a global batch of B rows: process p's share.
+
+  Raises:
+    ValueError: B not divisible by P, or p outside [0, P).
+  """
+  b = _positive_int("batch_size", batch_size)
+  count = _positive_int("process_count", process_count)
+  index = _positive_int("process_index", process_index, minimum=0)
+  if index >= count:
+    raise ValueError(f"process_index={index} must be < process_count={count}")
+  if b % count:
+    raise ValueError(f"global batch size {b} is not divisible by the {count} processes "
+                     "(each process loads B / P rows)")
+  local = b // count
+  return slice(index * local, (index + 1) * local)
 
 
 class SyntheticBatchSource:
@@ -404,9 +455,17 @@ class SyntheticBatchSource:
 
   Each epoch visits the questions in a fresh permutation drawn from (seed, epoch), dropping the
   last Q % B; batch k's negatives come from (seed, k). So any batch can be rebuilt from its index.
+  With `process_count` P > 1, `source[k]` holds only this process's B / P rows of batch k
+  (`process_rows`); `questions(k)` stays global.
+
+  Args:
+    corpus: the corpus.
+    spec: batch shapes and seed (`spec.batch_size` is the global batch size B).
+    process_index, process_count: this process's rank and the number of processes.
   """
 
-  def __init__(self, corpus: SyntheticCorpus, spec: BatchSpec):
+  def __init__(self, corpus: SyntheticCorpus, spec: BatchSpec, process_index: int = 0,
+               process_count: int = 1):
     b = _positive_int("batch_size", spec.batch_size)
     _positive_int("seed", spec.seed, minimum=0)
     if b > corpus.num_questions:
@@ -414,19 +473,20 @@ class SyntheticBatchSource:
     build_batch(corpus, [0], spec, np.random.default_rng(0))  # validates the spec early
     self.corpus = corpus
     self.spec = spec
+    self.rows = process_rows(b, process_index, process_count)
     self.batches_per_epoch = corpus.num_questions // b
-    self._perm_epoch = -1
-    self._perm = None
+    self._perm_cache = (-1, None)  # (epoch, permutation), replaced as one object: thread-safe
 
   def __len__(self) -> int:
     return self.batches_per_epoch
 
   def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch != self._perm_epoch:
-      self._perm = np.random.default_rng([self.spec.seed, 0, epoch]).permutation(
+    cached_epoch, perm = self._perm_cache
+    if cached_epoch != epoch:
+      perm = np.random.default_rng([self.spec.seed, 0, epoch]).permutation(
           self.corpus.num_questions)
-      self._perm_epoch = epoch
-    return self._perm
+      self._perm_cache = (epoch, perm)
+    return perm
 
   def questions(self, k: int) -> np.ndarray:
     """Question indices of global batch k."""
@@ -436,8 +496,9 @@ class SyntheticBatchSource:
     return self._permutation(epoch)[i * b:(i + 1) * b]
 
   def __getitem__(self, k: int) -> MSABatch:
+    rows = None if self.rows == slice(0, self.spec.batch_size) else self.rows
     return build_batch(self.corpus, self.questions(k), self.spec,
-                       np.random.default_rng([self.spec.seed, 1, int(k)]))
+                       np.random.default_rng([self.spec.seed, 1, int(k)]), rows)
 
 
 class SyntheticBatchIterator:
@@ -450,10 +511,13 @@ class SyntheticBatchIterator:
     corpus: the corpus.
     spec: batch shapes and seed.
     num_epochs: stop after this many epochs; None: never stop.
+    process_index, process_count: yield only this process's rows (see `SyntheticBatchSource`);
+      the state is the same on every process.
   """
 
-  def __init__(self, corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | None = None):
-    self.source = SyntheticBatchSource(corpus, spec)
+  def __init__(self, corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | None = None,
+               process_index: int = 0, process_count: int = 1):
+    self.source = SyntheticBatchSource(corpus, spec, process_index, process_count)
     self.num_epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
     self._next = 0
 
@@ -491,12 +555,14 @@ class SyntheticBatchIterator:
     self._next = epoch * self.source.batches_per_epoch + index
 
 
-def grain_dataset(corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | None = None):
+def grain_dataset(corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | None = None,
+                  process_index: int = 0, process_count: int = 1):
   """The same batches as `SyntheticBatchIterator`, as a `grain.MapDataset` (element k = batch k).
 
   Its iterator (`iter(ds)`) has grain's checkpointable state (`{"next_index": k}`), works with
-  grain's orbax checkpoint handler, and composes with grain (`ds[jax.process_index()::n]` for
-  per-process sharding, `.to_iter_dataset()` for prefetching).
+  grain's orbax checkpoint handler, and composes with grain (`.to_iter_dataset()` for
+  prefetching). With `process_count` P > 1, element k is this process's rows of global batch k
+  (see `SyntheticBatchSource`), so every process has the same state.
 
   Raises:
     ImportError: grain is not installed (`pip install grain`).
@@ -506,7 +572,7 @@ def grain_dataset(corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | No
   except ImportError as e:
     raise ImportError("grain_dataset needs grain: pip install grain (or use "
                       "SyntheticBatchIterator, which gives the same batches)") from e
-  source = SyntheticBatchSource(corpus, spec)
+  source = SyntheticBatchSource(corpus, spec, process_index, process_count)
   epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
   return (grain.MapDataset.range(len(source)).repeat(epochs)
           .map_with_index(lambda k, _: source[k]))

@@ -3,7 +3,9 @@
 A checkpoint holds the training state pytree (step, params, optimizer state; restored with the
 shardings of an abstract target, so a resumed run never builds an unsharded copy) and the data
 iterator's state as JSON, so a rerun of the same command continues exactly where the last
-saved step left off. Saves are atomic (orbax writes to a temporary directory and renames).
+saved step left off. Saves are atomic (orbax writes to a temporary directory and renames): a
+process killed mid-save leaves a `<step>.orbax-checkpoint-tmp*` directory, which the next run
+ignores (it resumes from the latest complete checkpoint) and deletes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class Checkpointer:
       raise ValueError(f"every={every} must be >= 0")
     self.directory = Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=every or 1, create=True)
+        max_to_keep=keep, save_interval_steps=every or 1, create=True,
+        cleanup_tmp_directories=True)  # leftovers of a save that was killed
     self._every = every or 0
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -3,6 +3,11 @@
 Only process 0 writes (multi-host runs log once). Values are pulled to the host as Python
 floats; `write` is called at the logging interval, not every step, so this is not on the hot
 path.
+
+Resumption: a run killed after its last checkpoint has logged steps that the rerun does again.
+The loop calls `truncate(step)` with the step it starts from, so `metrics.jsonl` keeps one row
+per (split, step): the rows of the run that the checkpoints continue. (TensorBoard's event files
+are append-only; there the redone steps appear twice, the later value last.)
 """
 
 from __future__ import annotations
@@ -62,16 +67,54 @@ class MetricsWriter:
             + " | ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)
     return values
 
+  def truncate(self, step: int) -> int:
+    """Drops the rows after `step` (and a torn last line) from metrics.jsonl; returns how many.
+
+    Called when a run starts from `step` (0 or a checkpoint), so that rows logged after the last
+    checkpoint by an interrupted run do not stay next to the rerun's rows for the same steps.
+    """
+    if not self.enabled or not self.path.exists():
+      return 0
+    lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if (_parse(line) or {}).get("step", step + 1) <= step]
+    if len(kept) != len(lines):
+      tmp = self.path.with_suffix(".jsonl.tmp")
+      tmp.write_text("".join(line + "\n" for line in kept))
+      tmp.replace(self.path)
+    return len(lines) - len(kept)
+
   def close(self) -> None:
     for writer in self._tb.values():
       writer.close()
     self._tb.clear()
 
 
+def _parse(line: str) -> dict | None:
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError:
+    return None
+
+
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict]:
-  """The records of `<workdir>/metrics.jsonl` (optionally one split), in order."""
+  """The records of `<workdir>/metrics.jsonl` (optionally one split), in order of step.
+
+  One record per (split, step): should a step appear twice (a run killed after its last
+  checkpoint and not resumed by the loop, which truncates), the later record wins. A torn last
+  line (a process killed mid-write) is skipped.
+  """
   path = Path(workdir) / "metrics.jsonl"
   if not path.exists():
     return []
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in records if split is None or r["split"] == split]
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  records = {}
+  for i, line in enumerate(lines):
+    record = _parse(line)
+    if record is None:
+      if i == len(lines) - 1:
+        continue
+      raise ValueError(f"{path}: line {i + 1} is not JSON: {line[:80]!r}")
+    if split is None or record["split"] == split:
+      records.pop((record["split"], record["step"]), None)
+      records[(record["split"], record["step"])] = record
+  return sorted(records.values(), key=lambda r: r["step"])

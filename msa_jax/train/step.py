@@ -51,7 +51,7 @@ class TrainState:
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
-def _init_fn(model: nn.Module, optimizer: optax.GradientTransformation):
+def init_fn(model: nn.Module, optimizer: optax.GradientTransformation):
   def init(rng):
     params = nn.unbox(model.init(rng, *model.example_inputs())["params"])
     return TrainState.create(params, optimizer)
@@ -62,7 +62,7 @@ def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, m
                     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES) -> TrainState:
   """NamedShardings of the TrainState, from the parameters' logical axes (no allocation)."""
   params = sharding_lib.logical_to_shardings(abstract_params(model), mesh, rules)
-  abstract = jax.eval_shape(_init_fn(model, optimizer), jax.random.key(0))
+  abstract = jax.eval_shape(init_fn(model, optimizer), jax.random.key(0))
   replicated = sharding_lib.NamedSharding(mesh, sharding_lib.P())
   return TrainState(step=replicated, params=params,
                     opt_state=sharding_lib.match_param_shardings(abstract.opt_state, params, mesh))
@@ -76,7 +76,7 @@ def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, 
   With a mesh the state is initialised abstractly, then built straight into its shardings by
   `jax.jit(init, out_shardings=...)`.
   """
-  init = _init_fn(model, optimizer)
+  init = init_fn(model, optimizer)
   if mesh is None:
     return jax.jit(init)(rng), None
   shardings = state_shardings(model, optimizer, mesh, rules)
