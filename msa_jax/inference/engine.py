@@ -1,0 +1,517 @@
+"""The MSA inference engine: memory encoding, bank routing and sparse generation (paper §3.4).
+
+Stage 1, `encode_documents` / `encode_corpus`: every document runs once through the document
+stream of the model (up to the last router layer; documents never see the prompt) and each
+router layer's `MemoryBlocks` (pooled routing keys, pooled K and V) go into a `MemoryBank`.
+
+Stage 2 and 3, `MSAEngine`: the prompt stream runs layer by layer. Entering a router layer, the
+layer's routing queries are scored against the whole bank (`routing.route`, or `route_sharded`
+over a `memory` mesh axis), the top-k documents' pooled K/V blocks are gathered from the bank
+(host memory) and moved to the device, and the prompt tokens at or after `memory_index` attend
+to them next to their own keys, exactly as in the training forward. Decoding then reuses the
+same routed blocks with a KV cache (the routing queries are the question's tokens, which the
+generated tokens do not change).
+
+Shapes: Q questions, T prompt tokens, S cache slots, K routed documents, Cm the bank's largest
+chunk count, J kv heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msa_jax.inference import routing as bank_routing
+from msa_jax.inference.bank import BankError, MemoryBank, fingerprint_diff
+from msa_jax.inference.sampling import SamplingConfig, sample_logits
+from msa_jax.model import attention
+from msa_jax.model import layers
+from msa_jax.model.batch import prompt_positions
+from msa_jax.model.config import ModelConfig, MSAConfig
+from msa_jax.model.msa import MSADecoderLayer
+
+Dtype = Any
+
+
+# --------------------------------------------------------------------------------------------
+# Jitted pieces of the model, one per static configuration
+# --------------------------------------------------------------------------------------------
+
+
+def _layer(cfg: ModelConfig, msa: MSAConfig, i: int, dtype: Dtype) -> MSADecoderLayer:
+  return MSADecoderLayer(cfg, msa, i in msa.router_layer_ids(cfg.num_layers), dtype=dtype)
+
+
+def _embed(cfg: ModelConfig, params, tokens, dtype):
+  return layers.Embedder(cfg.vocab_size, cfg.embed_dim, dtype=dtype).apply(
+      {"params": params["embed"]}, tokens, method="encode")
+
+
+def _logits(cfg: ModelConfig, params, x, dtype):
+  x = layers.RMSNorm(cfg.norm_eps, dtype=dtype).apply({"params": params["final_norm"]}, x)
+  if cfg.tie_embeddings:
+    out = layers.Embedder(cfg.vocab_size, cfg.embed_dim, dtype=dtype).apply(
+        {"params": params["embed"]}, x, method="decode")
+  else:
+    out = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), dtype=dtype).apply(
+        {"params": params["lm_head"]}, "BTE,EV->BTV", x)
+  return out.astype(jnp.promote_types(dtype, jnp.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _encode_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype):
+  """jit(params, tokens [b, G], lengths [b], positions [b, G]) -> {layer: MemoryBlocks [b, C]}."""
+  router_ids = msa.router_layer_ids(cfg.num_layers)
+
+  def run(params, tokens, lengths, positions):
+    docs = _embed(cfg, params, tokens, dtype)[None]  # one "sample" of b documents
+    out = {}
+    for i in range(max(router_ids) + 1):  # later layers never reach the bank
+      docs, mem = _layer(cfg, msa, i, dtype).apply(
+          {"params": params[f"layers_{i}"]}, docs, positions[None], lengths[None],
+          method="docs")
+      if mem is not None:
+        out[i] = jax.tree.map(lambda a: a[0], mem)
+    return out
+
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=16)
+def _queries_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype):
+  """jit(layer params, x [Q, T, E], positions) -> routing queries [Q, T, H, D]."""
+  layer = MSADecoderLayer(cfg, msa, True, dtype=dtype)
+  return jax.jit(lambda p, x, pos: layer.apply({"params": p}, x, pos, method="routing_queries"))
+
+
+@functools.lru_cache(maxsize=16)
+def _prompt_fn(cfg: ModelConfig, msa: MSAConfig, is_router: bool, dtype: Dtype):
+  """jit(layer params, x, positions, mask, mem_k, mem_v, mem_mask, cache, cache_index)."""
+  layer = MSADecoderLayer(cfg, msa, is_router, dtype=dtype)
+  return jax.jit(lambda p, *args: layer.apply({"params": p}, *args, method="prompt"))
+
+
+@functools.lru_cache(maxsize=16)
+def _head_fn(cfg: ModelConfig, dtype: Dtype):
+  return jax.jit(lambda params, x: _logits(cfg, params, x, dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: memory encoding
+# --------------------------------------------------------------------------------------------
+
+
+def bank_fingerprint(cfg: ModelConfig, msa: MSAConfig, params, dtype: Dtype) -> dict:
+  """What a bank's contents depend on: the model and MSA configs and the parameters that the
+  document stream reads (embedding and layers up to the last router layer).
+
+  The parameter digest hashes every such tensor's shape and up to 65,536 evenly strided
+  values, so any other checkpoint (or a fine-tuned one) is told apart at little cost.
+  """
+  router_ids = msa.router_layer_ids(cfg.num_layers)
+  digest = hashlib.sha256()
+  names = ["embed"] + [f"layers_{i}" for i in range(max(router_ids) + 1)]
+  for name in names:
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params[name])[0],
+                             key=lambda kv: jax.tree_util.keystr(kv[0])):
+      arr = np.asarray(jax.device_get(leaf)).astype(np.float32).ravel()
+      step = max(1, arr.size // 65536)
+      digest.update(f"{name}{jax.tree_util.keystr(path)}{leaf.shape}".encode())
+      digest.update(np.ascontiguousarray(arr[::step]).tobytes())
+  model = {k: v for k, v in dataclasses.asdict(cfg).items()}
+  return dict(model=model, router_layers=list(router_ids), chunk_size=msa.chunk_size,
+              decouple_router=msa.decouple_router, normalize_routing=msa.normalize_routing,
+              compute_dtype=jnp.dtype(dtype).name, params=digest.hexdigest())
+
+
+def _progress(stream, what: str, done: int, total: int, start: float) -> None:
+  if stream is None:
+    return
+  rate = done / max(time.perf_counter() - start, 1e-9)
+  print(f"[{what}] {done}/{total} documents ({rate:.1f}/s)", file=stream, flush=True)
+
+
+def encode_documents(cfg: ModelConfig, msa: MSAConfig, params, doc_tokens: Sequence[Sequence[int]],
+                     *, max_tokens: int, batch_size: int = 16, dtype: Dtype = jnp.float32,
+                     position_starts: Sequence[int] | None = None,
+                     progress=sys.stderr) -> tuple[np.ndarray, np.ndarray, dict[int, dict]]:
+  """Runs documents through the document stream; returns what a `MemoryBank.add` takes.
+
+  Args:
+    cfg, msa, params: the model.
+    doc_tokens: M token-id lists (each non-empty; longer ones are cut to `max_tokens`).
+    max_tokens: G, the document slot length (one compiled program per (G, batch_size)).
+    batch_size: documents per forward (the last batch is padded).
+    dtype: compute dtype.
+    position_starts: [M] first RoPE position of each document (global-RoPE ablation); None:
+      document-wise positions 0..G-1 (the MSA default).
+    progress: a stream for progress lines, or None.
+
+  Returns:
+    (lengths [M], num_chunks [M], {layer: {"keys", "k", "v": [sum(num_chunks), J, D]}}) with
+    float32 numpy arrays, each document's chunks contiguous and in order.
+  """
+  m = len(doc_tokens)
+  if max_tokens < 1 or batch_size < 1:
+    raise ValueError(f"max_tokens={max_tokens} and batch_size={batch_size} must be >= 1")
+  lengths = np.array([min(len(t), max_tokens) for t in doc_tokens], np.int64)
+  if m and lengths.min() < 1:
+    raise ValueError(f"document {int(np.argmin(lengths))} has no tokens")
+  starts = np.zeros(m, np.int64) if position_starts is None else np.asarray(position_starts)
+  if starts.shape != (m,):
+    raise ValueError(f"position_starts must have shape ({m},), got {starts.shape}")
+  p = msa.chunk_size
+  num_chunks = -(-lengths // p)
+  fn = _encode_fn(cfg, msa, jnp.dtype(dtype))
+  router_ids = msa.router_layer_ids(cfg.num_layers)
+  parts = {i: {"keys": [], "k": [], "v": []} for i in router_ids}
+  start = time.perf_counter()
+  every = max(1, (m // batch_size) // 10) * batch_size
+  for lo in range(0, m, batch_size):
+    hi = min(lo + batch_size, m)
+    tokens = np.zeros((batch_size, max_tokens), np.int32)
+    lens = np.ones((batch_size,), np.int32)  # padding rows: one token, discarded
+    for r, d in enumerate(range(lo, hi)):
+      tokens[r, :lengths[d]] = np.asarray(doc_tokens[d][:max_tokens])
+      lens[r] = lengths[d]
+    pos = np.zeros((batch_size,), np.int64)
+    pos[:hi - lo] = starts[lo:hi]
+    positions = (pos[:, None] + np.arange(max_tokens)).astype(np.int32)
+    out = jax.device_get(fn(params, jnp.asarray(tokens), jnp.asarray(lens),
+                            jnp.asarray(positions)))
+    for i, mem in out.items():
+      for r, d in enumerate(range(lo, hi)):
+        c = int(num_chunks[d])
+        for name in ("keys", "k", "v"):
+          parts[i][name].append(np.asarray(getattr(mem, name)[r, :c], np.float32))
+    if hi == m or hi % every == 0:
+      _progress(progress, "encode", hi, m, start)
+  j, d = cfg.num_kv_heads, cfg.head_dim
+  arrays = {i: {name: (np.concatenate(v) if v else np.zeros((0, j, d), np.float32))
+                for name, v in layer.items()} for i, layer in parts.items()}
+  return lengths, num_chunks, arrays
+
+
+def create_bank(path, cfg: ModelConfig, msa: MSAConfig, params, *, dtype: Dtype = jnp.float32,
+                bank_dtype: str = "float32", overwrite: bool = False,
+                metadata: dict | None = None) -> MemoryBank:
+  """An empty bank whose fingerprint ties it to this model."""
+  return MemoryBank.create(
+      path, fingerprint=bank_fingerprint(cfg, msa, params, dtype),
+      layer_ids=msa.router_layer_ids(cfg.num_layers), num_kv_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim, chunk_size=msa.chunk_size, dtype=bank_dtype, overwrite=overwrite,
+      metadata=metadata)
+
+
+def encode_corpus(bank: MemoryBank, cfg: ModelConfig, msa: MSAConfig, params,
+                  doc_ids: Sequence[str], doc_tokens: Sequence[Sequence[int]],
+                  texts: Sequence[str | None] | None = None, *, max_tokens: int,
+                  batch_size: int = 16, commit_every: int = 4096, dtype: Dtype = jnp.float32,
+                  progress=sys.stderr) -> None:
+  """Encodes documents and adds them to `bank`, `commit_every` documents per bank commit.
+
+  Ids already in the bank are refused before anything is encoded. A run that stops midway
+  leaves the bank with the commits made so far (each one atomic).
+  """
+  if len(doc_ids) != len(doc_tokens) or (texts is not None and len(texts) != len(doc_ids)):
+    raise ValueError(f"doc_ids ({len(doc_ids)}), doc_tokens ({len(doc_tokens)}) and texts "
+                     f"({'None' if texts is None else len(texts)}) must have equal lengths")
+  present = set(bank.doc_ids)
+  dup = [i for i in doc_ids if i in present]
+  if dup:
+    raise BankError(f"{len(dup)} document ids are already in the bank, e.g. {dup[0]!r}; "
+                    "remove them first")
+  np_dtype = bank.dtype
+  start = time.perf_counter()
+  for lo in range(0, len(doc_ids), commit_every):
+    hi = min(lo + commit_every, len(doc_ids))
+    lengths, num_chunks, arrays = encode_documents(
+        cfg, msa, params, doc_tokens[lo:hi], max_tokens=max_tokens, batch_size=batch_size,
+        dtype=dtype, progress=None)
+    arrays = {i: {k: v.astype(np_dtype) for k, v in a.items()} for i, a in arrays.items()}
+    bank.add(list(doc_ids[lo:hi]), None if texts is None else list(texts[lo:hi]), lengths,
+             num_chunks, arrays)
+    _progress(progress, "encode", hi, len(doc_ids), start)
+
+
+# --------------------------------------------------------------------------------------------
+# Stages 2 and 3: routing and sparse generation
+# --------------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class PromptBatch:
+  """Q questions laid out as the prompt part of an `MSABatch` (right-padded).
+
+  Attributes:
+    tokens: [Q, T] int32; token_mask: [Q, T] bool; positions: [Q, T] int32;
+    query_mask: [Q, T] bool (the routing-query tokens); memory_index: [Q] int32.
+  """
+
+  tokens: jax.Array
+  token_mask: jax.Array
+  positions: jax.Array
+  query_mask: jax.Array
+  memory_index: jax.Array
+
+  @classmethod
+  def from_segments(cls, heads: Sequence[Sequence[int]], queries: Sequence[Sequence[int]],
+                    tails: Sequence[Sequence[int]], *, position_offset: int, pad_id: int = 0,
+                    length: int | None = None) -> PromptBatch:
+    """Prompts `head | query | tail` (the query routes; memory is seen from the query on),
+    with the official position layout (`prompt_positions`)."""
+    rows = [list(h) + list(q) + list(t) for h, q, t in zip(heads, queries, tails)]
+    if not rows or not all(len(q) for q in queries):
+      raise ValueError("every prompt needs at least one routing-query token")
+    t = max(map(len, rows)) if length is None else length
+    if max(map(len, rows)) > t:
+      raise ValueError(f"a prompt has {max(map(len, rows))} tokens, more than length={t}")
+    n = len(rows)
+    tokens = np.full((n, t), pad_id, np.int32)
+    query_mask = np.zeros((n, t), bool)
+    positions = np.zeros((n, t), np.int32)
+    for r, (row, h, q) in enumerate(zip(rows, heads, queries)):
+      tokens[r, :len(row)] = row
+      query_mask[r, len(h):len(h) + len(q)] = True
+      positions[r] = prompt_positions(t, len(h), position_offset)
+    lengths = np.array(list(map(len, rows)))
+    return cls(tokens=tokens, token_mask=np.arange(t) < lengths[:, None], positions=positions,
+               query_mask=query_mask,
+               memory_index=np.array([len(h) for h in heads], np.int32))
+
+
+@flax.struct.dataclass
+class RoutedMemory:
+  """One router layer's routed documents for Q questions.
+
+  Attributes:
+    doc_indices: [Q, K] bank document indices by descending score.
+    scores: [Q, K] their routing scores.
+    selected: [Q, K] bool, valid slots.
+    k, v: [Q, K*Cm, J, D] their pooled chunks (device arrays); valid: [Q, K*Cm] bool.
+    doc_scores: [Q, M] the scores of every bank document (only with `keep_scores`), else None.
+  """
+
+  doc_indices: jax.Array
+  scores: jax.Array
+  selected: jax.Array
+  k: jax.Array
+  v: jax.Array
+  valid: jax.Array
+  doc_scores: jax.Array | None = None
+
+
+@flax.struct.dataclass
+class PrefillOutput:
+  """logits [Q, T, V]; memory {router layer: RoutedMemory}; cache (one KVCache per layer)."""
+
+  logits: jax.Array
+  memory: dict[int, RoutedMemory]
+  cache: tuple[attention.KVCache, ...]
+
+
+class MSAEngine:
+  """Questions against a memory bank: routing (optionally Memory Parallel) and generation.
+
+  Args:
+    config, msa, params: the model (its fingerprint must match the bank's).
+    bank: an opened `MemoryBank`.
+    dtype: compute dtype.
+    mesh: a mesh with a `memory` axis to shard the routing keys over (Memory Parallel), or
+      None (one device).
+    tile_chunks: routing tile size (chunks per step).
+    check_fingerprint: refuse a bank encoded with another model or config.
+  """
+
+  def __init__(self, config: ModelConfig, msa: MSAConfig, params, bank: MemoryBank, *,
+               dtype: Dtype = jnp.float32, mesh=None, tile_chunks: int = 512,
+               check_fingerprint: bool = True):
+    self.config, self.msa, self.params, self.bank = config, msa, params, bank
+    self.dtype = jnp.dtype(dtype)
+    self.mesh = mesh
+    self.tile_chunks = tile_chunks
+    self.router_ids = msa.router_layer_ids(config.num_layers)
+    if check_fingerprint:
+      expected = bank_fingerprint(config, msa, params, self.dtype)
+      diff = fingerprint_diff(bank.fingerprint, expected)
+      if diff:
+        raise BankError(f"bank {bank.path} was encoded with another model or config: "
+                        + "; ".join(diff[:5]))
+    if tuple(bank.layer_ids) != tuple(self.router_ids):
+      raise BankError(f"bank layers {list(bank.layer_ids)} != router layers "
+                      f"{list(self.router_ids)}")
+    self._keys = {}
+    self._chunk_doc = None
+    self.max_chunks = int(bank.chunk_counts.max()) if bank.num_docs else 0
+
+  def _routing_keys(self, layer: int):
+    """Device-resident routing keys (sharded over `memory` with a mesh) and chunk_doc."""
+    if layer not in self._keys:
+      keys = np.asarray(self.bank.layer_arrays(layer)[0])
+      chunk_doc = self.bank.chunk_doc()
+      if self.mesh is not None:
+        keys, chunk_doc = bank_routing.shard_bank(self.mesh, keys, chunk_doc,
+                                                  tile_chunks=self.tile_chunks)
+      else:
+        keys, chunk_doc = jnp.asarray(keys), jnp.asarray(chunk_doc)
+      self._keys[layer] = (keys, chunk_doc)
+    return self._keys[layer]
+
+  def route(self, layer: int, rq: jax.Array, query_mask: jax.Array) -> bank_routing.RouteResult:
+    """Routes Q questions' routing queries [Q, T, H, D] against the whole bank."""
+    if self.bank.num_docs == 0:
+      raise BankError(f"bank {self.bank.path} is empty: add documents before asking questions")
+    keys, chunk_doc = self._routing_keys(layer)
+    kw = dict(top_k=self.msa.top_k, scale=self.msa.routing_scale(self.config.head_dim),
+              head_reduce=self.msa.head_reduce, query_reduce=self.msa.query_reduce,
+              chunk_reduce=self.msa.chunk_reduce, tile_chunks=self.tile_chunks)
+    rq = rq.astype(keys.dtype)  # a bfloat16 bank routes in bfloat16
+    if self.mesh is not None:
+      return bank_routing.route_sharded(self.mesh, rq, query_mask, keys, chunk_doc,
+                                        self.bank.num_docs, **kw)
+    return bank_routing.route(rq, query_mask, keys, chunk_doc, self.bank.num_docs, **kw)
+
+  def _gather(self, layer: int, result: bank_routing.RouteResult,
+              keep_scores: bool = False) -> RoutedMemory:
+    """Moves the selected documents' pooled K/V blocks (only those) to the device."""
+    idx = np.asarray(result.indices)
+    sel = np.asarray(result.selected)
+    q, kk = idx.shape
+    k, v, valid = self.bank.gather(layer, idx.reshape(-1), max_chunks=self.max_chunks)
+    c = self.max_chunks
+    shape = (q, kk * c) + k.shape[2:]
+    valid = valid.reshape(q, kk, c) & sel[:, :, None]
+    return RoutedMemory(
+        doc_indices=result.indices, scores=result.scores, selected=result.selected,
+        k=jnp.asarray(np.asarray(k, np.float32).reshape(shape), self.dtype),
+        v=jnp.asarray(np.asarray(v, np.float32).reshape(shape), self.dtype),
+        valid=jnp.asarray(valid.reshape(q, kk * c)),
+        doc_scores=result.doc_scores if keep_scores else None)
+
+  def prefill(self, prompts: PromptBatch, cache_len: int | None = None,
+              keep_scores: bool = False) -> PrefillOutput:
+    """The prompt stream over routed memory: logits of every prompt token, the routing of
+    every router layer (with every document's score when `keep_scores`) and a KV cache of
+    `cache_len` slots (default T) for decoding."""
+    cfg, msa, dt = self.config, self.msa, self.dtype
+    tokens = jnp.asarray(prompts.tokens, jnp.int32)
+    q, t = tokens.shape
+    s = t if cache_len is None else cache_len
+    if s < t:
+      raise ValueError(f"cache_len={s} is shorter than the prompts ({t} tokens)")
+    positions = jnp.asarray(prompts.positions, jnp.int32)
+    token_mask = jnp.asarray(prompts.token_mask, bool)
+    query_mask = jnp.asarray(prompts.query_mask, bool) & token_mask
+    sees_memory = jnp.arange(t)[None, :] >= jnp.asarray(prompts.memory_index)[:, None]
+    self_mask = attention.cache_mask(jnp.zeros((q,), jnp.int32), t, s) & jnp.pad(
+        token_mask, ((0, 0), (0, s - t)))[:, None, :]
+    zero = jnp.zeros((q,), jnp.int32)
+    x = jax.jit(functools.partial(_embed, cfg, dtype=dt))(self.params, tokens)
+    caches, memory = [], {}
+    for i in range(cfg.num_layers):
+      p = self.params[f"layers_{i}"]
+      cache = attention.KVCache(jnp.zeros((q, s, cfg.num_kv_heads, cfg.head_dim), dt),
+                                jnp.zeros((q, s, cfg.num_kv_heads, cfg.head_dim), dt))
+      if i in self.router_ids:
+        rq = _queries_fn(cfg, msa, dt)(p, x, positions)
+        mem = self._gather(i, self.route(i, rq, query_mask), keep_scores)
+        memory[i] = mem
+        mem_mask = sees_memory[:, :, None] & mem.valid[:, None, :]
+        x, cache = _prompt_fn(cfg, msa, True, dt)(p, x, positions, self_mask, mem.k, mem.v,
+                                                  mem_mask, cache, zero)
+      else:
+        x, cache = _prompt_fn(cfg, msa, False, dt)(p, x, positions, self_mask, None, None,
+                                                   None, cache, zero)
+      caches.append(cache)
+    logits = _head_fn(cfg, dt)(self.params, x)
+    return PrefillOutput(logits=logits, memory=memory, cache=tuple(caches))
+
+  def generate(self, prompts: PromptBatch, sampling: SamplingConfig,
+               rng: jax.Array | None = None, keep_scores: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, PrefillOutput]:
+    """Prefill, then decode up to `sampling.max_new_tokens` tokens per question.
+
+    Returns:
+      (tokens [Q, max_new_tokens] (pad after a stop), lengths [Q] (a final stop token
+      included), the prefill output with the routing).
+    """
+    t = np.asarray(prompts.tokens).shape[1]
+    n = sampling.max_new_tokens
+    pre = self.prefill(prompts, cache_len=t + n, keep_scores=keep_scores)
+    lengths = np.asarray(prompts.token_mask).sum(1).astype(np.int32)
+    last_pos = np.asarray(prompts.positions)[np.arange(len(lengths)), lengths - 1]
+    rng = jax.random.key(0) if rng is None else rng
+    fn = _decode_fn(self.config, self.msa, self.dtype, sampling)
+    out_tokens, out_lengths = fn(self.params, pre, jnp.asarray(lengths),
+                                 jnp.asarray(last_pos, jnp.int32), rng)
+    return np.asarray(out_tokens), np.asarray(out_lengths), pre
+
+
+@functools.lru_cache(maxsize=16)
+def _decode_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, sampling: SamplingConfig):
+  """The jitted decode loop over fixed routed memory (see `MSAEngine.generate`)."""
+  router_ids = msa.router_layer_ids(cfg.num_layers)
+  n = sampling.max_new_tokens
+
+  def forward(params, memory, cache, tok, position, slot):
+    x = _embed(cfg, params, tok, dtype)
+    s = cache[0].k.shape[1]
+    mask = attention.cache_mask(slot, 1, s)
+    new_cache = []
+    for i in range(cfg.num_layers):
+      layer = _layer(cfg, msa, i, dtype)
+      mem = memory.get(i) if i in router_ids else None
+      args = (None, None, None) if mem is None else (mem.k, mem.v, mem.valid[:, None, :])
+      x, c = layer.apply({"params": params[f"layers_{i}"]}, x, position, mask, *args,
+                         cache[i], slot, method="prompt")
+      new_cache.append(c)
+    return _logits(cfg, params, x, dtype)[:, 0], tuple(new_cache)
+
+  def run(params, pre: PrefillOutput, lengths, last_pos, rng):
+    q = lengths.shape[0]
+    stop_ids = jnp.asarray(sampling.stop_tokens, jnp.int32)
+
+    def emit(state, logits):
+      step, tokens, out_len, done, cache = state
+      tok = sample_logits(logits, jax.random.fold_in(rng, step), sampling.temperature,
+                          sampling.top_p, sampling.top_k)
+      tok = jnp.where(done, sampling.pad_id, tok)
+      return (step + 1, tokens.at[:, step].set(tok), out_len + (~done).astype(jnp.int32),
+              done | jnp.any(tok[:, None] == stop_ids, axis=-1), cache)
+
+    last = jnp.take_along_axis(pre.logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    state = emit((jnp.int32(0), jnp.full((q, n), sampling.pad_id, jnp.int32),
+                  jnp.zeros((q,), jnp.int32), jnp.zeros((q,), bool), pre.cache), last)
+
+    def cond(state):
+      return (state[0] < n) & ~jnp.all(state[3])
+
+    def body(state):
+      step, tokens, out_len, done, cache = state
+      tok = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1)
+      logits, cache = forward(params, pre.memory, cache, tok, (last_pos + step)[:, None],
+                              lengths + step - 1)
+      return emit((step, tokens, out_len, done, cache), logits)
+
+    state = jax.lax.while_loop(cond, body, state)
+    return state[1], state[2]
+
+  return jax.jit(run)
+
+
+def routed_doc_ids(bank: MemoryBank, memory: RoutedMemory) -> list[list[str]]:
+  """The bank ids of each question's valid routed documents, best first."""
+  idx, sel = np.asarray(memory.doc_indices), np.asarray(memory.selected)
+  ids = bank.doc_ids
+  return [[ids[int(d)] for d, s in zip(row, ok) if s] for row, ok in zip(idx, sel)]
+

@@ -1,0 +1,77 @@
+"""Load what `python -m msa_jax.train` left in a workdir: config, tokenizer and trained params.
+
+  trained = load_trained("/tmp/msa_demo")   # the latest checkpoint
+  trained.model.apply({"params": trained.params}, batch)
+
+The workdir's `config.json` rebuilds the model and tokenizer exactly as the training run did;
+the parameters are restored from the orbax checkpoint into an abstract train state (nothing
+is initialised first), then the optimiser state is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from msa_jax.data import synthetic
+from msa_jax.model import ModelConfig, MSAConfig, MSATransformer
+from msa_jax.train import checkpoints as ckpt_lib
+from msa_jax.train import loop
+from msa_jax.train import optimizer as optim_lib
+from msa_jax.train import pretrained
+from msa_jax.train import step as step_lib
+
+
+@dataclasses.dataclass
+class TrainedModel:
+  """A trained MSA model: its config, modules, parameters and tokenizer."""
+
+  config: ml_collections.ConfigDict
+  model_config: ModelConfig
+  msa: MSAConfig
+  model: MSATransformer
+  params: Any
+  tokenizer: Any
+  step: int
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The training config saved in `<workdir>/config.json`."""
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: {workdir} is not a workdir of "
+                            "`python -m msa_jax.train` (or the run has not started)")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def make_tokenizer(config: ml_collections.ConfigDict):
+  """The tokenizer the training run used (synthetic vocabulary or the checkpoint's)."""
+  d = config.data
+  if d.kind == "synthetic":
+    return synthetic.SyntheticTokenizer(d.num_filler_words, d.num_key_words, d.num_value_words)
+  checkpoint = config.model.get("checkpoint")
+  if not checkpoint:
+    raise ValueError(f"data.kind={d.kind!r} needs model.checkpoint for its tokenizer")
+  return pretrained.checkpoint_tokenizer(checkpoint)
+
+
+def load_trained(workdir: str | os.PathLike, step: int | None = None) -> TrainedModel:
+  """The model and parameters of the workdir's checkpoint `step` (default: the latest)."""
+  config = load_config(workdir)
+  tokenizer = make_tokenizer(config)
+  model_cfg, msa, model = loop.build_model(config, tokenizer.vocab_size)
+  tx = optim_lib.make_optimizer(config.optim.to_dict())
+  abstract = jax.eval_shape(step_lib.init_fn(model, tx), jax.random.key(0))
+  checkpointer = ckpt_lib.Checkpointer(Path(workdir) / "checkpoints", every=None)
+  if checkpointer.latest_step is None:
+    raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
+  state, _ = checkpointer.restore(abstract, step)
+  checkpointer.close()
+  return TrainedModel(config=config, model_config=model_cfg, msa=msa, model=model,
+                      params=state.params, tokenizer=tokenizer, step=int(state.step))

@@ -1,0 +1,180 @@
+"""The inference path (bank -> routing -> prefill -> decode) against the training forward.
+
+For the same documents and questions, encoding the documents into a `MemoryBank`, routing the
+questions against it and prefilling must give the training forward's logits and selected
+documents (the training forward sees all M documents in every sample). Greedy decoding must
+pick, at every step, the training forward's argmax on the extended sequence.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msa_jax.inference import engine as engine_lib
+from msa_jax.inference.bank import BankError
+from msa_jax.inference.sampling import SamplingConfig
+from msa_jax.model import MSABatch, MSAConfig, MSATransformer, get_preset, init_params
+
+CFG = get_preset("tiny").replace(vocab_size=64, embed_dim=64, mlp_dim=128, num_layers=4,
+                                 num_heads=4, num_kv_heads=2, head_dim=16)
+HEAD = 1
+
+
+def _docs(m=9, g=13, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(2, g + 1, size=m)
+  lengths[0] = g
+  return [rng.integers(1, CFG.vocab_size, size=int(n)).tolist() for n in lengths], g
+
+
+def _prompts(msa, q=3, seed=1):
+  rng = np.random.default_rng(seed)
+  heads = [[1]] * q
+  queries = [rng.integers(1, CFG.vocab_size, size=int(rng.integers(1, 4))).tolist()
+             for _ in range(q)]
+  tails = [rng.integers(1, CFG.vocab_size, size=int(rng.integers(1, 5))).tolist()
+           for _ in range(q)]
+  return engine_lib.PromptBatch.from_segments(heads, queries, tails, position_offset=msa.top_k)
+
+
+def _training_batch(docs, g, prompts):
+  m = len(docs)
+  q = prompts.tokens.shape[0]
+  doc_tokens = np.zeros((q, m, g), np.int32)
+  lengths = np.zeros((q, m), np.int32)
+  for n, d in enumerate(docs):
+    doc_tokens[:, n, :len(d)] = d
+    lengths[:, n] = len(d)
+  return MSABatch(doc_tokens=doc_tokens, doc_lengths=lengths, tokens=prompts.tokens,
+                  token_mask=prompts.token_mask, positions=prompts.positions,
+                  query_mask=prompts.query_mask, memory_index=prompts.memory_index)
+
+
+def _setup(tmp_path, msa, seed=0, docs=None, bank_dtype="float32"):
+  params = init_params(MSATransformer(CFG, msa), jax.random.key(seed))
+  if docs is None:
+    docs, g = _docs()
+  else:
+    g = max(map(len, docs))
+  bank = engine_lib.create_bank(tmp_path / "bank", CFG, msa, params, bank_dtype=bank_dtype)
+  engine_lib.encode_corpus(bank, CFG, msa, params, [f"d{i}" for i in range(len(docs))], docs,
+                           [f"text {i}" for i in range(len(docs))], max_tokens=g,
+                           batch_size=4, commit_every=5, progress=None)
+  return params, docs, g, bank
+
+
+MSA_CASES = {
+    "decoupled": MSAConfig(top_k=3, chunk_size=4),
+    "coupled_mean": MSAConfig(top_k=2, chunk_size=3, decouple_router=False,
+                              chunk_reduce="mean", head_reduce="max", query_reduce="mean"),
+    "all_layers_last_query": MSAConfig(top_k=4, chunk_size=5, router_layers="all",
+                                       query_reduce="last"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MSA_CASES))
+def test_prefill_matches_training_forward(tmp_path, name):
+  msa = MSA_CASES[name]
+  params, docs, g, bank = _setup(tmp_path, msa)
+  prompts = _prompts(msa)
+  out = MSATransformer(CFG, msa).apply({"params": params}, _training_batch(docs, g, prompts))
+  eng = engine_lib.MSAEngine(CFG, msa, params, bank, tile_chunks=4)
+  pre = eng.prefill(prompts)
+  mask = np.asarray(prompts.token_mask)
+  err = np.abs(np.asarray(pre.logits) - np.asarray(out.logits))[mask].max()
+  print(f"{name}: max |logits diff| = {err:.2e}")
+  assert err < 2e-5
+  assert sorted(pre.memory) == sorted(out.routes)
+  for i, route in out.routes.items():
+    np.testing.assert_array_equal(np.asarray(pre.memory[i].selected), np.asarray(route.selected))
+    sel = np.asarray(route.selected)
+    np.testing.assert_array_equal(np.asarray(pre.memory[i].doc_indices)[sel],
+                                  np.asarray(route.indices)[sel])
+    np.testing.assert_allclose(
+        np.asarray(pre.memory[i].scores)[sel],
+        np.take_along_axis(np.asarray(route.doc_scores), np.asarray(route.indices), 1)[sel],
+        atol=1e-6)
+
+
+def test_greedy_decoding_matches_training_argmax(tmp_path):
+  msa = MSA_CASES["decoupled"]
+  params, docs, g, bank = _setup(tmp_path, msa)
+  prompts = _prompts(msa, q=4, seed=3)
+  eng = engine_lib.MSAEngine(CFG, msa, params, bank)
+  n = 6
+  tokens, lengths, pre = eng.generate(prompts, SamplingConfig(temperature=0.0, max_new_tokens=n,
+                                                              stop_tokens=(), pad_id=0))
+  assert tokens.shape == (4, n) and (lengths == n).all()
+  # The training forward on prompt + generated tokens (the query tokens are unchanged).
+  p_len = np.asarray(prompts.token_mask).sum(1)
+  t = prompts.tokens.shape[1] + n
+  ext = np.zeros((4, t), np.int32)
+  qm = np.zeros((4, t), bool)
+  for r in range(4):
+    ext[r, :p_len[r]] = np.asarray(prompts.tokens)[r, :p_len[r]]
+    ext[r, p_len[r]:p_len[r] + n] = tokens[r]
+    qm[r, :prompts.tokens.shape[1]] = np.asarray(prompts.query_mask)[r]
+  positions = np.where(np.arange(t) < HEAD, np.arange(t), np.arange(t) + msa.top_k)
+  prompts2 = engine_lib.PromptBatch(
+      tokens=ext, token_mask=np.arange(t) < (p_len + n)[:, None],
+      positions=np.broadcast_to(positions, (4, t)).astype(np.int32), query_mask=qm,
+      memory_index=np.asarray(prompts.memory_index))
+  out = MSATransformer(CFG, msa).apply({"params": params}, _training_batch(docs, g, prompts2))
+  logits = np.asarray(out.logits)
+  for r in range(4):
+    want = logits[r, p_len[r] - 1:p_len[r] - 1 + n].argmax(-1)
+    np.testing.assert_array_equal(tokens[r], want)
+
+
+def test_top_k_larger_than_bank_uses_every_document(tmp_path):
+  msa = MSAConfig(top_k=8, chunk_size=4)
+  docs, _ = _docs(m=3)
+  params, docs, g, bank = _setup(tmp_path, msa, docs=docs)
+  prompts = _prompts(msa)
+  pre = engine_lib.MSAEngine(CFG, msa, params, bank).prefill(prompts)
+  out = MSATransformer(CFG, msa).apply({"params": params}, _training_batch(docs, g, prompts))
+  for mem in pre.memory.values():
+    assert mem.doc_indices.shape == (3, 3) and bool(np.asarray(mem.selected).all())
+  err = np.abs(np.asarray(pre.logits) - np.asarray(out.logits))[np.asarray(prompts.token_mask)]
+  assert err.max() < 2e-5
+  ids = engine_lib.routed_doc_ids(bank, next(iter(pre.memory.values())))
+  assert all(sorted(row) == ["d0", "d1", "d2"] for row in ids)
+
+
+def test_bf16_bank_stays_close(tmp_path):
+  msa = MSA_CASES["decoupled"]
+  params, docs, g, bank = _setup(tmp_path, msa, bank_dtype="bfloat16")
+  prompts = _prompts(msa)
+  pre = engine_lib.MSAEngine(CFG, msa, params, bank).prefill(prompts)
+  out = MSATransformer(CFG, msa).apply({"params": params}, _training_batch(docs, g, prompts))
+  err = np.abs(np.asarray(pre.logits) - np.asarray(out.logits))[np.asarray(prompts.token_mask)]
+  assert err.max() < 5e-2
+
+
+def test_bank_from_another_model_is_refused(tmp_path):
+  msa = MSA_CASES["decoupled"]
+  _, _, _, bank = _setup(tmp_path, msa, seed=0)
+  other = init_params(MSATransformer(CFG, msa), jax.random.key(1))
+  with pytest.raises(BankError, match="another model"):
+    engine_lib.MSAEngine(CFG, msa, other, bank)
+  with pytest.raises(BankError, match="chunk_size"):
+    engine_lib.MSAEngine(CFG, msa.replace(chunk_size=8), other, bank)
+
+
+def test_empty_bank_is_refused_at_routing(tmp_path):
+  msa = MSA_CASES["decoupled"]
+  params = init_params(MSATransformer(CFG, msa), jax.random.key(0))
+  bank = engine_lib.create_bank(tmp_path / "bank", CFG, msa, params)
+  eng = engine_lib.MSAEngine(CFG, msa, params, bank)
+  with pytest.raises(BankError, match="empty"):
+    eng.prefill(_prompts(msa))
+
+
+def test_encode_documents_rejects_bad_input():
+  msa = MSA_CASES["decoupled"]
+  params = init_params(MSATransformer(CFG, msa), jax.random.key(0))
+  with pytest.raises(ValueError, match="document 1 has no tokens"):
+    engine_lib.encode_documents(CFG, msa, params, [[1, 2], []], max_tokens=4, progress=None)
+  with pytest.raises(ValueError, match="max_tokens=0"):
+    engine_lib.encode_documents(CFG, msa, params, [[1, 2]], max_tokens=0, progress=None)
