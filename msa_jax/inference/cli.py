@@ -1,0 +1,476 @@
+"""Command line for MSA memory banks: encode a corpus once, then ask questions against it.
+
+Encode (stage 1) a corpus into a bank:
+
+  python -m msa_jax.inference.cli encode --corpus=../shared/data/beir/nfcorpus --bank=/tmp/nf \
+      --model=smollm2 --num_layers=4 --msa.top_k=4 --msa.chunk_size=16 --seed=0 \
+      --max_doc_tokens=128 --limit=1000
+
+  --corpus      a BEIR folder (corpus.jsonl with {"_id", "title", "text"}) or a .jsonl file with
+                one {"id", "text"[, "title"]} object a line.
+  model, one of:
+    --checkpoint_workdir=DIR   a `python -m msa_jax.train` workdir (latest checkpoint, or --step);
+    --model=smollm2            SmolLM2-135M-Instruct backbone (first --num_layers layers) with
+                               fresh random MSA routers from --seed;
+    --model=tiny               a random `tiny` preset model (--seed) over --tokenizer
+                               (smollm2: SmolLM2's vocabulary; synthetic: the synthetic task's).
+    --msa.FIELD=VALUE          MSAConfig fields for smollm2 / tiny (top_k, chunk_size,
+                               router_layers="all" or "1,3", decouple_router, ...).
+  --max_doc_tokens=G           documents are cut to G tokens; --limit=N keeps the first N;
+  --doc_template               how a document is written, fields {index} {id} {title} {text}
+                               (default "{title}\\n{text}", just "{text}" without a title);
+  --overwrite                  replace an existing bank.
+
+The bank's metadata records how to rebuild the model (the workdir and step, or model + seed +
+MSA fields + layers + tokenizer) and the prompt template, so asking needs only the bank:
+
+  python -m msa_jax.inference.cli ask --bank=/tmp/nf --question="Do statins help?" \
+      [--question=...] [--top_k=8] [--max_new_tokens=32] [--interleave [--max_rounds=3]]
+
+It prints, per question, the routed documents of every router layer (bank id, score, first 80
+characters of the text) and the generated answer; with --interleave, every Memory Interleave
+round (`msa_jax.inference.interleave`: generated identifiers, appended documents, routing).
+Errors (a missing or corrupt bank, a bank of another model, an empty corpus, a bad jsonl line,
+an unknown --model) end the program with status 1 and one `error: ...` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from msa_jax.inference import engine as engine_lib
+from msa_jax.inference import interleave as interleave_lib
+from msa_jax.inference.bank import BankError, MemoryBank
+from msa_jax.inference.sampling import SamplingConfig
+from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
+
+MODELS = ("smollm2", "tiny")
+TOKENIZERS = ("smollm2", "synthetic")
+DEFAULT_TEMPLATE = {"head": "", "question_prefix": "Question: ", "answer_marker": "\nAnswer:"}
+PREVIEW_CHARS = 80
+
+
+class CliError(Exception):
+  """A user error: printed as one `error: ...` line, exit status 1."""
+
+
+def _log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Documents in corpus order: ids, titles ("" where none) and texts."""
+
+  ids: list[str]
+  titles: list[str]
+  texts: list[str]
+
+
+def _read_jsonl_corpus(path: Path, id_field: str, limit: int | None) -> Corpus:
+  ids, titles, texts = [], [], []
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if limit is not None and len(ids) >= limit:
+        break
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise CliError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
+      if not isinstance(row, dict) or id_field not in row or not isinstance(row.get("text"),
+                                                                            str):
+        raise CliError(f"{path}:{line_no}: expected a JSON object with {id_field!r} and a "
+                       f"string 'text'")
+      ids.append(str(row[id_field]))
+      titles.append(str(row.get("title") or ""))
+      texts.append(row["text"])
+  if not ids:
+    raise CliError(f"{path} holds no documents")
+  seen = set()
+  for i, doc_id in enumerate(ids):
+    if doc_id in seen:
+      raise CliError(f"{path}: document id {doc_id!r} appears twice (document {i})")
+    seen.add(doc_id)
+  return Corpus(ids, titles, texts)
+
+
+def read_corpus(path: str | os.PathLike, limit: int | None = None) -> Corpus:
+  """A BEIR folder's corpus.jsonl ({"_id", "title", "text"}) or a .jsonl of {"id", "text"
+  [, "title"]}, its first `limit` documents.
+
+  Raises:
+    CliError: nothing at `path`, an empty corpus, a bad line (file:line), a duplicate id.
+  """
+  p = Path(path)
+  if p.is_dir():
+    corpus = p / "corpus.jsonl"
+    if not corpus.is_file():
+      raise CliError(f"--corpus={path}: the folder has no corpus.jsonl (expected a BEIR "
+                     "dataset folder or a .jsonl file)")
+    return _read_jsonl_corpus(corpus, "_id", limit)
+  if not p.is_file():
+    raise CliError(f"--corpus={path} does not exist (expected a BEIR dataset folder or a "
+                   ".jsonl file)")
+  return _read_jsonl_corpus(p, "id", limit)
+
+
+def document_text(template: str, index: int, doc_id: str, title: str, text: str) -> str:
+  """One document written with `template` (a "{title}\\n" part is dropped without a title)."""
+  if not title:
+    template = template.replace("{title}\n", "").replace("{title} ", "")
+  return template.format(index=index, id=doc_id, title=title, text=text)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Model:
+  """What the engine needs, plus the prompt template and how the bank records the model."""
+
+  config: Any
+  msa: MSAConfig
+  params: Any
+  tokenizer: Any
+  spec: dict
+  template: dict
+
+
+def _msa_value(name: str, text: str, default: Any) -> Any:
+  """A --msa.NAME string as the type of the field's default."""
+  if name in ("router_layers", "aux_layers"):
+    if text in ("all", "upper_half"):
+      return text
+    try:
+      return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+      raise CliError(f"--msa.{name}={text!r}: expected 'all', 'upper_half' or layer indices "
+                     "like '1,3'") from None
+  if isinstance(default, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise CliError(f"--msa.{name}={text!r}: expected true or false")
+    return text.lower() in ("true", "1")
+  try:
+    return type(default)(text)
+  except ValueError:
+    raise CliError(f"--msa.{name}={text!r}: expected a {type(default).__name__}") from None
+
+
+def parse_msa_flags(pairs: list[str]) -> dict[str, Any]:
+  """["top_k=4", ...] (from --msa.top_k=4) -> {"top_k": 4, ...}, typed like MSAConfig."""
+  defaults = {f.name: f.default for f in dataclasses.fields(MSAConfig)}
+  out = {}
+  for pair in pairs:
+    name, _, text = pair.partition("=")
+    if name not in defaults:
+      raise CliError(f"--msa.{name}: MSAConfig has no field {name!r}; known: "
+                     f"{sorted(defaults)}")
+    out[name] = _msa_value(name, text, defaults[name])
+  return out
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name: str):
+  """The named tokenizer (cached: SmolLM2's takes seconds to read from its GGUF file)."""
+  if name == "smollm2":
+    from msa_jax.train import pretrained  # pylint: disable=import-outside-toplevel
+    return pretrained.checkpoint_tokenizer(pretrained.SMOLLM2)
+  if name == "synthetic":
+    from msa_jax.data.synthetic import SyntheticTokenizer  # pylint: disable=import-outside-toplevel
+    return SyntheticTokenizer()
+  raise CliError(f"--tokenizer={name!r} is unknown; known: {list(TOKENIZERS)}")
+
+
+def build_model(spec: dict) -> Model:
+  """The model a bank's metadata (or the encode flags) describe.
+
+  spec: {"kind": "workdir", "workdir", "step"} or {"kind": "smollm2" | "tiny", "seed", "msa",
+  "num_layers" (smollm2), "tokenizer" (tiny)}.
+  """
+  kind = spec.get("kind")
+  if kind == "workdir":
+    from msa_jax.train import restore  # pylint: disable=import-outside-toplevel
+    try:
+      trained = restore.load_trained(spec["workdir"], spec.get("step"))
+    except FileNotFoundError as e:
+      raise CliError(str(e)) from None
+    data = trained.config.get("data", {})
+    template = {k: str(data.get(k, v)) for k, v in DEFAULT_TEMPLATE.items()}
+    if data.get("kind") == "synthetic":
+      template = {"head": "", "question_prefix": "<query> ", "answer_marker": "<answer>"}
+    spec = dict(spec, step=trained.step)
+    return Model(trained.model_config, trained.msa, trained.params, trained.tokenizer, spec,
+                 template)
+  if kind not in MODELS:
+    raise CliError(f"--model={kind!r} is unknown; known: {list(MODELS)} (or "
+                   "--checkpoint_workdir)")
+  msa = MSAConfig(**{k: tuple(v) if isinstance(v, list) else v
+                     for k, v in spec.get("msa", {}).items()})
+  seed = int(spec.get("seed", 0))
+  if kind == "smollm2":
+    from msa_jax.train import pretrained  # pylint: disable=import-outside-toplevel
+    tokenizer = _tokenizer("smollm2")
+    cfg, backbone = pretrained.load_backbone(pretrained.SMOLLM2, spec.get("num_layers"))
+    params = init_params(MSATransformer(cfg, msa), jax.random.key(seed))
+    params = pretrained.merge_backbone(params, backbone)
+  else:
+    tokenizer = _tokenizer(spec.get("tokenizer", "smollm2"))
+    cfg = get_preset("tiny").replace(vocab_size=tokenizer.vocab_size)
+    if spec.get("num_layers"):
+      cfg = cfg.replace(num_layers=int(spec["num_layers"]))
+    params = init_params(MSATransformer(cfg, msa), jax.random.key(seed))
+  template = dict(DEFAULT_TEMPLATE)
+  if spec.get("tokenizer") == "synthetic":
+    template = {"head": "", "question_prefix": "<query> ", "answer_marker": "<answer>"}
+  return Model(cfg, msa, params, tokenizer, spec, template)
+
+
+def _encode_spec(args) -> dict:
+  if args.checkpoint_workdir and args.model:
+    raise CliError("give either --checkpoint_workdir or --model, not both")
+  if args.checkpoint_workdir:
+    if args.msa:
+      raise CliError("--msa.* flags apply to --model only; a workdir has its own MSA config")
+    return {"kind": "workdir", "workdir": str(Path(args.checkpoint_workdir).resolve()),
+            "step": args.step}
+  if not args.model:
+    raise CliError("give a model: --checkpoint_workdir=DIR, --model=smollm2 or --model=tiny")
+  if args.model not in MODELS:
+    raise CliError(f"--model={args.model!r} is unknown; known: {list(MODELS)} (or "
+                   "--checkpoint_workdir)")
+  spec = {"kind": args.model, "seed": args.seed, "msa": parse_msa_flags(args.msa),
+          "num_layers": args.num_layers}
+  if args.model == "tiny":
+    spec["tokenizer"] = args.tokenizer
+  return spec
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def encode(args) -> MemoryBank:
+  """`encode`: corpus -> bank (see the module docstring)."""
+  if args.max_doc_tokens < 1:
+    raise CliError(f"--max_doc_tokens={args.max_doc_tokens} must be >= 1")
+  if args.limit is not None and args.limit < 1:
+    raise CliError(f"--limit={args.limit} must be >= 1")
+  spec = _encode_spec(args)
+  corpus = read_corpus(args.corpus, args.limit)
+  _log(f"[encode] {len(corpus.ids)} documents from {args.corpus}")
+  start = time.perf_counter()
+  model = build_model(spec)
+  _log(f"[encode] model {spec['kind']} ready in {time.perf_counter() - start:.1f}s "
+       f"({model.config.num_layers} layers, router layers "
+       f"{list(model.msa.router_layer_ids(model.config.num_layers))})")
+  texts = [document_text(args.doc_template, i, d, t, x)
+           for i, (d, t, x) in enumerate(zip(corpus.ids, corpus.titles, corpus.texts))]
+  g = args.max_doc_tokens
+  tokens = []
+  for i, text in enumerate(texts):
+    ids = list(model.tokenizer.encode(text[:16 * g], add_bos=False))[:g]
+    if not ids:
+      raise CliError(f"document {corpus.ids[i]!r} (number {i}) has no tokens")
+    tokens.append(ids)
+  metadata = {"model": model.spec, "template": model.template, "max_doc_tokens": g,
+              "corpus": str(Path(args.corpus).resolve()), "doc_template": args.doc_template}
+  bank = engine_lib.create_bank(args.bank, model.config, model.msa, model.params,
+                                overwrite=args.overwrite, metadata=metadata)
+  start = time.perf_counter()
+  engine_lib.encode_corpus(bank, model.config, model.msa, model.params, corpus.ids, tokens,
+                           texts, max_tokens=g, batch_size=args.batch_size, progress=sys.stderr)
+  _log(f"[encode] {bank.num_docs} documents ({bank.num_chunks} chunks) in "
+       f"{time.perf_counter() - start:.1f}s -> {args.bank}")
+  return bank
+
+
+def _preview(text: str | None) -> str:
+  if text is None:
+    return "(no text stored)"
+  flat = " ".join(text.split())
+  return flat[:PREVIEW_CHARS]
+
+
+def _print_routed(bank: MemoryBank, routed: dict[int, list[tuple[str, float]]],
+                  indent: str) -> None:
+  for layer in sorted(routed):
+    print(f"{indent}layer {layer}:")
+    for rank, (doc_id, score) in enumerate(routed[layer], 1):
+      text = bank.texts([bank.doc_index(doc_id)])[0]
+      print(f"{indent}  {rank}. {doc_id}  {score:+.4f}  {_preview(text)}")
+
+
+def open_bank(path: str) -> MemoryBank:
+  if not Path(path).exists():
+    raise CliError(f"--bank={path} does not exist (create it with `encode`)")
+  bank = MemoryBank.open(path)
+  meta = bank.metadata
+  if not isinstance(meta, dict) or "model" not in meta:
+    raise CliError(f"bank {path} has no model record in its metadata (it was not written by "
+                   "`msa_jax.inference.cli encode`)")
+  return bank
+
+
+def ask(args) -> list[dict]:
+  """`ask`: routed documents and answers for each --question (see the module docstring)."""
+  if not args.question:
+    raise CliError("give at least one --question")
+  bank = open_bank(args.bank)
+  model = build_model(bank.metadata["model"])
+  template = dict(bank.metadata.get("template") or DEFAULT_TEMPLATE)
+  for name in ("question_prefix", "answer_marker"):
+    if getattr(args, name) is not None:
+      template[name] = getattr(args, name)
+  offset = model.msa.top_k  # the layout the model was built / trained with
+  msa = model.msa if args.top_k is None else model.msa.replace(top_k=args.top_k)
+  engine = engine_lib.MSAEngine(model.config, msa, model.params, bank)
+  tok = model.tokenizer
+  out = []
+  if args.interleave:
+    cfg = interleave_lib.InterleaveConfig(
+        max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens, id_kind=args.id_kind,
+        head=template["head"], question_prefix=template["question_prefix"],
+        answer_marker=template["answer_marker"], position_offset=offset)
+    results = interleave_lib.MemoryInterleave(engine, tok, cfg).run(args.question,
+                                                                    progress=sys.stderr)
+    for n, res in enumerate(results, 1):
+      print(f"question {n}: {res.question}")
+      for r, rnd in enumerate(res.rounds, 1):
+        print(f"  round {r}: generated {rnd.text!r} ({rnd.kind})")
+        _print_routed(bank, rnd.routed, "    ")
+        if rnd.kind == "ids":
+          print(f"    appended {rnd.doc_ids}, unknown {rnd.unknown}, repeated {rnd.repeated}")
+      print(f"  status: {res.status}")
+      print(f"  answer: {res.answer}")
+      out.append(interleave_lib.result_to_json(res))
+    return out
+  head = list(tok.encode(template["head"], add_bos=True))
+  queries = []
+  for q in args.question:
+    ids = list(tok.encode(template["question_prefix"] + q, add_bos=False))
+    if not ids:
+      raise CliError(f"--question={q!r} has no tokens")
+    queries.append(ids)
+  marker = list(tok.encode(template["answer_marker"], add_bos=False))
+  pad = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
+  prompts = engine_lib.PromptBatch.from_segments([head] * len(queries), queries,
+                                                 [marker] * len(queries),
+                                                 position_offset=offset, pad_id=int(pad))
+  stops = tuple(dict.fromkeys([int(t) for t in [tok.eos_id, *getattr(tok, "stop_ids", ())]
+                               if t is not None]))
+  sampling = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens,
+                            stop_tokens=stops, pad_id=int(pad))
+  tokens, lengths, pre = engine.generate(prompts, sampling)
+  for n, q in enumerate(args.question):
+    ids = [int(t) for t in tokens[n, :lengths[n]] if int(t) not in stops]
+    answer = tok.decode(ids, skip_special_tokens=True)
+    routed = {}
+    for layer, mem in pre.memory.items():
+      doc_ids = engine_lib.routed_doc_ids(bank, mem)[n]
+      routed[layer] = [(d, float(s)) for d, s in zip(doc_ids, np.asarray(mem.scores)[n])]
+    print(f"question {n + 1}: {q}")
+    _print_routed(bank, routed, "  ")
+    print(f"  answer: {answer}")
+    out.append({"question": q, "routed": {str(k): v for k, v in routed.items()},
+                "answer": answer})
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Flags
+# --------------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m msa_jax.inference.cli",
+                                   description=__doc__.split("\n\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  enc = sub.add_parser("encode", help="encode a corpus into a memory bank")
+  enc.add_argument("--corpus", required=True)
+  enc.add_argument("--bank", required=True)
+  enc.add_argument("--checkpoint_workdir")
+  enc.add_argument("--step", type=int, default=None)
+  enc.add_argument("--model")
+  enc.add_argument("--seed", type=int, default=0)
+  enc.add_argument("--num_layers", type=int, default=None,
+                   help="keep only the first layers of the model (smollm2, tiny)")
+  enc.add_argument("--tokenizer", default="smollm2", help=f"for --model=tiny: {TOKENIZERS}")
+  enc.add_argument("--max_doc_tokens", type=int, required=True)
+  enc.add_argument("--limit", type=int, default=None)
+  enc.add_argument("--batch_size", type=int, default=16)
+  enc.add_argument("--doc_template", default="{title}\n{text}")
+  enc.add_argument("--overwrite", action="store_true")
+  a = sub.add_parser("ask", help="route questions against a bank and answer them")
+  a.add_argument("--bank", required=True)
+  a.add_argument("--question", action="append", default=[])
+  a.add_argument("--top_k", type=int, default=None)
+  a.add_argument("--max_new_tokens", type=int, default=32)
+  a.add_argument("--interleave", action="store_true")
+  a.add_argument("--max_rounds", type=int, default=3)
+  a.add_argument("--id_kind", default="index", choices=("index", "id"),
+                 help="what generated identifiers name: a bank position or a bank id")
+  a.add_argument("--question_prefix", default=None)
+  a.add_argument("--answer_marker", default=None)
+  a.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+  return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  """Flags; `--msa.FIELD=VALUE` pairs are collected into `args.msa`."""
+  msa, rest = [], []
+  for arg in argv:
+    if arg.startswith("--msa."):
+      if "=" not in arg:
+        raise CliError(f"{arg}: write --msa.FIELD=VALUE")
+      msa.append(arg[len("--msa."):])
+    else:
+      rest.append(arg)
+  args = make_parser().parse_args(rest)
+  args.msa = msa
+  if msa and args.command != "encode":
+    raise CliError("--msa.* flags belong to `encode`")
+  return args
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    args = parse_args(argv)
+    if args.command == "encode":
+      encode(args)
+    else:
+      results = ask(args)
+      if args.json:
+        print(json.dumps(results))
+  except (CliError, BankError, FileNotFoundError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except ValueError as e:  # bad settings (MSAConfig, sampling, ...), named by their checks
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,196 @@
+"""The bank command line (`python -m msa_jax.inference.cli encode / ask`).
+
+Encodes a small jsonl corpus with a random tiny model (SmolLM2's tokenizer) and a 30-document
+slice of NFCorpus with SmolLM2's first two layers under fresh routers, asks questions against
+both banks (plain and with Memory Interleave), and checks the error messages.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msa_jax.inference import cli
+from tests import paths
+
+# In the synthetic task's vocabulary (the tiny model's tokenizer here; loads instantly).
+DOCS = [
+    {"id": "apple", "title": "<doc>", "text": "<fact> k1 k2 v1 w3 w4 w5"},
+    {"id": "paris", "text": "w1 w2 <fact> k3 k4 v2"},
+    {"id": "jax", "title": "<doc>", "text": "<fact> k5 k6 v3 w7 w8 w9 w10 w11 w12"},
+    {"id": "tea", "text": "w13 <fact> k7 k8 v4"},
+    {"id": "moon", "text": "<fact> k9 k10 v5 w1"},
+]
+TINY = ["--model=tiny", "--tokenizer=synthetic"]
+
+
+def _run(argv, capsys):
+  code = cli.main(argv)
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def _jsonl(path: Path, rows) -> Path:
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+@pytest.fixture(scope="module")
+def tiny_bank(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cli")
+  corpus = _jsonl(root / "docs.jsonl", DOCS)
+  bank = root / "bank"
+  assert cli.main(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
+                   "--seed=3", "--msa.top_k=2", "--msa.chunk_size=4",
+                   "--msa.router_layers=all", "--max_doc_tokens=16"]) == 0
+  return root, corpus, bank
+
+
+def test_encode_records_the_model_and_texts(tiny_bank):
+  _, corpus, bank_dir = tiny_bank
+  bank = cli.MemoryBank.open(bank_dir)
+  assert bank.doc_ids == [d["id"] for d in DOCS]
+  assert bank.texts([0, 1]) == ["<doc>\n<fact> k1 k2 v1 w3 w4 w5",
+                                "w1 w2 <fact> k3 k4 v2"]
+  meta = bank.metadata
+  assert meta["model"] == {"kind": "tiny", "seed": 3, "num_layers": None,
+                           "tokenizer": "synthetic",
+                           "msa": {"top_k": 2, "chunk_size": 4, "router_layers": "all"}}
+  assert meta["max_doc_tokens"] == 16 and meta["corpus"] == str(corpus.resolve())
+
+
+def test_ask_prints_routing_and_answer(tiny_bank, capsys):
+  _, _, bank = tiny_bank
+  code, out, err = _run(["ask", f"--bank={bank}", "--question=k3 k4",
+                         "--question=k7", "--max_new_tokens=4", "--json"],
+                        capsys)
+  assert code == 0, err
+  lines = out.splitlines()
+  results = json.loads(lines[-1])
+  assert [r["question"] for r in results] == ["k3 k4", "k7"]
+  for r in results:
+    assert sorted(r["routed"]) == ["0", "1"]  # tiny has 2 layers, both router layers
+    for routed in r["routed"].values():
+      assert len(routed) == 2 and all(d in [x["id"] for x in DOCS] for d, _ in routed)
+  assert "question 1: k3 k4" in lines
+  assert any(line.startswith("  layer 0:") for line in lines)
+  doc_line = next(line for line in lines if line.startswith("    1. "))
+  doc_id = doc_line.split()[1]
+  text = next(" ".join((d.get("title", "") + "\n" + d["text"]).split()) for d in DOCS
+              if d["id"] == doc_id)
+  assert doc_line.endswith(text[:80])
+  assert sum(line.startswith("  answer: ") for line in lines) == 2
+  # top_k can be changed at ask time (it is not part of the bank's fingerprint).
+  code, out, _ = _run(["ask", f"--bank={bank}", "--question=k1", "--top_k=4",
+                       "--max_new_tokens=2", "--json"], capsys)
+  assert code == 0 and len(json.loads(out.splitlines()[-1])[0]["routed"]["0"]) == 4
+
+
+def test_ask_with_interleave(tiny_bank, capsys):
+  _, _, bank = tiny_bank
+  code, out, err = _run(["ask", f"--bank={bank}", "--question=k9 k10", "--interleave",
+                         "--max_rounds=2", "--max_new_tokens=3", "--json"], capsys)
+  assert code == 0, err
+  result = json.loads(out.splitlines()[-1])[0]
+  assert result["status"] in cli.interleave_lib.STATUSES
+  assert "round 1: generated" in out and "[interleave] round 1" in err
+
+
+@pytest.mark.slow
+def test_encode_beir_slice_with_smollm2_and_ask(tmp_path, capsys):
+  beir = paths.SHARED / "data" / "beir" / "nfcorpus"
+  bank = tmp_path / "nf"
+  code, _, err = _run(["encode", f"--corpus={beir}", f"--bank={bank}", "--model=smollm2",
+                       "--num_layers=2", "--seed=0", "--msa.top_k=3", "--msa.chunk_size=16",
+                       "--max_doc_tokens=64", "--limit=30", "--batch_size=8"], capsys)
+  assert code == 0, err
+  assert "[encode] 30 documents from" in err and "[encode] 30/30 documents" in err
+  first = json.loads(open(beir / "corpus.jsonl").readline())
+  opened = cli.MemoryBank.open(bank)
+  assert opened.num_docs == 30 and opened.doc_ids[0] == first["_id"]
+  assert opened.texts([0])[0] == f"{first['title']}\n{first['text']}"
+  code, out, err = _run(["ask", f"--bank={bank}", "--question=Do statins reduce cancer risk?",
+                         "--max_new_tokens=3"], capsys)
+  assert code == 0, err
+  assert "  layer 1:" in out and "    3. " in out and "  answer: " in out
+
+
+# --- errors ---
+
+
+def test_missing_and_corrupt_bank(tiny_bank, tmp_path, capsys):
+  code, _, err = _run(["ask", f"--bank={tmp_path / 'nope'}", "--question=x"], capsys)
+  assert code == 1 and "does not exist" in err
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / "manifest.json").write_text("{not json")
+  code, _, err = _run(["ask", f"--bank={broken}", "--question=x"], capsys)
+  assert code == 1 and "is not valid JSON" in err
+  # A shard file changed after the commit.
+  _, corpus, _ = tiny_bank
+  bank = tmp_path / "bank"
+  assert cli.main(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
+                   "--max_doc_tokens=8"]) == 0
+  docs = next(bank.glob("shard-*")) / "docs.json"
+  docs.write_text(docs.read_text().replace("k3 k4", "k4 k3"))
+  code, _, err = _run(["ask", f"--bank={bank}", "--question=x"], capsys)
+  assert code == 1 and "error:" in err and "docs.json" in err
+
+
+def test_bank_of_another_model(tiny_bank, tmp_path, capsys):
+  _, corpus, _ = tiny_bank
+  bank = tmp_path / "bank"
+  assert cli.main(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
+                   "--seed=0", "--max_doc_tokens=8"]) == 0
+  manifest = bank / "manifest.json"
+  data = json.loads(manifest.read_text())
+  data["metadata"]["model"]["seed"] = 1  # as if the bank had been written for another model
+  manifest.write_text(json.dumps(data))
+  code, _, err = _run(["ask", f"--bank={bank}", "--question=x"], capsys)
+  assert code == 1 and "encoded with another model" in err
+  # Encoding over an existing bank needs --overwrite.
+  code, _, err = _run(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
+                       "--max_doc_tokens=8"], capsys)
+  assert code == 1 and "overwrite" in err
+
+
+def test_corpus_and_flag_errors(tmp_path, capsys):
+  bank = f"--bank={tmp_path / 'bank'}"
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("\n")
+  code, _, err = _run(["encode", f"--corpus={empty}", bank, *TINY,
+                       "--max_doc_tokens=8"], capsys)
+  assert code == 1 and "holds no documents" in err
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps(DOCS[0]) + "\n" + '{"id": "x", "text": \n')
+  code, _, err = _run(["encode", f"--corpus={bad}", bank, *TINY,
+                       "--max_doc_tokens=8"], capsys)
+  assert code == 1 and f"{bad}:2: not a JSON object" in err
+  _jsonl(bad, [DOCS[0], {"id": "y"}])
+  code, _, err = _run(["encode", f"--corpus={bad}", bank, *TINY,
+                       "--max_doc_tokens=8"], capsys)
+  assert code == 1 and f"{bad}:2: expected a JSON object" in err
+  good = _jsonl(tmp_path / "good.jsonl", DOCS)
+  code, _, err = _run(["encode", f"--corpus={good}", bank, "--model=gpt5",
+                       "--max_doc_tokens=8"], capsys)
+  assert code == 1 and "--model='gpt5' is unknown" in err
+  code, _, err = _run(["encode", f"--corpus={good}", bank, *TINY, "--msa.topk=3",
+                       "--max_doc_tokens=8"], capsys)
+  assert code == 1 and "MSAConfig has no field 'topk'" in err
+  code, _, err = _run(["encode", f"--corpus={tmp_path / 'none.jsonl'}", bank, *TINY,
+                       "--max_doc_tokens=8"], capsys)
+  assert code == 1 and "does not exist" in err
+  assert not (tmp_path / "bank").exists()
+
+
+def test_module_entry_point(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  root = Path(__file__).resolve().parents[1]
+  env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, "-m", "msa_jax.inference.cli", "ask",
+                         f"--bank={tmp_path / 'none'}", "--question=x"], env=env, cwd=root,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1 and proc.stderr.strip().endswith("create it with `encode`)")
