@@ -2,7 +2,13 @@
 
 The workdir is the unit of resumption: it holds `config.json`, `checkpoints/` (train state and
 data-iterator position) and `metrics.jsonl` + `tensorboard/`. Rerunning the same command
-continues from the latest checkpoint and reproduces the uninterrupted run's losses.
+continues from the latest checkpoint and reproduces the uninterrupted run's losses, also after
+the process was killed (SIGKILL) at any point: an unfinished checkpoint write is ignored and
+deleted, and `metrics.jsonl` rows logged after the checkpoint it resumes from are dropped, as the
+rerun logs those steps again.
+
+Multi-process (`launch/local.sh`, `launch/slurm.sbatch`): every process runs this function; each
+loads only its rows of the global batch (see `msa_jax.train.data`), process 0 writes the metrics.
 
 Data sources so far: `data.kind = "synthetic"` (the synthetic memory task of
 `msa_jax.data.synthetic`). Evaluation runs on a held-out corpus: other documents, other keys,
@@ -11,6 +17,7 @@ the same task.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -23,22 +30,40 @@ import ml_collections
 import numpy as np
 
 from msa_jax.checkpoint.hf import dtype_from_name
+from msa_jax.evaluation import extrapolation
 from msa_jax.model import MSAConfig, MSATransformer, check_batch, get_preset
 from msa_jax.train import checkpoints as ckpt_lib
 from msa_jax.train import data as data_lib
 from msa_jax.train import distributed
 from msa_jax.train import metrics as metrics_lib
 from msa_jax.train import optimizer as optim_lib
+from msa_jax.train import pretrained
 from msa_jax.train import sharding as sharding_lib
 from msa_jax.train import step as step_lib
 
 
-def _model(cfg: ml_collections.ConfigDict, vocab_size: int):
-  model_cfg = get_preset(cfg.model.preset).replace(
-      vocab_size=vocab_size, **cfg.model.get("overrides", {}).to_dict())
+def build_model(cfg: ml_collections.ConfigDict, vocab_size: int):
+  """(model config, MSA config, MSATransformer) of a training config (the backbone config from
+  `model.checkpoint` when set, else the preset with `model.overrides`)."""
+  checkpoint = cfg.model.get("checkpoint")
+  if checkpoint:  # the backbone's config comes from the checkpoint (see train/pretrained.py)
+    model_cfg = pretrained.checkpoint_config(checkpoint, cfg.model.get("num_layers"))
+  else:
+    model_cfg = get_preset(cfg.model.preset).replace(
+        vocab_size=vocab_size, **cfg.model.get("overrides", {}).to_dict())
   msa = MSAConfig(**cfg.msa.to_dict())
   dtype = dtype_from_name(cfg.dtype)
   return model_cfg, msa, MSATransformer(model_cfg, msa, dtype=dtype, param_dtype=jnp.float32)
+
+
+def _logged_metrics(workdir: Path, step: int) -> dict[str, float]:
+  """The metrics.jsonl rows of `step` as the loop returns them (eval keys prefixed `eval_`)."""
+  out = {}
+  for record in metrics_lib.read_metrics(workdir):
+    if record["step"] == step:
+      prefix = "" if record["split"] == "train" else f"{record['split']}_"
+      out.update({prefix + k: v for k, v in record.items() if k not in ("step", "split", "time")})
+  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike
@@ -50,7 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   tok, iterator, eval_batches = data_lib.make_data(config)
-  model_cfg, msa, model = _model(config, tok.vocab_size)
+  model_cfg, msa, model = build_model(config, tok.vocab_size)
 
   opt_cfg = config.optim.to_dict()
   tx = optim_lib.make_optimizer(opt_cfg)
@@ -72,9 +97,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     state, data_state = checkpointer.restore(state)
     iterator.set_state(data_state)
     print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
+  elif config.model.get("checkpoint"):  # a fresh run: pretrained backbone, fresh routers
+    state = pretrained.load_into_state(state, config.model.checkpoint,
+                                       config.model.get("num_layers"))
   writer = metrics_lib.MetricsWriter(workdir)
   total = config.train.steps
   step = int(state.step)
+  if dropped := writer.truncate(step):
+    print(f"dropped {dropped} metrics rows after step {step} (logged before the restart)",
+          flush=True)
   tokens_per_batch = None
   last = {}
   window_start, window_steps = time.perf_counter(), 0
@@ -82,8 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     batch = next(iterator)
     if tokens_per_batch is None:  # first batch of this run: validate it once, host-side
       check_batch(batch, vocab_size=tok.vocab_size, need_route_labels=msa.aux_weight > 0)
-      tokens_per_batch = int(np.asarray(batch.doc_lengths).sum()
-                             + np.asarray(batch.token_mask).sum())
+      tokens_per_batch = jax.process_count() * int(  # this process's rows, times P
+          np.asarray(batch.doc_lengths).sum() + np.asarray(batch.token_mask).sum())
     state, metrics = train_step(state, sharding_lib.shard_batch(batch, mesh))
     step += 1
     window_steps += 1
@@ -103,6 +134,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       window_start, window_steps = time.perf_counter(), 0
   checkpointer.close()
   writer.close()
+  if not last:  # nothing left to train (finished before, perhaps killed before this file)
+    last = _logged_metrics(workdir, total)
   if jax.process_index() == 0:
     (workdir / "final_metrics.json").write_text(json.dumps(last, indent=2))
+  if config.get("extrapolation") is not None and config.data.kind == "synthetic":
+    run_extrapolation(config, model_cfg, msa, state.params, tok, workdir)
   return last
+
+
+def run_extrapolation(config: ml_collections.ConfigDict, model_cfg, msa, params, tok,
+                      workdir: Path) -> list[dict[str, Any]] | None:
+  """The synthetic task's train-short/infer-long table (`config.extrapolation`), printed and
+  written to `<workdir>/extrapolation.json`. Runs on one process only."""
+  if jax.process_count() > 1:
+    print("[extrapolation] skipped: run it on one process", flush=True)
+    return None
+  d, e = config.data, config.extrapolation
+  rows = extrapolation.extrapolation_table(
+      model_cfg, msa, params, tok, docs_per_sample=d.docs_per_sample,
+      doc_length=d.doc_length, facts_per_doc=d.facts_per_doc, key_length=d.key_length,
+      id_digits=d.id_digits, fact_span=d.get("fact_span"), seed=d.seed + 1_000_003, multipliers=tuple(e.multipliers),
+      questions=e.questions, global_positions=d.get("rope", "document") == "global",
+      dtype=dtype_from_name(config.dtype))
+  rope = d.get("rope", "document")
+  print(extrapolation.format_table(
+      rows, msa.top_k, f"Train short, infer long ({rope} RoPE; trained with "
+      f"{d.docs_per_sample} documents = {d.docs_per_sample * d.doc_length} memory tokens):"),
+      flush=True)
+  out = [dataclasses.asdict(r) for r in rows]
+  (workdir / "extrapolation.json").write_text(json.dumps(
+      dict(rope=rope, top_k=msa.top_k, rows=out), indent=2))
+  return out

@@ -1,0 +1,182 @@
+"""Train short, infer long: the synthetic task at memories far larger than in training.
+
+The demo trains with N documents per sample (N * L memory tokens). `extrapolation_table` asks
+held-out questions against memories of x * N documents for x in `multipliers` (1, 10, 100,
+1000 by default), through the inference engine: the documents are encoded once into a memory
+bank (each size's bank holds a slice of one large held-out corpus, so larger memories add
+distractors; a size too small to hold `questions` facts is asked as several disjoint memories
+of that size), every question is routed against the whole bank and its answer generated
+greedily. Per size it reports
+
+  * routing recall@1 and recall@k (k = top_k): the question's document ranks first / within
+    the top k of a router layer's scores, averaged over the router layers;
+  * identifier accuracy: the generated `[ d d d d ]` equals the document's identifier.
+
+With `global_positions` (the global-RoPE ablation), document m of the bank sits at positions
+h + m * L + 0..L-1 and the prompt continues after the whole bank, as in training with
+`data.rope = "global"`; the default is MSA's document-wise RoPE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from msa_jax.data import synthetic
+from msa_jax.inference import engine as engine_lib
+from msa_jax.inference.sampling import SamplingConfig
+from msa_jax.model import ModelConfig, MSAConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtrapolationRow:
+  """One memory size's results."""
+
+  multiplier: int
+  num_docs: int
+  memory_tokens: int
+  questions: int
+  recall_at_1: float
+  recall_at_k: float
+  identifier_accuracy: float
+  seconds: float
+
+
+def _ranks(doc_scores: np.ndarray, target: np.ndarray) -> np.ndarray:
+  """0-based rank of each question's target document (ties count against it)."""
+  own = doc_scores[np.arange(len(target)), target]
+  return (doc_scores >= own[:, None]).sum(1) - 1
+
+
+def _questions(corpus: synthetic.SyntheticCorpus, first_doc: int, num_docs: int,
+               limit: int) -> np.ndarray:
+  """Up to `limit` questions about documents [first_doc, first_doc + num_docs), spread
+  evenly."""
+  pool = np.flatnonzero((corpus.key_doc >= first_doc) & (corpus.key_doc < first_doc + num_docs))
+  if len(pool) <= limit:
+    return pool
+  return pool[np.linspace(0, len(pool) - 1, limit).round().astype(int)]
+
+
+def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.SyntheticCorpus,
+                    arrays: dict[int, dict[str, np.ndarray]], first_doc: int, num_docs: int,
+                    questions: np.ndarray, *, head: Sequence[int], global_positions: bool,
+                    bank_dir: Path, batch_size: int = 32,
+                    dtype=jnp.float32) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
+  """Per-question routing hits at 1 and at k (one array per router layer and batch) and
+  identifier matches of `questions` against corpus documents [first_doc, first_doc +
+  num_docs), whose encoded blocks are `arrays` (`encode_documents` of the whole corpus)."""
+  length = corpus.doc_length
+  c = -(-length // msa.chunk_size)
+  docs = slice(first_doc, first_doc + num_docs)
+  if global_positions and first_doc:  # positions restart at the memory's first document
+    _, _, arrays = engine_lib.encode_documents(
+        cfg, msa, params, list(corpus.doc_tokens[docs]), max_tokens=length, batch_size=256,
+        dtype=dtype, position_starts=len(head) + np.arange(num_docs) * length, progress=None)
+    docs = slice(0, num_docs)
+  rows = slice(docs.start * c, docs.stop * c)
+  bank = engine_lib.create_bank(bank_dir, cfg, msa, params, dtype=dtype, overwrite=True)
+  bank.add([str(i) for i in range(num_docs)], None, np.full(num_docs, length),
+           np.full(num_docs, c), {i: {k: v[rows] for k, v in a.items()}
+                                  for i, a in arrays.items()})
+  eng = engine_lib.MSAEngine(cfg, msa, params, bank, dtype=dtype)
+  offset = num_docs * length if global_positions else msa.top_k
+  tok = corpus.tokenizer
+  answer_len = len(corpus.answer_ids(0))
+  sampling = SamplingConfig(temperature=0.0, max_new_tokens=answer_len,
+                            stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
+  hits1, hitsk, exact = [], [], []
+  for lo in range(0, len(questions), batch_size):
+    qs = questions[lo:lo + batch_size]
+    prompts = engine_lib.PromptBatch.from_segments(
+        [list(head)] * len(qs), [corpus.question_ids(int(q)) for q in qs],
+        [[tok.answer_id]] * len(qs), position_offset=offset, pad_id=tok.pad_id)
+    tokens, _, pre = eng.generate(prompts, sampling, keep_scores=True)
+    target = corpus.key_doc[qs] - first_doc
+    for mem in pre.memory.values():
+      ranks = _ranks(np.asarray(mem.doc_scores), target)
+      hits1.append(ranks < 1)
+      hitsk.append(ranks < msa.top_k)
+    for row, q in zip(tokens, qs):
+      want = corpus.answer_ids(int(q))
+      exact.append(list(row[:len(want)]) == want)
+  return hits1, hitsk, exact
+
+
+def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
+                        docs_per_sample: int, doc_length: int, facts_per_doc: int,
+                        key_length: int, id_digits: int, seed: int,
+                        fact_span: int | None = None,
+                        multipliers: Sequence[int] = (1, 10, 100, 1000), questions: int = 64,
+                        global_positions: bool = False, batch_size: int = 32,
+                        dtype=jnp.float32, progress=sys.stdout) -> list[ExtrapolationRow]:
+  """Evaluates memories of x * docs_per_sample held-out documents for x in `multipliers`.
+
+  Sizes the vocabulary cannot hold (more documents than identifiers or unique keys) are
+  skipped with a message. Returns one row per evaluated size.
+  """
+  max_docs = min(10 ** id_digits, tokenizer.num_key_words ** key_length // facts_per_doc)
+  sizes = []
+  for x in sorted(set(int(x) for x in multipliers)):
+    m = x * docs_per_sample
+    if m > max_docs:
+      print(f"[extrapolation] skipping {x}x ({m} documents): the vocabulary holds at most "
+            f"{max_docs} (id_digits, num_key_words ** key_length)", file=progress, flush=True)
+      continue
+    sizes.append((x, m))
+  if not sizes:
+    return []
+  corpus = synthetic.generate_corpus(
+      tokenizer, num_docs=sizes[-1][1], doc_length=doc_length, facts_per_doc=facts_per_doc,
+      key_length=key_length, id_digits=id_digits, fact_span=fact_span, seed=seed)
+  head = [tokenizer.bos_id]
+  starts = (len(head) + np.arange(corpus.num_docs) * doc_length) if global_positions else None
+  start = time.perf_counter()
+  _, _, arrays = engine_lib.encode_documents(
+      cfg, msa, params, list(corpus.doc_tokens), max_tokens=doc_length, batch_size=256,
+      dtype=dtype, position_starts=starts, progress=None)
+  print(f"[extrapolation] encoded {corpus.num_docs} held-out documents in "
+        f"{time.perf_counter() - start:.1f} s", file=progress, flush=True)
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for x, m in sizes:
+      t0 = time.perf_counter()
+      # Small memories hold few questions: ask them of several disjoint memories of that size.
+      groups = max(1, min(-(-questions // (m * facts_per_doc)), corpus.num_docs // m))
+      hits1, hitsk, exact, asked = [], [], [], 0
+      for g in range(groups):
+        qs = _questions(corpus, g * m, m, -(-questions // groups))
+        h1, hk, ex = evaluate_memory(
+            cfg, msa, params, corpus, arrays, g * m, m, qs, head=head,
+            global_positions=global_positions, bank_dir=Path(tmp) / f"bank_x{x}_{g}",
+            batch_size=batch_size, dtype=dtype)
+        hits1 += h1
+        hitsk += hk
+        exact += ex
+        asked += len(qs)
+      r1, rk = float(np.mean(np.concatenate(hits1))), float(np.mean(np.concatenate(hitsk)))
+      acc = float(np.mean(exact))
+      rows.append(ExtrapolationRow(x, m, m * doc_length, asked, r1, rk, acc,
+                                   time.perf_counter() - t0))
+      print(f"[extrapolation] {x}x: {m} documents, recall@1 {r1:.3f}, identifier accuracy "
+            f"{acc:.3f}", file=progress, flush=True)
+  return rows
+
+
+def format_table(rows: Sequence[ExtrapolationRow], top_k: int, title: str = "") -> str:
+  """A plain-text table of the rows."""
+  lines = [title] if title else []
+  lines.append(f"{'memory':>8} {'documents':>10} {'tokens':>10} {'questions':>9} "
+               f"{'recall@1':>9} {f'recall@{top_k}':>9} {'id acc':>7}")
+  for r in rows:
+    lines.append(f"{f'{r.multiplier}x':>8} {r.num_docs:>10,} {r.memory_tokens:>10,} "
+                 f"{r.questions:>9} {r.recall_at_1:>9.3f} {r.recall_at_k:>9.3f} "
+                 f"{r.identifier_accuracy:>7.3f}")
+  return "\n".join(lines)
