@@ -4,7 +4,7 @@ Documents are indexed as `title + " " + text`, tokenised by bm25s' tokenizer (lo
 of two or more characters, English stopwords removed, optional stemmer) and scored with bm25s'
 Lucene variant of BM25 (k1 = 1.5, b = 0.75 by default).
 
-`stemmer="english"` (Snowball, from the optional PyStemmer package) reaches the published BEIR
+`stemmer="english"` (Snowball, from PyStemmer, a dependency) reaches the published BEIR
 BM25 numbers (NFCorpus test nDCG@10: 0.322 here, 0.325 published); without a stemmer NFCorpus
 gives 0.306.
 
