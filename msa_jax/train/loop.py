@@ -159,7 +159,7 @@ def run_extrapolation(config: ml_collections.ConfigDict, model_cfg, msa, params,
       dtype=dtype_from_name(config.dtype))
   rope = d.get("rope", "document")
   print(extrapolation.format_table(
-      rows, msa.top_k, f"Train short, infer long ({rope} RoPE; trained with "
+      rows, f"Train short, infer long ({rope} RoPE; trained with "
       f"{d.docs_per_sample} documents = {d.docs_per_sample * d.doc_length} memory tokens):"),
       flush=True)
   out = [dataclasses.asdict(r) for r in rows]
