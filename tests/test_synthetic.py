@@ -221,3 +221,30 @@ def test_process_rows_concatenate_to_the_global_batch(corpus):
     SyntheticBatchIterator(corpus, spec, process_index=0, process_count=4)
   with pytest.raises(ValueError, match="process_index=3 must be < process_count=3"):
     synthetic.process_rows(6, 3, 3)
+
+
+def test_global_positions_put_documents_and_prompt_on_one_axis(corpus):
+  spec = BatchSpec(batch_size=2, docs_per_sample=3, position_offset=2)
+  doc_wise = synthetic.build_batch(corpus, [0, 1], spec, np.random.default_rng(0))
+  glob = synthetic.build_batch(corpus, [0, 1], BatchSpec(**{**spec.__dict__,
+                                                          "global_positions": True}),
+                               np.random.default_rng(0))
+  assert doc_wise.doc_positions is None
+  _assert_same(doc_wise.replace(positions=0), glob.replace(positions=0, doc_positions=None))
+  length, g, t = corpus.doc_length, glob.doc_tokens.shape[2], glob.tokens.shape[1]
+  want = 1 + np.arange(3)[:, None] * length + np.arange(g)  # after the 1-token head
+  np.testing.assert_array_equal(glob.doc_positions, np.broadcast_to(want, (2, 3, g)))
+  np.testing.assert_array_equal(glob.positions[0], prompt_positions(t, 1, 3 * length))
+  check_batch(glob, vocab_size=corpus.tokenizer.vocab_size, need_route_labels=True)
+
+
+def test_fact_span_keeps_facts_near_the_identifier():
+  tok = synthetic.SyntheticTokenizer()
+  c = synthetic.generate_corpus(tok, num_docs=50, doc_length=64, id_digits=4, fact_span=9,
+                                seed=3)
+  prefix = 3 + 4
+  assert (c.key_offset >= prefix).all() and (c.key_offset + 4 <= prefix + 9).all()
+  anywhere = synthetic.generate_corpus(tok, num_docs=50, doc_length=64, id_digits=4, seed=3)
+  assert anywhere.key_offset.max() > prefix + 9
+  with pytest.raises(ValueError, match="fact_span=3"):
+    synthetic.generate_corpus(tok, num_docs=5, doc_length=64, id_digits=4, fact_span=3)
