@@ -115,7 +115,8 @@ def test_results_fields_and_bm25(first_run, data_slice):
   g = out["generative"]
   assert g["parsed"] + g["not_in_memory"] + g["unparsable"] == NUM_QUERIES
   # BM25 on the whole memory is bm25_rankings on the corpus.
-  want = bm25.bm25_rankings(data.corpus, data.queries, k=100, query_ids=list(data.queries))
+  want = bm25.bm25_rankings(data.corpus, data.queries, k=100, query_ids=list(data.queries),
+                            stemmer="english")  # configs/evaluate.py's default
   assert out["methods"]["bm25"] == pytest.approx(
       metrics.evaluate(want, data.split("test")).mean)
   # Scaling: nested memories from the relevant documents + 5 up to the whole slice.
