@@ -7,7 +7,6 @@ pick, at every step, the training forward's argmax on the extended sequence.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

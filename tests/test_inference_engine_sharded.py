@@ -8,12 +8,11 @@ documents must be identical and the logits equal to 1e-6.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from tests.fake_devices import run_on_fake_devices
 
 MESHES = {"memory8": {"memory": 8}, "data2_memory4": {"data": 2, "memory": 4}}
 MSA_CASES = ("decoupled", "all_layers_mean")
@@ -81,14 +80,7 @@ def _worker() -> None:
 
 @pytest.fixture(scope="module")
 def worker_result():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return run_on_fake_devices(__file__)
 
 
 def test_worker_sees_eight_devices(worker_result):

@@ -6,7 +6,7 @@ import torch
 import transformers
 
 from msa_jax.checkpoint import hf
-from msa_jax.model import (PRESETS, ModelConfig, Transformer, abstract_params, count_params,
+from msa_jax.model import (PRESETS, Transformer, abstract_params, count_params,
                            get_preset, param_logical_axes)
 
 # Sizes on the model cards (tied embeddings counted once).

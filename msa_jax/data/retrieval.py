@@ -38,6 +38,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from msa_jax.data.iterator import IndexedBatchIterator
+from msa_jax.data.iterator import positive_int as _positive_int
 from msa_jax.model.batch import IGNORE, MSABatch, prompt_positions
 
 NQ320K_FILES = {"corpus": "NQ_doc_content.tsv", "train": "nq_train_doc_newid.tsv",
@@ -60,12 +62,6 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
     ...
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,50 +602,12 @@ class RetrievalBatchSource:
                                  (self.task.spec.seed, 1, int(k)), self.rows)
 
 
-class RetrievalBatchIterator:
-  """Iterates over `RetrievalBatchSource` batches with a JSON-able state.
-
-  `get_state()` is `{"seed": s, "epoch": e, "index": i}` (the next batch is batch i of epoch
-  e); `set_state` of a saved state continues exactly there.
-  """
+class RetrievalBatchIterator(IndexedBatchIterator):
+  """Iterates over `RetrievalBatchSource` batches with a JSON-able state
+  (`IndexedBatchIterator`: `{"seed", "epoch", "index"}`)."""
 
   def __init__(self, source: RetrievalBatchSource, num_epochs: int | None = None):
-    self.source = source
-    self.num_epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
-    self._next = 0
-
-  def __iter__(self) -> Iterator[MSABatch]:
-    return self
-
-  def __next__(self) -> MSABatch:
-    if (self.num_epochs is not None
-        and self._next >= self.num_epochs * self.source.batches_per_epoch):
-      raise StopIteration
-    batch = self.source[self._next]
-    self._next += 1
-    return batch
-
-  def get_state(self) -> dict[str, int]:
-    epoch, index = divmod(self._next, self.source.batches_per_epoch)
-    return {"seed": self.source.task.spec.seed, "epoch": epoch, "index": index}
-
-  def set_state(self, state: Mapping[str, Any]) -> None:
-    """Restores a `get_state()` result.
-
-    Raises:
-      ValueError: a state of another seed or with other keys, or an index out of range.
-    """
-    if set(state) != {"seed", "epoch", "index"}:
-      raise ValueError(f"iterator state must have keys seed, epoch, index; got {sorted(state)}")
-    if int(state["seed"]) != self.source.task.spec.seed:
-      raise ValueError(f"iterator state seed={state['seed']} differs from this iterator's "
-                       f"seed={self.source.task.spec.seed}")
-    epoch = _positive_int("state epoch", int(state["epoch"]), minimum=0)
-    index = _positive_int("state index", int(state["index"]), minimum=0)
-    if index >= self.source.batches_per_epoch:
-      raise ValueError(f"state index={index} >= batches_per_epoch="
-                       f"{self.source.batches_per_epoch}")
-    self._next = epoch * self.source.batches_per_epoch + index
+    super().__init__(source, source.task.spec.seed, num_epochs)
 
 
 def split_counts(data: RetrievalData) -> dict[str, tuple[int, int]]:

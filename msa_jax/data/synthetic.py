@@ -32,11 +32,12 @@ once ([M, G]) so routing keys can be encoded a single time for large M.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from msa_jax.data.iterator import IndexedBatchIterator
+from msa_jax.data.iterator import positive_int as _positive_int
 from msa_jax.model.batch import IGNORE, MSABatch, prompt_positions
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -44,12 +45,6 @@ DOC, QUERY, ANSWER, FACT = "<doc>", "<query>", "<answer>", "<fact>"
 ID_OPEN, ID_CLOSE = "[", "]"
 DIGITS = tuple(str(d) for d in range(10))
 SPECIAL_TOKENS = (PAD, BOS, EOS, DOC, QUERY, ANSWER, FACT)
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,11 +496,9 @@ class SyntheticBatchSource:
                        np.random.default_rng([self.spec.seed, 1, int(k)]), rows)
 
 
-class SyntheticBatchIterator:
-  """Iterates over `SyntheticBatchSource` batches, with a small checkpointable state.
-
-  `get_state()` is `{"seed": s, "epoch": e, "index": i}` (the next batch is batch i of epoch e);
-  `set_state` of a saved state continues exactly where it was saved.
+class SyntheticBatchIterator(IndexedBatchIterator):
+  """Iterates over `SyntheticBatchSource` batches, with a small checkpointable state
+  (`IndexedBatchIterator`: `{"seed", "epoch", "index"}`).
 
   Args:
     corpus: the corpus.
@@ -517,42 +510,8 @@ class SyntheticBatchIterator:
 
   def __init__(self, corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | None = None,
                process_index: int = 0, process_count: int = 1):
-    self.source = SyntheticBatchSource(corpus, spec, process_index, process_count)
-    self.num_epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
-    self._next = 0
-
-  def __iter__(self) -> Iterator[MSABatch]:
-    return self
-
-  def __next__(self) -> MSABatch:
-    if (self.num_epochs is not None
-        and self._next >= self.num_epochs * self.source.batches_per_epoch):
-      raise StopIteration
-    batch = self.source[self._next]
-    self._next += 1
-    return batch
-
-  def get_state(self) -> dict[str, int]:
-    epoch, index = divmod(self._next, self.source.batches_per_epoch)
-    return {"seed": self.source.spec.seed, "epoch": epoch, "index": index}
-
-  def set_state(self, state: Mapping[str, Any]) -> None:
-    """Restores a `get_state()` result.
-
-    Raises:
-      ValueError: a state of another seed, or an epoch/index out of range.
-    """
-    if set(state) != {"seed", "epoch", "index"}:
-      raise ValueError(f"iterator state must have keys seed, epoch, index; got {sorted(state)}")
-    if int(state["seed"]) != self.source.spec.seed:
-      raise ValueError(f"iterator state seed={state['seed']} differs from this iterator's "
-                       f"seed={self.source.spec.seed}")
-    epoch = _positive_int("state epoch", int(state["epoch"]), minimum=0)
-    index = _positive_int("state index", int(state["index"]), minimum=0)
-    if index >= self.source.batches_per_epoch:
-      raise ValueError(f"state index={index} >= batches_per_epoch="
-                       f"{self.source.batches_per_epoch}")
-    self._next = epoch * self.source.batches_per_epoch + index
+    super().__init__(SyntheticBatchSource(corpus, spec, process_index, process_count), spec.seed,
+                     num_epochs)
 
 
 def grain_dataset(corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | None = None,

@@ -42,8 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pallas_kernels.routing_scores.reference import (CHUNK_REDUCES, HEAD_REDUCES, QUERY_REDUCES,
-                                                     check_inputs, reduce_queries)
+from pallas_kernels.routing_scores.reference import check_inputs, reduce_queries
 
 NEG_INF = float("-inf")
 DEFAULT_TILE_CHUNKS = 512

@@ -27,11 +27,11 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from msa_jax.inference import routing
 from msa_jax.train.sharding import make_mesh
+from pallas_kernels.routing_scores.reference import CHUNK_REDUCES, HEAD_REDUCES, QUERY_REDUCES
 
 SMALL = dict(tokens="2048,8192", questions=2, query_tokens=4, heads=4, kv_heads=2, dim=16,
              chunk_size=16, doc_tokens=64, tile_chunks=64, iters=2, warmup=1)
@@ -52,9 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--dim", type=int, default=64, help="head dim D")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--top-k", type=int, default=16)
-  p.add_argument("--head-reduce", default="mean", choices=routing.HEAD_REDUCES)
-  p.add_argument("--query-reduce", default="max", choices=routing.QUERY_REDUCES)
-  p.add_argument("--chunk-reduce", default="max", choices=routing.CHUNK_REDUCES)
+  p.add_argument("--head-reduce", default="mean", choices=HEAD_REDUCES)
+  p.add_argument("--query-reduce", default="max", choices=QUERY_REDUCES)
+  p.add_argument("--chunk-reduce", default="max", choices=CHUNK_REDUCES)
   p.add_argument("--tile-chunks", type=int, default=routing.DEFAULT_TILE_CHUNKS)
   p.add_argument("--router-layers", type=int, default=1,
                  help="layers that route (total time = per-layer time x this)")
