@@ -129,7 +129,14 @@ def _require_file(path: Path, what: str) -> Path:
   return path
 
 
-def _read_jsonl(path: Path, fields: Sequence[str]) -> Iterator[dict[str, Any]]:
+def read_jsonl(path: Path, fields: Sequence[str],
+               strings: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+  """The JSON objects of a .jsonl file, blank lines skipped.
+
+  Raises:
+    ValueError: `path:line` of a line that is not a JSON object holding every field of
+      `fields`, with the fields of `strings` holding strings.
+  """
   with open(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
@@ -138,8 +145,11 @@ def _read_jsonl(path: Path, fields: Sequence[str]) -> Iterator[dict[str, Any]]:
         row = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
-      if not isinstance(row, dict) or any(k not in row for k in fields):
-        raise ValueError(f"{path}:{line_no}: expected a JSON object with fields {list(fields)}")
+      if (not isinstance(row, dict) or any(k not in row for k in fields)
+          or any(not isinstance(row.get(k), str) for k in strings)):
+        kinds = f" ({', '.join(map(repr, strings))} strings)" if strings else ""
+        raise ValueError(f"{path}:{line_no}: expected a JSON object with fields "
+                         f"{list(fields)}{kinds}")
       yield row
 
 
@@ -202,13 +212,13 @@ def load_beir(path: str | os.PathLike, splits: Sequence[str] | None = None) -> R
     files = [_require_file(qrels_dir / f"{s}.tsv", "tab-separated query-id corpus-id score")
              for s in splits]
   doc_ids, titles, texts = [], [], []
-  for row in _read_jsonl(corpus, ("_id", "text")):
+  for row in read_jsonl(corpus, ("_id", "text")):
     doc_ids.append(str(row["_id"]))
     titles.append(str(row.get("title") or ""))
     texts.append(str(row["text"]))
   if not doc_ids:
     raise ValueError(f"{corpus} has no documents")
-  queries = {str(r["_id"]): str(r["text"]) for r in _read_jsonl(queries_file, ("_id", "text"))}
+  queries = {str(r["_id"]): str(r["text"]) for r in read_jsonl(queries_file, ("_id", "text"))}
   index = {d: m for m, d in enumerate(doc_ids)}
   qrels = {f.stem: _read_beir_qrels(f, queries, index) for f in files}
   return RetrievalData(tuple(doc_ids), tuple(titles), tuple(texts), queries, qrels,

@@ -49,6 +49,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from msa_jax.data import retrieval
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference import interleave as interleave_lib
 from msa_jax.inference.bank import BankError, MemoryBank
@@ -85,23 +86,15 @@ class Corpus:
 
 def _read_jsonl_corpus(path: Path, id_field: str, limit: int | None) -> Corpus:
   ids, titles, texts = [], [], []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
+  try:
+    for row in retrieval.read_jsonl(path, (id_field, "text"), strings=("text",)):
       if limit is not None and len(ids) >= limit:
         break
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise CliError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
-      if not isinstance(row, dict) or id_field not in row or not isinstance(row.get("text"),
-                                                                            str):
-        raise CliError(f"{path}:{line_no}: expected a JSON object with {id_field!r} and a "
-                       f"string 'text'")
       ids.append(str(row[id_field]))
       titles.append(str(row.get("title") or ""))
       texts.append(row["text"])
+  except ValueError as e:
+    raise CliError(str(e)) from None
   if not ids:
     raise CliError(f"{path} holds no documents")
   seen = set()
