@@ -124,10 +124,10 @@ def bank_fingerprint(cfg: ModelConfig, msa: MSAConfig, params, dtype: Dtype) -> 
   for name in names:
     for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params[name])[0],
                              key=lambda kv: jax.tree_util.keystr(kv[0])):
-      arr = np.asarray(jax.device_get(leaf)).astype(np.float32).ravel()
-      step = max(1, arr.size // 65536)
+      step = max(1, leaf.size // 65536)
+      sample = jax.device_get(jnp.ravel(leaf)[::step].astype(jnp.float32))  # only the sample
       digest.update(f"{name}{jax.tree_util.keystr(path)}{leaf.shape}".encode())
-      digest.update(np.ascontiguousarray(arr[::step]).tobytes())
+      digest.update(np.ascontiguousarray(sample).tobytes())
   model = {k: v for k, v in dataclasses.asdict(cfg).items()}
   return dict(model=model, router_layers=list(router_ids), chunk_size=msa.chunk_size,
               decouple_router=msa.decouple_router, normalize_routing=msa.normalize_routing,
