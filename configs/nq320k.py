@@ -6,8 +6,9 @@ queries, the target is the identifier of the page that answers the question.
 
 `data.path` is the folder with the NCI preprocessing's NQ_doc_content.tsv,
 nq_train_doc_newid.tsv and nq_dev_doc_newid.tsv (see `msa_jax.data.retrieval.load_nq320k`);
-alternatively `--config.data.tfds_dir=DIR` builds NQ320k from tfds' prepared
-`natural_questions`. With neither, the run stops at once with how to obtain the data.
+without them the run stops at once with how to obtain the data. The files are prepared once
+into the `msa_nq320k` tfds dataset under `data.data_dir` (default ~/.cache/msa_jax/tfds) and
+read through `tfds.data_source` and grain.
 Backbone: the SmolLM2-135M GGUF; a Qwen3 HF directory instead with
 `--config.model.checkpoint=/path/to/Qwen3-0.6B` (its config.json gives the model, as the
 `qwen3_0_6b` preset). Trains on `train`, evaluates on `dev`. Variant `:smoke` runs 3 steps on
@@ -28,7 +29,6 @@ FIXTURE = REPO / "tests" / "data" / "nq320k"
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.retrieval_config("nq320k", str(DEFAULT_PATH), train_split="train",
                               eval_split="dev", steps=10_000)
-  c.data.tfds_dir = ""
   c.data.doc_tokens = 512
   if arg == "smoke":
     common.smoke(c)

@@ -155,7 +155,7 @@ def test_nq320k_fixture(tok):
 
 def test_nq320k_missing_and_malformed(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"(?s)does not exist.*NQ_dataset_Process.*"
-                     r"--config.data.path.*--config.data.tfds_dir"):
+                     r"--config.data.path"):
     retrieval.load_nq320k(tmp_path / "nope")
   for name in retrieval.NQ320K_FILES.values():
     (tmp_path / name).write_text((NQ_FIXTURE / name).read_text())
@@ -168,13 +168,3 @@ def test_nq320k_missing_and_malformed(tmp_path):
   (tmp_path / "nq_dev_doc_newid.tsv").write_text("q\t1\n")
   with pytest.raises(ValueError, match=r"nq_dev_doc_newid.tsv:1: expected at least 3"):
     retrieval.load_nq320k(tmp_path)
-
-
-def test_tfds_builder_needs_tfds(tmp_path):
-  try:
-    import tensorflow_datasets  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
-  except ImportError:
-    with pytest.raises(ImportError, match="pip install tensorflow tensorflow-datasets"):
-      retrieval.build_nq320k_with_tfds(tmp_path)
-  else:
-    pytest.skip("tensorflow_datasets is installed; this checks the message without it")

@@ -23,7 +23,7 @@ def test_nq320k_without_data_fails_at_once(tmp_path):
   c = nq320k.get_config()
   c.data.path = str(tmp_path / "missing")
   with pytest.raises(FileNotFoundError, match=r"(?s)NQ320k data folder .*missing does not "
-                     r"exist.*--config.data.path.*--config.data.tfds_dir"):
+                     r"exist.*--config.data.path"):
     make_data(c)
 
 

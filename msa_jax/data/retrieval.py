@@ -2,9 +2,10 @@
 
 A dataset (`RetrievalData`) is a corpus (ordered document ids with a title and a text), queries
 (id -> text) and graded relevance judgements per split (`qrels[split][qid][docid] = grade`).
-Two loaders read it from disk: `load_beir` (any BEIR dataset) and `load_nq320k` (NQ320k as the
-NCI preprocessing writes it); `build_nq320k_with_tfds` builds NQ320k from tfds'
-`natural_questions` instead.
+`load_beir` (any BEIR dataset) and `load_nq320k` (NQ320k as the NCI preprocessing writes it) parse
+the source files; they are the input code of the tfds builders in `msa_jax.datasets`, through
+which training reads the data (`msa_jax.datasets.load_retrieval`: the corpus' titles and texts
+are then columns read on demand from the prepared ArrayRecord files).
 
 Training is generative retrieval with a memory. Document m gets the identifier text `[m]`
 (its index in the corpus order; `RetrievalTask.doc_id_of` maps back to the dataset's id). Each
@@ -23,7 +24,8 @@ A sample's N memory slots hold up to `max_positives` of its relevant documents (
 the target always among them) plus negatives drawn from the documents not judged relevant,
 in a random slot order. Everything is a pure function of (seed, epoch, batch index), so
 `RetrievalBatchIterator`'s small JSON state ({"seed", "epoch", "index"}) reproduces batches
-after a restart. Documents are tokenised on first use and cached.
+after a restart; `grain_dataset` serves the same batches as a `grain.MapDataset`. Documents are
+tokenised on first use and cached.
 """
 
 from __future__ import annotations
@@ -45,13 +47,11 @@ from msa_jax.model.batch import IGNORE, MSABatch, prompt_positions
 NQ320K_FILES = {"corpus": "NQ_doc_content.tsv", "train": "nq_train_doc_newid.tsv",
                 "dev": "nq_dev_doc_newid.tsv"}
 NQ320K_HOWTO = (
-    "NQ320k is not shipped (it is derived from Natural Questions, ~40 GB raw). Either\n"
-    "  (a) run the NCI preprocessing (github.com/solidsea98/Neural-Corpus-Indexer-NLP, "
+    "NQ320k is not shipped (it is derived from Natural Questions, ~40 GB raw): run the NCI "
+    "preprocessing (github.com/solidsea98/Neural-Corpus-Indexer-NLP, "
     "Data_process/NQ_dataset/NQ_dataset_Process.ipynb) on NQ v1.0 simplified "
     "(ai.google.com/research/NaturalQuestions/download) and point --config.data.path at the "
-    f"folder holding {', '.join(NQ320K_FILES.values())}; or\n"
-    "  (b) prepare tfds' natural_questions (`tfds build natural_questions --data_dir=DIR`, "
-    "needs `pip install tensorflow tensorflow-datasets`) and set --config.data.tfds_dir=DIR.")
+    f"folder holding {', '.join(NQ320K_FILES.values())}.")
 
 
 class Tokenizer(Protocol):
@@ -75,15 +75,16 @@ class RetrievalData:
 
   Attributes:
     doc_ids: the corpus' document ids, in corpus order (document m is `doc_ids[m]`).
-    titles: [M] document titles ("" where there is none).
-    texts: [M] document texts.
+    titles: [M] document titles ("" where there is none): a tuple, or any sequence (e.g. a
+      column read on demand from a tfds data source, `msa_jax.datasets`).
+    texts: [M] document texts (likewise).
     queries: query id -> question text.
     qrels: split -> query id -> document id -> relevance grade (> 0: relevant).
     name: where the data came from (for messages).
   """
   doc_ids: tuple[str, ...]
-  titles: tuple[str, ...]
-  texts: tuple[str, ...]
+  titles: Sequence[str]
+  texts: Sequence[str]
   queries: Mapping[str, str]
   qrels: Mapping[str, Mapping[str, Mapping[str, int]]]
   name: str = ""
@@ -180,6 +181,30 @@ def _read_beir_qrels(path: Path, queries: Mapping[str, str],
   return out
 
 
+def beir_files(path: str | os.PathLike, splits: Sequence[str] | None = None
+               ) -> tuple[Path, Path, list[Path]]:
+  """(corpus.jsonl, queries.jsonl, qrels/<split>.tsv files) of a BEIR folder (see `load_beir`).
+
+  Raises:
+    FileNotFoundError: a missing folder or file (the message says what is expected).
+  """
+  root = Path(path)
+  layout = "a BEIR dataset folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
+  if not root.is_dir():
+    raise FileNotFoundError(f"BEIR dataset folder {root} does not exist: expected {layout}")
+  corpus = _require_file(root / "corpus.jsonl", "one JSON object {_id, title, text} a line")
+  queries = _require_file(root / "queries.jsonl", "one JSON object {_id, text} a line")
+  qrels_dir = root / "qrels"
+  if splits is None:
+    files = sorted(qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
+    if not files:
+      raise FileNotFoundError(f"no qrels/<split>.tsv files in {root}: expected {layout}")
+  else:
+    files = [_require_file(qrels_dir / f"{s}.tsv", "tab-separated query-id corpus-id score")
+             for s in splits]
+  return corpus, queries, files
+
+
 def load_beir(path: str | os.PathLike, splits: Sequence[str] | None = None) -> RetrievalData:
   """Loads a dataset in the BEIR layout.
 
@@ -198,19 +223,7 @@ def load_beir(path: str | os.PathLike, splits: Sequence[str] | None = None) -> R
       or an empty split.
   """
   root = Path(path)
-  layout = "a BEIR dataset folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
-  if not root.is_dir():
-    raise FileNotFoundError(f"BEIR dataset folder {root} does not exist: expected {layout}")
-  corpus = _require_file(root / "corpus.jsonl", "one JSON object {_id, title, text} a line")
-  queries_file = _require_file(root / "queries.jsonl", "one JSON object {_id, text} a line")
-  qrels_dir = root / "qrels"
-  if splits is None:
-    files = sorted(qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
-    if not files:
-      raise FileNotFoundError(f"no qrels/<split>.tsv files in {root}: expected {layout}")
-  else:
-    files = [_require_file(qrels_dir / f"{s}.tsv", "tab-separated query-id corpus-id score")
-             for s in splits]
+  corpus, queries_file, files = beir_files(root, splits)
   doc_ids, titles, texts = [], [], []
   for row in read_jsonl(corpus, ("_id", "text")):
     doc_ids.append(str(row["_id"]))
@@ -244,6 +257,21 @@ def _read_tsv(path: Path, min_fields: int, what: str) -> Iterator[tuple[int, lis
       yield line_no, row
 
 
+def nq320k_files(path: str | os.PathLike) -> list[Path]:
+  """The NCI files of NQ320k under `path` (corpus, train, dev; see `load_nq320k`).
+
+  Raises:
+    FileNotFoundError: nothing at `path` or a missing file; the message says how to obtain
+      NQ320k and which config field points to it.
+  """
+  root = Path(path)
+  missing = [n for n in NQ320K_FILES.values() if not (root / n).is_file()]
+  if missing:
+    where = "does not exist" if not root.is_dir() else f"lacks {', '.join(missing)}"
+    raise FileNotFoundError(f"NQ320k data folder {root} {where}.\n{NQ320K_HOWTO}")
+  return [root / n for n in NQ320K_FILES.values()]
+
+
 def load_nq320k(path: str | os.PathLike) -> RetrievalData:
   """Loads NQ320k in the layout of the NCI preprocessing (also used by DSI-style follow-ups).
 
@@ -259,15 +287,11 @@ def load_nq320k(path: str | os.PathLike) -> RetrievalData:
   query relevant (grade 1) to its one document.
 
   Raises:
-    FileNotFoundError: nothing at `path`, or a missing file; the message says how to obtain
-      NQ320k and which config fields point to it.
+    FileNotFoundError: nothing at `path`, or a missing file (see `nq320k_files`).
     ValueError: a malformed line (file:line) or a question naming an unknown document.
   """
   root = Path(path)
-  missing = [n for n in NQ320K_FILES.values() if not (root / n).is_file()]
-  if missing:
-    where = "does not exist" if not root.is_dir() else f"lacks {', '.join(missing)}"
-    raise FileNotFoundError(f"NQ320k data folder {root} {where}.\n{NQ320K_HOWTO}")
+  nq320k_files(root)
   doc_ids, titles, texts = [], [], []
   for _, row in _read_tsv(root / NQ320K_FILES["corpus"], 4, "docid, -, -, text"):
     title, text = _split_title(row[3])
@@ -293,65 +317,6 @@ def load_nq320k(path: str | os.PathLike) -> RetrievalData:
     qrels[split] = judged
   return RetrievalData(tuple(doc_ids), tuple(titles), tuple(texts), queries, qrels,
                        name=str(root))
-
-
-def build_nq320k_with_tfds(data_dir: str | os.PathLike, *,
-                           splits: Mapping[str, str] | None = None,
-                           max_examples: int | None = None) -> RetrievalData:
-  """NQ320k built from tfds' prepared `natural_questions` (no download).
-
-  The NCI recipe: every question of the train and validation splits, with its Wikipedia page
-  as the one relevant document; pages are deduplicated by lower-cased title (first seen keeps
-  its id) and their text is the page's non-HTML tokens.
-
-  Args:
-    data_dir: the tfds data dir where `natural_questions` is prepared.
-    splits: our split name -> tfds split; default {"train": "train", "dev": "validation"}.
-    max_examples: read at most this many examples per split (for quick checks).
-
-  Raises:
-    ImportError: tensorflow_datasets is not installed (the message says how to install it).
-    FileNotFoundError: `data_dir` does not exist.
-  """
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("build_nq320k_with_tfds needs tensorflow_datasets: pip install "
-                      "tensorflow tensorflow-datasets (then `tfds build natural_questions "
-                      f"--data_dir=DIR`).\n{NQ320K_HOWTO}") from e
-  root = Path(data_dir)
-  if not root.is_dir():
-    raise FileNotFoundError(f"tfds data dir {root} does not exist.\n{NQ320K_HOWTO}")
-  splits = dict(splits or {"train": "train", "dev": "validation"})
-  doc_ids, titles, texts, by_title = [], [], [], {}
-  queries: dict[str, str] = {}
-  qrels: dict[str, dict[str, dict[str, int]]] = {}
-  for ours, theirs in splits.items():
-    ds = tfds.load("natural_questions", split=theirs, data_dir=str(root), download=False)
-    if max_examples is not None:
-      ds = ds.take(_positive_int("max_examples", max_examples))
-    judged: dict[str, dict[str, int]] = {}
-    for ex in tfds.as_numpy(ds):
-      doc = ex["document"]
-      title = _text(doc["title"])
-      key = title.lower()
-      if key not in by_title:
-        words = [_text(t) for t, html in zip(doc["tokens"]["token"], doc["tokens"]["is_html"])
-                 if not html]
-        by_title[key] = str(len(doc_ids))
-        doc_ids.append(by_title[key])
-        titles.append(title)
-        texts.append(" ".join(words))
-      qid = _text(ex["id"])
-      queries[qid] = _text(ex["question"]["text"])
-      judged.setdefault(qid, {})[by_title[key]] = 1
-    qrels[ours] = judged
-  return RetrievalData(tuple(doc_ids), tuple(titles), tuple(texts), queries, qrels,
-                       name=f"tfds natural_questions in {root}")
-
-
-def _text(x: Any) -> str:
-  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,7 +556,7 @@ class RetrievalBatchSource:
       raise ValueError(f"batch_size={b} exceeds the {len(self.sample_ids)} training queries of "
                        f"split {split!r}")
     self.batches_per_epoch = len(self.sample_ids) // b
-    self._perm_epoch, self._perm = -1, None
+    self._perm_cache = (-1, None)  # (epoch, permutation), replaced as one object: thread-safe
 
   def __len__(self) -> int:
     return self.batches_per_epoch
@@ -600,12 +565,12 @@ class RetrievalBatchSource:
     """Sample indices of global batch k."""
     k = _positive_int("batch index", k, minimum=0)
     epoch, i = divmod(k, self.batches_per_epoch)
-    if epoch != self._perm_epoch:
-      self._perm = np.random.default_rng([self.task.spec.seed, 0, epoch]).permutation(
-          self.sample_ids)
-      self._perm_epoch = epoch
+    cached_epoch, perm = self._perm_cache
+    if epoch != cached_epoch:
+      perm = np.random.default_rng([self.task.spec.seed, 0, epoch]).permutation(self.sample_ids)
+      self._perm_cache = (epoch, perm)
     b = self.task.spec.batch_size
-    return self._perm[i * b:(i + 1) * b]
+    return perm[i * b:(i + 1) * b]
 
   def __getitem__(self, k: int) -> MSABatch:
     return self.task.build_batch(self.split, self.sample_ids_of(k),
@@ -618,6 +583,15 @@ class RetrievalBatchIterator(IndexedBatchIterator):
 
   def __init__(self, source: RetrievalBatchSource, num_epochs: int | None = None):
     super().__init__(source, source.task.spec.seed, num_epochs)
+
+
+def grain_dataset(source: RetrievalBatchSource, num_epochs: int | None = None):
+  """The batches of `RetrievalBatchIterator(source)` as a `grain.MapDataset` (element k = batch
+  k), whose iterator has grain's checkpointable state (`{"next_index": k}`)."""
+  import grain  # pylint: disable=import-outside-toplevel
+  epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
+  return (grain.MapDataset.range(len(source)).repeat(epochs)
+          .map_with_index(lambda k, _: source[k]))
 
 
 def split_counts(data: RetrievalData) -> dict[str, tuple[int, int]]:

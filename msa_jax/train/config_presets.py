@@ -26,7 +26,11 @@ def retrieval_config(kind: str, path: str, *, train_split: str, eval_split: str 
   c.data = ml_collections.ConfigDict(dict(
       kind=kind, path=path, train_split=train_split, eval_split=eval_split or "",
       eval_holdout=64, docs_per_sample=16, doc_tokens=256, prompt_tokens=64, max_positives=1,
-      head="", question_prefix="Question: ", answer_marker="\nDocument:", seed=0))
+      head="", question_prefix="Question: ", answer_marker="\nDocument:", seed=0,
+      # Read through the dataset's tfds builder, prepared once into data_dir ("": the default,
+      # ~/.cache/msa_jax/tfds or $MSA_JAX_TFDS_DIR), and grain (loader "python": the same
+      # batches without grain).
+      data_dir="", loader="grain"))
   half = steps // 2
   c.optim = ml_collections.ConfigDict(dict(
       weight_decay=0.01, grad_clip_norm=1.0, warmup_steps=0,

@@ -15,16 +15,22 @@ source follows this contract (the loop relies on it, on one process or many):
   The state must be the same on every process (e.g. a global batch counter).
 * Eval batches: a list of `MSABatch`es (local rows, as above), the same on every run.
 
-`config.data.loader` (synthetic data): "python" (default, `SyntheticBatchIterator`) or "grain"
-(`synthetic.grain_dataset` read by grain with one background thread; its grain iterator state is
-what the checkpoints store). Both yield the same batches.
+Data flow. Real-text data (`beir`, `nq320k`) always comes through its tfds builder
+(`msa_jax.datasets`): the folder `data.path` is prepared once into ArrayRecord files under
+`data.data_dir` (default `~/.cache/msa_jax/tfds`, or `$MSA_JAX_TFDS_DIR`), opened with
+`tfds.data_source`, and its batches are a `grain.MapDataset` (element k = global batch k, this
+process's rows) read by grain; grain's iterator state is what the checkpoints store. The synthetic
+task is generated in memory, or with `data.source = "tfds"` read back from its prepared
+`msa_synthetic` dataset (the same corpus, now on disk to inspect or share).
+
+`config.data.loader`: "grain" (the default for beir / nq320k: the `grain.MapDataset` read by
+grain with one background thread) or "python" (the default for the synthetic task: an
+`IndexedBatchIterator` over the same batch source). Both yield the same batches.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -32,6 +38,8 @@ import ml_collections
 import numpy as np
 
 from msa_jax.data import retrieval, synthetic
+from msa_jax.datasets import retrieval as datasets_retrieval
+from msa_jax.datasets import synthetic as datasets_synthetic
 from msa_jax.train import pretrained
 
 LOADERS = ("python", "grain")
@@ -105,13 +113,38 @@ def _rope_is_global(d: ml_collections.ConfigDict) -> bool:
   return rope == "global"
 
 
+def _make_iterator(d: ml_collections.ConfigDict, default: str, python, grain_dataset):
+  """The train iterator `data.loader` asks for (`default` when unset): `python()` or a
+  `GrainIterator` over `grain_dataset()`."""
+  loader = d.get("loader", default)
+  if loader == "python":
+    return python()
+  if loader == "grain":
+    return GrainIterator(grain_dataset(), _GRAIN_READ_OPTIONS)
+  raise ValueError(f"data.loader={loader!r} is not supported; known: {LOADERS}")
+
+
+SYNTHETIC_SOURCES = ("generate", "tfds")
+
+
 def _synthetic_data(cfg: ml_collections.ConfigDict):
   """(tokenizer, train iterator, eval batches) for the synthetic memory task."""
   d = cfg.data
   tok = synthetic.SyntheticTokenizer(d.num_filler_words, d.num_key_words, d.num_value_words)
-  corpus_of = functools.partial(
-      synthetic.generate_corpus, tok, doc_length=d.doc_length, facts_per_doc=d.facts_per_doc,
-      key_length=d.key_length, id_digits=d.id_digits, fact_span=d.get("fact_span"))
+  arguments = dict(num_filler_words=d.num_filler_words, num_key_words=d.num_key_words,
+                   num_value_words=d.num_value_words, doc_length=d.doc_length,
+                   facts_per_doc=d.facts_per_doc, key_length=d.key_length,
+                   id_digits=d.id_digits, fact_span=d.get("fact_span"))
+  source = d.get("source", "generate")
+  if source not in SYNTHETIC_SOURCES:
+    raise ValueError(f"data.source={source!r} is not supported; known: {SYNTHETIC_SOURCES}")
+
+  def corpus_of(num_docs: int, seed: int) -> synthetic.SyntheticCorpus:
+    args = dict(arguments, num_docs=num_docs, seed=seed)
+    if source == "tfds":  # materialised by the msa_synthetic builder, read back
+      return datasets_synthetic.load_corpus(args, d.get("data_dir"))
+    return datasets_synthetic.generate(args)
+
   corpus = corpus_of(num_docs=d.num_docs, seed=d.seed)
   spec = synthetic.BatchSpec(
       batch_size=cfg.train.batch_size, docs_per_sample=d.docs_per_sample,
@@ -119,13 +152,9 @@ def _synthetic_data(cfg: ml_collections.ConfigDict):
       global_positions=_rope_is_global(d))
   held_out = corpus_of(num_docs=d.eval_docs, seed=d.seed + 1_000_003)  # other docs and keys
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  loader = d.get("loader", "python")
-  if loader == "python":
-    iterator = synthetic.SyntheticBatchIterator(corpus, spec, **shard)
-  elif loader == "grain":
-    iterator = GrainIterator(synthetic.grain_dataset(corpus, spec, **shard), _GRAIN_READ_OPTIONS)
-  else:
-    raise ValueError(f"data.loader={loader!r} is not supported; known: {LOADERS}")
+  iterator = _make_iterator(
+      d, "python", lambda: synthetic.SyntheticBatchIterator(corpus, spec, **shard),
+      lambda: synthetic.grain_dataset(corpus, spec, **shard))
   rng = np.random.default_rng(d.seed + 1)
   b = cfg.train.batch_size
   rows = process_rows(b)
@@ -134,19 +163,11 @@ def _synthetic_data(cfg: ml_collections.ConfigDict):
   return tok, iterator, eval_batches
 
 
-def _retrieval_dataset(d: ml_collections.ConfigDict) -> retrieval.RetrievalData:
-  """The BEIR / NQ320k dataset that `data.path` (or, for NQ320k, `data.tfds_dir`) points to."""
-  if d.kind == "beir":
-    return retrieval.load_beir(d.path, sorted({d.train_split, d.eval_split} - {None, ""}))
-  if d.get("tfds_dir") and not Path(d.path).is_dir():
-    return retrieval.build_nq320k_with_tfds(d.tfds_dir)
-  return retrieval.load_nq320k(d.path)
-
-
 def _retrieval_data(cfg: ml_collections.ConfigDict):
   """(tokenizer, train iterator, eval batches) for real-text retrieval (BEIR, NQ320k).
 
-  Trains on `data.train_split`; evaluates on `data.eval_split`, or (when that is empty) on
+  The dataset comes through its tfds builder (`msa_jax.datasets.load_retrieval`). Trains on
+  `data.train_split`; evaluates on `data.eval_split`, or (when that is empty) on
   `data.eval_holdout` training queries held out from training.
   """
   d = cfg.data
@@ -154,7 +175,8 @@ def _retrieval_data(cfg: ml_collections.ConfigDict):
   if not checkpoint:
     raise ValueError(f"data.kind={d.kind!r} needs the tokenizer of a pretrained model: set "
                      "model.checkpoint (e.g. 'smollm2')")
-  data = _retrieval_dataset(d)
+  splits = sorted({d.train_split, d.eval_split} - {None, ""})
+  data = datasets_retrieval.load_retrieval(d.kind, d.path, splits, d.get("data_dir"))
   tok = pretrained.checkpoint_tokenizer(checkpoint)
   spec = retrieval.RetrievalSpec(
       batch_size=cfg.train.batch_size, docs_per_sample=d.docs_per_sample,
@@ -168,8 +190,9 @@ def _retrieval_data(cfg: ml_collections.ConfigDict):
   if not d.eval_split:
     train_ids, eval_ids = retrieval.holdout_split(len(task.samples(d.train_split)),
                                                   d.eval_holdout, d.seed)
-  iterator = retrieval.RetrievalBatchIterator(
-      retrieval.RetrievalBatchSource(task, d.train_split, train_ids, rows))
+  source = retrieval.RetrievalBatchSource(task, d.train_split, train_ids, rows)
+  iterator = _make_iterator(d, "grain", lambda: retrieval.RetrievalBatchIterator(source),
+                            lambda: retrieval.grain_dataset(source))
   eval_batches = task.eval_batches(eval_split, cfg.train.eval_batches, eval_ids, rows)
   return tok, iterator, eval_batches
 

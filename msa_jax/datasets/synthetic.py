@@ -1,0 +1,132 @@
+"""tfds builder of the synthetic memory task (`msa_synthetic`): the exact documents and questions
+of a `msa_jax.data.synthetic.generate_corpus` call, to inspect or share what a run trained on.
+
+One config per set of generator arguments (tokenizer sizes included), named after the corpus
+size and seed plus a fingerprint of the arguments (e.g. `msa_synthetic/docs8_seed0-1a2b3c4d`).
+Splits:
+
+  documents  record m is document m: its tokens, identifier and text
+  questions  record q is question q (one per fact): the key's tokens, the value's tokens, the
+             document holding the fact and the fact's position in it, and the text
+
+`load_corpus` reads a prepared dataset back into the `SyntheticCorpus` the generator returns
+(training with `data.source = "tfds"` does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from msa_jax.data import synthetic
+from msa_jax.datasets import core
+
+DOCUMENTS, QUESTIONS = "documents", "questions"
+TOKENIZER_ARGS = ("num_filler_words", "num_key_words", "num_value_words")
+
+
+class MsaSynthetic(tfds.core.GeneratorBasedBuilder):
+  """The synthetic memory task's corpus (documents with hidden key -> value facts, one question
+  per fact) as a tfds dataset. The config's `source` holds the generator arguments (JSON)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Documents and questions of synthetic.generate_corpus."}
+  BUILDER_CONFIG_CLASS = core.SourceConfig
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(
+            "MSA's synthetic memory task (msa_jax.data.synthetic): documents `<doc> [ id ] "
+            "filler <fact> key value filler`; a question names a key, its answer is the "
+            "identifier of the document holding it. Features: `tokens` (document tokens, or "
+            "the question's key), `values` (the question's value; empty for documents), "
+            "`doc` (the document: its own index, or the one holding the fact), `offset` (the "
+            "fact's `<fact>` position in that document; -1 for documents), `identifier` "
+            "(digits; \"\" for questions), `text` (the tokens as words)."),
+        features=tfds.features.FeaturesDict({
+            "tokens": tfds.features.Sequence(np.int32),
+            "values": tfds.features.Sequence(np.int32),
+            "doc": np.int64,
+            "offset": np.int32,
+            "identifier": tfds.features.Text(),
+            "text": tfds.features.Text(),
+        }),
+        disable_shuffling=True,  # record i is document / question i
+        metadata=tfds.core.MetadataDict(arguments=json.loads(self.builder_config.source)),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # generated, nothing to download
+    corpus = generate(json.loads(self.builder_config.source))
+    return {DOCUMENTS: self._documents(corpus), QUESTIONS: self._questions(corpus)}
+
+  def _generate_examples(self):  # the two generators below stand for it
+    raise NotImplementedError
+
+  @staticmethod
+  def _documents(corpus: synthetic.SyntheticCorpus):
+    tok = corpus.tokenizer
+    for m, row in enumerate(corpus.doc_tokens):
+      yield m, {"tokens": row, "values": np.zeros((0,), np.int32), "doc": m, "offset": -1,
+                "identifier": f"{int(corpus.identifiers[m]):0{corpus.id_digits}d}",
+                "text": tok.decode(row.tolist())}
+
+  @staticmethod
+  def _questions(corpus: synthetic.SyntheticCorpus):
+    tok = corpus.tokenizer
+    for q in range(corpus.num_questions):
+      yield q, {"tokens": corpus.keys[q], "values": corpus.values[q],
+                "doc": int(corpus.key_doc[q]), "offset": int(corpus.key_offset[q]),
+                "identifier": "", "text": tok.decode(corpus.question_ids(q))}
+
+
+def generate(arguments: Mapping[str, Any]) -> synthetic.SyntheticCorpus:
+  """`synthetic.generate_corpus` of the arguments (tokenizer sizes + generator keywords)."""
+  args = dict(arguments)
+  tok = synthetic.SyntheticTokenizer(*(args.pop(k) for k in TOKENIZER_ARGS))
+  return synthetic.generate_corpus(tok, **args)
+
+
+def builder(arguments: Mapping[str, Any], data_dir: str | os.PathLike | None = None
+            ) -> MsaSynthetic:
+  """The `msa_synthetic` builder of `generate(arguments)`, in `data_dir`.
+
+  Raises:
+    ValueError: arguments lacking a tokenizer size.
+  """
+  missing = [k for k in TOKENIZER_ARGS if k not in arguments]
+  if missing:
+    raise ValueError(f"synthetic dataset arguments lack {missing}")
+  source = json.dumps(dict(arguments), sort_keys=True)
+  stem = f"docs{arguments.get('num_docs')}_seed{arguments.get('seed', 0)}"
+  config = core.SourceConfig(name=core.config_name(stem, core.fingerprint([source])),
+                             source=source, description=f"generate_corpus({source})")
+  return MsaSynthetic(config=config, data_dir=str(core.data_dir_of(data_dir)),
+                      file_format=core.FILE_FORMAT)
+
+
+def load_corpus(arguments: Mapping[str, Any], data_dir: str | os.PathLike | None = None
+                ) -> synthetic.SyntheticCorpus:
+  """The corpus of `arguments`, prepared into `data_dir` on first use and read back through
+  `tfds.data_source` (equal, array for array, to `generate(arguments)`)."""
+  sources = core.prepare(builder(arguments, data_dir))
+  args = dict(arguments)
+  tok = synthetic.SyntheticTokenizer(*(args[k] for k in TOKENIZER_ARGS))
+  docs = list(core.read_all(sources[DOCUMENTS]))
+  questions = list(core.read_all(sources[QUESTIONS]))
+  return synthetic.SyntheticCorpus(
+      tokenizer=tok,
+      doc_tokens=np.stack([np.asarray(d["tokens"], np.int32) for d in docs]),
+      identifiers=np.array([int(core.text(d["identifier"])) for d in docs], np.int64),
+      id_digits=len(core.text(docs[0]["identifier"])),
+      keys=np.stack([np.asarray(q["tokens"], np.int32) for q in questions]),
+      values=np.stack([np.asarray(q["values"], np.int32) for q in questions]),
+      key_doc=np.array([q["doc"] for q in questions], np.int32),
+      key_offset=np.array([q["offset"] for q in questions], np.int32),
+      seed=int(args.get("seed", 0)))
