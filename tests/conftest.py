@@ -1,4 +1,5 @@
-"""Shared test setup: offline HF, exact fp32 matmuls, the GPU marker, the SmolLM2 GGUF."""
+"""Shared test setup: offline HF, exact fp32 matmuls, the GPU marker, the SmolLM2 GGUF, a
+per-session tfds data dir."""
 
 import os
 from pathlib import Path
@@ -30,6 +31,19 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "gpu" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tfds_data_dir(tmp_path_factory):
+  """Where tfds builders prepare by default during the tests (subprocesses inherit it): a
+  per-session folder, never the user's ~/.cache/msa_jax/tfds."""
+  previous = os.environ.get("MSA_JAX_TFDS_DIR")
+  os.environ["MSA_JAX_TFDS_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+  yield Path(os.environ["MSA_JAX_TFDS_DIR"])
+  if previous is None:
+    del os.environ["MSA_JAX_TFDS_DIR"]
+  else:
+    os.environ["MSA_JAX_TFDS_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

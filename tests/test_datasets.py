@@ -186,3 +186,26 @@ def test_no_tensorflow_installed_or_imported(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(REPO)})
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.split("\n")[-2] == "True [] True", out.stdout[-2000:]
+
+
+def test_default_data_dir(tfds_data_dir, monkeypatch):
+  assert core.default_data_dir() == tfds_data_dir  # $MSA_JAX_TFDS_DIR (set by conftest)
+  monkeypatch.delenv("MSA_JAX_TFDS_DIR")
+  assert core.default_data_dir() == Path.home() / ".cache" / "msa_jax" / "tfds"
+  assert core.data_dir_of("") == core.default_data_dir() and core.data_dir_of("/x") == Path("/x")
+
+
+def test_prepare_command(tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  command = [sys.executable, "-m", "msa_jax.datasets",
+             f"--config={REPO / 'configs' / 'nq320k.py'}:smoke", f"--data_dir={tmp_path}"]
+  out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  name = datasets.nq320k_builder(NQ_FIXTURE, tmp_path).builder_config.name
+  assert f"tfds.data_source('msa_nq320k/{name}', data_dir='{tmp_path}')" in out.stdout
+  assert "  dev: 4 records; first: doc_ids=['0'], id='9000', scores=[1]" in out.stdout
+  bad = subprocess.run(command + [f"--config.data.path={tmp_path / 'nope'}"],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+  assert bad.returncode == 2 and bad.stdout == ""
+  assert bad.stderr.strip().split("\n")[-1].startswith(
+      f"error: NQ320k data folder {tmp_path / 'nope'} does not exist. NQ320k is not shipped")

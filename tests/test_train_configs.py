@@ -1,6 +1,11 @@
 """configs/beir.py and configs/nq320k.py: pretrained SmolLM2 + fresh routers, end to end."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -8,6 +13,8 @@ import pytest
 from configs import beir, nq320k
 from msa_jax.train.data import make_data
 from msa_jax.train.loop import train_and_evaluate
+from msa_jax.train.metrics import read_metrics
+from tests.paths import REPO
 
 
 @pytest.mark.parametrize("module", [beir, nq320k])
@@ -28,6 +35,7 @@ def test_nq320k_without_data_fails_at_once(tmp_path):
 
 
 def _run(config, workdir):
+  config.data.data_dir = str(workdir.parent / "tfds")  # not the user's cache
   out = train_and_evaluate(config, workdir)
   saved = json.loads((workdir / "final_metrics.json").read_text())
   assert saved == pytest.approx(out)
@@ -37,10 +45,53 @@ def _run(config, workdir):
 
 
 @pytest.mark.slow
-def test_beir_smoke_on_nfcorpus(tmp_path):
-  _run(beir.get_config("smoke"), tmp_path)
+def test_nq320k_smoke_on_the_fixture(tmp_path):
+  _run(nq320k.get_config("smoke"), tmp_path / "run")
+  assert (tmp_path / "tfds" / "msa_nq320k").is_dir()  # read through its tfds builder
+
+
+def _finished_checkpoints(directory) -> list[int]:
+  """Steps of the complete checkpoints (orbax renames a finished save to its step number)."""
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
+      directory.is_dir()) else []
 
 
 @pytest.mark.slow
-def test_nq320k_smoke_on_the_fixture(tmp_path):
-  _run(nq320k.get_config("smoke"), tmp_path)
+def test_beir_smoke_sigkill_and_resume_through_tfds_and_grain(tmp_path):
+  """NFCorpus through its tfds builder and grain: killed after a checkpoint, the rerun resumes
+  from grain's saved position and logs the uninterrupted run's losses."""
+  overrides = {"train.checkpoint_every": 1, "data.data_dir": str(tmp_path / "tfds")}
+  command = [sys.executable, "-m", "msa_jax.train",
+             f"--config={REPO / 'configs' / 'beir.py'}:smoke", f"--workdir={tmp_path / 'run'}",
+             ] + [f"--config.{k}={v}" for k, v in overrides.items()]
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+  checkpoints = tmp_path / "run" / "checkpoints"
+  with (tmp_path / "killed.log").open("w") as log:
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:  # SIGKILL as soon as the first checkpoint is complete
+      deadline = time.monotonic() + 600
+      while not _finished_checkpoints(checkpoints) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 600 s"
+        time.sleep(0.02)
+    finally:
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+  start = _finished_checkpoints(checkpoints)[-1]
+  assert start < 3 and (tmp_path / "tfds" / "msa_beir").is_dir()
+  data_state = json.loads((checkpoints / str(start) / "data" / "metadata").read_text())
+  assert data_state == {"next_index": start}  # grain's iterator state
+  rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f"resumed from step {start} in" in rerun.stdout, rerun.stdout[-3000:]
+
+  straight = _run(beir.get_config("smoke"), tmp_path / "straight")
+  resumed = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+  for key in ("loss", "lm_loss", "aux_loss", "eval_loss", "eval_lm_loss", "eval_aux_loss"):
+    np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, err_msg=key)
+  reference = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight", "train")}
+  logged = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run", "train")}
+  assert sorted(logged) == sorted(reference) == [1, 2, 3]
+  for step, loss in logged.items():
+    np.testing.assert_allclose(loss, reference[step], rtol=1e-5, err_msg=f"step {step}")

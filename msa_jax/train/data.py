@@ -125,32 +125,37 @@ def _make_iterator(d: ml_collections.ConfigDict, default: str, python, grain_dat
 
 
 SYNTHETIC_SOURCES = ("generate", "tfds")
+HELD_OUT_SEED = 1_000_003  # the evaluation corpus' seed offset: other documents and keys
+
+
+def synthetic_corpora(d: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  """The generator arguments (`msa_jax.datasets.synthetic.generate`) of the synthetic task's
+  training corpus ("train") and held-out evaluation corpus ("eval")."""
+  common = dict(num_filler_words=d.num_filler_words, num_key_words=d.num_key_words,
+                num_value_words=d.num_value_words, doc_length=d.doc_length,
+                facts_per_doc=d.facts_per_doc, key_length=d.key_length,
+                id_digits=d.id_digits, fact_span=d.get("fact_span"))
+  return {"train": dict(common, num_docs=d.num_docs, seed=d.seed),
+          "eval": dict(common, num_docs=d.eval_docs, seed=d.seed + HELD_OUT_SEED)}
 
 
 def _synthetic_data(cfg: ml_collections.ConfigDict):
   """(tokenizer, train iterator, eval batches) for the synthetic memory task."""
   d = cfg.data
   tok = synthetic.SyntheticTokenizer(d.num_filler_words, d.num_key_words, d.num_value_words)
-  arguments = dict(num_filler_words=d.num_filler_words, num_key_words=d.num_key_words,
-                   num_value_words=d.num_value_words, doc_length=d.doc_length,
-                   facts_per_doc=d.facts_per_doc, key_length=d.key_length,
-                   id_digits=d.id_digits, fact_span=d.get("fact_span"))
   source = d.get("source", "generate")
   if source not in SYNTHETIC_SOURCES:
     raise ValueError(f"data.source={source!r} is not supported; known: {SYNTHETIC_SOURCES}")
-
-  def corpus_of(num_docs: int, seed: int) -> synthetic.SyntheticCorpus:
-    args = dict(arguments, num_docs=num_docs, seed=seed)
-    if source == "tfds":  # materialised by the msa_synthetic builder, read back
-      return datasets_synthetic.load_corpus(args, d.get("data_dir"))
-    return datasets_synthetic.generate(args)
-
-  corpus = corpus_of(num_docs=d.num_docs, seed=d.seed)
+  if source == "tfds":  # materialised by the msa_synthetic builder, read back
+    corpora = {k: datasets_synthetic.load_corpus(args, d.get("data_dir"))
+               for k, args in synthetic_corpora(d).items()}
+  else:
+    corpora = {k: datasets_synthetic.generate(args) for k, args in synthetic_corpora(d).items()}
+  corpus, held_out = corpora["train"], corpora["eval"]
   spec = synthetic.BatchSpec(
       batch_size=cfg.train.batch_size, docs_per_sample=d.docs_per_sample,
       position_offset=cfg.msa.top_k, include_value=d.include_value, seed=d.seed,
       global_positions=_rope_is_global(d))
-  held_out = corpus_of(num_docs=d.eval_docs, seed=d.seed + 1_000_003)  # other docs and keys
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
   iterator = _make_iterator(
       d, "python", lambda: synthetic.SyntheticBatchIterator(corpus, spec, **shard),
