@@ -109,10 +109,11 @@ def _demo_arguments(**changes):
 
 
 def test_synthetic_builder_materialises_the_generated_corpus(tmp_path):
-  args = _demo_arguments(facts_per_doc=2)
+  args = _demo_arguments(facts_per_doc=2, fact_span=None, first_doc=5)
   corpus = datasets.synthetic.load_corpus(args, tmp_path)
   want = datasets.synthetic.generate(args)
-  for field in ("doc_tokens", "identifiers", "keys", "values", "key_doc", "key_offset"):
+  for field in ("doc_tokens", "identifiers", "keys", "values", "key_doc", "key_offset",
+                "doc_index"):
     np.testing.assert_array_equal(getattr(corpus, field), getattr(want, field), err_msg=field)
   assert corpus.id_digits == want.id_digits and corpus.seed == want.seed
   builder = datasets.synthetic.builder(args, tmp_path)
@@ -121,6 +122,7 @@ def test_synthetic_builder_materialises_the_generated_corpus(tmp_path):
   doc = sources["documents"][1]
   assert core.text(doc["identifier"]) == f"{want.identifiers[1]:0{want.id_digits}d}"
   assert core.text(doc["text"]) == want.tokenizer.decode(want.doc_tokens[1].tolist())
+  assert int(doc["doc"]) == 6  # its index in the seed's document sequence
   question = sources["questions"][3]
   assert int(question["doc"]) == 1 and core.text(question["text"]).startswith("<query> k")
   assert builder.info.metadata["arguments"] == args

@@ -5,9 +5,10 @@ One config per set of generator arguments (tokenizer sizes included), named afte
 size and seed plus a fingerprint of the arguments (e.g. `msa_synthetic/docs8_seed0-1a2b3c4d`).
 Splits:
 
-  documents  record m is document m: its tokens, identifier and text
+  documents  record m is document m of the corpus: its tokens, identifier, text and index in
+             the seed's document sequence (`first_doc + m`)
   questions  record q is question q (one per fact): the key's tokens, the value's tokens, the
-             document holding the fact and the fact's position in it, and the text
+             record of the document holding the fact and the fact's position in it, the text
 
 `load_corpus` reads a prepared dataset back into the `SyntheticCorpus` the generator returns
 (training with `data.source = "tfds"` does).
@@ -46,7 +47,8 @@ class MsaSynthetic(tfds.core.GeneratorBasedBuilder):
             "filler <fact> key value filler`; a question names a key, its answer is the "
             "identifier of the document holding it. Features: `tokens` (document tokens, or "
             "the question's key), `values` (the question's value; empty for documents), "
-            "`doc` (the document: its own index, or the one holding the fact), `offset` (the "
+            "`doc` (a document's index in the seed's document sequence; a question's document "
+            "record), `offset` (the "
             "fact's `<fact>` position in that document; -1 for documents), `identifier` "
             "(digits; \"\" for questions), `text` (the tokens as words)."),
         features=tfds.features.FeaturesDict({
@@ -72,8 +74,10 @@ class MsaSynthetic(tfds.core.GeneratorBasedBuilder):
   @staticmethod
   def _documents(corpus: synthetic.SyntheticCorpus):
     tok = corpus.tokenizer
+    index = np.arange(corpus.num_docs) if corpus.doc_index is None else corpus.doc_index
     for m, row in enumerate(corpus.doc_tokens):
-      yield m, {"tokens": row, "values": np.zeros((0,), np.int32), "doc": m, "offset": -1,
+      yield m, {"tokens": row, "values": np.zeros((0,), np.int32), "doc": int(index[m]),
+                "offset": -1,
                 "identifier": f"{int(corpus.identifiers[m]):0{corpus.id_digits}d}",
                 "text": tok.decode(row.tolist())}
 
@@ -104,7 +108,9 @@ def builder(arguments: Mapping[str, Any], data_dir: str | os.PathLike | None = N
   if missing:
     raise ValueError(f"synthetic dataset arguments lack {missing}")
   source = json.dumps(dict(arguments), sort_keys=True)
-  stem = f"docs{arguments.get('num_docs')}_seed{arguments.get('seed', 0)}"
+  first = arguments.get("first_doc", 0)
+  stem = (f"docs{arguments.get('num_docs')}" + (f"_from{first}" if first else "")
+          + f"_seed{arguments.get('seed', 0)}")
   config = core.SourceConfig(name=core.config_name(stem, core.fingerprint([source])),
                              source=source, description=f"generate_corpus({source})")
   return MsaSynthetic(config=config, data_dir=str(core.data_dir_of(data_dir)),
@@ -129,4 +135,4 @@ def load_corpus(arguments: Mapping[str, Any], data_dir: str | os.PathLike | None
       values=np.stack([np.asarray(q["values"], np.int32) for q in questions]),
       key_doc=np.array([q["doc"] for q in questions], np.int32),
       key_offset=np.array([q["offset"] for q in questions], np.int32),
-      seed=int(args.get("seed", 0)))
+      seed=int(args.get("seed", 0)), doc_index=np.array([d["doc"] for d in docs], np.int64))

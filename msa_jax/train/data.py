@@ -125,18 +125,18 @@ def _make_iterator(d: ml_collections.ConfigDict, default: str, python, grain_dat
 
 
 SYNTHETIC_SOURCES = ("generate", "tfds")
-HELD_OUT_SEED = 1_000_003  # the evaluation corpus' seed offset: other documents and keys
 
 
 def synthetic_corpora(d: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
   """The generator arguments (`msa_jax.datasets.synthetic.generate`) of the synthetic task's
-  training corpus ("train") and held-out evaluation corpus ("eval")."""
+  training corpus ("train": documents [0, num_docs)) and held-out evaluation corpus ("eval":
+  the documents after the training ones, with other keys and identifiers, never seen)."""
   common = dict(num_filler_words=d.num_filler_words, num_key_words=d.num_key_words,
                 num_value_words=d.num_value_words, doc_length=d.doc_length,
                 facts_per_doc=d.facts_per_doc, key_length=d.key_length,
                 id_digits=d.id_digits, fact_span=d.get("fact_span"))
   return {"train": dict(common, num_docs=d.num_docs, seed=d.seed),
-          "eval": dict(common, num_docs=d.eval_docs, seed=d.seed + HELD_OUT_SEED)}
+          "eval": dict(common, num_docs=d.eval_docs, seed=d.seed, first_doc=d.num_docs)}
 
 
 def _synthetic_data(cfg: ml_collections.ConfigDict):
@@ -155,7 +155,7 @@ def _synthetic_data(cfg: ml_collections.ConfigDict):
   spec = synthetic.BatchSpec(
       batch_size=cfg.train.batch_size, docs_per_sample=d.docs_per_sample,
       position_offset=cfg.msa.top_k, include_value=d.include_value, seed=d.seed,
-      global_positions=_rope_is_global(d))
+      global_positions=_rope_is_global(d), hard_negatives=d.get("hard_negatives", 0))
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
   iterator = _make_iterator(
       d, "python", lambda: synthetic.SyntheticBatchIterator(corpus, spec, **shard),
