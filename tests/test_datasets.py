@@ -211,3 +211,28 @@ def test_prepare_command(tmp_path):
   assert bad.returncode == 2 and bad.stdout == ""
   assert bad.stderr.strip().split("\n")[-1].startswith(
       f"error: NQ320k data folder {tmp_path / 'nope'} does not exist. NQ320k is not shipped")
+
+
+def test_niah_builder_materialises_the_task(tmp_path):
+  args = dict(num_filler_words=64, num_key_words=64, num_value_words=32, spec="multikey",
+              memory_tokens=600, doc_tokens=48, seed=3)
+  task = datasets.niah.build(args)
+  sources = core.prepare(datasets.niah.builder(args, tmp_path))
+  docs = [core.text(r["text"]) for r in core.read_all(sources["documents"])]
+  assert docs == list(task.documents) and len(docs) > 10
+  assert [int(r["num_tokens"]) for r in core.read_all(sources["documents"])] == [
+      s.num_tokens for s in task.segments]
+  needles = list(core.read_all(sources["needles"]))
+  assert len(needles) == len(task.needles) == 4
+  for record, needle in zip(needles, task.needles):
+    assert core.text(record["key"]) == needle.key and list(record["docs"]) == list(needle.docs)
+    assert core.text(record["text"]) == f"<fact> {needle.key} {needle.value}"
+    assert float(record["depth"]) == pytest.approx(needle.depth)
+  (question,) = task.questions
+  record = sources["questions"][0]
+  assert core.text(record["text"]) == question.query and core.text(record["key"]) == question.key
+  assert [core.text(v) for v in record["values"]] == list(question.values)
+  assert list(record["docs"]) == list(question.doc_ids)
+  assert list(record["needles"]) == list(question.needles)
+  assert datasets.niah.builder(dict(args, seed=4), tmp_path).builder_config.name != (
+      datasets.niah.builder(args, tmp_path).builder_config.name)

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from msa_jax import datasets
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import retrieval
 from msa_jax.evaluation import bm25 as bm25_lib
@@ -94,13 +95,13 @@ def resolve_data(config: ml_collections.ConfigDict, train: ml_collections.Config
   return kind, path, splits
 
 
-def load_data(kind: str, path: str, splits: Sequence[str]) -> retrieval.RetrievalData:
-  """The dataset with the given qrels splits (errors name missing files or unknown ids)."""
-  data = (retrieval.load_beir(path, list(splits)) if kind == "beir"
-          else retrieval.load_nq320k(path))
-  for split in splits:
-    data.split(split)  # names the known splits
-  return data
+def load_data(kind: str, path: str, splits: Sequence[str], data_dir: str | None = None
+              ) -> retrieval.RetrievalData:
+  """The dataset with the given qrels splits, read through its tfds builder (prepared into
+  `data_dir` on first use; errors name missing files, unknown ids or splits)."""
+  if kind == "beir":
+    retrieval.beir_files(path, list(splits))  # names a missing qrels/<split>.tsv
+  return datasets.load_retrieval(kind, path, list(splits), data_dir)
 
 
 def make_task(data: retrieval.RetrievalData, tokenizer, train: ml_collections.ConfigDict
@@ -526,7 +527,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   t0 = time.perf_counter()
   train = restore.load_config(config.checkpoint_workdir)
   kind, path, splits = resolve_data(config, train)
-  data = load_data(kind, path, splits)  # refuses bad data before the model is loaded
+  data = load_data(kind, path, splits,  # refuses bad data before the model is loaded
+                   train.data.get("data_dir"))
   generative = _generative(config, train)
   trained = restore.load_trained(config.checkpoint_workdir, config.checkpoint_step)
   task = make_task(data, trained.tokenizer, train)
