@@ -48,7 +48,7 @@ def hub_cache(tmp_path_factory):
 
 def test_is_repo_id(tmp_path, monkeypatch):
   assert hub.is_repo_id("Qwen/Qwen3-0.6B") and hub.is_repo_id("a-b/c_d.e")
-  for spec in ("smollm2", "/ckpt/Qwen3", "a/b/c", "./x", "model.gguf", "org/"):
+  for spec in ("smollm2", "/ckpt/Qwen3", "a/b/c", "./x", "dir/model.gguf", "org/"):
     assert not hub.is_repo_id(spec), spec
   (tmp_path / "org" / "name").mkdir(parents=True)
   monkeypatch.chdir(tmp_path)

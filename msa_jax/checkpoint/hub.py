@@ -20,9 +20,11 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def is_repo_id(spec: str | os.PathLike) -> bool:
-  """Whether `spec` reads as `org/name` and is not an existing local path."""
+  """Whether `spec` reads as `org/name` and is neither an existing local path nor a `.gguf`
+  file name."""
   text = str(spec)
-  return bool(_REPO_ID.fullmatch(text)) and not Path(text).exists()
+  return (bool(_REPO_ID.fullmatch(text)) and not text.endswith(".gguf")
+          and not Path(text).exists())
 
 
 def resolve(repo_id: str, what: str = "checkpoint") -> Path:
