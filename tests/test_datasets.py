@@ -1,5 +1,5 @@
-"""tfds builders (msa_jax.datasets): BEIR, NQ320k and the synthetic task prepared into ArrayRecord
-files, read back through tfds.data_source and grain, without TensorFlow."""
+"""tfds builders (msa_jax.datasets): BEIR, NQ320k, the synthetic task and NIAH prepared into
+ArrayRecord files, read back through tfds.data_source and grain, without TensorFlow."""
 
 import json
 import os
