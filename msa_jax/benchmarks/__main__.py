@@ -104,6 +104,9 @@ def run_suite(stages: Sequence[str], quick: bool, out=sys.stdout) -> dict:
     if not got:
       print(f"  {stage}: baseline not installed, skipped", file=out, flush=True)
     rows += [derive(r, peak) for r in got]
+    for r in rows[len(rows) - len(got):]:
+      print(f"  {r['case']}: ours {r['ours_s']:.4f} s, {r['baseline']} {r['baseline_s']:.4f} s",
+            file=out, flush=True)
   print(format_table(rows), file=out, flush=True)
   return dict(peak_gflops=peak, blas=core, load_average=list(load), rows=rows)
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 
 import jax
 import numpy as np
 
 G, BATCH = 128, 16
-FULL = dict(docs=64, layers=None, iters=5)
+FULL = dict(docs=32, layers=None, iters=3)
 QUICK = dict(docs=16, layers=2, iters=2)
 
 
@@ -80,11 +81,13 @@ def run(quick: bool) -> list[dict]:
 
   ours(), theirs()  # compile / warm up
   ours_s, theirs_s = [], []
-  for _ in range(sizes["iters"]):
+  for i in range(sizes["iters"]):
     for fn, times in ((ours, ours_s), (theirs, theirs_s)):
       start = time.perf_counter()
       fn()
       times.append(time.perf_counter() - start)
+    print(f"  encoding repeat {i + 1}/{sizes['iters']}: ours {ours_s[-1]:.2f} s, HF "
+          f"{theirs_s[-1]:.2f} s", file=sys.stderr, flush=True)
   return [dict(stage="encoding",
                case=f"SmolLM2-135M {layers} layers, {len(docs)} docs x {G} tokens",
                ours_s=statistics.median(ours_s), baseline="HF transformers forward",

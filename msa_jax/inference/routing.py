@@ -186,12 +186,14 @@ def _top_k(doc_scores: jax.Array, owned: jax.Array, k: int):
 
   Selected by a float32 `lax.top_k` (equal values: lower index first), XLA:CPU's fast top-k
   (an int32 one sorts every row: 100x slower at 20k documents). Its rank puts an owned -inf
-  score at -float32 max and a document not owned at -inf, below every owned one; the order
-  is (score desc, index asc) for every score above -float32 max (scores are bounded dot
-  products, never that low, nor NaN).
+  score at -float32 max and a document not owned at -inf, below every owned one, and -0.0 at
+  +0.0 (as `sort_keys`, which merges shards; the training path's `lax.top_k` ranks +0.0
+  first: only scores of exactly zero could order differently). The order is (score desc,
+  index asc) for every score above -float32 max (scores are bounded dot products, never that
+  low, nor NaN).
   """
   low = jnp.finfo(jnp.float32).min
-  rank = jnp.where(owned, jnp.maximum(doc_scores, low), NEG_INF)
+  rank = jnp.where(owned, jnp.maximum(doc_scores, low) + 0.0, NEG_INF)  # -0.0 -> +0.0
   top, idx = jax.lax.top_k(rank, k)
   return sort_keys(top), idx.astype(jnp.int32), jnp.take_along_axis(doc_scores, idx, axis=-1)
 
