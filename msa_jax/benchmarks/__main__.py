@@ -33,8 +33,8 @@ from absl import flags
 from msa_jax.benchmarks.blas import Worker
 
 STAGES = ("routing", "encoding", "generation")
-# Rough full-size seconds per stage on the 2-core CPU, for the progress line's ETA.
-_TYPICAL_S = {"routing": 60.0, "encoding": 90.0, "generation": 150.0}
+# Rough full-size seconds per stage on the shared 2-core CPU, for the progress line's ETA.
+_TYPICAL_S = {"routing": 40.0, "encoding": 300.0, "generation": 150.0}
 
 _QUICK = flags.DEFINE_bool("quick", False, "tiny sizes, seconds (a smoke test)")
 _STAGES = flags.DEFINE_list("stages", list(STAGES), f"stages to run, of {', '.join(STAGES)}")

@@ -169,8 +169,8 @@ def _chunk_counts(chunk_doc: jax.Array, num_docs: int) -> jax.Array:
 
 def _finish_docs(acc: jax.Array, count: jax.Array, chunk_reduce: str) -> jax.Array:
   """Running max / sum [B, M] and chunk counts [M] -> document scores (`routing.doc_scores`)."""
-  if chunk_reduce == "max":
-    return jnp.where(count > 0, acc, NEG_INF)
+  if chunk_reduce == "max":  # a document without chunks was never raised from -inf
+    return acc
   return jnp.where(count > 0, acc / jnp.maximum(count, 1), NEG_INF)
 
 
