@@ -13,9 +13,18 @@ O(Q * tile * T * H + Q * M) whatever C is:
   selection:                 top K = min(top_k, M) documents; slot i valid iff i < documents
                              present; ties go to the lower document index.
 
+A tile is scored by one GEMM (`query_operand`): with head_reduce="mean" each kv group's R
+query heads are summed before the dot (the mean is linear), so the GEMM is [B * T, J * D] x
+[J * D, tile], R times fewer FLOPs than scoring every head; "max" keeps every head's dot (one
+GEMM per kv head). Scores equal the training path's up to float rounding (a few ulps: the
+summation order differs), so two documents whose scores differ by less than that could rank
+in the other order; documents with identical keys still tie exactly (their chunks go through
+the same GEMM) and ties go to the lower index. The GEMM's summation order may depend on its
+shape, so changing `tile_chunks` can move a score by an ulp.
+
 On CPU the scatter applies a tile's chunks in order, so a document's sum is the left fold of
-its chunk scores in bank order, whatever the tile size. (On GPU the scatter-add of a
-"mean" reduction may add a document's chunks in any order: equal to ~1 ulp.)
+its chunk scores in bank order. (On GPU the scatter-add of a "mean" reduction may add a
+document's chunks in any order: equal to ~1 ulp.)
 
 Memory Parallel (`route_sharded`) splits the chunks over the `memory` axis of a mesh. Choice:
 **no document straddles two shards.** `layout_bank` packs whole documents into S contiguous
@@ -45,9 +54,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pallas_kernels.routing_scores.reference import check_inputs, reduce_queries
 
 NEG_INF = float("-inf")
-DEFAULT_TILE_CHUNKS = 512
-# Below every finite or infinite score's sort key: marks documents a shard does not own.
-_NOT_OWNED = np.iinfo(np.int32).min
+DEFAULT_TILE_CHUNKS = 2048  # the fastest of 512..8192 on CPU at 1M-10M tokens (B = 1, 8)
 
 
 class RouteResult(NamedTuple):
@@ -75,19 +82,50 @@ def _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, h
       raise ValueError(f"{name}={value!r} must be a static int >= 1")
 
 
-def tile_chunk_scores(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, *, scale: float,
-                      head_reduce: str, query_reduce: str) -> jax.Array:
-  """Chunk scores [B, C] of one tile of keys [C, J, D]: `routing.chunk_scores`' math, op for op.
+def query_operand(rq: jax.Array, num_kv_heads: int, *, scale: float, head_reduce: str,
+                  dtype) -> jax.Array:
+  """The routing queries as the left operand of the per-tile GEMM (built once per call).
 
-  Every chunk is scored (no -inf masking: the caller drops padding rows).
+  head_reduce="mean" is linear: mean_h <q_h, k_{h // R}> * scale = <qbar, k> with qbar[j] =
+  (scale / H) * sum_r q[j, r] (summed in float32) and the J kv heads flattened into the
+  contraction, so a tile of keys [tile, J * D] is scored by ONE GEMM [B * T, J * D] x
+  [J * D, tile], R times fewer FLOPs than scoring every head. Returns qbar [B * T, J * D].
+
+  head_reduce="max" keeps every head's dot (the max is not linear): returns the heads grouped
+  by kv head, [J, B * T * R, D] (one batched GEMM over J per tile); `scale` is applied after
+  the max (exact: rounding is monotone).
+
+  The result has `dtype` (the keys'): for bfloat16 keys qbar is rounded to bfloat16, as in
+  the Pallas kernel.
   """
   b, t, h, d = rq.shape
-  j = keys.shape[-2]
-  rqg = rq.reshape(b, t, j, h // j, d)
-  s = jnp.einsum("BTJRD,CJD->BTCJR", rqg, keys, preferred_element_type=jnp.float32) * scale
-  s = s.reshape(s.shape[:3] + (h,))
-  s = s.mean(-1) if head_reduce == "mean" else s.max(-1)  # [B, T, C]
-  return reduce_queries(s, query_mask, query_reduce)
+  j = num_kv_heads
+  q = rq.reshape(b, t, j, h // j, d)
+  if head_reduce == "mean":
+    qbar = q.astype(jnp.float32).sum(axis=3) * (scale / h)
+    return qbar.reshape(b * t, j * d).astype(dtype)
+  return q.transpose(2, 0, 1, 3, 4).reshape(j, b * t * (h // j), d).astype(dtype)
+
+
+def tile_chunk_scores(q: jax.Array, query_mask: jax.Array, keys: jax.Array, *, scale: float,
+                      head_reduce: str, query_reduce: str) -> jax.Array:
+  """Chunk scores [B, C] of one tile of keys [C, J, D]; q from `query_operand`.
+
+  Equal to `routing.chunk_scores`' math up to float rounding (the head mean is a sum of
+  pre-summed heads, so a score may differ from the training path's by a few ulps). Every
+  chunk is scored (no -inf masking: the caller drops padding rows).
+  """
+  c, j, d = keys.shape
+  b, t = query_mask.shape
+  if head_reduce == "mean":
+    s = jax.lax.dot_general(q, keys.reshape(c, j * d), (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)  # [B * T, C]
+  else:
+    s = jax.lax.dot_general(q, keys, (((2,), (2,)), ((0,), (1,))),
+                            preferred_element_type=jnp.float32)  # [J, B * T * R, C]
+    s = s.reshape(j, b * t, -1, c)
+    s = s.max(axis=(0, 2)) * scale if scale >= 0 else s.min(axis=(0, 2)) * scale
+  return reduce_queries(s.reshape(b, t, c), query_mask, query_reduce)
 
 
 def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_reduce,
@@ -102,6 +140,7 @@ def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_re
   tile = min(tile_chunks, c)
   num_tiles = -(-c // tile)
   b = rq.shape[0]
+  q = query_operand(rq, keys.shape[1], scale=scale, head_reduce=head_reduce, dtype=keys.dtype)
   chunk_doc = chunk_doc.astype(jnp.int32)
   init = jnp.full((b, num_docs), NEG_INF if chunk_reduce == "max" else 0.0, jnp.float32)
 
@@ -112,7 +151,7 @@ def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_re
     doc = jax.lax.dynamic_slice_in_dim(chunk_doc, start, tile, axis=0)
     fresh = start + jnp.arange(tile) >= nominal
     seg = jnp.where(fresh & (doc >= 0) & (doc < num_docs), doc, num_docs)
-    s = tile_chunk_scores(rq, query_mask, k, scale=scale, head_reduce=head_reduce,
+    s = tile_chunk_scores(q, query_mask, k, scale=scale, head_reduce=head_reduce,
                           query_reduce=query_reduce)
     if chunk_reduce == "max":
       return acc.at[:, seg].max(s, mode="drop")
@@ -130,8 +169,8 @@ def _chunk_counts(chunk_doc: jax.Array, num_docs: int) -> jax.Array:
 
 def _finish_docs(acc: jax.Array, count: jax.Array, chunk_reduce: str) -> jax.Array:
   """Running max / sum [B, M] and chunk counts [M] -> document scores (`routing.doc_scores`)."""
-  if chunk_reduce == "max":
-    return jnp.where(count > 0, acc, NEG_INF)
+  if chunk_reduce == "max":  # a document without chunks was never raised from -inf
+    return acc
   return jnp.where(count > 0, acc / jnp.maximum(count, 1), NEG_INF)
 
 
@@ -143,10 +182,20 @@ def sort_keys(scores: jax.Array) -> jax.Array:
 
 
 def _top_k(doc_scores: jax.Array, owned: jax.Array, k: int):
-  """Top k owned documents by (score desc, index asc): (sort keys, indices, scores) [B, k]."""
-  keys = jnp.where(owned, sort_keys(doc_scores), _NOT_OWNED)
-  top, idx = jax.lax.top_k(keys, k)
-  return top, idx.astype(jnp.int32), jnp.take_along_axis(doc_scores, idx, axis=-1)
+  """Top k owned documents by (score desc, index asc): (sort keys, indices, scores) [B, k].
+
+  Selected by a float32 `lax.top_k` (equal values: lower index first), XLA:CPU's fast top-k
+  (an int32 one sorts every row: 100x slower at 20k documents). Its rank puts an owned -inf
+  score at -float32 max and a document not owned at -inf, below every owned one, and -0.0 at
+  +0.0 (as `sort_keys`, which merges shards; the training path's `lax.top_k` ranks +0.0
+  first: only scores of exactly zero could order differently). The order is (score desc,
+  index asc) for every score above -float32 max (scores are bounded dot products, never that
+  low, nor NaN).
+  """
+  low = jnp.finfo(jnp.float32).min
+  rank = jnp.where(owned, jnp.maximum(doc_scores, low) + 0.0, NEG_INF)  # -0.0 -> +0.0
+  top, idx = jax.lax.top_k(rank, k)
+  return sort_keys(top), idx.astype(jnp.int32), jnp.take_along_axis(doc_scores, idx, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=(

@@ -13,7 +13,11 @@ How:
   over a sharded bank).
 * Head mean is fused before the dots: mean_h <q_h, k_{h//R}> = sum_j <(1/H) sum_{h in j} q_h,
   k_j>, so the wrapper pre-sums each kv group's R query heads in float32 (a cheap pass over q)
-  and the kernel does J dots instead of H. Head max does the H dots and a running max.
+  and the kernel does J dots instead of H. Those J dots into one float32 accumulator are the
+  K-loop of ONE GEMM [rows, J*D] x [J*D, block_c] per tile, tiled along K by kv head (the
+  same shape `msa_jax.inference.routing` gives XLA), which keeps a [rows, D] slice of q and
+  a [block_c, D] slice of keys live rather than J*D-wide operands. Head max does the H dots
+  and a running max (exact: the max is not linear).
 * The query reduce (max | mean | last) is fused: the wrapper turns q_mask into per-row weights
   (mask, 1/count, or one-hot at the last valid token), the kernel reduces the rows of each
   question. Padding chunks (chunk_doc < 0) and the ragged tail (c >= C, read with masked
@@ -32,9 +36,16 @@ Backend: Pallas **Triton** lowering, chosen over Mosaic GPU, deliberately:
   no GPU) and compiles with Triton on H100/H200. A Mosaic GPU kernel would need its own
   primitives (TMA copies, barriers, warpgroup layouts, 64-row wgmma tiles) whose constraints the
   CPU interpreter does not check, so it could not be validated without a GPU.
-* JAX 0.11 deprecates the Triton lowering (a DeprecationWarning) but still ships it in 0.11.x,
-  including 0.11.2 on H100/H200. Since JAX >= 0.10 sends a `pallas_call` without compiler
-  params to Mosaic GPU, the kernel passes `pltriton.CompilerParams` explicitly.
+* Re-decided against the JAX 0.11.0 release notes (Pallas changelog, "Released with JAX
+  0.11.0", July 2026): the Triton backend is deprecated there and is to be removed in a later
+  version, but 0.11.x ships it, so it runs with the GPU machines' JAX 0.11.2; the notes after
+  0.11.0 go on to deprecate the Triton-based ops of `jax.experimental.pallas.ops.gpu` and
+  `pl.core_map` (for `pl.kernel`), i.e. new GPU work goes to Mosaic GPU. Decision: keep Triton
+  while the supported range (jax < 0.13) still ships it, because it is the only backend this
+  project can validate without a GPU; `scripts/gpu_check.sh` (part kernel_tests) confirms it
+  compiles on 0.11.2, and the port below must land before a JAX that drops it is allowed.
+  JAX >= 0.10 sends a `pallas_call` without compiler params to Mosaic GPU, so
+  `pltriton.CompilerParams` is passed explicitly.
 * Triton's constraints are enforced by `RoutingBlockSizes` and the wrapper: power-of-two tile
   sides >= 16 (every `dot` side), D a power of two, rows padded to a power of two. Without a
   GPU the tests still lower the kernel to Triton IR for CUDA (JAX 0.10 does that on CPU),

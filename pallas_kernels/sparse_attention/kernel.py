@@ -36,9 +36,16 @@ Backend: Pallas **Triton** lowering, chosen over Mosaic GPU, deliberately:
 * The body uses only the backend-neutral Pallas subset, so the same code runs in the generic
   interpret mode on CPU, which is how it is tested (no GPU here); a Mosaic GPU kernel's
   layouts and barriers are not checked by the CPU interpreter.
-* JAX 0.11 deprecates the Triton lowering (DeprecationWarning) but ships it through 0.11.x,
-  so it runs on H100/H200 with JAX 0.11.2. JAX >= 0.10 would route a `pallas_call` without
-  compiler params to Mosaic GPU, so `pltriton.CompilerParams` is passed explicitly.
+* Re-decided against the JAX 0.11.0 release notes (Pallas changelog, "Released with JAX
+  0.11.0", July 2026): the Triton backend is deprecated there and is to be removed in a later
+  version, but 0.11.x ships it, so it runs with the GPU machines' JAX 0.11.2; the notes after
+  0.11.0 go on to deprecate the Triton-based ops of `jax.experimental.pallas.ops.gpu` and
+  `pl.core_map` (for `pl.kernel`), i.e. new GPU work goes to Mosaic GPU. Decision: keep Triton
+  while the supported range (jax < 0.13) still ships it, because it is the only backend this
+  project can validate without a GPU; `scripts/gpu_check.sh` (part kernel_tests) confirms it
+  compiles on 0.11.2, and the port below must land before a JAX that drops it is allowed.
+  JAX >= 0.10 sends a `pallas_call` without compiler params to Mosaic GPU, so
+  `pltriton.CompilerParams` is passed explicitly.
 * Triton's constraints (power-of-two tile sides >= 16, D a power of two) are checked by
   `SparseAttentionBlockSizes` and the wrapper. Without a GPU the tests still lower the kernel
   to Triton IR for CUDA (JAX 0.10 does that on CPU), catching unsupported primitives, dtype

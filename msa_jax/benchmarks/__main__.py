@@ -1,0 +1,133 @@
+"""`python -m msa_jax.benchmarks [--quick] [--stages=routing,encoding,generation] [--json=PATH]`
+
+The benchmark suite: per stage, our time and a baseline's time measured in the same run
+(interleaved repeats, medians), their ratio (ours / baseline: < 1 is faster), our GFLOP/s
+and its share of this machine's sgemm peak, measured at the start of the run with numpy in a
+process that runs the host's native OpenBLAS kernel (`blas.Worker`; the peak and the numpy
+baselines report that kernel). Stages:
+
+  routing     `inference.routing.route` vs the equal-work numpy GEMM (1M and 10M tokens, B=1, 8)
+  encoding    stage-1 `engine.encode_documents` vs HF transformers' backbone (SmolLM2-135M)
+  generation  greedy generation vs HF `generate` (SmolLM2-135M, B=1, 8)
+
+A stage is a module `msa_jax.benchmarks.<stage>` with `run(quick: bool) -> list[dict]`, each
+row {"stage", "case", "ours_s", "baseline", "baseline_s", "flops" (float or None)}; a stage
+whose baseline is not installed returns no rows. `--quick` runs tiny sizes in seconds (the
+suite's smoke test); `--json=PATH` also writes {"peak_gflops", "blas", "load_average",
+"rows"} there ("-": stdout). The machine's load average is printed: on a shared machine every
+number moves with it, the ratios (same run, interleaved) much less.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+
+from msa_jax.benchmarks.blas import Worker
+
+STAGES = ("routing", "encoding", "generation")
+# Rough full-size seconds per stage on the shared 2-core CPU, for the progress line's ETA.
+_TYPICAL_S = {"routing": 40.0, "encoding": 300.0, "generation": 150.0}
+
+_QUICK = flags.DEFINE_bool("quick", False, "tiny sizes, seconds (a smoke test)")
+_STAGES = flags.DEFINE_list("stages", list(STAGES), f"stages to run, of {', '.join(STAGES)}")
+_JSON = flags.DEFINE_string("json", None, "also write the results as JSON here ('-': stdout)")
+
+
+def check_stages(stages: Sequence[str]) -> list[str]:
+  """The stage names, validated (ValueError names the bad one)."""
+  bad = [s for s in stages if s not in STAGES]
+  if bad or not stages:
+    raise ValueError(f"--stages={','.join(stages)}: unknown stage {bad[0] if bad else '(none)'!r}"
+                     f"; expected some of {','.join(STAGES)}")
+  return list(stages)
+
+
+def measure_peak(quick: bool) -> tuple[float, str]:
+  """(sgemm GFLOP/s of this machine, OpenBLAS kernel name), numpy in a native-kernel worker."""
+  with Worker() as blas:
+    info = blas.call("info")
+    gflops = blas.call("peak", n=1024 if quick else 2048, iters=5 if quick else 10)["gflops"]
+  return gflops, info["coretype"]
+
+
+def derive(row: dict, peak_gflops: float) -> dict:
+  """A stage row plus "ratio", "gflops" and "pct_peak" (None where flops is None)."""
+  out = dict(row)
+  out["ratio"] = row["ours_s"] / row["baseline_s"] if row.get("baseline_s") else None
+  flops = row.get("flops")
+  out["gflops"] = flops / row["ours_s"] / 1e9 if flops else None
+  out["pct_peak"] = 100 * out["gflops"] / peak_gflops if out["gflops"] else None
+  return out
+
+
+def format_table(rows: list[dict]) -> str:
+  head = ["stage", "case", "ours s", "baseline", "baseline s", "ratio", "GFLOP/s", "% peak"]
+  cells = [[r["stage"], r["case"], f"{r['ours_s']:.4f}", r["baseline"],
+            f"{r['baseline_s']:.4f}" if r["baseline_s"] else "-",
+            f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
+            f"{r['gflops']:.1f}" if r["gflops"] is not None else "-",
+            f"{r['pct_peak']:.0f}%" if r["pct_peak"] is not None else "-"] for r in rows]
+  widths = [max(len(x) for x in col) for col in zip(head, *cells)]
+  line = lambda xs: " | ".join(x.ljust(w) for x, w in zip(xs, widths))
+  return "\n".join([line(head), "-+-".join("-" * w for w in widths)] + [line(c) for c in cells])
+
+
+def run_suite(stages: Sequence[str], quick: bool, out=sys.stdout) -> dict:
+  """Runs the stages in order, printing progress; returns the JSON document."""
+  stages = check_stages(stages)
+  load = os.getloadavg()
+  print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs",
+        file=out, flush=True)
+  peak, core = measure_peak(quick)
+  print(f"sgemm peak {peak:.1f} GFLOP/s (numpy, OpenBLAS {core} kernel)", file=out, flush=True)
+  rows, start = [], time.perf_counter()
+  for i, stage in enumerate(stages):
+    left = sum(_TYPICAL_S[s] for s in stages[i:]) * (0.1 if quick else 1.0)
+    print(f"[{i + 1}/{len(stages)}] {stage} (elapsed {time.perf_counter() - start:.0f} s, "
+          f"ETA ~{left:.0f} s)", file=out, flush=True)
+    try:
+      module = importlib.import_module(f"msa_jax.benchmarks.{stage}")
+    except ModuleNotFoundError as e:
+      if e.name != f"msa_jax.benchmarks.{stage}":
+        raise
+      print(f"  {stage}: no module msa_jax.benchmarks.{stage}, skipped", file=out, flush=True)
+      continue
+    got = module.run(quick)
+    if not got:
+      print(f"  {stage}: baseline not installed, skipped", file=out, flush=True)
+    rows += [derive(r, peak) for r in got]
+    for r in rows[len(rows) - len(got):]:
+      print(f"  {r['case']}: ours {r['ours_s']:.4f} s, {r['baseline']} {r['baseline_s']:.4f} s",
+            file=out, flush=True)
+  print(format_table(rows), file=out, flush=True)
+  return dict(peak_gflops=peak, blas=core, load_average=list(load), rows=rows)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    stages = check_stages(_STAGES.value)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  doc = run_suite(stages, _QUICK.value)
+  if _JSON.value == "-":
+    print(json.dumps(doc, indent=1))
+  elif _JSON.value:
+    tmp = _JSON.value + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(doc, f, indent=1)
+    os.replace(tmp, _JSON.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
