@@ -207,16 +207,16 @@ def check_text(text: Any, what: str) -> str:
   return text
 
 
-def truncate_tokens(ids: Sequence[int], limit: int, what: str, rule: str = "first"
-                    ) -> tuple[list[int], str | None]:
+def truncate_tokens(ids: Sequence[int], limit: int, what: str, reason: str,
+                    rule: str = "first") -> tuple[list[int], str | None]:
   """Cuts `ids` to `limit` tokens (their `rule` = "first" or "last" ones); returns (ids, a
-  warning saying so, or None)."""
+  warning saying so and why only `limit` fit, or None)."""
   ids = list(ids)
   if len(ids) <= limit:
     return ids, None
   kept = ids[:limit] if rule == "first" else ids[-limit:]
-  return kept, (f"warning: {what} has {len(ids):,} tokens; kept its {rule} {limit:,} (the "
-                "model's positions end there)")
+  return kept, (f"warning: {what} has {len(ids):,} tokens but only {limit:,} fit ({reason}); "
+                f"kept its {rule} {limit:,}")
 
 
 # --------------------------------------------------------------------------------------------

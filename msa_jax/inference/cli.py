@@ -477,10 +477,11 @@ class AskSession:
       ids = list(tok.encode(self.template["question_prefix"] + q, add_bos=False))
       if not ids:
         raise CliError(f"question {n} ({q[:40]!r}) has no tokens")
-      ids, warning = validation.truncate_tokens(ids, budget, f"question {n}")
+      ids, warning = validation.truncate_tokens(
+          ids, budget, f"question {n}", f"the model's {cfg.max_position} positions minus the "
+          f"template, the memory offset and --max_new_tokens={self.args.max_new_tokens}")
       if warning and n - first_number < real:
-        _log(warning + f": {cfg.max_position} positions minus the template, the memory "
-             f"offset and --max_new_tokens={self.args.max_new_tokens}")
+        _log(warning)
       queries.append(ids)
     return head, queries, marker
 
