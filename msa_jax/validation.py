@@ -144,6 +144,26 @@ def check_train_config(config) -> None:
       check_at_least("extrapolation.multipliers[]", m, 1)
 
 
+def check_evaluate_config(config, workdir) -> None:
+  """A `python -m msa_jax.evaluate` config and workdir (configs/evaluate.py's fields)."""
+  check_output_dir(workdir)
+  # (its checkpoint is looked for after the dataset is read, before the model is loaded)
+  check_workdir_of_training(config.checkpoint_workdir, "--config.checkpoint_workdir",
+                            checkpoint=False)
+  check_at_least("checkpoint_step", config.checkpoint_step, 0, optional=True)
+  for name in ("max_queries", "corpus_cap"):
+    check_at_least(name, config[name], 0)
+  for name in ("encode_batch_size", "query_batch_size", "top_n"):
+    check_at_least(name, config[name], 1)
+  check_choice("generative", config.generative, ("auto", "yes", "no"))
+  if config.bank_path:
+    check_output_dir(config.bank_path, "--config.bank_path")
+  sc = config.scaling
+  check_at_least("scaling.base_docs", sc.base_docs, 1)
+  check_at_least("scaling.factor", sc.factor, 2)
+  check_at_least("scaling.max_docs", sc.max_docs, 0)
+
+
 # --------------------------------------------------------------------------------------------
 # Paths and text inputs
 # --------------------------------------------------------------------------------------------
@@ -166,8 +186,10 @@ def check_output_dir(path: str | os.PathLike | None, flag: str = "--workdir") ->
 
 
 def check_workdir_of_training(path: str | os.PathLike | None,
-                              flag: str = "--checkpoint_workdir") -> Path:
-  """A `python -m msa_jax.train` workdir with its config.json and at least one checkpoint."""
+                              flag: str = "--checkpoint_workdir", checkpoint: bool = True
+                              ) -> Path:
+  """A `python -m msa_jax.train` workdir with its config.json and (`checkpoint`) at least one
+  finished checkpoint."""
   if not path:
     raise UserError(f"{flag} is required")
   p = Path(path)
@@ -177,7 +199,7 @@ def check_workdir_of_training(path: str | os.PathLike | None,
     raise UserError(f"{flag}={path} has no config.json: not a workdir of "
                     "python -m msa_jax.train (or its run has not started)")
   ckpts = p / "checkpoints"
-  if not ckpts.is_dir() or not any(c.name.isdigit() for c in ckpts.iterdir()):
+  if checkpoint and (not ckpts.is_dir() or not any(c.name.isdigit() for c in ckpts.iterdir())):
     raise UserError(f"{flag}={path} has no finished checkpoint yet")
   return p
 
