@@ -105,20 +105,27 @@ def check_msa_fields(msa) -> None:
 
 
 def check_phases(phases: Sequence[Mapping[str, Any]], steps: int) -> None:
-  """`optim.phases`: each phase trains >= 1 step and together they train `train.steps`."""
+  """`optim.phases`: each phase trains >= 1 step and together they cover `train.steps`.
+
+  Fewer steps than the phases hold is a run stopped early inside its schedule (a rerun with
+  more steps continues it with the same schedule); more would train past the schedule's end
+  on the last phase's final learning rate, which is refused.
+  """
   if not phases:
     return
   for i, phase in enumerate(phases):
     check_at_least(f"optim.phases[{i}].steps", phase.get("steps"), 1)
   total = sum(int(p["steps"]) for p in phases)
-  if total != steps:
+  if steps > total:
     counts = " + ".join(str(int(p["steps"])) for p in phases)
-    raise UserError(f"optim.phases train {counts} = {total} steps but train.steps={steps}; "
-                    "make them equal (e.g. lengthen the last phase)")
+    last = len(phases) - 1
+    raise UserError(f"optim.phases cover {counts} = {total} steps but train.steps={steps}; "
+                    f"lengthen the last phase (--config.optim.phases[{last}].steps="
+                    f"{int(phases[-1]['steps']) + steps - total})")
 
 
 def check_train_config(config) -> None:
-  """A `python -m msa_jax.train` config: sizes >= 1, top_k >= 1, phases summing to the steps."""
+  """A `python -m msa_jax.train` config: sizes >= 1, top_k >= 1, phases covering the steps."""
   t = config.train
   check_at_least("train.steps", t.steps, 1)
   check_at_least("train.batch_size", t.batch_size, 1)

@@ -72,7 +72,8 @@ def _demo(variant="smoke"):
     ("train.steps", -1, "train.steps=-1 must be a number >= 1"),
     ("train.batch_size", 0, "train.batch_size=0 must be a number >= 1"),
     ("msa.top_k", 0, "msa.top_k=0 must be a number >= 1"),
-    ("train.steps", 7, "optim.phases train 3 + 3 = 6 steps but train.steps=7"),
+    ("train.steps", 7, "optim.phases cover 3 + 3 = 6 steps but train.steps=7; lengthen the "
+                       "last phase (--config.optim.phases[1].steps=4)"),
     ("data.num_docs", 0, "data.num_docs=0 must be a number >= 1"),
 ])
 def test_train_config_checks(field, value, message):
@@ -81,6 +82,12 @@ def test_train_config_checks(field, value, message):
   config[section][name] = value
   with pytest.raises(validation.UserError, match=re.escape(message)):
     validation.check_train_config(config)
+
+
+def test_fewer_steps_than_the_phases_stop_early():
+  config = _demo()
+  config.train.steps = 3  # the first of two 3-step phases: a run stopped early, resumable
+  validation.check_train_config(config)
 
 
 def test_config_paths_and_did_you_mean():

@@ -94,6 +94,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     print(f"[train] {workdir}: continuing with " + ", ".join(
         f"{k} {o} -> {n}" for k, (o, n) in changes.items())
           + f" (recorded in {workdir_lib.HISTORY_FILE})", flush=True)
+  phases = config.optim.get("phases") or []
+  if phases and config.train.steps < sum(int(p["steps"]) for p in phases):
+    _phase(f"train.steps={config.train.steps} stops inside the optimiser phases (they cover "
+           f"{sum(int(p['steps']) for p in phases)} steps); a rerun with more steps continues")
   _phase(f"loading data ({config.data.kind})...")
   tok, iterator, eval_batches = data_lib.make_data(config)
   _phase("building the model...")
