@@ -3,11 +3,12 @@
 The workdir is the unit of resumption: it holds `config.json` (the config it was created with;
 a rerun with another model, data or optimisation is refused, see `msa_jax.train.workdir`),
 `config_history.jsonl` (one line per run start), `checkpoints/` (train state and data-iterator
-position) and `metrics.jsonl` + `tensorboard/` (every metric; stdout gets a compact line). Rerunning the same command
-continues from the latest checkpoint and reproduces the uninterrupted run's losses, also after
-the process was killed (SIGKILL) at any point: an unfinished checkpoint write is ignored and
-deleted, and `metrics.jsonl` rows logged after the checkpoint it resumes from are dropped, as the
-rerun logs those steps again.
+position) and `metrics.jsonl` + `tensorboard/` (every metric; stdout gets a compact line and
+phase lines while loading and compiling). Rerunning the same command continues from the latest
+checkpoint and reproduces the uninterrupted run's losses, also after the process was killed
+(SIGKILL) at any point: an unfinished checkpoint write is ignored and deleted, and
+`metrics.jsonl` rows logged after the checkpoint it resumes from are dropped, as the rerun logs
+those steps again.
 
 Multi-process (`launch/local.sh`, `launch/slurm.sbatch`): every process runs this function; each
 loads only its rows of the global batch (see `msa_jax.train.data`), process 0 writes the metrics.
@@ -145,21 +146,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       check_batch(batch, vocab_size=tok.vocab_size, need_route_labels=msa.aux_weight > 0)
       tokens_per_batch = jax.process_count() * int(  # this process's rows, times P
           np.asarray(batch.doc_lengths).sum() + np.asarray(batch.token_mask).sum())
-      start = _phase("compiling the train step...")
+      window_start = _phase("compiling the train step...")
       state, metrics = train_step(state, sharding_lib.shard_batch(batch, mesh))
-      _phase(f"compiled in {time.perf_counter() - start:.1f}s; training steps {step + 1}.."
-             f"{total}")
-      window_start = time.perf_counter()  # the first step's time is mostly compilation
+      _phase(f"compiled in {time.perf_counter() - window_start:.1f}s; training steps "
+             f"{step + 1}..{total}")
+      window_steps = -1  # rates and ETA leave out the compiling step, unless it is alone
     else:
       state, metrics = train_step(state, sharding_lib.shard_batch(batch, mesh))
     step += 1
     window_steps += 1
+    if window_steps == 0 and step % config.train.log_every and step != total:
+      window_start = time.perf_counter()  # the compiling step is not logged: start after it
     if step % config.train.log_every == 0 or step == total:
       metrics = jax.device_get(metrics)  # waits for the step, so the timing is real
       elapsed = max(time.perf_counter() - window_start, 1e-9)
-      metrics = dict(metrics, tokens_per_s=tokens_per_batch * window_steps / elapsed)
+      steps = max(window_steps, 1)
+      metrics = dict(metrics, tokens_per_s=tokens_per_batch * steps / elapsed)
       last = writer.log(step, metrics, total=total,
-                        eta_s=(total - step) * elapsed / window_steps)
+                        eta_s=(total - step) * elapsed / steps if window_steps else None)
       window_start, window_steps = time.perf_counter(), 0
     if eval_batches and (step % config.train.eval_every == 0 or step == total):
       if not compiled_eval:
