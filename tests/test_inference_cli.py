@@ -292,6 +292,7 @@ def test_long_question_is_cut_with_a_warning(tiny_bank, capsys):
       "warning: question 1 has 3,001 tokens but only 2,042 fit (the model's 2048 positions")
   assert warnings[0].endswith("kept its first 2,042")
   assert len(json.loads(out.splitlines()[-1])) == 2
+  assert f"question 1: {words[:120]}... ({len(words):,} characters)" in out.splitlines()
 
 
 def test_empty_answer_says_why(tiny_bank):

@@ -316,6 +316,12 @@ def _preview(text: str | None, chars: int = PREVIEW_CHARS) -> str:
   return flat[:chars]
 
 
+def _shorten(question: str, chars: int = 120) -> str:
+  """A question as echoed: its first `chars` characters (and its length when longer)."""
+  flat = " ".join(question.split())
+  return flat if len(flat) <= chars else f"{flat[:chars]}... ({len(question):,} characters)"
+
+
 def _print_routed(bank: MemoryBank, routed: dict[int, list[tuple[str, float]]],
                   indent: str) -> None:
   """Every router layer's routed documents, one line each (`ask --all_layers`)."""
@@ -514,7 +520,7 @@ class AskSession:
       generated = [int(t) for t in tokens[n, :lengths[n]]]
       answer = tok.decode([t for t in generated if t not in stops], skip_special_tokens=True)
       routed = self._routed(pre, n)
-      print(f"question {first_number + n}: {q}")
+      print(f"question {first_number + n}: {_shorten(q)}")
       self._show_routing(routed, "  ")
       record = {"question": q, "routed": {str(k): v for k, v in routed.items()},
                 "answer": answer}
@@ -538,7 +544,7 @@ class AskSession:
         questions, progress=sys.stderr)
     out = []
     for n, res in enumerate(results[:real], first_number):
-      print(f"question {n}: {res.question}")
+      print(f"question {n}: {_shorten(res.question)}")
       for r, rnd in enumerate(res.rounds, 1):
         print(f"  round {r}: generated {rnd.text!r} ({rnd.kind})")
         self._show_routing(rnd.routed, "    ")
