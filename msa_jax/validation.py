@@ -229,13 +229,6 @@ def read_utf8_lines(path: str | os.PathLike, flag: str) -> list[tuple[int, str]]
   return out
 
 
-def check_text(text: Any, what: str) -> str:
-  """A non-blank string (a question, a prompt)."""
-  if not isinstance(text, str) or not text.strip():
-    raise UserError(f"{what} is empty")
-  return text
-
-
 def truncate_tokens(ids: Sequence[int], limit: int, what: str, reason: str,
                     rule: str = "first") -> tuple[list[int], str | None]:
   """Cuts `ids` to `limit` tokens (their `rule` = "first" or "last" ones); returns (ids, a
