@@ -1,7 +1,8 @@
 """Generate text with a pretrained backbone: `python -m msa_jax.generate --config=configs/generate.py`.
 
 See configs/generate.py for the variants. `run(config)` is the importable entry point that tests
-and notebooks call.
+and notebooks call. Prompts, dtype and sampling settings are checked before the checkpoint is
+loaded; user errors print one `error: ...` line and exit with status 2 (`--verbose`: traceback).
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 
+from msa_jax import validation
 from msa_jax.checkpoint import load_checkpoint
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.inference import SamplingConfig, generate_text
@@ -24,12 +25,30 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/generate.py",
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "Prompt(s); overrides config.prompts.")
 
 
+def check_config(config, prompts: Sequence[str]) -> None:
+  """Prompts, dtype and sampling settings (before anything is loaded).
+
+  Raises:
+    UserError: an empty prompt, an unknown dtype, a bad sampling setting.
+  """
+  if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+    raise validation.UserError(f"prompts must be non-empty strings, got {list(prompts)!r}")
+  try:
+    dtype_from_name(config.dtype)
+  except ValueError as e:
+    raise validation.UserError(f"dtype: {e}") from None
+  try:
+    SamplingConfig(**config.sampling.to_dict())
+  except ValueError as e:
+    raise validation.UserError(f"sampling.{e}") from None
+
+
 def run(config, prompts: Sequence[str] | None = None) -> list[str]:
   """Loads config.checkpoint and returns one continuation per prompt (printing progress)."""
   prompts = list(prompts or config.prompts)
-  if not prompts or not all(isinstance(p, str) and p for p in prompts):
-    raise ValueError(f"prompts must be non-empty strings, got {prompts!r}")
+  check_config(config, prompts)
   dtype = dtype_from_name(config.dtype)
+  print(f"loading {config.checkpoint or 'SmolLM2-135M-Instruct (GGUF)'}...", flush=True)
   start = time.perf_counter()
   cfg, params, tokenizer = load_checkpoint(config.checkpoint or None, dtype=dtype)
   print(f"loaded {config.checkpoint or 'SmolLM2-135M-Instruct (GGUF)'}: {cfg.num_layers} layers, "
@@ -40,6 +59,7 @@ def run(config, prompts: Sequence[str] | None = None) -> list[str]:
   sampling = SamplingConfig(**config.sampling.to_dict(), stop_tokens=tokenizer.stop_ids,
                             pad_id=tokenizer.pad_id or 0)
   model = Transformer(cfg, dtype=dtype, param_dtype=dtype)
+  print("compiling and generating...", flush=True)
   start = time.perf_counter()
   texts = generate_text(model, params, tokenizer, prompts, sampling,
                         rng=jax.random.key(config.seed))
@@ -51,11 +71,11 @@ def run(config, prompts: Sequence[str] | None = None) -> list[str]:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise validation.UserError(f"unexpected arguments: {argv[1:]}")
   prompts = _PROMPTS.value
   for prompt, text in zip(prompts or _CONFIG.value.prompts, run(_CONFIG.value, prompts)):
     print(f"\n>>> {prompt}\n{text}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  validation.run_app(main)

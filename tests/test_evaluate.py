@@ -203,7 +203,7 @@ def test_unknown_documents_and_empty_splits_are_refused(tmp_path):
     run.evaluate(eval_config(checkpoint, empty), tmp_path / "eval_empty")
   with pytest.raises(FileNotFoundError, match=r"qrels/dev.tsv"):
     run.load_data("beir", str(bad), ["dev"])
-  with pytest.raises(ValueError, match="checkpoint_workdir is not set"):
+  with pytest.raises(ValueError, match="--config.checkpoint_workdir is required"):
     run.evaluate(evaluate_config.get_config(), tmp_path / "eval_none")
 
 

@@ -5,12 +5,14 @@ slice of NFCorpus with SmolLM2's first two layers under fresh routers, asks ques
 both banks (plain and with Memory Interleave), and checks the error messages.
 """
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from msa_jax.inference import cli
@@ -65,7 +67,7 @@ def test_encode_records_the_model_and_texts(tiny_bank):
 def test_ask_prints_routing_and_answer(tiny_bank, capsys):
   _, _, bank = tiny_bank
   code, out, err = _run(["ask", f"--bank={bank}", "--question=k3 k4",
-                         "--question=k7", "--max_new_tokens=4", "--json"],
+                         "--question=k7", "--max_new_tokens=4", "--json", "--all_layers"],
                         capsys)
   assert code == 0, err
   lines = out.splitlines()
@@ -123,12 +125,12 @@ def test_encode_beir_slice_with_smollm2_and_ask(tmp_path, capsys):
 
 def test_missing_and_corrupt_bank(tiny_bank, tmp_path, capsys):
   code, _, err = _run(["ask", f"--bank={tmp_path / 'nope'}", "--question=x"], capsys)
-  assert code == 1 and "does not exist" in err
+  assert code == 2 and "does not exist" in err
   broken = tmp_path / "broken"
   broken.mkdir()
   (broken / "manifest.json").write_text("{not json")
   code, _, err = _run(["ask", f"--bank={broken}", "--question=x"], capsys)
-  assert code == 1 and "is not valid JSON" in err
+  assert code == 2 and "is not valid JSON" in err
   # A shard file changed after the commit.
   _, corpus, _ = tiny_bank
   bank = tmp_path / "bank"
@@ -137,7 +139,7 @@ def test_missing_and_corrupt_bank(tiny_bank, tmp_path, capsys):
   docs = next(bank.glob("shard-*")) / "docs.json"
   docs.write_text(docs.read_text().replace("k3 k4", "k4 k3"))
   code, _, err = _run(["ask", f"--bank={bank}", "--question=x"], capsys)
-  assert code == 1 and "error:" in err and "docs.json" in err
+  assert code == 2 and "error:" in err and "docs.json" in err
 
 
 def test_bank_of_another_model(tiny_bank, tmp_path, capsys):
@@ -150,11 +152,11 @@ def test_bank_of_another_model(tiny_bank, tmp_path, capsys):
   data["metadata"]["model"]["seed"] = 1  # as if the bank had been written for another model
   manifest.write_text(json.dumps(data))
   code, _, err = _run(["ask", f"--bank={bank}", "--question=x"], capsys)
-  assert code == 1 and "encoded with another model" in err
+  assert code == 2 and "encoded with another model" in err
   # Encoding over an existing bank needs --overwrite.
   code, _, err = _run(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "overwrite" in err
+  assert code == 2 and "overwrite" in err
 
 
 def test_corpus_and_flag_errors(tmp_path, capsys):
@@ -163,26 +165,26 @@ def test_corpus_and_flag_errors(tmp_path, capsys):
   empty.write_text("\n")
   code, _, err = _run(["encode", f"--corpus={empty}", bank, *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "holds no documents" in err
+  assert code == 2 and "holds no documents" in err
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps(DOCS[0]) + "\n" + '{"id": "x", "text": \n')
   code, _, err = _run(["encode", f"--corpus={bad}", bank, *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and f"{bad}:2: not a JSON object" in err
+  assert code == 2 and f"{bad}:2: not a JSON object" in err
   _jsonl(bad, [DOCS[0], {"id": "y"}])
   code, _, err = _run(["encode", f"--corpus={bad}", bank, *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and f"{bad}:2: expected a JSON object" in err
+  assert code == 2 and f"{bad}:2: expected a JSON object" in err
   good = _jsonl(tmp_path / "good.jsonl", DOCS)
   code, _, err = _run(["encode", f"--corpus={good}", bank, "--model=gpt5",
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "--model='gpt5' is unknown" in err
+  assert code == 2 and "--model='gpt5' is unknown" in err
   code, _, err = _run(["encode", f"--corpus={good}", bank, *TINY, "--msa.topk=3",
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "MSAConfig has no field 'topk'" in err
+  assert code == 2 and "MSAConfig has no field 'topk'" in err
   code, _, err = _run(["encode", f"--corpus={tmp_path / 'none.jsonl'}", bank, *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "does not exist" in err
+  assert code == 2 and "does not exist" in err
   assert not (tmp_path / "bank").exists()
 
 
@@ -193,4 +195,111 @@ def test_module_entry_point(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "msa_jax.inference.cli", "ask",
                          f"--bank={tmp_path / 'none'}", "--question=x"], env=env, cwd=root,
                         capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 1 and proc.stderr.strip().endswith("create it with `encode`)")
+  assert proc.returncode == 2 and proc.stderr.strip().endswith("create it with `encode`)")
+
+
+# --- ask: many questions per model load, checks before loading ---
+
+
+class _Calls:
+  """Counts build_model calls, delegating to the real one."""
+
+  def __init__(self, real):
+    self.real, self.count = real, 0
+
+  def __call__(self, spec):
+    self.count += 1
+    return self.real(spec)
+
+
+def test_ask_questions_file_and_stdin_with_one_model_load(tiny_bank, tmp_path, capsys,
+                                                          monkeypatch):
+  _, _, bank = tiny_bank
+  questions = tmp_path / "questions.txt"
+  questions.write_text("k3 k4\n\nk7\nk1 k2\n")  # the blank line is skipped
+  calls = _Calls(cli.build_model)
+  monkeypatch.setattr(cli, "build_model", calls)
+  stdin = io.StringIO("k9 k10\n\nk7\n")
+  args = cli.parse_args(["ask", f"--bank={bank}", "--question=k1", f"--questions_file={questions}",
+                         "--interactive", "--max_new_tokens=3", "--batch_size=2"])
+  results = cli.ask(args, stdin=stdin)
+  out = capsys.readouterr().out
+  assert calls.count == 1
+  assert [r["question"] for r in results] == ["k1", "k3 k4", "k7", "k1 k2", "k9 k10", "k7"]
+  assert [line.split(": ", 1)[1] for line in out.splitlines()
+          if line.startswith("question ")] == [r["question"] for r in results]
+  assert [line.split()[1] for line in out.splitlines() if line.startswith("question ")] == [
+      f"{n}:" for n in range(1, 7)]
+  # In a batch of 2 (file) or alone (stdin), a question gets the same routing and answer.
+  batched, alone = results[2], results[5]
+  assert alone["answer"] == batched["answer"]
+  for layer, routed in alone["routed"].items():
+    assert [d for d, _ in routed] == [d for d, _ in batched["routed"][layer]]
+    np.testing.assert_allclose([s for _, s in routed],
+                               [s for _, s in batched["routed"][layer]], rtol=1e-5)
+  # By default one line per question names the routed documents, with the layers choosing each.
+  votes = cli.compact_routing({int(k): v for k, v in alone["routed"].items()})
+  compact = [line for line in out.splitlines() if line.startswith("  routed by 2 router")]
+  assert len(compact) == 6 and "  layer 0:" not in out
+  assert compact[5].startswith(f"  routed by 2 router layer(s): {votes[0][0]} ({votes[0][1]}/2)")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--question="], "--question number 1 is empty"),
+    (["--question=x", "--question= "], "--question number 2 is empty"),
+    (["--question=x", "--top_k=0"], "--top_k=0 must be a number >= 1"),
+    (["--question=x", "--max_new_tokens=0"], "--max_new_tokens=0 must be a number >= 1"),
+    (["--question=x", "--batch_size=0"], "--batch_size=0 must be a number >= 1"),
+    (["--questionz=x"], "unrecognized arguments: --questionz=x (did you mean '--question'?)"),
+    ([], "give --question=..., --questions_file=FILE"),
+    (["--questions_file=NOPE"], "--questions_file=NOPE does not exist"),
+])
+def test_ask_refuses_bad_flags_before_loading(tiny_bank, capsys, monkeypatch, flags, message):
+  _, _, bank = tiny_bank
+
+  def not_called(*args):
+    raise AssertionError("the bank or model was loaded before the flags were checked")
+
+  monkeypatch.setattr(cli, "build_model", not_called)
+  monkeypatch.setattr(cli, "open_bank", not_called)
+  code, out, err = _run(["ask", f"--bank={bank}", *flags], capsys)
+  assert code == 2 and out == ""
+  assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_questions_file_errors_name_file_and_line(tiny_bank, tmp_path, capsys, monkeypatch):
+  _, _, bank = tiny_bank
+  monkeypatch.setattr(cli, "build_model", lambda spec: pytest.fail("model loaded"))
+  bad = tmp_path / "q.txt"
+  bad.write_bytes("k1\nk2 café\n".encode("utf-8") + b"k3 caf\xe9\n")
+  code, _, err = _run(["ask", f"--bank={bank}", f"--questions_file={bad}"], capsys)
+  assert code == 2 and err == f"error: {bad}:3: not UTF-8 text (byte 0xe9 at column 7)\n"
+  bad.write_text("\n  \n")
+  code, _, err = _run(["ask", f"--bank={bank}", f"--questions_file={bad}"], capsys)
+  assert code == 2 and "holds no questions" in err
+
+
+def test_long_question_is_cut_with_a_warning(tiny_bank, capsys):
+  _, _, bank = tiny_bank
+  words = " ".join(["k1"] * 3000)  # 3000 tokens; the tiny model has 2048 positions
+  code, out, err = _run(["ask", f"--bank={bank}", f"--question={words}", "--question=k3",
+                         "--max_new_tokens=2", "--json"], capsys)
+  assert code == 0, err
+  warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+  # 2048 positions - head (<bos>) - memory offset (top_k 2) - marker (<answer>) - 2 new tokens
+  # (3,001 tokens: the template's "<query> " prefix and the 3,000 words)
+  assert len(warnings) == 1 and warnings[0].startswith(
+      "warning: question 1 has 3,001 tokens but only 2,042 fit (the model's 2048 positions")
+  assert warnings[0].endswith("kept its first 2,042")
+  assert len(json.loads(out.splitlines()[-1])) == 2
+  assert f"question 1: {words[:120]}... ({len(words):,} characters)" in out.splitlines()
+
+
+def test_empty_answer_says_why(tiny_bank):
+  tok = cli._tokenizer("synthetic")
+  stops = (tok.eos_id,)
+  why = cli.empty_answer_reason([tok.eos_id, 5], stops, tok, {"kind": "smollm2"})
+  assert why.startswith(f"the first generated token was the stop token {tok.decode([tok.eos_id])!r}")
+  assert "untrained MSA routers" in why
+  assert cli.empty_answer_reason([], stops, tok, {"kind": "workdir"}) == "nothing was generated"
+  assert "model is random" in cli.empty_answer_reason([tok.eos_id], stops, tok, {"kind": "tiny"})

@@ -73,6 +73,7 @@ def test_sigkill_mid_run_then_rerun_resumes_and_reproduces(tmp_path):
   overrides = dict(steps=10, log_every=1, eval_every=5, checkpoint_every=2)
   command = [sys.executable, "-m", "msa_jax.train",
              f"--config={REPO / 'configs' / 'demo.py'}:smoke", f"--workdir={tmp_path / 'run'}",
+             "--config.optim.phases[1].steps=7",  # the phases must cover the 10 steps
              ] + [f"--config.train.{k}={v}" for k, v in overrides.items()]
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
   checkpoints = tmp_path / "run" / "checkpoints"
@@ -105,6 +106,7 @@ def test_sigkill_mid_run_then_rerun_resumes_and_reproduces(tmp_path):
 
   config = demo.get_config("smoke")
   config.train.update(overrides)
+  config.optim.phases[1]["steps"] = 7
   straight = train_and_evaluate(config, tmp_path / "straight")
   resumed = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
   keys = ("loss", "lm_loss", "aux_loss", "eval_loss", "eval_lm_loss", "eval_aux_loss")

@@ -2,28 +2,32 @@
 --config.checkpoint_workdir=/tmp/msa_beir`.
 
 Retrieval metrics of a trained checkpoint (router rankings per layer and combined, generative
-retrieval, BM25 on the same memory, memory-size scaling); see `msa_jax.evaluation.run`.
+retrieval, BM25 on the same memory, memory-size scaling); see `msa_jax.evaluation.run`. The
+config and the paths are checked before anything is loaded; user errors print one `error: ...`
+line and exit with status 2 (`--verbose`: with traceback).
 """
 
 import logging as py_logging
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from msa_jax import validation
 from msa_jax.evaluation.run import evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Results directory (bank, results.json, plots).")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise validation.UserError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise validation.UserError("--config is required (e.g. --config=configs/evaluate.py)")
+  validation.check_evaluate_config(_CONFIG.value, _WORKDIR.value)
   logging.set_verbosity(logging.WARNING)
   import bm25s  # pylint: disable=import-outside-toplevel,unused-import
   py_logging.getLogger("bm25s").setLevel(py_logging.WARNING)  # bm25s sets DEBUG on import
@@ -31,4 +35,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  validation.run_app(main)

@@ -323,6 +323,15 @@ def evaluate_task(model: NiahModel, task: niah.NiahTask, bank_path, *, settings:
   return dict(metrics=out, num_docs=len(docs), questions=questions)
 
 
+def _eta(done_tokens: int, total_tokens: int, began: float) -> str:
+  """`ETA 3m05s` at the time per memory token so far (a task's time grows with its memory)."""
+  from msa_jax.train.metrics import format_duration  # pylint: disable=import-outside-toplevel
+  if done_tokens >= total_tokens:
+    return "done"
+  rate = (time.perf_counter() - began) / max(done_tokens, 1)
+  return f"ETA {format_duration((total_tokens - done_tokens) * rate)}"
+
+
 def _mean_rows(records: Sequence[dict]) -> list[dict]:
   """One row per (variant, memory_tokens): the metrics' means over the samples."""
   groups = collections.OrderedDict()
@@ -361,6 +370,10 @@ def evaluate_niah(model: NiahModel, settings: NiahEvalSettings = NiahEvalSetting
   tmp = tempfile.mkdtemp(prefix="niah_banks_") if bank_dir is None else None
   root = Path(tmp if bank_dir is None else bank_dir)
   records = []
+  sizes = niah.memory_sizes(settings.base_tokens, settings.num_scales, settings.factor)
+  total = len(specs) * len(sizes) * settings.samples_per_size
+  total_tokens, done_tokens = total * sum(sizes) // len(sizes), 0
+  began = time.perf_counter()
   try:
     for name, spec in specs.items():
       tasks = niah.build_suite(model.tokenizer, spec, base_tokens=settings.base_tokens,
@@ -376,10 +389,12 @@ def evaluate_niah(model: NiahModel, settings: NiahEvalSettings = NiahEvalSetting
           shutil.rmtree(path, ignore_errors=True)
         records.append(dict(variant=name, memory_tokens=task.memory_tokens, seed=task.seed,
                             seconds=round(seconds, 3), **result))
+        done_tokens += task.memory_tokens
         if progress is not None:
           shown = " ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
-          print(f"[niah] {name} {task.memory_tokens} tokens, {result['num_docs']} docs "
-                f"({seconds:.1f}s): {shown}", file=progress, flush=True)
+          print(f"[niah] {len(records)}/{total} {name} {task.memory_tokens} tokens, "
+                f"{result['num_docs']} docs ({seconds:.1f}s; {_eta(done_tokens, total_tokens, began)}"
+                f"): {shown}", file=progress, flush=True)
   finally:
     if tmp is not None:
       shutil.rmtree(tmp, ignore_errors=True)
@@ -502,14 +517,50 @@ def define_flags() -> None:
   flags.DEFINE_bool("keep_banks", False, "Keep the memory banks in <workdir>/banks.")
 
 
+def check_flags(f) -> None:
+  """The command's flags and paths (before a model is loaded or initialised).
+
+  Raises:
+    UserError: a bad size, an unknown variant or preset, a missing model, a bad workdir.
+  """
+  from msa_jax import validation  # pylint: disable=import-outside-toplevel
+  from msa_jax.model import PRESETS  # pylint: disable=import-outside-toplevel
+  validation.check_output_dir(f.workdir)
+  if bool(f.checkpoint_workdir) == bool(f.random_model):
+    raise validation.UserError("give exactly one of --checkpoint_workdir, --random_model")
+  id_digits = 4
+  if f.checkpoint_workdir:
+    path = validation.check_workdir_of_training(f.checkpoint_workdir)
+    train = json.loads((path / "config.json").read_text()).get("data", {})
+    if train.get("kind") != "synthetic":
+      raise validation.UserError(
+          f"--checkpoint_workdir={f.checkpoint_workdir} trained on data.kind="
+          f"{train.get('kind')!r}; NIAH needs a model trained on the synthetic task")
+    id_digits = int(train.get("id_digits", id_digits))
+  elif f.random_model not in PRESETS:
+    raise validation.UserError(f"--random_model={f.random_model!r} is not a preset"
+                               + validation.did_you_mean(f.random_model, PRESETS))
+  for name in f.variants:
+    if name not in niah.PRESETS:
+      raise validation.UserError(f"--variants: {name!r} is not a NIAH variant"
+                                 + validation.did_you_mean(name, niah.PRESETS))
+  for name, low in (("base_tokens", 1), ("num_scales", 1), ("factor", 2), ("samples", 1),
+                    ("doc_tokens", prefix_tokens(id_digits) + 1)):
+    validation.check_at_least(f"--{name}", getattr(f, name), low)
+  validation.check_at_least("--top_k", f.top_k, 1, optional=True)
+  validation.check_at_least("--step", f.step, 0, optional=True)
+
+
 def main(argv: Sequence[str]) -> None:
-  from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+  from absl import flags, logging  # pylint: disable=import-outside-toplevel
+  from msa_jax import validation  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise validation.UserError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  if not f.workdir or bool(f.checkpoint_workdir) == bool(f.random_model):
-    raise app.UsageError("give --workdir and exactly one of --checkpoint_workdir, --random_model")
+  check_flags(f)
   logging.set_verbosity(logging.WARNING)  # orbax's restore chatter
+  print(f"[niah] loading {f.checkpoint_workdir or f'a random {f.random_model} model'}...",
+        file=sys.stderr, flush=True)
   model = (trained_model(f.checkpoint_workdir, f.step) if f.checkpoint_workdir
            else random_model(f.random_model, seed=f.model_seed))
   settings = NiahEvalSettings(
@@ -520,6 +571,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
+  from msa_jax import validation  # pylint: disable=import-outside-toplevel
   define_flags()
-  app.run(main)
+  validation.run_app(main)

@@ -51,6 +51,7 @@ import ml_collections
 import numpy as np
 
 from msa_jax import datasets
+from msa_jax import validation
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import retrieval
 from msa_jax.evaluation import bm25 as bm25_lib
@@ -60,6 +61,7 @@ from msa_jax.inference import routing as bank_routing
 from msa_jax.inference.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.train import restore
+from msa_jax.train.metrics import format_duration
 
 METRICS = metrics_lib.DEFAULT_METRICS
 GENERATIVE_METRICS = ("hit@1",)
@@ -364,7 +366,8 @@ def run_queries(engine: ScoringEngine, task: retrieval.RetrievalTask, qids: Sequ
         ranked[qid] = [bank_doc_ids[i] for i in idx]
     done = min(lo + batch_size, len(qids))
     rate = done / max(time.perf_counter() - start, 1e-9)
-    _log(f"{label}{done}/{len(qids)} questions ({rate:.2f}/s)")
+    _log(f"{label}{done}/{len(qids)} questions ({rate:.2f}/s, ETA "
+         f"{format_duration((len(qids) - done) / rate)})")
   return rankings, generated
 
 
@@ -518,9 +521,7 @@ def evaluate_split(engine: ScoringEngine, task: retrieval.RetrievalTask, split: 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Evaluates `config.checkpoint_workdir`'s model; writes `<workdir>/results.json` (returned)
   and the scaling plots, prints the tables."""
-  if not config.checkpoint_workdir:
-    raise ValueError("checkpoint_workdir is not set: pass --config.checkpoint_workdir=<a "
-                     "workdir of python -m msa_jax.train>")
+  validation.check_evaluate_config(config, workdir)  # before anything is loaded
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   timing = {}
@@ -530,6 +531,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   data = load_data(kind, path, splits,  # refuses bad data before the model is loaded
                    train.data.get("data_dir"))
   generative = _generative(config, train)
+  _log(f"loading the checkpoint of {config.checkpoint_workdir}...")
   trained = restore.load_trained(config.checkpoint_workdir, config.checkpoint_step)
   task = make_task(data, trained.tokenizer, train)
   _log(f"checkpoint {config.checkpoint_workdir} step {trained.step}; {kind} {path} "

@@ -27,13 +27,23 @@ The bank's metadata records how to rebuild the model (the workdir and step, or m
 MSA fields + layers + tokenizer) and the prompt template, so asking needs only the bank:
 
   python -m msa_jax.inference.cli ask --bank=/tmp/nf --question="Do statins help?" \
-      [--question=...] [--top_k=8] [--max_new_tokens=32] [--interleave [--max_rounds=3]]
+      [--question=...] [--questions_file=FILE] [--interactive] [--top_k=8] \
+      [--max_new_tokens=32] [--interleave [--max_rounds=3]] [--all_layers]
 
-It prints, per question, the routed documents of every router layer (bank id, score, first 80
-characters of the text) and the generated answer; with --interleave, every Memory Interleave
-round (`msa_jax.inference.interleave`: generated identifiers, appended documents, routing).
-Errors (a missing or corrupt bank, a bank of another model, an empty corpus, a bad jsonl line,
-an unknown --model) end the program with status 1 and one `error: ...` line.
+The bank and its model are loaded once for all questions: the --question values, then the
+lines of --questions_file (UTF-8, blank lines skipped), then with --interactive one question per
+line from stdin until end of input; they are answered in batches of --batch_size. Per question
+it prints one line of the routed documents (each with how many router layers chose it) and a
+preview of the first, then the answer (--all_layers: every router layer's ranking with scores
+and previews); with --interleave, every Memory Interleave round (`msa_jax.inference.interleave`:
+generated identifiers, appended documents, routing). An empty answer says why (the stop token
+came first; a bank of --model=smollm2 / tiny has untrained routers). A question longer than the
+model's positions allow (max_position minus the template, the memory offset and
+--max_new_tokens) keeps its first tokens, with a warning.
+User errors (a bad flag, an empty question, a missing or corrupt bank, a bank of another model,
+an empty corpus, a bad jsonl line, an unknown --model) are checked before the model is loaded
+where they can be, and end the program with status 2 and one `error: ...` line (`--verbose`:
+with the traceback).
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ import jax
 import numpy as np
 
 from msa_jax.checkpoint import hub
+from msa_jax import validation
 from msa_jax.data import retrieval
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference import interleave as interleave_lib
@@ -65,8 +76,8 @@ DEFAULT_TEMPLATE = {"head": "", "question_prefix": "Question: ", "answer_marker"
 PREVIEW_CHARS = 80
 
 
-class CliError(Exception):
-  """A user error: printed as one `error: ...` line, exit status 1."""
+class CliError(validation.UserError):
+  """A user error: printed as one `error: ...` line, exit status 2."""
 
 
 def _log(message: str) -> None:
@@ -307,20 +318,52 @@ def encode(args) -> MemoryBank:
   return bank
 
 
-def _preview(text: str | None) -> str:
+def _preview(text: str | None, chars: int = PREVIEW_CHARS) -> str:
   if text is None:
     return "(no text stored)"
   flat = " ".join(text.split())
-  return flat[:PREVIEW_CHARS]
+  return flat[:chars]
+
+
+def _shorten(question: str, chars: int = 120) -> str:
+  """A question as echoed: its first `chars` characters (and its length when longer)."""
+  flat = " ".join(question.split())
+  return flat if len(flat) <= chars else f"{flat[:chars]}... ({len(question):,} characters)"
 
 
 def _print_routed(bank: MemoryBank, routed: dict[int, list[tuple[str, float]]],
                   indent: str) -> None:
+  """Every router layer's routed documents, one line each (`ask --all_layers`)."""
   for layer in sorted(routed):
     print(f"{indent}layer {layer}:")
     for rank, (doc_id, score) in enumerate(routed[layer], 1):
       text = bank.texts([bank.doc_index(doc_id)])[0]
       print(f"{indent}  {rank}. {doc_id}  {score:+.4f}  {_preview(text)}")
+
+
+def compact_routing(routed: dict[int, list[tuple[str, float]]]) -> list[tuple[str, int, float]]:
+  """(bank id, how many router layers routed it, its best score), most layers first, then by
+  best score."""
+  votes: dict[str, list[float]] = {}
+  for docs in routed.values():
+    for doc_id, score in docs:
+      votes.setdefault(doc_id, []).append(score)
+  return sorted(((d, len(s), max(s)) for d, s in votes.items()), key=lambda r: (-r[1], -r[2]))
+
+
+def _print_compact(bank: MemoryBank, routed: dict[int, list[tuple[str, float]]], indent: str,
+                   limit: int) -> None:
+  """One line of the documents the router layers chose (with how many layers chose each) and
+  a preview of the first one."""
+  ranked = compact_routing(routed)
+  if not ranked:
+    print(f"{indent}routed: nothing")
+    return
+  shown = ", ".join(f"{d} ({n}/{len(routed)})" for d, n, _ in ranked[:limit])
+  more = f", +{len(ranked) - limit} more" if len(ranked) > limit else ""
+  print(f"{indent}routed by {len(routed)} router layer(s): {shown}{more}")
+  first = ranked[0][0]
+  print(f"{indent}  {first}: {_preview(bank.texts([bank.doc_index(first)])[0], 100)}")
 
 
 def open_bank(path: str) -> MemoryBank:
@@ -334,69 +377,220 @@ def open_bank(path: str) -> MemoryBank:
   return bank
 
 
-def ask(args) -> list[dict]:
-  """`ask`: routed documents and answers for each --question (see the module docstring)."""
-  if not args.question:
-    raise CliError("give at least one --question")
-  bank = open_bank(args.bank)
-  model = build_model(bank.metadata["model"])
-  template = dict(bank.metadata.get("template") or DEFAULT_TEMPLATE)
-  for name in ("question_prefix", "answer_marker"):
-    if getattr(args, name) is not None:
-      template[name] = getattr(args, name)
-  offset = model.msa.top_k  # the layout the model was built / trained with
-  msa = model.msa if args.top_k is None else model.msa.replace(top_k=args.top_k)
-  engine = engine_lib.MSAEngine(model.config, msa, model.params, bank)
-  tok = model.tokenizer
-  out = []
-  if args.interleave:
+def read_questions(args) -> list[str]:
+  """--question values, then --questions_file's non-blank lines (UTF-8, errors as file:line).
+
+  Raises:
+    CliError: an empty --question, an unreadable file or one without questions, nothing to ask
+      (and no --interactive).
+  """
+  questions = []
+  for i, q in enumerate(args.question, 1):
+    if not q.strip():
+      raise CliError(f"--question number {i} is empty")
+    questions.append(q)
+  if args.questions_file:
+    lines = validation.read_utf8_lines(args.questions_file, "--questions_file")
+    from_file = [text for _, text in lines if text.strip()]
+    if not from_file:
+      raise CliError(f"--questions_file={args.questions_file} holds no questions (one per line)")
+    questions += from_file
+  if not questions and not args.interactive:
+    raise CliError("give --question=..., --questions_file=FILE (one question a line) or "
+                   "--interactive")
+  return questions
+
+
+def check_ask_flags(args) -> None:
+  """Sizes of `ask` (before the bank or the model is opened)."""
+  for name in ("max_new_tokens", "max_rounds", "batch_size"):
+    validation.check_at_least(f"--{name}", getattr(args, name), 1)
+  validation.check_at_least("--top_k", args.top_k, 1, optional=True)
+
+
+def empty_answer_reason(generated: list[int], stops: tuple[int, ...], tok, spec: dict) -> str:
+  """Why an answer came out empty: what the model generated, and whether its routers (or the
+  whole model) are untrained."""
+  if not generated:
+    why = "nothing was generated"
+  elif generated[0] in stops:
+    why = f"the first generated token was the stop token {tok.decode([generated[0]])!r}"
+  else:
+    why = f"the generated tokens {generated[:8]} decode to no text (special tokens only)"
+  kind = spec.get("kind")
+  if kind == "smollm2":
+    why += ("; this bank's model has untrained MSA routers (--model=smollm2: fresh random "
+            "routers), so the routed documents are arbitrary and the backbone was never "
+            "taught to read them: train one (python -m msa_jax.train) and encode with "
+            "--checkpoint_workdir")
+  elif kind == "tiny":
+    why += "; this bank's model is random (--model=tiny): it is for testing the machinery"
+  return why
+
+
+@dataclasses.dataclass
+class AskSession:
+  """A bank and its model, loaded once, answering any number of questions."""
+
+  bank: MemoryBank
+  model: Model
+  engine: Any
+  template: dict
+  offset: int
+  args: Any
+
+  @classmethod
+  def open(cls, args) -> AskSession:
+    bank = open_bank(args.bank)
+    spec = bank.metadata["model"]
+    _log(f"[ask] loading the model ({spec.get('kind')}) of {args.bank}...")
+    start = time.perf_counter()
+    model = build_model(spec)
+    template = dict(bank.metadata.get("template") or DEFAULT_TEMPLATE)
+    for name in ("question_prefix", "answer_marker"):
+      if getattr(args, name) is not None:
+        template[name] = getattr(args, name)
+    offset = model.msa.top_k  # the layout the model was built / trained with
+    msa = model.msa if args.top_k is None else model.msa.replace(top_k=args.top_k)
+    engine = engine_lib.MSAEngine(model.config, msa, model.params, bank)
+    _log(f"[ask] ready in {time.perf_counter() - start:.1f}s ({bank.num_docs} documents); the "
+         "first answer compiles the model")
+    return cls(bank, model, engine, template, offset, args)
+
+  @property
+  def stops(self) -> tuple[int, ...]:
+    tok = self.model.tokenizer
+    return tuple(dict.fromkeys([int(t) for t in [tok.eos_id, *getattr(tok, "stop_ids", ())]
+                                if t is not None]))
+
+  def answer(self, questions: list[str], first_number: int = 1) -> list[dict]:
+    """Answers `questions` in batches of --batch_size, printing each; returns the records."""
+    out = []
+    size = self.args.batch_size
+    for lo in range(0, len(questions), size):
+      batch = questions[lo:lo + size]
+      padded = batch + [batch[-1]] * (min(size, len(questions)) - len(batch))  # one shape
+      run = self._interleave if self.args.interleave else self._plain
+      out += run(padded, first_number + lo, len(batch))[:len(batch)]
+    return out
+
+  def _query_tokens(self, questions: list[str], first_number: int, real: int
+                    ) -> tuple[list, list, list]:
+    """(head, query, marker) token lists; a question longer than the model's positions allow is
+    cut to its first tokens, with a warning (for the first `real` questions: the others pad
+    the batch)."""
+    tok, cfg = self.model.tokenizer, self.model.config
+    head = list(tok.encode(self.template["head"], add_bos=True))
+    marker = list(tok.encode(self.template["answer_marker"], add_bos=False))
+    budget = (cfg.max_position - self.offset - len(head) - len(marker)
+              - self.args.max_new_tokens)
+    if budget < 1:
+      raise CliError(f"--max_new_tokens={self.args.max_new_tokens} leaves no room for a "
+                     f"question within the model's {cfg.max_position} positions")
+    queries = []
+    for n, q in enumerate(questions, first_number):
+      ids = list(tok.encode(self.template["question_prefix"] + q, add_bos=False))
+      if not ids:
+        raise CliError(f"question {n} ({q[:40]!r}) has no tokens")
+      ids, warning = validation.truncate_tokens(
+          ids, budget, f"question {n}", f"the model's {cfg.max_position} positions minus the "
+          f"template, the memory offset and --max_new_tokens={self.args.max_new_tokens}")
+      if warning and n - first_number < real:
+        _log(warning)
+      queries.append(ids)
+    return head, queries, marker
+
+  def _routed(self, pre, row: int) -> dict[int, list[tuple[str, float]]]:
+    routed = {}
+    for layer, mem in pre.memory.items():
+      doc_ids = engine_lib.routed_doc_ids(self.bank, mem)[row]
+      routed[layer] = [(d, float(s)) for d, s in zip(doc_ids, np.asarray(mem.scores)[row])]
+    return routed
+
+  def _show_routing(self, routed, indent: str) -> None:
+    if self.args.all_layers:
+      _print_routed(self.bank, routed, indent)
+    else:
+      _print_compact(self.bank, routed, indent, self.engine.msa.top_k)
+
+  def _plain(self, questions: list[str], first_number: int, real: int) -> list[dict]:
+    tok = self.model.tokenizer
+    head, queries, marker = self._query_tokens(questions, first_number, real)
+    pad = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
+    prompts = engine_lib.PromptBatch.from_segments([head] * len(queries), queries,
+                                                   [marker] * len(queries),
+                                                   position_offset=self.offset, pad_id=int(pad))
+    stops = self.stops
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.args.max_new_tokens,
+                              stop_tokens=stops, pad_id=int(pad))
+    tokens, lengths, pre = self.engine.generate(prompts, sampling)
+    out = []
+    for n, q in enumerate(questions[:real]):
+      generated = [int(t) for t in tokens[n, :lengths[n]]]
+      answer = tok.decode([t for t in generated if t not in stops], skip_special_tokens=True)
+      routed = self._routed(pre, n)
+      print(f"question {first_number + n}: {_shorten(q)}")
+      self._show_routing(routed, "  ")
+      record = {"question": q, "routed": {str(k): v for k, v in routed.items()},
+                "answer": answer}
+      if answer.strip():
+        print(f"  answer: {answer}")
+      else:
+        record["empty_reason"] = empty_answer_reason(generated, stops, tok,
+                                                     self.model.spec)
+        print(f"  answer: (empty: {record['empty_reason']})")
+      out.append(record)
+    return out
+
+  def _interleave(self, questions: list[str], first_number: int, real: int) -> list[dict]:
+    t = self.template
     cfg = interleave_lib.InterleaveConfig(
-        max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens, id_kind=args.id_kind,
-        head=template["head"], question_prefix=template["question_prefix"],
-        answer_marker=template["answer_marker"], position_offset=offset)
-    results = interleave_lib.MemoryInterleave(engine, tok, cfg).run(args.question,
-                                                                    progress=sys.stderr)
-    for n, res in enumerate(results, 1):
-      print(f"question {n}: {res.question}")
+        max_rounds=self.args.max_rounds, max_new_tokens=self.args.max_new_tokens,
+        id_kind=self.args.id_kind, head=t["head"], question_prefix=t["question_prefix"],
+        answer_marker=t["answer_marker"], position_offset=self.offset)
+    self._query_tokens(questions, first_number, real)  # refuses / warns like the plain path
+    results = interleave_lib.MemoryInterleave(self.engine, self.model.tokenizer, cfg).run(
+        questions, progress=sys.stderr)
+    out = []
+    for n, res in enumerate(results[:real], first_number):
+      print(f"question {n}: {_shorten(res.question)}")
       for r, rnd in enumerate(res.rounds, 1):
         print(f"  round {r}: generated {rnd.text!r} ({rnd.kind})")
-        _print_routed(bank, rnd.routed, "    ")
+        self._show_routing(rnd.routed, "    ")
         if rnd.kind == "ids":
           print(f"    appended {rnd.doc_ids}, unknown {rnd.unknown}, repeated {rnd.repeated}")
       print(f"  status: {res.status}")
       print(f"  answer: {res.answer}")
       out.append(interleave_lib.result_to_json(res))
     return out
-  head = list(tok.encode(template["head"], add_bos=True))
-  queries = []
-  for q in args.question:
-    ids = list(tok.encode(template["question_prefix"] + q, add_bos=False))
-    if not ids:
-      raise CliError(f"--question={q!r} has no tokens")
-    queries.append(ids)
-  marker = list(tok.encode(template["answer_marker"], add_bos=False))
-  pad = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
-  prompts = engine_lib.PromptBatch.from_segments([head] * len(queries), queries,
-                                                 [marker] * len(queries),
-                                                 position_offset=offset, pad_id=int(pad))
-  stops = tuple(dict.fromkeys([int(t) for t in [tok.eos_id, *getattr(tok, "stop_ids", ())]
-                               if t is not None]))
-  sampling = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens,
-                            stop_tokens=stops, pad_id=int(pad))
-  tokens, lengths, pre = engine.generate(prompts, sampling)
-  for n, q in enumerate(args.question):
-    ids = [int(t) for t in tokens[n, :lengths[n]] if int(t) not in stops]
-    answer = tok.decode(ids, skip_special_tokens=True)
-    routed = {}
-    for layer, mem in pre.memory.items():
-      doc_ids = engine_lib.routed_doc_ids(bank, mem)[n]
-      routed[layer] = [(d, float(s)) for d, s in zip(doc_ids, np.asarray(mem.scores)[n])]
-    print(f"question {n + 1}: {q}")
-    _print_routed(bank, routed, "  ")
-    print(f"  answer: {answer}")
-    out.append({"question": q, "routed": {str(k): v for k, v in routed.items()},
-                "answer": answer})
+
+
+def ask(args, stdin=None) -> list[dict]:
+  """`ask`: routed documents and answers for every question (see the module docstring); the
+  bank and the model are loaded once, after every flag and question has been checked."""
+  check_ask_flags(args)
+  questions = read_questions(args)
+  session = AskSession.open(args)
+  out = session.answer(questions) if questions else []
+  if args.interactive:
+    out += _interactive(session, sys.stdin if stdin is None else stdin, len(out) + 1)
   return out
+
+
+def _interactive(session: AskSession, stream, first_number: int) -> list[dict]:
+  """Answers one question per line read from `stream` until end of input."""
+  interactive = hasattr(stream, "isatty") and stream.isatty()
+  out = []
+  while True:
+    if interactive:
+      print("question (Ctrl-D to quit)> ", end="", file=sys.stderr, flush=True)
+    line = stream.readline()
+    if not line:
+      return out
+    if not line.strip():
+      _log("(an empty question is not asked)")
+      continue
+    out += session.answer([line.rstrip("\r\n")], first_number + len(out))
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,11 +598,25 @@ def ask(args) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (a `CliError`) and a did-you-mean for unknown flags."""
+
+  def error(self, message: str):
+    if message.startswith("unrecognized arguments: "):
+      known = [o for a in self._actions for o in a.option_strings]
+      for sub in self._subparsers._group_actions if self._subparsers else []:
+        for parser in sub.choices.values():
+          known += [o for a in parser._actions for o in a.option_strings]
+      first = message.split(": ", 1)[1].split()[0].partition("=")[0]
+      message += validation.did_you_mean(first, set(known) - {"-h", "--help"})
+    raise CliError(f"{self.prog}: {message}")
+
+
 def make_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m msa_jax.inference.cli",
-                                   description=__doc__.split("\n\n")[0])
+  parser = _Parser(prog="python -m msa_jax.inference.cli", allow_abbrev=False,
+                   description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
-  enc = sub.add_parser("encode", help="encode a corpus into a memory bank")
+  enc = sub.add_parser("encode", help="encode a corpus into a memory bank", allow_abbrev=False)
   enc.add_argument("--corpus", required=True)
   enc.add_argument("--bank", required=True)
   enc.add_argument("--checkpoint_workdir")
@@ -423,9 +631,16 @@ def make_parser() -> argparse.ArgumentParser:
   enc.add_argument("--batch_size", type=int, default=16)
   enc.add_argument("--doc_template", default="{title}\n{text}")
   enc.add_argument("--overwrite", action="store_true")
-  a = sub.add_parser("ask", help="route questions against a bank and answer them")
+  a = sub.add_parser("ask", help="route questions against a bank and answer them",
+                     allow_abbrev=False)
   a.add_argument("--bank", required=True)
   a.add_argument("--question", action="append", default=[])
+  a.add_argument("--questions_file", default=None, help="one question a line (UTF-8)")
+  a.add_argument("--interactive", action="store_true",
+                 help="then read questions from stdin, one a line, until end of input")
+  a.add_argument("--batch_size", type=int, default=8, help="questions answered together")
+  a.add_argument("--all_layers", action="store_true",
+                 help="show every router layer's routed documents (default: one compact line)")
   a.add_argument("--top_k", type=int, default=None)
   a.add_argument("--max_new_tokens", type=int, default=32)
   a.add_argument("--interleave", action="store_true")
@@ -439,9 +654,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  """Flags; `--msa.FIELD=VALUE` pairs are collected into `args.msa`."""
+  """Flags; `--msa.FIELD=VALUE` pairs are collected into `args.msa`, `--verbose` (anywhere) into
+  `args.verbose`."""
   msa, rest = [], []
-  for arg in argv:
+  verbose = "--verbose" in argv
+  for arg in (a for a in argv if a != "--verbose"):
     if arg.startswith("--msa."):
       if "=" not in arg:
         raise CliError(f"{arg}: write --msa.FIELD=VALUE")
@@ -449,13 +666,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     else:
       rest.append(arg)
   args = make_parser().parse_args(rest)
-  args.msa = msa
+  args.msa, args.verbose = msa, verbose
   if msa and args.command != "encode":
     raise CliError("--msa.* flags belong to `encode`")
   return args
 
 
 def main(argv: list[str] | None = None) -> int:
+  """Runs a command; a user error (bad flag or input, missing or foreign bank, bad settings
+  named by their checks) prints one `error: ...` line and returns 2 (`--verbose`: with the
+  traceback)."""
   argv = sys.argv[1:] if argv is None else argv
   try:
     args = parse_args(argv)
@@ -465,12 +685,8 @@ def main(argv: list[str] | None = None) -> int:
       results = ask(args)
       if args.json:
         print(json.dumps(results))
-  except (CliError, BankError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except ValueError as e:  # bad settings (MSAConfig, sampling, ...), named by their checks
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except (BankError, *validation.USER_ERRORS) as e:
+    return validation.report(e, verbose="--verbose" in argv)
   return 0
 
 

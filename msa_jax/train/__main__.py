@@ -1,31 +1,35 @@
 """`python -m msa_jax.train --config=configs/demo.py --workdir=/tmp/msa_demo`.
 
 Trains (or resumes, if the workdir has checkpoints) with the given ml_collections config;
-any field is overridable (`--config.train.steps=100`).
+any field is overridable (`--config.train.steps=100`). The config is checked before anything is
+loaded, and a workdir holding a run of another config is refused (`msa_jax.train.workdir`):
+such errors print one `error: ...` line and exit with status 2 (`--verbose`: with traceback).
 """
 
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from msa_jax import validation
 from msa_jax.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise validation.UserError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise validation.UserError("--config is required (e.g. --config=configs/demo.py)")
+  validation.check_output_dir(_WORKDIR.value)
   # Our progress lines go to stdout; keep orbax's per-save INFO chatter out of the way.
   logging.set_verbosity(logging.WARNING)
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  validation.run_app(main)

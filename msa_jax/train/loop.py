@@ -1,11 +1,14 @@
 """`train_and_evaluate(config, workdir)`: the training loop behind `python -m msa_jax.train`.
 
-The workdir is the unit of resumption: it holds `config.json`, `checkpoints/` (train state and
-data-iterator position) and `metrics.jsonl` + `tensorboard/`. Rerunning the same command
-continues from the latest checkpoint and reproduces the uninterrupted run's losses, also after
-the process was killed (SIGKILL) at any point: an unfinished checkpoint write is ignored and
-deleted, and `metrics.jsonl` rows logged after the checkpoint it resumes from are dropped, as the
-rerun logs those steps again.
+The workdir is the unit of resumption: it holds `config.json` (the config it was created with;
+a rerun with another model, data or optimisation is refused, see `msa_jax.train.workdir`),
+`config_history.jsonl` (one line per run start), `checkpoints/` (train state and data-iterator
+position) and `metrics.jsonl` + `tensorboard/` (every metric; stdout gets a compact line and
+phase lines while loading and compiling). Rerunning the same command continues from the latest
+checkpoint and reproduces the uninterrupted run's losses, also after the process was killed
+(SIGKILL) at any point: an unfinished checkpoint write is ignored and deleted, and
+`metrics.jsonl` rows logged after the checkpoint it resumes from are dropped, as the rerun logs
+those steps again.
 
 Multi-process (`launch/local.sh`, `launch/slurm.sbatch`): every process runs this function; each
 loads only its rows of the global batch (see `msa_jax.train.data`), process 0 writes the metrics.
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from msa_jax import validation
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.evaluation import extrapolation
 from msa_jax.model import MSAConfig, MSATransformer, check_batch, get_preset
@@ -40,6 +44,7 @@ from msa_jax.train import optimizer as optim_lib
 from msa_jax.train import pretrained
 from msa_jax.train import sharding as sharding_lib
 from msa_jax.train import step as step_lib
+from msa_jax.train import workdir as workdir_lib
 
 
 def build_model(cfg: ml_collections.ConfigDict, vocab_size: int):
@@ -66,15 +71,37 @@ def _logged_metrics(workdir: Path, step: int) -> dict[str, float]:
   return out
 
 
+def _phase(message: str) -> float:
+  """Prints a phase line (`[train] compiling train step...`) and returns the time."""
+  if jax.process_index() == 0:
+    print(f"[train] {message}", flush=True)
+  return time.perf_counter()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike
                        ) -> dict[str, Any]:
-  """Trains (resuming from the workdir's latest checkpoint) and returns the final metrics."""
+  """Trains (resuming from the workdir's latest checkpoint) and returns the final metrics.
+
+  Raises:
+    UserError: a bad config field, or a workdir that is a file or holds another config's run
+      (`msa_jax.train.workdir`); checked before anything is loaded.
+  """
+  validation.check_train_config(config)
+  workdir = validation.check_output_dir(workdir)
   distributed.initialize()
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  changes = workdir_lib.bind(config, workdir, workdir_lib.latest_checkpoint(workdir),
+                             write=jax.process_index() == 0)
+  if changes and jax.process_index() == 0:
+    print(f"[train] {workdir}: continuing with " + ", ".join(
+        f"{k} {o} -> {n}" for k, (o, n) in changes.items())
+          + f" (recorded in {workdir_lib.HISTORY_FILE})", flush=True)
+  phases = config.optim.get("phases") or []
+  if phases and config.train.steps < sum(int(p["steps"]) for p in phases):
+    _phase(f"train.steps={config.train.steps} stops inside the optimiser phases (they cover "
+           f"{sum(int(p['steps']) for p in phases)} steps); a rerun with more steps continues")
+  _phase(f"loading data ({config.data.kind})...")
   tok, iterator, eval_batches = data_lib.make_data(config)
+  _phase("building the model...")
   model_cfg, msa, model = build_model(config, tok.vocab_size)
 
   opt_cfg = config.optim.to_dict()
@@ -83,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   weights = optim_lib.make_loss_weights(opt_cfg, msa.lm_weight, msa.aux_weight)
   mesh = sharding_lib.make_mesh(config.mesh.to_dict())
   rules = sharding_lib.make_rules(config.get("rules", None))
+  _phase("initialising parameters...")
   state, shardings = step_lib.init_train_state(model, tx, jax.random.key(config.seed), mesh,
                                                rules)
   train_step = step_lib.make_train_step(
@@ -94,10 +122,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.train.checkpoint_every,
                                        config.train.keep_checkpoints)
   if checkpointer.latest_step is not None:
+    _phase(f"restoring the checkpoint of step {checkpointer.latest_step}...")
     state, data_state = checkpointer.restore(state)
     iterator.set_state(data_state)
     print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
   elif config.model.get("checkpoint"):  # a fresh run: pretrained backbone, fresh routers
+    _phase(f"loading the backbone {config.model.checkpoint}...")
     state = pretrained.load_into_state(state, config.model.checkpoint,
                                        config.model.get("num_layers"))
   writer = metrics_lib.MetricsWriter(workdir)
@@ -109,22 +139,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   tokens_per_batch = None
   last = {}
   window_start, window_steps = time.perf_counter(), 0
+  compiled_eval = False
   while step < total:
     batch = next(iterator)
     if tokens_per_batch is None:  # first batch of this run: validate it once, host-side
       check_batch(batch, vocab_size=tok.vocab_size, need_route_labels=msa.aux_weight > 0)
       tokens_per_batch = jax.process_count() * int(  # this process's rows, times P
           np.asarray(batch.doc_lengths).sum() + np.asarray(batch.token_mask).sum())
-    state, metrics = train_step(state, sharding_lib.shard_batch(batch, mesh))
+      window_start = _phase("compiling the train step...")
+      state, metrics = train_step(state, sharding_lib.shard_batch(batch, mesh))
+      _phase(f"compiled in {time.perf_counter() - window_start:.1f}s; training steps "
+             f"{step + 1}..{total}")
+      window_steps = -1  # rates and ETA leave out the compiling step, unless it is alone
+    else:
+      state, metrics = train_step(state, sharding_lib.shard_batch(batch, mesh))
     step += 1
     window_steps += 1
+    if window_steps == 0 and step % config.train.log_every and step != total:
+      window_start = time.perf_counter()  # the compiling step is not logged: start after it
     if step % config.train.log_every == 0 or step == total:
       metrics = jax.device_get(metrics)  # waits for the step, so the timing is real
-      elapsed = time.perf_counter() - window_start
-      metrics = dict(metrics, tokens_per_s=tokens_per_batch * window_steps / max(elapsed, 1e-9))
-      last = writer.log(step, metrics)
+      elapsed = max(time.perf_counter() - window_start, 1e-9)
+      steps = max(window_steps, 1)
+      metrics = dict(metrics, tokens_per_s=tokens_per_batch * steps / elapsed)
+      last = writer.log(step, metrics, total=total,
+                        eta_s=(total - step) * elapsed / steps if window_steps else None)
       window_start, window_steps = time.perf_counter(), 0
     if eval_batches and (step % config.train.eval_every == 0 or step == total):
+      if not compiled_eval:
+        _phase("compiling the eval step...")
+        compiled_eval = True
       results = [eval_step(state.params, sharding_lib.shard_batch(b, mesh), step)
                  for b in eval_batches]
       mean = {k: float(np.mean([float(r[k]) for r in results])) for k in results[0]}

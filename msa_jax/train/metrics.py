@@ -59,12 +59,13 @@ class MetricsWriter:
       self._tb[split].flush()
     return values
 
-  def log(self, step: int, metrics: Mapping[str, object], split: str = "train") -> dict:
-    """`write` plus one readable line on stdout: `[train] step 100 | loss 2.31 | ...`."""
+  def log(self, step: int, metrics: Mapping[str, object], split: str = "train",
+          total: int | None = None, eta_s: float | None = None) -> dict:
+    """`write` plus one compact line on stdout (`format_line`); the other fields are in
+    metrics.jsonl and TensorBoard."""
     values = self.write(step, metrics, split)
     if self.enabled:
-      print(f"[{split}] step {step} | "
-            + " | ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)
+      print(format_line(split, step, values, total, eta_s), flush=True)
     return values
 
   def truncate(self, step: int) -> int:
@@ -87,6 +88,36 @@ class MetricsWriter:
     for writer in self._tb.values():
       writer.close()
     self._tb.clear()
+
+
+SHOWN = ("loss", "aux_loss", "recall@1")  # the fields of the printed line
+
+
+def format_duration(seconds: float) -> str:
+  """`42s`, `3m05s`, `2h07m`."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_line(split: str, step: int, values: Mapping[str, float], total: int | None = None,
+                eta_s: float | None = None) -> str:
+  """`[train] step 100 | loss 2.31 | aux_loss 0.52 | recall@1 0.84 | 12.3k tok/s | 3% ETA 4m10s`.
+
+  Only `SHOWN` fields, the throughput and the progress: constant or secondary fields (weights,
+  learning rate, grad norm, recall@5/10, ...) stay in metrics.jsonl / TensorBoard.
+  """
+  parts = [f"[{split}] step {step}"] + [f"{k} {values[k]:.4g}" for k in SHOWN if k in values]
+  if "tokens_per_s" in values:
+    rate = values["tokens_per_s"]
+    parts.append(f"{rate / 1000:.1f}k tok/s" if rate >= 1000 else f"{rate:.0f} tok/s")
+  if total:
+    parts.append(f"{100 * step // total}%" + (f" ETA {format_duration(eta_s)}"
+                                              if eta_s is not None else ""))
+  return " | ".join(parts)
 
 
 def _parse(line: str) -> dict | None:
