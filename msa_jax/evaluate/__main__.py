@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from msa_jax import runtime
 from msa_jax.evaluation.run import evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.",
@@ -24,6 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.enable_compilation_cache()
   logging.set_verbosity(logging.WARNING)
   import bm25s  # pylint: disable=import-outside-toplevel,unused-import
   py_logging.getLogger("bm25s").setLevel(py_logging.WARNING)  # bm25s sets DEBUG on import

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msa_jax import runtime
 from msa_jax.data import synthetic
 from msa_jax.evaluation import niah
 from msa_jax.inference import engine as engine_lib
@@ -506,6 +507,7 @@ def main(argv: Sequence[str]) -> None:
   from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.enable_compilation_cache()
   f = flags.FLAGS
   if not f.workdir or bool(f.checkpoint_workdir) == bool(f.random_model):
     raise app.UsageError("give --workdir and exactly one of --checkpoint_workdir, --random_model")

@@ -49,6 +49,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from msa_jax import runtime
 from msa_jax.data import retrieval
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference import interleave as interleave_lib
@@ -398,6 +399,7 @@ def ask(args) -> list[dict]:
 def make_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m msa_jax.inference.cli",
                                    description=__doc__.split("\n\n")[0])
+  parser.add_argument("--compilation_cache", help=runtime.FLAG_HELP)
   sub = parser.add_subparsers(dest="command", required=True)
   enc = sub.add_parser("encode", help="encode a corpus into a memory bank")
   enc.add_argument("--corpus", required=True)
@@ -450,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   try:
     args = parse_args(argv)
+    runtime.enable_compilation_cache(args.compilation_cache)
     if args.command == "encode":
       encode(args)
     else:
