@@ -212,11 +212,13 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
 
 def generate_text(model: Transformer, params: Any, tokenizer: Tokenizer, prompts: list[str],
                   sampling: SamplingConfig, rng: jax.Array | None = None,
-                  bucket: int = 64) -> list[str]:
+                  bucket: int = 16) -> list[str]:
   """Generates a continuation of each prompt and returns it as text.
 
-  Prompts are padded with `sampling.pad_id` to a multiple of `bucket` tokens, so prompts of
-  similar lengths share one compiled program. A final stop token is not decoded.
+  Prompts are padded with `sampling.pad_id` to the longest one's length rounded up to a
+  multiple of `bucket` tokens: prompts of similar lengths share one compiled program, and the
+  prefill runs at most bucket - 1 positions past the longest prompt (the LM head runs at the
+  last real token of each row only). A final stop token is not decoded.
 
   Args:
     model: the backbone.
