@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from msa_jax.benchmarks import generation
-from msa_jax.model import get_preset
+from msa_jax.inference import SamplingConfig, generate_text
+from msa_jax.model import Transformer, get_preset
 
 KEYS = {"stage", "case", "ours_s", "baseline", "baseline_s", "flops"}
 
@@ -38,8 +39,6 @@ def test_quick_run_rows_and_same_tokens_as_the_baseline():
     assert set(row) == KEYS and row["stage"] == "generation"
     assert row["ours_s"] > 0 and row["baseline_s"] > 0 and row["flops"] > 1e9
   cfg, params, tokenizer, hf = generation.load_models()
-  from msa_jax.inference import SamplingConfig, generate_text  # pylint: disable=import-outside-toplevel
-  from msa_jax.model import Transformer  # pylint: disable=import-outside-toplevel
   prompts = list(generation.BATCH_PROMPTS)
   ours = generate_text(Transformer(cfg), params, tokenizer, prompts,
                        SamplingConfig(max_new_tokens=8))

@@ -11,15 +11,21 @@ import pytest
 
 from msa_jax import runtime
 
-# Enables the cache as an entry point does, compiles one program and prints what happened.
+# Enables the cache as an entry point does (argument "--...": parsed as absl flags, as the absl
+# commands do; else passed as the setting), compiles one program and prints what happened.
 _PROGRAM = """
 import json, sys
+from absl import flags
 import jax, jax.numpy as jnp
 from jax import monitoring
 from msa_jax import runtime
 events = []
 monitoring.register_event_listener(lambda name, **kw: events.append(name))
-path = runtime.enable_compilation_cache(*sys.argv[1:])
+args = sys.argv[1:]
+if args and args[0].startswith("--"):
+  flags.FLAGS(["prog", *args])
+  args = []
+path = runtime.enable_compilation_cache(*args)
 jax.jit(lambda x: jnp.sin(x) @ x.T + 1)(jnp.ones((8, 8))).block_until_ready()
 print(json.dumps(dict(path=None if path is None else str(path),
                       hits=events.count("/jax/compilation_cache/cache_hits"),
@@ -50,17 +56,24 @@ def test_default_cache_is_used_and_hit_by_a_second_run(tmp_path):
   assert second["hits"] >= 1 and second["misses"] == 0
 
 
-def test_environment_variable_and_flag_override_the_directory(tmp_path):
-  env_dir, flag_dir = tmp_path / "from_env", tmp_path / "from_flag"
+def test_environment_variable_overrides_the_default(tmp_path):
+  env_dir = tmp_path / "from_env"
   out = _run(tmp_path, env={runtime.CACHE_ENV: str(env_dir)})
   assert out["path"] == str(env_dir) and _files(env_dir)
-  out = _run(tmp_path, str(flag_dir), env={runtime.CACHE_ENV: str(env_dir)})
-  assert out["path"] == str(flag_dir) and _files(flag_dir)
   assert not _files(tmp_path / "xdg")
 
 
+@pytest.mark.parametrize("how", ["absl flag", "argument"])
+def test_flag_overrides_the_environment_variable(tmp_path, how):
+  env_dir, flag_dir = tmp_path / "from_env", tmp_path / "from_flag"
+  arg = f"--compilation_cache={flag_dir}" if how == "absl flag" else str(flag_dir)
+  out = _run(tmp_path, arg, env={runtime.CACHE_ENV: str(env_dir)})
+  assert out["path"] == str(flag_dir) and _files(flag_dir)
+  assert not _files(env_dir) and not _files(tmp_path / "xdg")
+
+
 @pytest.mark.parametrize("args,env", [(("off",), {}), ((), {runtime.CACHE_ENV: "OFF"}),
-                                      (("off",), {runtime.CACHE_ENV: "elsewhere"})])
+                                      (("--compilation_cache=off",), {runtime.CACHE_ENV: "x"})])
 def test_off_switch(tmp_path, args, env):
   assert _run(tmp_path, *args, env=env) == dict(path=None, hits=0, misses=0)
   assert not _files(tmp_path)

@@ -457,7 +457,9 @@ class MSAEngine:
     last_pos = np.asarray(prompts.positions)[np.arange(len(lengths)), lengths - 1]
     rng = jax.random.key(0) if rng is None else rng
     fn = _decode_fn(self.config, self.msa, self.dtype, sampling)
-    out_tokens, out_lengths = fn(self.params, pre, jnp.asarray(lengths),
+    # Only what decoding reads: a bank of another size (doc_scores [Q, M]) must not retrace.
+    decode_in = pre.replace(memory={i: m.replace(doc_scores=None) for i, m in pre.memory.items()})
+    out_tokens, out_lengths = fn(self.params, decode_in, jnp.asarray(lengths),
                                  jnp.asarray(last_pos, jnp.int32), rng)
     return np.asarray(out_tokens), np.asarray(out_lengths), pre
 
