@@ -6,10 +6,13 @@ a cache laid out for decoding rather than `Transformer.__call__`'s:
     every head's keys as one contiguous block instead of transposing the cache each step;
   * one write slot shared by every row: the prompt fills slots 0..Tp-1 (right padding
     included, hidden by the mask), decode token s goes to slot Tp + s in every row, so the
-    cache update is one in-place dynamic-update-slice (a per-row slot is a scatter that
-    copies the cache on CPU); RoPE positions stay per row (prompt length + s);
+    cache update is one in-place dynamic-update-slice (a per-row slot compiles to a scatter
+    per layer and per step); RoPE positions stay per row (prompt length + s);
   * the LM head runs at each row's last prompt token only, not over the padded prompt, with
     the tied embedding transposed once per call rather than once per step.
+SmolLM2-135M, batch 8, on 2 busy CPU cores (same process, interleaved): 0.18 s per decode
+step with `Transformer.__call__`'s cache, 0.13-0.14 s with this one, identical tokens.
+Concatenating the q/k/v and gate/up kernels into one matmul each was slower (0.18 s).
 """
 
 from __future__ import annotations
