@@ -14,7 +14,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from msa_jax import validation
+from msa_jax import runtime, validation
 from msa_jax.checkpoint import load_checkpoint
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.inference import SamplingConfig, generate_text
@@ -72,6 +72,7 @@ def run(config, prompts: Sequence[str] | None = None) -> list[str]:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise validation.UserError(f"unexpected arguments: {argv[1:]}")
+  runtime.enable_compilation_cache()
   prompts = _PROMPTS.value
   for prompt, text in zip(prompts or _CONFIG.value.prompts, run(_CONFIG.value, prompts)):
     print(f"\n>>> {prompt}\n{text}")

@@ -1,5 +1,5 @@
 """Shared test setup: offline HF, exact fp32 matmuls, the GPU marker, the SmolLM2 GGUF, a
-per-session tfds data dir."""
+per-session tfds data dir and JAX compilation cache."""
 
 import os
 from pathlib import Path
@@ -44,6 +44,20 @@ def tfds_data_dir(tmp_path_factory):
     del os.environ["MSA_JAX_TFDS_DIR"]
   else:
     os.environ["MSA_JAX_TFDS_DIR"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_dir(tmp_path_factory):
+  """The persistent JAX compilation cache of the commands the tests start (subprocesses
+  inherit it): one folder per session, shared by its tests, never the user's ~/.cache."""
+  from msa_jax import runtime  # pylint: disable=import-outside-toplevel
+  previous = os.environ.get(runtime.CACHE_ENV)
+  os.environ[runtime.CACHE_ENV] = str(tmp_path_factory.mktemp("jax_cache"))
+  yield Path(os.environ[runtime.CACHE_ENV])
+  if previous is None:
+    del os.environ[runtime.CACHE_ENV]
+  else:
+    os.environ[runtime.CACHE_ENV] = previous
 
 
 @pytest.fixture(scope="session")

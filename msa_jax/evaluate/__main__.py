@@ -14,7 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from msa_jax import validation
+from msa_jax import runtime, validation
 from msa_jax.evaluation.run import evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.",
@@ -28,6 +28,7 @@ def main(argv: Sequence[str]) -> None:
   if _CONFIG.value is None:
     raise validation.UserError("--config is required (e.g. --config=configs/evaluate.py)")
   validation.check_evaluate_config(_CONFIG.value, _WORKDIR.value)
+  runtime.enable_compilation_cache()
   logging.set_verbosity(logging.WARNING)
   import bm25s  # pylint: disable=import-outside-toplevel,unused-import
   py_logging.getLogger("bm25s").setLevel(py_logging.WARNING)  # bm25s sets DEBUG on import

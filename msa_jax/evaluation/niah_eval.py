@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msa_jax import runtime
 from msa_jax.data import synthetic
 from msa_jax.evaluation import niah
 from msa_jax.inference import engine as engine_lib
@@ -556,6 +557,7 @@ def main(argv: Sequence[str]) -> None:
   from msa_jax import validation  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise validation.UserError(f"unexpected arguments: {argv[1:]}")
+  runtime.enable_compilation_cache()
   f = flags.FLAGS
   check_flags(f)
   logging.set_verbosity(logging.WARNING)  # orbax's restore chatter

@@ -61,8 +61,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from msa_jax import runtime, validation
 from msa_jax.checkpoint import hub
-from msa_jax import validation
 from msa_jax.data import retrieval
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference import interleave as interleave_lib
@@ -615,6 +615,7 @@ class _Parser(argparse.ArgumentParser):
 def make_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="python -m msa_jax.inference.cli", allow_abbrev=False,
                    description=__doc__.split("\n\n")[0])
+  parser.add_argument("--compilation_cache", help=runtime.FLAG_HELP)
   sub = parser.add_subparsers(dest="command", required=True)
   enc = sub.add_parser("encode", help="encode a corpus into a memory bank", allow_abbrev=False)
   enc.add_argument("--corpus", required=True)
@@ -679,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   try:
     args = parse_args(argv)
+    runtime.enable_compilation_cache(args.compilation_cache)
     if args.command == "encode":
       encode(args)
     else:

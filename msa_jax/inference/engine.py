@@ -106,6 +106,11 @@ def _head_fn(cfg: ModelConfig, dtype: Dtype):
   return jax.jit(lambda params, x: _logits(cfg, params, x, dtype))
 
 
+@functools.lru_cache(maxsize=16)
+def _embed_fn(cfg: ModelConfig, dtype: Dtype):
+  return jax.jit(lambda params, tokens: _embed(cfg, params, tokens, dtype))
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 1: memory encoding
 # --------------------------------------------------------------------------------------------
@@ -416,7 +421,7 @@ class MSAEngine:
     self_mask = attention.cache_mask(jnp.zeros((q,), jnp.int32), t, s) & jnp.pad(
         token_mask, ((0, 0), (0, s - t)))[:, None, :]
     zero = jnp.zeros((q,), jnp.int32)
-    x = jax.jit(functools.partial(_embed, cfg, dtype=dt))(self.params, tokens)
+    x = _embed_fn(cfg, dt)(self.params, tokens)
     caches, memory = [], {}
     for i in range(cfg.num_layers):
       p = self.params[f"layers_{i}"]
@@ -452,7 +457,9 @@ class MSAEngine:
     last_pos = np.asarray(prompts.positions)[np.arange(len(lengths)), lengths - 1]
     rng = jax.random.key(0) if rng is None else rng
     fn = _decode_fn(self.config, self.msa, self.dtype, sampling)
-    out_tokens, out_lengths = fn(self.params, pre, jnp.asarray(lengths),
+    # Only what decoding reads: a bank of another size (doc_scores [Q, M]) must not retrace.
+    decode_in = pre.replace(memory={i: m.replace(doc_scores=None) for i, m in pre.memory.items()})
+    out_tokens, out_lengths = fn(self.params, decode_in, jnp.asarray(lengths),
                                  jnp.asarray(last_pos, jnp.int32), rng)
     return np.asarray(out_tokens), np.asarray(out_lengths), pre
 

@@ -1,4 +1,19 @@
-"""Plain autoregressive generation with a KV cache: one prefill, then a jitted decode loop."""
+"""Plain autoregressive generation with a KV cache: one prefill, then a jitted decode loop.
+
+The program runs the backbone's own layers (`Transformer`'s parameters, modules and math) with
+a cache laid out for decoding rather than `Transformer.__call__`'s:
+  * cache slots [B, J, S, D] (kv heads before slots), so each decode step's attention reads
+    every head's keys as one contiguous block instead of transposing the cache each step;
+  * one write slot shared by every row: the prompt fills slots 0..Tp-1 (right padding
+    included, hidden by the mask), decode token s goes to slot Tp + s in every row, so the
+    cache update is one in-place dynamic-update-slice (a per-row slot compiles to a scatter
+    per layer and per step); RoPE positions stay per row (prompt length + s);
+  * the LM head runs at each row's last prompt token only, not over the padded prompt, with
+    the tied embedding transposed once per call rather than once per step.
+SmolLM2-135M, batch 8, on 2 busy CPU cores (same process, interleaved): 0.18 s per decode
+step with `Transformer.__call__`'s cache, 0.13-0.14 s with this one, identical tokens.
+Concatenating the q/k/v and gate/up kernels into one matmul each was slower (0.18 s).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from msa_jax.inference.sampling import SamplingConfig, sample_logits
-from msa_jax.model.transformer import Cache, Transformer
+from msa_jax.model import attention, layers
+from msa_jax.model.transformer import Transformer
 
 
 class Tokenizer(Protocol):
@@ -29,28 +45,88 @@ class GenerateOutput(NamedTuple):
   lengths: jax.Array
 
 
+# One layer's decode cache: keys (post-RoPE) and values, each [B, J, S, D].
+_Cache = tuple[tuple[jax.Array, jax.Array], ...]
+
+
 class _State(NamedTuple):
   step: jax.Array     # [] int32: tokens emitted so far (same for every row).
   tokens: jax.Array   # [B, N] int32.
   lengths: jax.Array  # [B] int32.
   done: jax.Array     # [B] bool: the row has emitted a stop token.
-  cache: Cache
+  cache: _Cache
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """`attention.dot_product_attention` over a [B, J, S, D] cache: q [B, T, H, D], mask
+  [B, T, S] -> [B, T, H, D] (logits and softmax in float32, scale 1/sqrt(D))."""
+  b, t, h, d = q.shape
+  j = k.shape[1]
+  qg = q.reshape(b, t, j, h // j, d)
+  logits = jnp.einsum("BTJRD,BJSD->BJRTS", qg, k,
+                      preferred_element_type=jnp.float32) * (d ** -0.5)
+  logits = jnp.where(mask[:, None, None, :, :], logits, attention._MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("BJRTS,BJSD->BTJRD", probs, v)
+  return out.reshape(b, t, h, d).astype(q.dtype)
+
+
+def _layers(model: Transformer, params: Any, tokens: jax.Array, positions: jax.Array,
+            slot: jax.Array, mask: jax.Array, cache: _Cache) -> tuple[jax.Array, _Cache]:
+  """The backbone up to its final norm for T new tokens [B, T] at `positions` [B, T], written
+  into cache slots slot..slot+T-1 of every row; `mask` [B, T, S] says which slots each token
+  sees. Returns (normed hidden states [B, T, E], updated cache)."""
+  cfg = model.config
+  kw = dict(dtype=model.dtype, param_dtype=model.param_dtype)
+  attn = attention.Attention(
+      embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
+      norm_eps=cfg.norm_eps, **kw)
+  norm = layers.RMSNorm(cfg.norm_eps, **kw)
+  mlp = layers.MLP(cfg.mlp_dim, **kw)
+  x = layers.Embedder(cfg.vocab_size, cfg.embed_dim, **kw).apply(
+      {"params": params["embed"]}, tokens, method="encode")
+  new_cache = []
+  for i, (k_cache, v_cache) in enumerate(cache):
+    p = params[f"layers_{i}"]
+    h = norm.apply({"params": p["attn_norm"]}, x)
+    q, k, v = attn.apply({"params": p["attn"]}, h, positions, method="project")
+    k_cache, v_cache = (
+        jax.lax.dynamic_update_slice(buf, new.transpose(0, 2, 1, 3).astype(buf.dtype),
+                                     (0, 0, slot, 0))
+        for buf, new in ((k_cache, k), (v_cache, v)))
+    x = x + attn.apply({"params": p["attn"]}, _attend(q, k_cache, v_cache, mask),
+                       method="output")
+    x = x + mlp.apply({"params": p["mlp"]}, norm.apply({"params": p["mlp_norm"]}, x))
+    new_cache.append((k_cache, v_cache))
+  return norm.apply({"params": params["final_norm"]}, x), tuple(new_cache)
+
+
+def _lm_head(model: Transformer, params: Any) -> jax.Array:
+  """The LM head as an [E, V] matrix in the compute dtype (the tied embedding transposed)."""
+  if model.config.tie_embeddings:
+    head = params["embed"]["embedding"].T
+  else:
+    head = params["lm_head"]["kernel"]
+  return head.astype(model.dtype)
 
 
 @functools.lru_cache(maxsize=32)
 def _generate_fn(model: Transformer, sampling: SamplingConfig):
   """The jitted generation program for one (model, sampling) pair."""
   n = sampling.max_new_tokens
+  cfg = model.config
 
   def run(params: Any, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
           rng: jax.Array) -> GenerateOutput:
     b, tp = prompt_tokens.shape
+    s = tp + n - 1  # the last generated token is never fed back
     stop_ids = jnp.asarray(sampling.stop_tokens, jnp.int32)
+    head = _lm_head(model, params)
+    logits_dtype = jnp.promote_types(model.dtype, jnp.float32)
 
-    def forward(tokens, positions, cache):
-      # A token at position p always lives in cache slot p.
-      return model.apply({"params": params}, tokens, positions=positions, cache=cache,
-                         cache_index=positions[:, 0])
+    def logits(hidden):  # [B, E] -> [B, V]
+      return jnp.dot(hidden.astype(model.dtype), head).astype(logits_dtype)
 
     def emit(state: _State, logits: jax.Array) -> _State:
       """Samples token number `state.step` of every row from its logits [B, V]."""
@@ -63,21 +139,32 @@ def _generate_fn(model: Transformer, sampling: SamplingConfig):
           lengths=state.lengths + (~state.done).astype(jnp.int32),
           done=state.done | jnp.any(tok[:, None] == stop_ids, axis=-1))
 
+    shape = (b, cfg.num_kv_heads, s, cfg.head_dim)
+    cache = tuple((jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype))
+                  for _ in range(cfg.num_layers))
     positions = jnp.broadcast_to(jnp.arange(tp, dtype=jnp.int32), (b, tp))
-    logits, cache = forward(prompt_tokens, positions, model.init_cache(b, tp + n))
-    last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+    # Prompt token t sees slots <= t: its own row's earlier tokens, never the padding after it.
+    causal = jnp.arange(s)[None, None, :] <= jnp.arange(tp)[None, :, None]
+    hidden, cache = _layers(model, params, prompt_tokens, positions, jnp.int32(0),
+                            jnp.broadcast_to(causal, (b, tp, s)), cache)
+    last = jnp.take_along_axis(hidden, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
     state = emit(_State(step=jnp.int32(0), tokens=jnp.full((b, n), sampling.pad_id, jnp.int32),
                         lengths=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
-                        cache=cache), last)
+                        cache=cache), logits(last))
+    prompt_slots = jnp.arange(s)[None, :] < prompt_lengths[:, None]  # [B, S]
 
     def cond(state: _State) -> jax.Array:
       return (state.step < n) & ~jnp.all(state.done)
 
     def body(state: _State) -> _State:
-      # Feed the previous token at position prompt_length + step - 1.
+      # Feed the previous token at position prompt_length + step - 1, slot tp + step - 1.
       tok = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1)
-      logits, cache = forward(tok, (prompt_lengths + state.step - 1)[:, None], state.cache)
-      return emit(state._replace(cache=cache), logits[:, 0])
+      slot = tp + state.step - 1
+      generated = (jnp.arange(s) >= tp) & (jnp.arange(s) <= slot)
+      mask = (prompt_slots | generated[None, :])[:, None, :]
+      hidden, cache = _layers(model, params, tok, (prompt_lengths + state.step - 1)[:, None],
+                              slot, mask, state.cache)
+      return emit(state._replace(cache=cache), logits(hidden[:, 0]))
 
     state = jax.lax.while_loop(cond, body, state)
     return GenerateOutput(state.tokens, state.lengths)
@@ -128,11 +215,13 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
 
 def generate_text(model: Transformer, params: Any, tokenizer: Tokenizer, prompts: list[str],
                   sampling: SamplingConfig, rng: jax.Array | None = None,
-                  bucket: int = 64) -> list[str]:
+                  bucket: int = 16) -> list[str]:
   """Generates a continuation of each prompt and returns it as text.
 
-  Prompts are padded with `sampling.pad_id` to a multiple of `bucket` tokens, so prompts of
-  similar lengths share one compiled program. A final stop token is not decoded.
+  Prompts are padded with `sampling.pad_id` to the longest one's length rounded up to a
+  multiple of `bucket` tokens: prompts of similar lengths share one compiled program, and the
+  prefill runs at most bucket - 1 positions past the longest prompt (the LM head runs at the
+  last real token of each row only). A final stop token is not decoded.
 
   Args:
     model: the backbone.

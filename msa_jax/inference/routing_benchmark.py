@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from msa_jax import runtime
 from msa_jax.inference import routing
 from msa_jax.train.sharding import make_mesh
 from pallas_kernels.routing_scores.reference import CHUNK_REDUCES, HEAD_REDUCES, QUERY_REDUCES
@@ -177,6 +178,7 @@ def format_table(rows: list[dict], args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = parse_args(argv)
+  runtime.enable_compilation_cache()
   mesh = None
   if args.memory_devices:
     mesh = make_mesh({"memory": args.memory_devices}, jax.devices()[:args.memory_devices])

@@ -12,7 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from msa_jax import validation
+from msa_jax import runtime, validation
 from msa_jax.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
@@ -26,6 +26,7 @@ def main(argv: Sequence[str]) -> None:
   if _CONFIG.value is None:
     raise validation.UserError("--config is required (e.g. --config=configs/demo.py)")
   validation.check_output_dir(_WORKDIR.value)
+  runtime.enable_compilation_cache()
   # Our progress lines go to stdout; keep orbax's per-save INFO chatter out of the way.
   logging.set_verbosity(logging.WARNING)
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)

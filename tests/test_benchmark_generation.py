@@ -1,0 +1,46 @@
+"""The generation stage of the benchmark suite: rows well formed, FLOP count consistent with
+the parameter count, and the baseline generating the same greedy tokens as ours."""
+
+import numpy as np
+import pytest
+
+from msa_jax.benchmarks import generation
+from msa_jax.inference import SamplingConfig, generate_text
+from msa_jax.model import Transformer, get_preset
+
+KEYS = {"stage", "case", "ours_s", "baseline", "baseline_s", "flops"}
+
+
+def test_flops_match_twice_the_matmul_parameters():
+  cfg = get_preset("smollm2_135m")
+  e, v = cfg.embed_dim, cfg.vocab_size
+  layer_params = cfg.num_layers * (
+      e * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+      + cfg.num_heads * cfg.head_dim * e + 3 * e * cfg.mlp_dim)
+  # One token with a context of one, no LM head: 2 FLOPs per weight plus QK^T and PV.
+  attn = cfg.num_layers * 4 * cfg.num_heads * cfg.head_dim
+  assert generation.forward_flops(cfg, 1, False) == 2 * layer_params + attn
+  assert generation.forward_flops(cfg, 1, True) == 2 * layer_params + attn + 2 * e * v
+  # Prompts of 3 and 5 tokens, 4 new tokens: 8 prompt positions (2 with the head) and 2 x 3
+  # fed-back tokens (all with the head); attention over <= 8 keys adds < 1 %.
+  total = generation.generate_flops(cfg, [3, 5], 4)
+  assert total == pytest.approx(14 * 2 * layer_params + 8 * 2 * e * v, rel=0.01)
+  assert total > 14 * 2 * layer_params + 8 * 2 * e * v
+
+
+@pytest.mark.slow
+def test_quick_run_rows_and_same_tokens_as_the_baseline():
+  rows = generation.run(quick=True)
+  if not rows:
+    pytest.skip("transformers or the SmolLM2 checkpoint is missing")
+  assert [r["case"] for r in rows] == ["SmolLM2-135M greedy B=1 8 tokens",
+                                       "SmolLM2-135M greedy B=8 8 tokens"]
+  for row in rows:
+    assert set(row) == KEYS and row["stage"] == "generation"
+    assert row["ours_s"] > 0 and row["baseline_s"] > 0 and row["flops"] > 1e9
+  cfg, params, tokenizer, hf = generation.load_models()
+  prompts = list(generation.BATCH_PROMPTS)
+  ours = generate_text(Transformer(cfg), params, tokenizer, prompts,
+                       SamplingConfig(max_new_tokens=8))
+  theirs = generation._hf_generate(hf, tokenizer, prompts, 8)  # pylint: disable=protected-access
+  assert ours == [tokenizer.decode(row.tolist()) for row in np.asarray(theirs)]

@@ -1,0 +1,89 @@
+"""The persistent compilation cache: on by default, overridable, off with a switch, and hit by a
+second run of the same program (each case runs in a fresh subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msa_jax import runtime
+
+# Enables the cache as an entry point does (argument "--...": parsed as absl flags, as the absl
+# commands do; else passed as the setting), compiles one program and prints what happened.
+_PROGRAM = """
+import json, sys
+from absl import flags
+import jax, jax.numpy as jnp
+from jax import monitoring
+from msa_jax import runtime
+events = []
+monitoring.register_event_listener(lambda name, **kw: events.append(name))
+args = sys.argv[1:]
+if args and args[0].startswith("--"):
+  flags.FLAGS(["prog", *args])
+  args = []
+path = runtime.enable_compilation_cache(*args)
+jax.jit(lambda x: jnp.sin(x) @ x.T + 1)(jnp.ones((8, 8))).block_until_ready()
+print(json.dumps(dict(path=None if path is None else str(path),
+                      hits=events.count("/jax/compilation_cache/cache_hits"),
+                      misses=events.count("/jax/compilation_cache/cache_misses"))))
+"""
+
+
+def _run(tmp_path: Path, *args: str, env: dict | None = None) -> dict:
+  full_env = {k: v for k, v in os.environ.items() if k != runtime.CACHE_ENV}
+  full_env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(Path.cwd()),
+                  JAX_PLATFORMS="cpu", **(env or {}))
+  out = subprocess.run([sys.executable, "-c", _PROGRAM, *args], env=full_env, check=True,
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1])
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _files(path: Path) -> list[Path]:
+  return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+
+
+def test_default_cache_is_used_and_hit_by_a_second_run(tmp_path):
+  default = tmp_path / "xdg" / "msa_jax" / "jax"
+  first = _run(tmp_path)
+  assert first["path"] == str(default)
+  assert first["hits"] == 0 and first["misses"] >= 1
+  assert _files(default)
+  second = _run(tmp_path)
+  assert second["hits"] >= 1 and second["misses"] == 0
+
+
+def test_environment_variable_overrides_the_default(tmp_path):
+  env_dir = tmp_path / "from_env"
+  out = _run(tmp_path, env={runtime.CACHE_ENV: str(env_dir)})
+  assert out["path"] == str(env_dir) and _files(env_dir)
+  assert not _files(tmp_path / "xdg")
+
+
+@pytest.mark.parametrize("how", ["absl flag", "argument"])
+def test_flag_overrides_the_environment_variable(tmp_path, how):
+  env_dir, flag_dir = tmp_path / "from_env", tmp_path / "from_flag"
+  arg = f"--compilation_cache={flag_dir}" if how == "absl flag" else str(flag_dir)
+  out = _run(tmp_path, arg, env={runtime.CACHE_ENV: str(env_dir)})
+  assert out["path"] == str(flag_dir) and _files(flag_dir)
+  assert not _files(env_dir) and not _files(tmp_path / "xdg")
+
+
+@pytest.mark.parametrize("args,env", [(("off",), {}), ((), {runtime.CACHE_ENV: "OFF"}),
+                                      (("--compilation_cache=off",), {runtime.CACHE_ENV: "x"})])
+def test_off_switch(tmp_path, args, env):
+  assert _run(tmp_path, *args, env=env) == dict(path=None, hits=0, misses=0)
+  assert not _files(tmp_path)
+
+
+def test_unwritable_directory_is_a_user_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(subprocess.CalledProcessError) as e:
+    _run(tmp_path, str(blocker / "cache"))
+  assert e.value.returncode == 2
+  assert e.value.stderr.startswith("error: compilation cache directory")
+  assert str(blocker / "cache") in e.value.stderr
