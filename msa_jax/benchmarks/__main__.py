@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
+from msa_jax import runtime
 from msa_jax.benchmarks.blas import Worker
 
 STAGES = ("routing", "encoding", "generation")
@@ -119,6 +120,7 @@ def main(argv: Sequence[str]) -> None:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  runtime.enable_compilation_cache()
   doc = run_suite(stages, _QUICK.value)
   if _JSON.value == "-":
     print(json.dumps(doc, indent=1))
