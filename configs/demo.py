@@ -36,19 +36,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       aux_loss="infonce", temperature=0.05, lm_weight=1.0, aux_weight=1.0,
       kernel_impl="auto"))
   c.data = ml_collections.ConfigDict(dict(
-      kind="synthetic", num_docs=4000, eval_docs=128, doc_length=64, docs_per_sample=8,
-      facts_per_doc=1, fact_span=6, key_length=3, id_digits=7, include_value=False, seed=0,
-      rope="document",  # 7 digits, 128 ** 3 keys: a 100M-token memory (1.6M documents) fits
-      num_filler_words=64, num_key_words=128, num_value_words=32,
+      kind="synthetic", num_docs=20000, eval_docs=128, doc_length=64, docs_per_sample=8,
+      facts_per_doc=1, fact_span=8, key_length=3, id_digits=5, include_value=True,
+      include_identifier=False, seed=0, rope="document",
+      num_filler_words=64, num_key_words=128, num_value_words=256, hard_negatives=3,
+      hard_negatives_after=1200,
       loader="python"))  # or "grain": same batches, grain iterator state in the checkpoints
   # The paper's two phases, at demo scale: router warm-up on the aux loss alone, then both.
   # The LM loss from the start teaches the model to ignore a memory the untrained router fills
   # with the wrong documents (its identifier loss then stays at chance).
   c.optim = ml_collections.ConfigDict(dict(
       weight_decay=0.01, grad_clip_norm=1.0, end_lr_factor=0.05,
-      phases=[dict(steps=500, learning_rate=1e-3, lm_weight=0.0, aux_weight=1.0,
+      phases=[dict(steps=1200, learning_rate=2e-3, lm_weight=0.0, aux_weight=1.0,
                    warmup_steps=50, schedule="constant"),
-              dict(steps=2500, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
+              dict(steps=1800, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
                    warmup_steps=50, schedule="cosine")]))
   c.train = ml_collections.ConfigDict(dict(
       steps=3000, batch_size=8, log_every=100, eval_every=1000, eval_batches=8,
@@ -57,20 +58,43 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # After training: held-out memories of x * docs_per_sample documents (train short, infer
   # long), printed as a table and written to <workdir>/extrapolation.json.
   c.extrapolation = ml_collections.ConfigDict(dict(multipliers=(1, 10, 100, 2000),
-                                                   questions=64))
-  if arg == "smoke":
-    c.data.num_docs, c.data.eval_docs = 64, 16
-    c.train.update(steps=6, log_every=2, eval_every=3, eval_batches=2, checkpoint_every=3)
-    c.optim.phases = [dict(steps=3, learning_rate=1e-3, lm_weight=0.0, aux_weight=1.0,
-                           warmup_steps=1, schedule="constant"),
-                      dict(steps=3, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
-                           warmup_steps=1, schedule="cosine")]
-    c.extrapolation.update(multipliers=(1, 2), questions=8)
-  elif arg == "scale":  # longer training for the 10M / 100M-token memories
-    pass
-  elif arg == "global_rope":  # the ablation: documents and prompt on one position axis
-    c.data.rope = "global"
-  elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r} for configs/demo.py; known: 'smoke', 'scale', "
-                     "'global_rope'")
+                                                   questions=128))
+  variants = [v for v in (arg or "").split(",") if v]
+  for variant in variants:
+    if variant not in VARIANTS:
+      raise ValueError(f"unknown variant {variant!r} for configs/demo.py; known: "
+                       f"{', '.join(repr(v) for v in VARIANTS)} (comma-separated to combine)")
+    VARIANTS[variant](c)
   return c
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  """A few steps, for tests."""
+  c.data.num_docs, c.data.eval_docs = 64, 16
+  c.train.update(steps=6, log_every=2, eval_every=3, eval_batches=2, checkpoint_every=3)
+  c.optim.phases = [dict(steps=3, learning_rate=1e-3, lm_weight=0.0, aux_weight=1.0,
+                         warmup_steps=1, schedule="constant"),
+                    dict(steps=3, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
+                         warmup_steps=1, schedule="cosine")]
+  c.extrapolation.update(multipliers=(1, 2), questions=8)
+
+
+def _scale(c: ml_collections.ConfigDict) -> None:
+  """7-digit identifiers (10M and 100M-token memories: 156,250 and 1,562,500 documents; the
+  128 ** 3 keys hold them too) and a longer schedule."""
+  c.data.update(id_digits=7, fact_span=6)
+  c.train.steps = 8000
+  c.optim.phases[0]["steps"], c.optim.phases[1]["steps"] = 2500, 5500
+
+
+def _top4(c: ml_collections.ConfigDict) -> None:
+  """Routes 4 documents: the LM must copy from the right one of them."""
+  c.msa.top_k = 4
+
+
+def _global_rope(c: ml_collections.ConfigDict) -> None:
+  """The ablation: documents and prompt on one running position axis."""
+  c.data.rope = "global"
+
+
+VARIANTS = {"smoke": _smoke, "scale": _scale, "top4": _top4, "global_rope": _global_rope}

@@ -329,5 +329,12 @@ def test_hard_negatives_share_key_words_with_the_positive():
     best = sorted(((corpus.keys == key).sum(1)[corpus.key_doc != corpus.key_doc[q]]),
                   reverse=True)[:3]
     assert shared[:3] == best
+  # The curriculum: random negatives before batch `hard_negatives_after`, hard ones from it.
+  late = BatchSpec(**{**spec.__dict__, "hard_negatives_after": 5})
+  plain = BatchSpec(**{**spec.__dict__, "hard_negatives": 0})
+  _assert_same(SyntheticBatchSource(corpus, late)[4], SyntheticBatchSource(corpus, plain)[4])
+  _assert_same(SyntheticBatchSource(corpus, late)[5], SyntheticBatchSource(corpus, spec)[5])
+  assert not np.array_equal(SyntheticBatchSource(corpus, plain)[5].doc_tokens,
+                            SyntheticBatchSource(corpus, spec)[5].doc_tokens)
   with pytest.raises(ValueError, match="hard_negatives=6 exceeds"):
     SyntheticBatchSource(corpus, BatchSpec(docs_per_sample=6, hard_negatives=6))
