@@ -2,22 +2,42 @@
 
   python -m msa_jax.train --config=configs/demo.py --workdir=/tmp/msa_demo
   python -m msa_jax.train --config=configs/demo.py:global_rope --workdir=/tmp/msa_demo_global
+  python -m msa_jax.train --config=configs/demo.py:onem --workdir=/tmp/msa_onem  # 1M tokens
 
-Documents are `<doc> [ id ] filler <fact> key value filler`; a question names a key and the
-model must route to the document holding it and generate its identifier. After training, the
-train-short/infer-long table asks held-out questions against memories of 1x to 1000x the
-training memory through the inference engine. Measured on a 2-core CPU: 4 min 46 s; held-out
-identifier accuracy 0.98 / 0.94 / 0.73 / 0.44 at 1x / 10x / 100x / 1000x (512 to 512,000
-memory tokens), routing recall@1 0.98 / 0.94 / 0.73 / 0.44.
+Documents are `<doc> [ id ] filler <fact> key value filler`, streamed from (seed, index)
+(`synthetic.CorpusSpec`): training uses documents 0..num_docs-1, the held-out eval and the
+train-short/infer-long table the documents after them (other keys, other identifiers). A
+question names a key; the model routes to the document holding it (top_k 1) and generates its
+identifier. The table asks held-out questions against memories of 1x to 700x the 512-token
+training memory through the inference engine (bank, routing over the whole bank, generation);
+4-digit identifiers cap this recipe at 10,000 documents. Measured (run G, 2-core CPU shared, load
+average ~12, 21 min wall; 4 min 46 s solo with the previous generator): recall@1 / answer
+0.992 / 0.984, 0.977 / 0.969, 0.727 / 0.711, 0.406 / 0.406 at 1x / 10x / 100x / 700x (512 to
+358,400 tokens): 59 % relative loss.
 
-Choices that make a 2-layer model learn this (each found by a failed run): a large training
-corpus (4,000 documents; with 512 the router memorises its key pairs); the fact inside the
-identifier's chunk (`fact_span`: pooled memory keeps no token order across chunks, and a
-2-layer model cannot carry the identifier's digit order into a later chunk); top_k 1 (with two
-routed documents the LM never learned which one to copy from); and router warm-up on the
-routing loss alone before the LM loss joins. Variants: `:global_rope` (the ablation: its
-routing extrapolates, identifier copying is not learned), `:smoke` (a few steps, for tests).
-Rerunning the same command resumes from the workdir.
+The 1M-token recipe (issue 13's bars: recall@1 and answer >= 0.95 at 1M tokens) is NOT found
+yet. Runs on the 2-core CPU shared with 6 other jobs (load average 10-14, ~24 min each, solo
+~5x faster); recall@1 / answer at 1x, 10x, 100x, 2000x (512 to 1,024,000 tokens):
+  E `:onem` (3-word keys of 128 words, 20,000 training documents, value answers of 256 words,
+    3 hard negatives after a 1,200-step warm-up at 2e-3): recall@1 0.922 / 0.539 / 0.289 /
+    0.039, answer 0.016 / 0.016 / 0.000 / 0.008 (chance: the LM never read the value).
+  D (as E with 5-digit identifier answers, no hard negatives): recall@1 0.914 / 0.727 / 0.375 /
+    0.164; identifier never copied (LM loss at chance, 1.43-1.45, for all 1,800 LM steps).
+  C (as D with 3 hard negatives from step 0): the router stalls (aux loss 0.6-1.0, in-batch
+    recall@1 0.5-0.75 at step 1,600; stopped).
+  B (7-digit identifiers, hard negatives from step 0, 500 warm-up steps at 1e-3): in-batch
+    recall@1 0.375-0.5 at step 1,100, LM at chance (stopped).
+What mattered: router warm-up on the routing loss alone before the LM loss joins (the LM loss
+from the start teaches the model to ignore a memory the untrained router fills with wrong
+documents); the fact inside the identifier's chunk (`fact_span`: pooled memory keeps no token
+order across chunks); top_k 1 (with two routed documents the LM never learned which one to copy
+from). What failed: 20,000 training documents with 3-word keys (B-E: routing learns in-batch but
+degrades 0.92 -> 0.04-0.16 at 16,000 documents; the LM never copies, neither a 5/7-digit
+identifier nor a value word: with 4,000 documents the same LM does copy); hard negatives from
+step 0 (C: stall) or after warm-up (E: worse at 2000x than none, 0.039 vs 0.164). Not run for
+lack of CPU time: `:top4` (top_k 4) and `:global_rope` on the new task. Variants combine with
+commas (`:onem,top4`); `:scale` is `:onem` with 7-digit identifiers (10M/100M-token memories);
+`:smoke` is a few steps for tests. Rerunning the same command resumes from the workdir.
 """
 
 import ml_collections
@@ -35,11 +55,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       router_layers="upper_half", top_k=1, chunk_size=16, decouple_router=True,
       aux_loss="infonce", temperature=0.05, lm_weight=1.0, aux_weight=1.0,
       kernel_impl="auto"))
+  # The recipe measured to answer (4-digit identifiers, 2-word keys): it holds 10,000
+  # documents, so the table stops at 700x. `:onem` is the 1M-token recipe still being tuned.
   c.data = ml_collections.ConfigDict(dict(
       kind="synthetic", num_docs=4000, eval_docs=128, doc_length=64, docs_per_sample=8,
-      facts_per_doc=1, fact_span=6, key_length=3, id_digits=7, include_value=False, seed=0,
-      rope="document",  # 7 digits, 128 ** 3 keys: a 100M-token memory (1.6M documents) fits
-      num_filler_words=64, num_key_words=128, num_value_words=32,
+      facts_per_doc=1, fact_span=9, key_length=2, id_digits=4, include_value=False,
+      include_identifier=True, seed=0, rope="document",
+      num_filler_words=64, num_key_words=128, num_value_words=32, hard_negatives=0,
+      hard_negatives_after=0,
       loader="python"))  # or "grain": same batches, grain iterator state in the checkpoints
   # The paper's two phases, at demo scale: router warm-up on the aux loss alone, then both.
   # The LM loss from the start teaches the model to ignore a memory the untrained router fills
@@ -56,21 +79,59 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # After training: held-out memories of x * docs_per_sample documents (train short, infer
   # long), printed as a table and written to <workdir>/extrapolation.json.
-  c.extrapolation = ml_collections.ConfigDict(dict(multipliers=(1, 10, 100, 2000),
-                                                   questions=64))
-  if arg == "smoke":
-    c.data.num_docs, c.data.eval_docs = 64, 16
-    c.train.update(steps=6, log_every=2, eval_every=3, eval_batches=2, checkpoint_every=3)
-    c.optim.phases = [dict(steps=3, learning_rate=1e-3, lm_weight=0.0, aux_weight=1.0,
-                           warmup_steps=1, schedule="constant"),
-                      dict(steps=3, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
-                           warmup_steps=1, schedule="cosine")]
-    c.extrapolation.update(multipliers=(1, 2), questions=8)
-  elif arg == "scale":  # longer training for the 10M / 100M-token memories
-    pass
-  elif arg == "global_rope":  # the ablation: documents and prompt on one position axis
-    c.data.rope = "global"
-  elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r} for configs/demo.py; known: 'smoke', 'scale', "
-                     "'global_rope'")
+  c.extrapolation = ml_collections.ConfigDict(dict(multipliers=(1, 10, 100, 700),
+                                                   questions=128))
+  variants = [v for v in (arg or "").split(",") if v]
+  for variant in variants:
+    if variant not in VARIANTS:
+      raise ValueError(f"unknown variant {variant!r} for configs/demo.py; known: "
+                       f"{', '.join(repr(v) for v in VARIANTS)} (comma-separated to combine)")
+    VARIANTS[variant](c)
   return c
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  """A few steps, for tests."""
+  c.data.num_docs, c.data.eval_docs = 64, 16
+  c.train.update(steps=6, log_every=2, eval_every=3, eval_batches=2, checkpoint_every=3)
+  c.optim.phases = [dict(steps=3, learning_rate=1e-3, lm_weight=0.0, aux_weight=1.0,
+                         warmup_steps=1, schedule="constant"),
+                    dict(steps=3, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
+                         warmup_steps=1, schedule="cosine")]
+  c.extrapolation.update(multipliers=(1, 2), questions=8)
+
+
+def _onem(c: ml_collections.ConfigDict) -> None:
+  """The 1M-token recipe (run E of the docstring): 3-word keys, 20,000 training documents,
+  value answers, hard negatives after a 1,200-step router warm-up; table up to 2000x."""
+  c.data.update(num_docs=20000, fact_span=8, key_length=3, id_digits=5, include_value=True,
+                include_identifier=False, num_value_words=256, hard_negatives=3,
+                hard_negatives_after=1200)
+  c.optim.phases = [dict(steps=1200, learning_rate=2e-3, lm_weight=0.0, aux_weight=1.0,
+                         warmup_steps=50, schedule="constant"),
+                    dict(steps=1800, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
+                         warmup_steps=50, schedule="cosine")]
+  c.extrapolation.multipliers = (1, 10, 100, 2000)
+
+
+def _scale(c: ml_collections.ConfigDict) -> None:
+  """`:onem` with 7-digit identifiers (10M and 100M-token memories: 156,250 and 1,562,500
+  documents; the 128 ** 3 keys hold them too) and a longer schedule."""
+  _onem(c)
+  c.data.update(id_digits=7, fact_span=6)
+  c.train.steps = 8000
+  c.optim.phases[0]["steps"], c.optim.phases[1]["steps"] = 2500, 5500
+
+
+def _top4(c: ml_collections.ConfigDict) -> None:
+  """Routes 4 documents: the LM must copy from the right one of them."""
+  c.msa.top_k = 4
+
+
+def _global_rope(c: ml_collections.ConfigDict) -> None:
+  """The ablation: documents and prompt on one running position axis."""
+  c.data.rope = "global"
+
+
+VARIANTS = {"smoke": _smoke, "onem": _onem, "scale": _scale, "top4": _top4,
+            "global_rope": _global_rope}

@@ -329,5 +329,28 @@ def test_hard_negatives_share_key_words_with_the_positive():
     best = sorted(((corpus.keys == key).sum(1)[corpus.key_doc != corpus.key_doc[q]]),
                   reverse=True)[:3]
     assert shared[:3] == best
+  # The curriculum: random negatives before batch `hard_negatives_after`, hard ones from it.
+  late = BatchSpec(**{**spec.__dict__, "hard_negatives_after": 5})
+  plain = BatchSpec(**{**spec.__dict__, "hard_negatives": 0})
+  _assert_same(SyntheticBatchSource(corpus, late)[4], SyntheticBatchSource(corpus, plain)[4])
+  _assert_same(SyntheticBatchSource(corpus, late)[5], SyntheticBatchSource(corpus, spec)[5])
+  assert not np.array_equal(SyntheticBatchSource(corpus, plain)[5].doc_tokens,
+                            SyntheticBatchSource(corpus, spec)[5].doc_tokens)
   with pytest.raises(ValueError, match="hard_negatives=6 exceeds"):
     SyntheticBatchSource(corpus, BatchSpec(docs_per_sample=6, hard_negatives=6))
+
+
+def test_value_only_answers(corpus):
+  spec = BatchSpec(batch_size=2, docs_per_sample=3, include_value=True, include_identifier=False)
+  batch = synthetic.build_batch(corpus, [4, 7], spec, np.random.default_rng(0))
+  check_batch(batch, vocab_size=TOK.vocab_size, need_route_labels=True)
+  for i, q in enumerate([4, 7]):
+    trained = batch.labels[i] != IGNORE
+    assert batch.labels[i][trained].tolist() == [*corpus.values[q], TOK.eos_id]
+    assert batch.tokens[i][np.flatnonzero(trained)[0] - 1] == TOK.answer_id
+  assert batch.tokens.shape[1] == 1 + 3 + 1 + 1 + 1  # head, query, <answer>, value, <eos>
+  with pytest.raises(ValueError, match="include_identifier=False needs include_value=True"):
+    synthetic.build_batch(corpus, [4], BatchSpec(docs_per_sample=3, include_identifier=False),
+                          np.random.default_rng(0))
+  with pytest.raises(ValueError, match="needs the identifier, the value or both"):
+    corpus.answer_ids(0, include_value=False, include_identifier=False)

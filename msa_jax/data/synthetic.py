@@ -201,9 +201,16 @@ class SyntheticCorpus:
     """`<query> key...` of question q (the routing query)."""
     return [self.tokenizer.query_id] + self.keys[q].tolist()
 
-  def answer_ids(self, q: int, include_value: bool = False) -> list[int]:
-    """`[ id ] [value] <eos>`: the target of question q."""
-    ids = self.identifier_ids(int(self.key_doc[q]))
+  def answer_ids(self, q: int, include_value: bool = False,
+                 include_identifier: bool = True) -> list[int]:
+    """`[ id ] [value] <eos>` (or `value <eos>` without the identifier): question q's target.
+
+    Raises:
+      ValueError: neither the identifier nor the value is included.
+    """
+    if not (include_value or include_identifier):
+      raise ValueError("an answer needs the identifier, the value or both")
+    ids = self.identifier_ids(int(self.key_doc[q])) if include_identifier else []
     if include_value:
       ids += self.values[q].tolist()
     return ids + [self.tokenizer.eos_id]
@@ -465,6 +472,9 @@ class BatchSpec:
     position_offset: positions after the head start at len(head) + position_offset (the
       official layout uses top_k; see `prompt_positions`).
     include_value: answer `[ id ] value <eos>` instead of `[ id ] <eos>`.
+    include_identifier: False: answer `value <eos>` (needs include_value), RULER-style: the
+      model reads the value word out of the routed document instead of copying the
+      identifier's digits in order.
     seed: shuffling / negative sampling seed.
     global_positions: the global-RoPE ablation: document slot n takes positions
       len(head) + n * doc_length + 0..G-1 (the documents run on one after the other) and the
@@ -474,6 +484,9 @@ class BatchSpec:
       words (at the same position) with the positive's key (`hard_negative_docs`), the rest
       being random. In a memory of millions of documents the router's confusers are keys that
       differ in one word; random negatives almost never do.
+    hard_negatives_after: batches of `SyntheticBatchSource` before this index use random
+      negatives only (a curriculum: from the first step, hard negatives slow the router's
+      learning; see configs/demo.py). `build_batch` itself always uses `hard_negatives`.
   """
   batch_size: int = 8
   docs_per_sample: int = 16
@@ -482,9 +495,11 @@ class BatchSpec:
   head: tuple[str, ...] = (BOS,)
   position_offset: int = 0
   include_value: bool = False
+  include_identifier: bool = True
   seed: int = 0
   global_positions: bool = False
   hard_negatives: int = 0
+  hard_negatives_after: int = 0
 
 
 def _shapes(corpus: SyntheticCorpus, spec: BatchSpec) -> tuple[int, int]:
@@ -494,7 +509,11 @@ def _shapes(corpus: SyntheticCorpus, spec: BatchSpec) -> tuple[int, int]:
   if g < corpus.doc_length:
     raise ValueError(f"doc_tokens={g} is shorter than the corpus doc_length={corpus.doc_length}")
   key_len, value_len = corpus.keys.shape[1], corpus.values.shape[1]
-  needed = (len(spec.head) + 1 + key_len + 1 + corpus.id_digits + 2
+  if not (spec.include_value or spec.include_identifier):
+    raise ValueError("include_identifier=False needs include_value=True: an answer needs the "
+                     "identifier, the value or both")
+  needed = (len(spec.head) + 1 + key_len + 1
+            + (corpus.id_digits + 2 if spec.include_identifier else 0)
             + (value_len if spec.include_value else 0) + 1)
   t = needed if spec.prompt_tokens is None else _positive_int("prompt_tokens",
                                                               spec.prompt_tokens)
@@ -520,7 +539,7 @@ def _prompts(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSpec,
   answer_start = np.zeros((q_n,), np.int32)
   for i, q in enumerate(questions):
     query = corpus.question_ids(int(q))
-    answer = corpus.answer_ids(int(q), spec.include_value)
+    answer = corpus.answer_ids(int(q), spec.include_value, spec.include_identifier)
     row = head + query + [tok.answer_id]
     start = len(row)
     row += answer
@@ -674,7 +693,10 @@ class SyntheticBatchSource:
 
   def __getitem__(self, k: int) -> MSABatch:
     rows = None if self.rows == slice(0, self.spec.batch_size) else self.rows
-    return build_batch(self.corpus, self.questions(k), self.spec,
+    spec = self.spec
+    if spec.hard_negatives and k < spec.hard_negatives_after:
+      spec = dataclasses.replace(spec, hard_negatives=0)
+    return build_batch(self.corpus, self.questions(k), spec,
                        np.random.default_rng([self.spec.seed, 1, int(k)]), rows)
 
 
@@ -769,7 +791,8 @@ def _eval_batch(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSp
   route = np.zeros((q_n, n), np.int32)
   inside = (target >= start) & (target < stop)
   route[np.flatnonzero(inside), target[inside] - start] = 1
-  answers = np.stack([corpus.answer_ids(int(q), spec.include_value) for q in questions])
+  answers = np.stack([corpus.answer_ids(int(q), spec.include_value, spec.include_identifier)
+                      for q in questions])
   batch = MSABatch(
       # Read-only broadcast views: the documents are shared by all samples.
       doc_tokens=np.broadcast_to(docs[start:stop], (q_n, n, g)),

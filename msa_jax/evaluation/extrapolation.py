@@ -10,7 +10,8 @@ greedily. Per size it reports
 
   * routing recall@1 and recall@5: the question's document ranks first / within the top 5 of
     a router layer's scores over the whole memory, averaged over the router layers;
-  * identifier accuracy: the generated `[ d d d d ]` equals the document's identifier.
+  * answer accuracy: the generated answer (`[ d d d d ]`, the identifier, or whatever the
+    model was trained to answer: `include_value` / `include_identifier`) is exact.
 
 With `global_positions` (the global-RoPE ablation), document m of the bank sits at positions
 h + m * L + 0..L-1 and the prompt continues after the whole bank, as in training with
@@ -45,7 +46,7 @@ class ExtrapolationRow:
   questions: int
   recall_at_1: float
   recall_at_5: float
-  identifier_accuracy: float
+  answer_accuracy: float
   seconds: float
 
 
@@ -68,7 +69,7 @@ def _questions(corpus: synthetic.SyntheticCorpus, first_doc: int, num_docs: int,
 def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.SyntheticCorpus,
                     arrays: dict[int, dict[str, np.ndarray]], first_doc: int, num_docs: int,
                     questions: np.ndarray, *, head: Sequence[int], global_positions: bool,
-                    bank_dir: Path, batch_size: int = 32,
+                    bank_dir: Path, batch_size: int = 32, answer: dict | None = None,
                     dtype=jnp.float32) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
   """Per-question routing hits at 1 and at 5 (one array per router layer and batch) and
   identifier matches of `questions` against corpus documents [first_doc, first_doc +
@@ -89,7 +90,8 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
   eng = engine_lib.MSAEngine(cfg, msa, params, bank, dtype=dtype)
   offset = num_docs * length if global_positions else msa.top_k
   tok = corpus.tokenizer
-  answer_len = len(corpus.answer_ids(0))
+  answer = answer or {}
+  answer_len = len(corpus.answer_ids(0, **answer))
   sampling = SamplingConfig(temperature=0.0, max_new_tokens=answer_len,
                             stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
   hits1, hitsk, exact = [], [], []
@@ -105,7 +107,7 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
       hits1.append(ranks < 1)
       hitsk.append(ranks < 5)
     for row, q in zip(tokens, qs):
-      want = corpus.answer_ids(int(q))
+      want = corpus.answer_ids(int(q), **answer)
       exact.append(list(row[:len(want)]) == want)
   return hits1, hitsk, exact
 
@@ -116,6 +118,7 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
                         fact_span: int | None = None, first_doc: int = 0,
                         multipliers: Sequence[int] = (1, 10, 100, 1000), questions: int = 64,
                         global_positions: bool = False, batch_size: int = 32,
+                        include_value: bool = False, include_identifier: bool = True,
                         dtype=jnp.float32, progress=sys.stdout) -> list[ExtrapolationRow]:
   """Evaluates memories of x * docs_per_sample held-out documents for x in `multipliers`.
 
@@ -160,7 +163,8 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
         h1, hk, ex = evaluate_memory(
             cfg, msa, params, corpus, arrays, g * m, m, qs, head=head,
             global_positions=global_positions, bank_dir=Path(tmp) / f"bank_x{x}_{g}",
-            batch_size=batch_size, dtype=dtype)
+            batch_size=batch_size, dtype=dtype,
+            answer=dict(include_value=include_value, include_identifier=include_identifier))
         hits1 += h1
         hitsk += hk
         exact += ex
@@ -169,7 +173,7 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
       acc = float(np.mean(exact))
       rows.append(ExtrapolationRow(x, m, m * doc_length, asked, r1, rk, acc,
                                    time.perf_counter() - t0))
-      print(f"[extrapolation] {x}x: {m} documents, recall@1 {r1:.3f}, identifier accuracy "
+      print(f"[extrapolation] {x}x: {m} documents, recall@1 {r1:.3f}, answer accuracy "
             f"{acc:.3f}", file=progress, flush=True)
   return rows
 
@@ -178,9 +182,22 @@ def format_table(rows: Sequence[ExtrapolationRow], title: str = "") -> str:
   """A plain-text table of the rows."""
   lines = [title] if title else []
   lines.append(f"{'memory':>8} {'documents':>10} {'tokens':>10} {'questions':>9} "
-               f"{'recall@1':>9} {'recall@5':>9} {'id acc':>7}")
+               f"{'recall@1':>9} {'recall@5':>9} {'answer':>7}")
   for r in rows:
     lines.append(f"{f'{r.multiplier}x':>8} {r.num_docs:>10,} {r.memory_tokens:>10,} "
                  f"{r.questions:>9} {r.recall_at_1:>9.3f} {r.recall_at_5:>9.3f} "
-                 f"{r.identifier_accuracy:>7.3f}")
+                 f"{r.answer_accuracy:>7.3f}")
+  if len(rows) > 1:
+    first, last = rows[0], rows[-1]
+    loss = [relative_loss(getattr(first, name), getattr(last, name))
+            for name in ("recall_at_1", "answer_accuracy")]
+    lines.append(f"relative loss {first.multiplier}x -> {last.multiplier}x "
+                 f"({last.memory_tokens:,} tokens): recall@1 "
+                 + ", answer ".join("n/a" if x is None else f"{x:.1%}" for x in loss))
   return "\n".join(lines)
+
+
+def relative_loss(small: float, large: float) -> float | None:
+  """(small - large) / small: the fraction of the small memory's score lost at the large one
+  (None when the small memory scores 0)."""
+  return (small - large) / small if small > 0 else None

@@ -154,8 +154,10 @@ def _synthetic_data(cfg: ml_collections.ConfigDict):
   corpus, held_out = corpora["train"], corpora["eval"]
   spec = synthetic.BatchSpec(
       batch_size=cfg.train.batch_size, docs_per_sample=d.docs_per_sample,
-      position_offset=cfg.msa.top_k, include_value=d.include_value, seed=d.seed,
-      global_positions=_rope_is_global(d), hard_negatives=d.get("hard_negatives", 0))
+      position_offset=cfg.msa.top_k, include_value=d.include_value,
+      include_identifier=d.get("include_identifier", True), seed=d.seed,
+      global_positions=_rope_is_global(d), hard_negatives=d.get("hard_negatives", 0),
+      hard_negatives_after=d.get("hard_negatives_after", 0))
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
   iterator = _make_iterator(
       d, "python", lambda: synthetic.SyntheticBatchIterator(corpus, spec, **shard),
