@@ -69,6 +69,9 @@ def _logged_metrics(workdir: Path, step: int) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike
                        ) -> dict[str, Any]:
   """Trains (resuming from the workdir's latest checkpoint) and returns the final metrics."""
+  if config.get("mode", "") == "router_adapt":  # frozen backbone, cached states, routers only
+    from msa_jax.train import router_adapt  # pylint: disable=import-outside-toplevel
+    return router_adapt.train(config, workdir)
   distributed.initialize()
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
