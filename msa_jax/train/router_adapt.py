@@ -305,6 +305,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
   state = step_lib.init_fn(model, tx)(jax.random.key(config.seed))
   state = pretrained.load_into_state(state, config.model.checkpoint,
                                      config.model.get("num_layers"))
+  _log(f"backbone {config.model.checkpoint} loaded under fresh routers "
+       f"({time.perf_counter() - start:.0f} s)")
   cache_dir = Path(a.cache_dir or DEFAULT_CACHE)
   t0 = time.perf_counter()
   docs = state_cache.doc_states(
@@ -382,11 +384,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
       _log(f"step {step} held-out: " + ", ".join(
           f"{k} {v:.4f}" for k, v in values.items() if k.startswith("ndcg")))
       window = time.perf_counter()
+  t0 = time.perf_counter()
   params = with_routers(state.params, jax.device_get(p_all))
   checkpointer.save(total, state.replace(step=jnp.asarray(total, state.step.dtype),
                                          params=params), force=True)
   checkpointer.close()
   writer.close()
+  _log(f"checkpoint written ({time.perf_counter() - t0:.0f} s)")
   last.update(cache_s=cache_s, train_s=time.perf_counter() - start - cache_s,
               doc_states_mib=state_cache.size_bytes(docs) / 2 ** 20,
               query_states_mib=state_cache.size_bytes(queries) / 2 ** 20,
