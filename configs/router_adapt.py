@@ -35,11 +35,11 @@ Measured (NFCorpus, 2 CPU cores shared with ~10 other jobs, so wall times are pe
     (held-out 0.232) should land near 0.17 (its test evaluation: see the report / README).
     Layers 9 and 12 read at inference the memory routed by earlier layers, which training
     never saw; their test/held-out ratio equals layer 6's, so this costs nothing visible.
-Choices that mattered: centring (`router_bias` + `centre_init`; without it a cosine router on
-SmolLM2's anisotropic states collapses to uniform scores), mean over query tokens (max lets
-function words match every document), BM25 hard negatives plus in-batch and random negatives,
-summing the router layers (+0.02 over the best layer), and a longer schedule (400 -> 1,200
-steps: +0.05 held-out). Untried for lack of time: training upper layers or low-rank adapters
+Choices that mattered: centring (`router_bias` + `centre_init`; issue 14's probe saw a cosine
+router on SmolLM2's anisotropic states collapse to uniform scores without it), mean over query
+tokens (the same probe: with max, function words match every document), BM25 hard negatives
+plus in-batch and random negatives, summing the router layers (+0.015 test nDCG@10 over the
+best layer) and a longer schedule (400 -> 1,200 steps: +0.05 held-out). Untried for lack of time: training upper layers or low-rank adapters
 (needs per-token states in the cache), other P / document lengths / temperatures.
 """
 
