@@ -97,12 +97,30 @@ def test_cached_states_bank_and_full_model_agree(tmp_path):
   engine = engine_lib.MSAEngine(CFG, MSA, params, bank)
   routed = engine.prefill(prompts, keep_scores=True).memory
   np.testing.assert_allclose(ours, routed[first].doc_scores, atol=2e-5)
-  # The general path (per-token scores, as the bank routing computes them) agrees too.
-  general = router_adapt.doc_scores(routers[first], q_states[first], q_mask,
-                                    batcher.doc_chunks[first], batcher.chunk_mask,
-                                    MSA.replace(head_reduce="max"), CFG.head_dim)
-  full_max = MSATransformer(CFG, MSA.replace(head_reduce="max")).apply({"params": params}, batch)
-  np.testing.assert_allclose(general, full_max.routes[first].doc_scores, atol=2e-5)
+
+
+def test_general_score_path_matches_the_full_model(tmp_path):
+  """Per-token scores (any head / query reduce, as the bank routing computes them)."""
+  params, docs, prompts = _params(), _docs(), _prompts()
+  msa = MSA.replace(head_reduce="max", query_reduce="max")
+  states = state_cache.doc_states(tmp_path, CFG, params, (1,), msa.chunk_size, docs,
+                                  max_tokens=G, batch_size=2, progress=None)
+  qstates = state_cache.query_states(tmp_path, CFG, params, (1,), prompts.tokens,
+                                     prompts.token_mask, prompts.positions, prompts.query_mask,
+                                     batch_size=2, progress=None)
+  batcher = router_adapt.StateBatcher(states, qstates, (1,))
+  q_states, q_mask = batcher.queries(np.arange(3))
+  ours = router_adapt.doc_scores(router_adapt.router_params(params, (1,))[1], q_states[1], q_mask,
+                                 batcher.doc_chunks[1], batcher.chunk_mask, msa, CFG.head_dim)
+  doc_tokens = np.zeros((3, N, G), np.int32)
+  for n, d in enumerate(docs):
+    doc_tokens[:, n, :len(d)] = d
+  batch = MSABatch(doc_tokens=doc_tokens, doc_lengths=np.tile([len(d) for d in docs], (3, 1)),
+                   tokens=prompts.tokens, token_mask=prompts.token_mask,
+                   positions=prompts.positions, query_mask=prompts.query_mask,
+                   memory_index=prompts.memory_index)
+  full = MSATransformer(CFG, msa).apply({"params": params}, batch)
+  np.testing.assert_allclose(ours, full.routes[1].doc_scores, atol=2e-5)
 
 
 def test_state_cache_reuse_and_fingerprint(tmp_path):
