@@ -47,12 +47,14 @@ class ParamSpec(NamedTuple):
   hf_name: str
   path: tuple[str, ...]
   shape: tuple[int, ...]  # our shape
-  num_in: int | None  # leading input axes of a kernel; None: copied as is
+  num_in: int | None  # leading input axes of a kernel; None: copied as is; 0: a flat vector
 
   @property
   def hf_shape(self) -> tuple[int, ...]:
     if self.num_in is None:
       return self.shape
+    if self.num_in == 0:
+      return (math.prod(self.shape),)
     return (math.prod(self.shape[self.num_in:]), math.prod(self.shape[:self.num_in]))
 
 

@@ -59,6 +59,7 @@ def msa_config_from_official(hf_config: Mapping[str, Any]) -> tuple[ModelConfig,
         top_k=int(m["top_k_docs"]),
         chunk_size=int(m["pooling_kernel_size"]),
         decouple_router=bool(m.get("decouple_router", True)),
+        router_bias=bool(m.get("router_bias", False)),  # our extension (configs/router_adapt)
         head_reduce=m.get("head_reduce_method", "mean"),
         query_reduce=m.get("query_reduce_method", "max"),
         chunk_reduce=m.get("chunk_reduce_method", "max"),
@@ -90,6 +91,11 @@ def param_specs(cfg: ModelConfig, msa: MSAConfig) -> list[ParamSpec]:
           ParamSpec(pre + "router_k_proj.0.weight", ours + ("router_k_proj", "kernel"),
                     (e, j, d), 1),
       ]
+      if msa.router_bias:  # an extension of ours, stored flat as a torch Linear's bias
+        specs += [
+            ParamSpec(pre + "router_q_proj.0.bias", ours + ("router_q_proj", "bias"), (h, d), 0),
+            ParamSpec(pre + "router_k_proj.0.bias", ours + ("router_k_proj", "bias"), (j, d), 0),
+        ]
   if msa.aux_loss == "bce":
     specs.append(ParamSpec("b", ("aux_bias",), (), None))
   return specs

@@ -106,6 +106,9 @@ class MSAConfig:
     chunk_size: P, tokens per pooled chunk; a document's last chunk may be partial.
     decouple_router: route with separate projections router_q_proj / router_k_proj (paper);
       False routes with the attention's own q (after norm and RoPE) and k.
+    router_bias: the decoupled router projections add a learned bias (zero-initialised). With
+      cosine routing this is what centring the states does: a pretrained LM's states share a
+      large common direction that a bias can cancel (see configs/router_adapt.py).
     head_reduce: "mean" | "max" over query heads of the per-head cosine scores.
     query_reduce: "max" | "mean" | "last" over the sample's routing-query tokens.
     chunk_reduce: "max" | "mean" over a document's chunks.
@@ -129,6 +132,7 @@ class MSAConfig:
   top_k: int = 16
   chunk_size: int = 64
   decouple_router: bool = True
+  router_bias: bool = False
   head_reduce: str = "mean"
   query_reduce: str = "max"
   chunk_reduce: str = "max"

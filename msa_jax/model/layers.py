@@ -16,7 +16,8 @@ Dtype = Any
 
 
 class Einsum(nn.Module):
-  """A bias-free linear map with a kernel of shape `shape = (*in_dims, *out_dims)`.
+  """A linear map with a kernel of shape `shape = (*in_dims, *out_dims)`, bias-free unless
+  `use_bias` (a zero-initialised `bias` of shape out_dims, added to the einsum's trailing axes).
 
   The first `num_in` kernel axes are contracted with the input; the initialiser's fan-in is
   their product. Every kernel in the backbone has this [in..., out...] layout, which is what
@@ -26,6 +27,7 @@ class Einsum(nn.Module):
   shape: tuple[int, ...]
   axes: tuple[str, ...]
   num_in: int = 1
+  use_bias: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -40,7 +42,13 @@ class Einsum(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), self.shape,
                         self.param_dtype)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    return jnp.einsum(eqn, x, kernel)
+    y = jnp.einsum(eqn, x, kernel)
+    if self.use_bias:
+      out = self.shape[self.num_in:]
+      bias = self.param("bias", nn.with_logical_partitioning(
+          nn.initializers.zeros, self.axes[self.num_in:]), out, self.param_dtype)
+      y = y + bias.astype(y.dtype)
+    return y
 
 
 class RMSNorm(nn.Module):

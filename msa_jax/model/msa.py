@@ -177,7 +177,7 @@ class MSAAttention(attention.Attention):
     super().setup()
     if self.is_router and self.msa.decouple_router:
       e, h, j, d = self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim
-      kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+      kw = dict(use_bias=self.msa.router_bias, dtype=self.dtype, param_dtype=self.param_dtype)
       self.router_q_proj = layers.Einsum((e, h, d), ("embed", "q_heads", "head_dim"), **kw)
       self.router_k_proj = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), **kw)
 
@@ -333,7 +333,8 @@ class MSATransformer(nn.Module):
   """The MSA model: `MSABatch` -> `MSAOutput` (see the module docstring).
 
   Parameter paths are the backbone's (`embed`, `layers_{i}/...`, `final_norm`, `lm_head`) plus
-  `layers_{i}/attn/router_{q,k}_proj` in router layers (decoupled mode) and `aux_bias` for the
+  `layers_{i}/attn/router_{q,k}_proj` (kernel, and bias with `router_bias`) in router layers
+  (decoupled mode) and `aux_bias` for the
   BCE aux loss, so a backbone checkpoint loads into it unchanged.
   """
 

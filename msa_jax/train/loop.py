@@ -86,6 +86,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     UserError: a bad config field, or a workdir that is a file or holds another config's run
       (`msa_jax.train.workdir`); checked before anything is loaded.
   """
+  if config.get("mode", "") == "router_adapt":  # frozen backbone, cached states, routers only
+    from msa_jax.train import router_adapt  # pylint: disable=import-outside-toplevel
+    return router_adapt.train(config, validation.check_output_dir(workdir))
   validation.check_train_config(config)
   workdir = validation.check_output_dir(workdir)
   distributed.initialize()
