@@ -123,12 +123,12 @@ def test_encode_beir_slice_with_smollm2_and_ask(tmp_path, capsys):
 
 def test_missing_and_corrupt_bank(tiny_bank, tmp_path, capsys):
   code, _, err = _run(["ask", f"--bank={tmp_path / 'nope'}", "--question=x"], capsys)
-  assert code == 1 and "does not exist" in err
+  assert code == 2 and "does not exist" in err
   broken = tmp_path / "broken"
   broken.mkdir()
   (broken / "manifest.json").write_text("{not json")
   code, _, err = _run(["ask", f"--bank={broken}", "--question=x"], capsys)
-  assert code == 1 and "is not valid JSON" in err
+  assert code == 2 and "is not valid JSON" in err
   # A shard file changed after the commit.
   _, corpus, _ = tiny_bank
   bank = tmp_path / "bank"
@@ -137,7 +137,7 @@ def test_missing_and_corrupt_bank(tiny_bank, tmp_path, capsys):
   docs = next(bank.glob("shard-*")) / "docs.json"
   docs.write_text(docs.read_text().replace("k3 k4", "k4 k3"))
   code, _, err = _run(["ask", f"--bank={bank}", "--question=x"], capsys)
-  assert code == 1 and "error:" in err and "docs.json" in err
+  assert code == 2 and "error:" in err and "docs.json" in err
 
 
 def test_bank_of_another_model(tiny_bank, tmp_path, capsys):
@@ -150,11 +150,11 @@ def test_bank_of_another_model(tiny_bank, tmp_path, capsys):
   data["metadata"]["model"]["seed"] = 1  # as if the bank had been written for another model
   manifest.write_text(json.dumps(data))
   code, _, err = _run(["ask", f"--bank={bank}", "--question=x"], capsys)
-  assert code == 1 and "encoded with another model" in err
+  assert code == 2 and "encoded with another model" in err
   # Encoding over an existing bank needs --overwrite.
   code, _, err = _run(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "overwrite" in err
+  assert code == 2 and "overwrite" in err
 
 
 def test_corpus_and_flag_errors(tmp_path, capsys):
@@ -163,26 +163,26 @@ def test_corpus_and_flag_errors(tmp_path, capsys):
   empty.write_text("\n")
   code, _, err = _run(["encode", f"--corpus={empty}", bank, *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "holds no documents" in err
+  assert code == 2 and "holds no documents" in err
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps(DOCS[0]) + "\n" + '{"id": "x", "text": \n')
   code, _, err = _run(["encode", f"--corpus={bad}", bank, *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and f"{bad}:2: not a JSON object" in err
+  assert code == 2 and f"{bad}:2: not a JSON object" in err
   _jsonl(bad, [DOCS[0], {"id": "y"}])
   code, _, err = _run(["encode", f"--corpus={bad}", bank, *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and f"{bad}:2: expected a JSON object" in err
+  assert code == 2 and f"{bad}:2: expected a JSON object" in err
   good = _jsonl(tmp_path / "good.jsonl", DOCS)
   code, _, err = _run(["encode", f"--corpus={good}", bank, "--model=gpt5",
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "--model='gpt5' is unknown" in err
+  assert code == 2 and "--model='gpt5' is unknown" in err
   code, _, err = _run(["encode", f"--corpus={good}", bank, *TINY, "--msa.topk=3",
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "MSAConfig has no field 'topk'" in err
+  assert code == 2 and "MSAConfig has no field 'topk'" in err
   code, _, err = _run(["encode", f"--corpus={tmp_path / 'none.jsonl'}", bank, *TINY,
                        "--max_doc_tokens=8"], capsys)
-  assert code == 1 and "does not exist" in err
+  assert code == 2 and "does not exist" in err
   assert not (tmp_path / "bank").exists()
 
 
@@ -193,4 +193,4 @@ def test_module_entry_point(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "msa_jax.inference.cli", "ask",
                          f"--bank={tmp_path / 'none'}", "--question=x"], env=env, cwd=root,
                         capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 1 and proc.stderr.strip().endswith("create it with `encode`)")
+  assert proc.returncode == 2 and proc.stderr.strip().endswith("create it with `encode`)")

@@ -274,9 +274,10 @@ def encode_corpus(bank: MemoryBank, cfg: ModelConfig, msa: MSAConfig, params,
                   progress=sys.stderr, progress_seconds: float = 10.0) -> EncodeStats:
   """Encodes documents (streamed) and adds them to `bank`, committing small increments.
 
-  A commit (one atomic `MemoryBank.add`) happens after `commit_every` documents or
-  `commit_seconds` of work, whichever comes first, so a run that stops midway loses at most
-  that much: the bank keeps every commit made, and a rerun can continue after them.
+  A commit (one atomic `MemoryBank.add`) happens at the end of the batch that brings the
+  uncommitted documents to `commit_every` or their work to `commit_seconds`, whichever comes
+  first, so a run that stops midway loses at most that much: the bank keeps every commit made,
+  and a rerun can continue after them.
 
   Args:
     bank: an open bank (published or staged).
@@ -307,7 +308,7 @@ def encode_corpus(bank: MemoryBank, cfg: ModelConfig, msa: MSAConfig, params,
   docs = zip(doc_ids, doc_tokens, itertools.repeat(None) if texts is None else texts)
   fn = _encode_fn(cfg, msa, jnp.dtype(dtype), jnp.dtype(bank.dtype))
   start = last_commit = last_line = time.perf_counter()
-  done = tokens = committed = commits = 0
+  done = tokens = committed = commits = shown = 0
   pending: list[tuple[list, list, tuple]] = []
 
   def commit():
@@ -341,11 +342,11 @@ def encode_corpus(bank: MemoryBank, cfg: ModelConfig, msa: MSAConfig, params,
                                  or now - last_line >= progress_seconds):
       print(progress_line("encode", done, total, tokens, now - start, committed),
             file=progress, flush=True)
-      last_line = now
+      last_line, shown = now, committed
   if pending:
     commit()
   seconds = time.perf_counter() - start
-  if progress is not None and done:
+  if progress is not None and shown != committed:
     print(progress_line("encode", done, total, tokens, seconds, committed), file=progress,
           flush=True)
   return EncodeStats(docs=done, tokens=tokens, seconds=seconds, commits=commits)
