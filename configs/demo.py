@@ -37,8 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       kernel_impl="auto"))
   c.data = ml_collections.ConfigDict(dict(
       kind="synthetic", num_docs=4000, eval_docs=128, doc_length=64, docs_per_sample=8,
-      facts_per_doc=1, fact_span=9, key_length=2, id_digits=4, include_value=False, seed=0,
-      rope="document",
+      facts_per_doc=1, fact_span=6, key_length=3, id_digits=7, include_value=False, seed=0,
+      rope="document",  # 7 digits, 128 ** 3 keys: a 100M-token memory (1.6M documents) fits
       num_filler_words=64, num_key_words=128, num_value_words=32,
       loader="python"))  # or "grain": same batches, grain iterator state in the checkpoints
   # The paper's two phases, at demo scale: router warm-up on the aux loss alone, then both.
@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # After training: held-out memories of x * docs_per_sample documents (train short, infer
   # long), printed as a table and written to <workdir>/extrapolation.json.
-  c.extrapolation = ml_collections.ConfigDict(dict(multipliers=(1, 10, 100, 1000),
+  c.extrapolation = ml_collections.ConfigDict(dict(multipliers=(1, 10, 100, 2000),
                                                    questions=64))
   if arg == "smoke":
     c.data.num_docs, c.data.eval_docs = 64, 16
@@ -66,8 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       dict(steps=3, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
                            warmup_steps=1, schedule="cosine")]
     c.extrapolation.update(multipliers=(1, 2), questions=8)
+  elif arg == "scale":  # longer training for the 10M / 100M-token memories
+    pass
   elif arg == "global_rope":  # the ablation: documents and prompt on one position axis
     c.data.rope = "global"
   elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r} for configs/demo.py; known: 'smoke', 'global_rope'")
+    raise ValueError(f"unknown variant {arg!r} for configs/demo.py; known: 'smoke', 'scale', "
+                     "'global_rope'")
   return c

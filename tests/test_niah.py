@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from msa_jax.data.synthetic import FACT, SyntheticTokenizer
@@ -133,3 +134,52 @@ def test_invalid_arguments(kwargs, match):
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     niah.build_niah(TOK, args.pop("spec"), **args)
+
+
+@pytest.mark.parametrize("preset", sorted(niah.PRESETS))
+def test_streamed_niah_places_needles_in_computed_documents(preset):
+  spec = niah.PRESETS[preset]
+  task = niah.build_streamed_niah(TOK, preset, memory_tokens=64 * 500 + 10, doc_tokens=64,
+                                  seed=4, id_digits=5, needle_span=12)
+  assert task.num_docs == 500 and task.memory_tokens == 64 * 500
+  assert len(task.needles) == spec.num_needles and len(task.questions) == spec.num_queries
+  assert len({n.doc for n in task.needles}) == spec.num_needles  # one needle per document
+  docs = task.document_tokens(0, 500)
+  blocks = list(task.stream(block_docs=128))
+  assert [lo for lo, _ in blocks] == [0, 128, 256, 384]
+  np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), docs)
+  fact = TOK.token_to_id(FACT)
+  assert (docs == fact).sum() == spec.num_needles
+  for n in task.needles:
+    assert 8 <= n.offset and n.offset + spec.needle_tokens <= 8 + 12
+    words = TOK.decode(docs[n.doc, n.offset:n.offset + spec.needle_tokens])
+    assert words == f"{FACT} {n.key} {n.value}"
+  ids = task.identifiers(np.arange(500))
+  assert np.unique(ids).size == 500
+  assert TOK.decode(docs[7, :8]) == "<doc> [ " + " ".join(str(ids[7]).zfill(5)) + " ]"
+  for q in task.questions:
+    assert q.values == tuple(task.needles[i].value for i in q.needles)
+    assert q.needle_docs == tuple((task.needles[i].doc,) for i in q.needles)
+  again = niah.build_streamed_niah(TOK, preset, memory_tokens=64 * 500, doc_tokens=64, seed=4,
+                                   id_digits=5, needle_span=12)
+  assert again.needles == task.needles
+  np.testing.assert_array_equal(again.document_tokens(250, 260), docs[250:260])
+  scores = niah.score_task(task, [q.answer for q in task.questions],
+                           [list(docs) for docs in (q.doc_ids for q in task.questions)])
+  assert scores == {"exact_match": 1.0, "value_recall": 1.0, "routing_recall": 1.0}
+
+
+def test_streamed_niah_at_100m_tokens_without_the_haystack():
+  task = niah.build_streamed_niah(TOK, "multikey", memory_tokens=100_000_000, doc_tokens=64,
+                                  seed=0, id_digits=7, depths=[0.0, 0.5, 1.0, 1.0])
+  assert task.num_docs == 1_562_500
+  # Depth 1.0 twice: the second needle wraps to the next free document (0 is taken: 1).
+  assert sorted(n.doc for n in task.needles) == [0, 1, 781_250, 1_562_499]
+  last = task.document_tokens(1_562_490, 1_562_500)
+  assert last.shape == (10, 64) and (last == TOK.token_to_id(FACT)).sum() >= 1
+  with pytest.raises(ValueError, match="id_digits=2 gives only 100"):
+    niah.build_streamed_niah(TOK, "single", memory_tokens=6464, doc_tokens=64, id_digits=2)
+  with pytest.raises(ValueError, match="fewer than the 4 needles"):
+    niah.build_streamed_niah(TOK, "multikey", memory_tokens=192, doc_tokens=64)
+  with pytest.raises(ValueError, match=r"document range \[5, 5\)"):
+    task.document_tokens(5, 5)

@@ -248,3 +248,86 @@ def test_fact_span_keeps_facts_near_the_identifier():
   assert anywhere.key_offset.max() > prefix + 9
   with pytest.raises(ValueError, match="fact_span=3"):
     synthetic.generate_corpus(tok, num_docs=5, doc_length=64, id_digits=4, fact_span=3)
+
+
+def test_keyed_permutation_is_a_bijection():
+  for size in (1, 2, 7, 1000, 4097):
+    image = synthetic.keyed_permutation(np.arange(size), size, seed=5, stream=1)
+    assert sorted(image.tolist()) == list(range(size))
+  a = synthetic.keyed_permutation(np.arange(1000), 1000, seed=5, stream=1)
+  assert not np.array_equal(a, synthetic.keyed_permutation(np.arange(1000), 1000, 6, 1))
+  assert not np.array_equal(a, np.arange(1000))  # not the identity
+  with pytest.raises(ValueError, match=r"\[0, 10\)"):
+    synthetic.keyed_permutation([10], 10, 0, 0)
+
+
+def test_documents_are_computed_independently_of_each_other():
+  spec = synthetic.CorpusSpec(doc_length=40, facts_per_doc=2, key_length=3, id_digits=7,
+                              seed=11)
+  tok = SyntheticTokenizer(num_filler_words=32, num_key_words=64, num_value_words=8)
+  whole = synthetic.document_range(tok, spec, 100, 160)
+  blocks = list(synthetic.stream_documents(tok, spec, 100, 160, block_docs=25))
+  assert [b.num_docs for b in blocks] == [25, 25, 10]
+  assert [int(b.doc_index[0]) for b in blocks] == [100, 125, 150]
+  for name in ("doc_tokens", "identifiers", "keys", "values", "key_offset"):
+    np.testing.assert_array_equal(np.concatenate([getattr(b, name) for b in blocks]),
+                                  getattr(whole, name))
+  picked = synthetic.documents(tok, spec, [159, 100, 130])
+  np.testing.assert_array_equal(picked.doc_tokens, whole.doc_tokens[[59, 0, 30]])
+  np.testing.assert_array_equal(picked.keys[0:2], whole.keys[118:120])
+  np.testing.assert_array_equal(picked.keys[4:6], whole.keys[60:62])
+  assert picked.answer_ids(2) == whole.answer_ids(0)  # question 2: document 100's first
+  # A far document (the last that exists) without building the ones before it.
+  far = synthetic.documents(tok, spec, [131_071])  # the last of 64 ** 3 // 2
+  assert far.doc_tokens[0, 1:10].tolist() == far.identifier_ids(0)
+  # generate_corpus is a range of the same sequence.
+  gen = synthetic.generate_corpus(tok, num_docs=60, doc_length=40, facts_per_doc=2,
+                                  key_length=3, id_digits=7, seed=11, first_doc=100)
+  np.testing.assert_array_equal(gen.doc_tokens, whole.doc_tokens)
+  with pytest.raises(ValueError, match="id_digits=2 gives 100 identifiers"):
+    synthetic.documents(tok, synthetic.CorpusSpec(id_digits=2), [100])
+
+
+def test_keys_and_identifiers_unique_at_100m_tokens():
+  """The 1,562,500 documents of a 100M-token memory (64 tokens each) of the scale configs'
+  vocabulary: computed without generating the documents."""
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  d = demo.get_config("scale").data
+  tok = SyntheticTokenizer(d.num_filler_words, d.num_key_words, d.num_value_words)
+  spec = synthetic.CorpusSpec(doc_length=d.doc_length, facts_per_doc=d.facts_per_doc,
+                              key_length=d.key_length, id_digits=d.id_digits, seed=d.seed)
+  num_docs = 100_000_000 // 64
+  assert spec.max_docs(tok) >= num_docs
+  docs = np.arange(num_docs)
+  ids = synthetic.document_identifiers(spec, docs)
+  assert ids.min() >= 0 and ids.max() < 10 ** d.id_digits
+  assert np.unique(ids).size == num_docs
+  codes = synthetic.fact_key_codes(tok, spec, np.arange(num_docs * d.facts_per_doc))
+  assert np.unique(codes).size == num_docs * d.facts_per_doc
+  # The codes are the keys actually written: a sample of documents holds exactly them.
+  sample = synthetic.documents(tok, spec, docs[::100_000])
+  np.testing.assert_array_equal(
+      sample.keys, synthetic.key_words(tok, codes[::100_000], d.key_length))
+  np.testing.assert_array_equal(sample.identifiers, ids[::100_000])
+
+
+def test_hard_negatives_share_key_words_with_the_positive():
+  tok = SyntheticTokenizer(num_filler_words=16, num_key_words=8, num_value_words=4)
+  corpus = generate_corpus(tok, num_docs=300, doc_length=24, key_length=3, id_digits=3, seed=2)
+  spec = BatchSpec(batch_size=4, docs_per_sample=6, hard_negatives=3, seed=1)
+  batch = SyntheticBatchSource(corpus, spec)[0]
+  questions = SyntheticBatchSource(corpus, spec).questions(0)
+  key_at = {int(d): corpus.keys[q] for q, d in enumerate(corpus.key_doc)}
+  for i, q in enumerate(questions):
+    key = corpus.keys[q]
+    docs = [int(np.flatnonzero((corpus.doc_tokens == row).all(1))[0])
+            for row in batch.doc_tokens[i, :, :24]]
+    assert len(set(docs)) == 6 and docs[int(np.argmax(batch.route_labels[i]))] == corpus.key_doc[q]
+    shared = sorted(((key_at[d] == key).sum() for d in docs if d != corpus.key_doc[q]),
+                    reverse=True)
+    # The 3 hard negatives share as many key words as the corpus' 3 nearest other keys.
+    best = sorted(((corpus.keys == key).sum(1)[corpus.key_doc != corpus.key_doc[q]]),
+                  reverse=True)[:3]
+    assert shared[:3] == best
+  with pytest.raises(ValueError, match="hard_negatives=6 exceeds"):
+    SyntheticBatchSource(corpus, BatchSpec(docs_per_sample=6, hard_negatives=6))

@@ -14,8 +14,16 @@ retrieval), optionally followed by the value, then `<eos>`:
   query_mask on `<query> k5 k12`, labels (unshifted) on the answer tokens after `<answer>`,
   memory_index = len(head).
 
-Everything is a pure function of the seeds (numpy Generators): `generate_corpus` from its seed,
-the training batch number k of `SyntheticBatchSource` from (spec.seed, k). The iterator's state is
+Everything is a pure function of the seeds. Documents form an unbounded-looking sequence per
+`CorpusSpec`: document i (its identifier, facts, keys, values and filler) is computed from
+(seed, i) alone by counter-based hashing, and identifiers / keys are keyed permutations of the
+document / fact index, so they never collide (up to 10 ** id_digits documents and
+num_key_words ** key_length facts: 7 digits and e.g. 3 key words of 256 hold the 1.6M documents
+of a 100M-token memory). `documents(tok, spec, indices)` builds any documents,
+`stream_documents(tok, spec, start, stop, block_docs)` yields a range in blocks (a 100M-token
+memory is never held whole), `generate_corpus` is the range [first_doc, first_doc + num_docs).
+Training uses the first documents of a seed, held-out memories later ones. The training batch
+number k of `SyntheticBatchSource` is a function of (spec.seed, k). The iterator's state is
 `{"seed", "epoch", "index"}`; `grain_dataset` wraps the same source as a `grain.MapDataset` (its
 iterator has grain's checkpointable state) when grain is installed. Both give identical batches.
 
@@ -159,6 +167,8 @@ class SyntheticCorpus:
     key_doc: [Q] int32 index of the document holding fact q.
     key_offset: [Q] int32 position of fact q's `<fact>` marker in that document.
     seed: the generator seed.
+    doc_index: [M] int64 index of each document in the seed's document sequence (`CorpusSpec`);
+      None: 0..M-1.
   """
   tokenizer: SyntheticTokenizer
   doc_tokens: np.ndarray
@@ -169,6 +179,7 @@ class SyntheticCorpus:
   key_doc: np.ndarray
   key_offset: np.ndarray
   seed: int
+  doc_index: np.ndarray | None = None
 
   @property
   def num_docs(self) -> int:
@@ -198,96 +209,242 @@ class SyntheticCorpus:
     return ids + [self.tokenizer.eos_id]
 
 
-def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length: int = 64,
-                    facts_per_doc: int = 1, key_length: int = 2, value_length: int = 1,
-                    id_digits: int = 6, fact_span: int | None = None,
-                    seed: int = 0) -> SyntheticCorpus:
-  """A deterministic corpus: same arguments, same arrays.
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+  """The document sequence of a synthetic corpus: document i is a pure function of (seed, i).
 
-  Args:
-    tokenizer: the vocabulary (its sizes bound how many unique keys exist).
-    num_docs: M documents.
+  Document i holds facts i * facts_per_doc .. (i + 1) * facts_per_doc - 1. Its identifier and
+  its facts' keys are images of i (resp. the fact index) under keyed pseudo-random permutations
+  of [0, 10 ** id_digits) and [0, num_key_words ** key_length), so no two documents of a seed
+  share an identifier and no two facts share a key, however many documents are generated and in
+  whatever pieces. Any range of documents (`document_range`, `stream_documents`) can thus be
+  built without the others: a 100M-token memory is never held whole.
+
+  Attributes:
     doc_length: L tokens per document, prefix `<doc> [ id ]` included.
     facts_per_doc: facts hidden in each document.
     key_length: key words per key; num_key_words ** key_length unique keys exist.
     value_length: value words per value.
-    id_digits: digits per identifier (>= log10(num_docs)). Identifiers are distinct random
-      numbers below 10 ** id_digits, not the document index. Keep it the same for training and
-      evaluation corpora, so answers have one length whatever the memory size.
+    id_digits: digits per identifier: 10 ** id_digits documents exist at most. Identifiers are
+      distinct pseudo-random numbers, not the document index. Keep it the same for training and
+      evaluation, so answers have one length whatever the memory size.
     fact_span: facts lie among the first `fact_span` tokens after the identifier prefix
       (filler included); None: anywhere in the document. A span that puts the facts in the
       identifier's chunk lets a shallow model copy the identifier from the fact's chunk
       (pooled memory keeps no token order across chunks; see configs/demo.py).
-    seed: numpy Generator seed.
-
-  Raises:
-    ValueError: naming a parameter that is out of range, facts that do not fit in doc_length,
-      or more facts than unique keys.
+    seed: the seed of every draw.
   """
-  num_docs = _positive_int("num_docs", num_docs)
-  facts_per_doc = _positive_int("facts_per_doc", facts_per_doc)
-  key_length = _positive_int("key_length", key_length)
-  value_length = _positive_int("value_length", value_length)
-  seed = _positive_int("seed", seed, minimum=0)
-  id_digits = _positive_int("id_digits", id_digits)
-  if 10 ** id_digits < num_docs:
-    raise ValueError(f"id_digits={id_digits} gives {10 ** id_digits} identifiers, fewer than "
-                     f"num_docs={num_docs}")
-  prefix = 3 + id_digits  # <doc> [ digits ]
-  fact_len = 1 + key_length + value_length
-  needed = prefix + facts_per_doc * fact_len
-  doc_length = _positive_int("doc_length", doc_length)
-  if doc_length < needed:
-    raise ValueError(f"doc_length={doc_length} cannot hold facts_per_doc={facts_per_doc} facts of "
-                     f"{fact_len} tokens after a {prefix}-token identifier prefix (needs "
-                     f">= {needed})")
-  num_q = num_docs * facts_per_doc
-  num_keys = tokenizer.num_key_words ** key_length
+  doc_length: int = 64
+  facts_per_doc: int = 1
+  key_length: int = 2
+  value_length: int = 1
+  id_digits: int = 6
+  fact_span: int | None = None
+  seed: int = 0
+
+  @property
+  def prefix_length(self) -> int:
+    """`<doc> [ digits ]`."""
+    return 3 + self.id_digits
+
+  @property
+  def fact_length(self) -> int:
+    """`<fact> key value`."""
+    return 1 + self.key_length + self.value_length
+
+  def max_docs(self, tokenizer: SyntheticTokenizer) -> int:
+    """Documents that exist: bounded by the identifiers and by the unique keys."""
+    return min(10 ** self.id_digits,
+               tokenizer.num_key_words ** self.key_length // self.facts_per_doc)
+
+
+def check_corpus_spec(tokenizer: SyntheticTokenizer, spec: CorpusSpec,
+                      num_docs: int | None = None) -> None:
+  """Raises ValueError naming a field out of range, facts that do not fit in doc_length, or
+  (given `num_docs`, the end of the document range used) more documents than identifiers or
+  unique keys."""
+  for name in ("doc_length", "facts_per_doc", "key_length", "value_length", "id_digits"):
+    _positive_int(name, getattr(spec, name))
+  _positive_int("seed", spec.seed, minimum=0)
+  needed = spec.prefix_length + spec.facts_per_doc * spec.fact_length
+  if spec.doc_length < needed:
+    raise ValueError(f"doc_length={spec.doc_length} cannot hold facts_per_doc="
+                     f"{spec.facts_per_doc} facts of {spec.fact_length} tokens after a "
+                     f"{spec.prefix_length}-token identifier prefix (needs >= {needed})")
+  if spec.fact_span is not None:
+    _positive_int("fact_span", spec.fact_span)
+    if spec.fact_span < spec.facts_per_doc * spec.fact_length:
+      raise ValueError(f"fact_span={spec.fact_span} cannot hold facts_per_doc="
+                       f"{spec.facts_per_doc} facts of {spec.fact_length} tokens")
+  if num_docs is None:
+    return
+  _positive_int("num_docs", num_docs)
+  if 10 ** spec.id_digits < num_docs:
+    raise ValueError(f"id_digits={spec.id_digits} gives {10 ** spec.id_digits} identifiers, "
+                     f"fewer than num_docs={num_docs}")
+  num_q, num_keys = num_docs * spec.facts_per_doc, tokenizer.num_key_words ** spec.key_length
   if num_q > num_keys:
     raise ValueError(f"num_docs * facts_per_doc = {num_q} facts need unique keys, but only "
                      f"{num_keys} exist (num_key_words={tokenizer.num_key_words} ** "
-                     f"key_length={key_length}); raise either")
+                     f"key_length={spec.key_length}); raise either")
 
-  rng = np.random.default_rng(seed)
-  identifiers = rng.choice(10 ** id_digits, size=num_docs, replace=False).astype(np.int64)
-  key_codes = rng.choice(num_keys, size=num_q, replace=False)
-  powers = tokenizer.num_key_words ** np.arange(key_length - 1, -1, -1)
-  keys = (tokenizer.key0_id + (key_codes[:, None] // powers) % tokenizer.num_key_words)
-  values = tokenizer.value0_id + rng.integers(0, tokenizer.num_value_words,
-                                              size=(num_q, value_length))
-  num_filler = doc_length - needed
+
+# Counter-based draws: every random number is a hash of (seed, stream, indices), so a document's
+# content does not depend on which other documents are generated.
+_STREAM_ID, _STREAM_KEY, _STREAM_VALUE, _STREAM_GAP, _STREAM_FILLER = range(5)
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def hash_draws(seed: int, stream: int, *indices) -> np.ndarray:
+  """Pseudo-random uint64s, one per element of the broadcast `indices`: a pure function of
+  (seed, stream, indices)."""
+  with np.errstate(over="ignore"):
+    h = _mix(np.asarray([(seed * 0x9E3779B97F4A7C15 + stream) & _MASK64], np.uint64))
+    for index in indices:
+      h = _mix(h ^ (np.asarray(index).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+  return h
+
+
+def keyed_permutation(x, size: int, seed: int, stream: int) -> np.ndarray:
+  """The images of `x` (ints in [0, size)) under a permutation of [0, size) keyed by (seed,
+  stream): a 4-round Feistel network on the smallest even number of bits that holds `size`,
+  cycle-walked back into [0, size). A bijection, so distinct inputs give distinct outputs."""
+  x = np.asarray(x, np.int64)
+  if x.size and (x.min() < 0 or x.max() >= size):
+    raise ValueError(f"permutation inputs must lie in [0, {size})")
+  half = max(1, (int(size - 1).bit_length() + 1) // 2)
+  mask = np.uint64((1 << half) - 1)
+
+  def feistel(v: np.ndarray) -> np.ndarray:
+    left, right = v >> np.uint64(half), v & mask
+    for r in range(4):
+      left, right = right, left ^ (hash_draws(seed, stream, r, right) & mask)
+    return (left << np.uint64(half)) | right
+
+  out = feistel(x.astype(np.uint64))
+  todo = np.flatnonzero(out >= np.uint64(size))
+  while todo.size:  # cycle-walking: each input's cycle re-enters [0, size)
+    out[todo] = feistel(out[todo])
+    todo = todo[out[todo] >= np.uint64(size)]
+  return out.astype(np.int64)
+
+
+def document_identifiers(spec: CorpusSpec, docs) -> np.ndarray:
+  """[n] int64 identifiers of documents `docs` (distinct for distinct documents)."""
+  return keyed_permutation(docs, 10 ** spec.id_digits, spec.seed, _STREAM_ID)
+
+
+def fact_key_codes(tokenizer: SyntheticTokenizer, spec: CorpusSpec, facts) -> np.ndarray:
+  """[n] int64 key codes in [0, num_key_words ** key_length) of facts `facts` (distinct for
+  distinct facts); `key_words` writes them as key words."""
+  return keyed_permutation(facts, tokenizer.num_key_words ** spec.key_length, spec.seed,
+                           _STREAM_KEY)
+
+
+def key_words(tokenizer: SyntheticTokenizer, codes, key_length: int) -> np.ndarray:
+  """[n, key_length] int32 key-word token ids of key codes (base num_key_words digits)."""
+  powers = tokenizer.num_key_words ** np.arange(key_length - 1, -1, -1, dtype=np.int64)
+  words = (np.asarray(codes, np.int64)[:, None] // powers) % tokenizer.num_key_words
+  return (tokenizer.key0_id + words).astype(np.int32)
+
+
+def documents(tokenizer: SyntheticTokenizer, spec: CorpusSpec, docs) -> SyntheticCorpus:
+  """The corpus of documents `docs` (global indices of the seed's document sequence, any order):
+  row m of the result is document docs[m], identical however it is requested.
+
+  Raises:
+    ValueError: a bad spec, or an index outside [0, spec.max_docs(tokenizer)).
+  """
+  docs = np.asarray(docs, np.int64).reshape(-1)
+  if docs.size == 0:
+    raise ValueError("docs is empty")
+  check_corpus_spec(tokenizer, spec, int(docs.max()) + 1)
+  if docs.min() < 0:
+    raise ValueError(f"document index {int(docs.min())} is negative")
+  m, f, length = docs.size, spec.facts_per_doc, spec.doc_length
+  facts = (docs[:, None] * f + np.arange(f)).reshape(-1)
+  identifiers = document_identifiers(spec, docs)
+  keys = key_words(tokenizer, fact_key_codes(tokenizer, spec, facts), spec.key_length)
+  values = (tokenizer.value0_id + hash_draws(
+      spec.seed, _STREAM_VALUE, facts[:, None], np.arange(spec.value_length)[None]) %
+      np.uint64(tokenizer.num_value_words)).astype(np.int32)
+  prefix, fact_len = spec.prefix_length, spec.fact_length
+  num_filler = length - prefix - f * fact_len
   max_gap = num_filler
-  if fact_span is not None:
-    fact_span = _positive_int("fact_span", fact_span)
-    if fact_span < facts_per_doc * fact_len:
-      raise ValueError(f"fact_span={fact_span} cannot hold facts_per_doc={facts_per_doc} facts "
-                       f"of {fact_len} tokens")
-    max_gap = min(num_filler, fact_span - facts_per_doc * fact_len)
-  filler = tokenizer.filler0_id + rng.integers(0, tokenizer.num_filler_words,
-                                               size=(num_docs, num_filler))
+  if spec.fact_span is not None:
+    max_gap = min(num_filler, spec.fact_span - f * fact_len)
   # Fact j goes after gaps[j] filler words (sorted, so facts keep their order; may be adjacent).
-  gaps = np.sort(rng.integers(0, max_gap + 1, size=(num_docs, facts_per_doc)), axis=1)
-
-  docs = np.empty((num_docs, doc_length), np.int32)
-  key_offset = np.empty((num_q,), np.int32)
-  digits = tokenizer.digit0_id + (identifiers[:, None] // 10 ** np.arange(id_digits - 1, -1, -1)
-                                  ) % 10
-  for m in range(num_docs):
-    row = [tokenizer.doc_id, tokenizer.id_open_id, *digits[m].tolist(), tokenizer.id_close_id]
-    prev = 0
-    for j in range(facts_per_doc):
-      q = m * facts_per_doc + j
-      row += filler[m, prev:gaps[m, j]].tolist()
-      prev = gaps[m, j]
-      key_offset[q] = len(row)
-      row += [tokenizer.fact_id, *keys[q].tolist(), *values[q].tolist()]
-    row += filler[m, prev:].tolist()
-    docs[m] = row
+  gaps = np.sort((hash_draws(spec.seed, _STREAM_GAP, docs[:, None], np.arange(f)[None])
+                  % np.uint64(max_gap + 1)).astype(np.int64), axis=1)
+  rows = np.empty((m, length), np.int32)
+  digits = (identifiers[:, None] // 10 ** np.arange(spec.id_digits - 1, -1, -1)) % 10
+  rows[:, 0] = tokenizer.doc_id
+  rows[:, 1] = tokenizer.id_open_id
+  rows[:, 2:2 + spec.id_digits] = tokenizer.digit0_id + digits
+  rows[:, prefix - 1] = tokenizer.id_close_id
+  key_offset = prefix + gaps + np.arange(f) * fact_len  # [m, f]
+  fact_tokens = np.concatenate([np.full((m * f, 1), tokenizer.fact_id, np.int32), keys, values],
+                               axis=1).reshape(m, f, fact_len)
+  at = np.arange(m)[:, None, None]
+  rows[at, key_offset[:, :, None] + np.arange(fact_len)] = fact_tokens
+  if num_filler:
+    p = np.arange(num_filler)
+    filler = tokenizer.filler0_id + hash_draws(spec.seed, _STREAM_FILLER, docs[:, None], p[None]
+                                               ) % np.uint64(tokenizer.num_filler_words)
+    before = (gaps[:, None, :] <= p[None, :, None]).sum(-1)  # facts placed before filler p
+    rows[np.arange(m)[:, None], prefix + p + fact_len * before] = filler
   return SyntheticCorpus(
-      tokenizer=tokenizer, doc_tokens=docs, identifiers=identifiers, id_digits=id_digits,
-      keys=keys.astype(np.int32), values=values.astype(np.int32),
-      key_doc=np.repeat(np.arange(num_docs, dtype=np.int32), facts_per_doc),
-      key_offset=key_offset, seed=seed)
+      tokenizer=tokenizer, doc_tokens=rows, identifiers=identifiers, id_digits=spec.id_digits,
+      keys=keys, values=values, key_doc=np.repeat(np.arange(m, dtype=np.int32), f),
+      key_offset=key_offset.reshape(-1).astype(np.int32), seed=spec.seed, doc_index=docs)
+
+
+def document_range(tokenizer: SyntheticTokenizer, spec: CorpusSpec, start: int,
+                   stop: int) -> SyntheticCorpus:
+  """Documents [start, stop) of the seed's document sequence (`documents`)."""
+  start = _positive_int("start", start, minimum=0)
+  if stop <= start:
+    raise ValueError(f"stop={stop} must be > start={start}")
+  return documents(tokenizer, spec, np.arange(start, stop))
+
+
+def stream_documents(tokenizer: SyntheticTokenizer, spec: CorpusSpec, start: int, stop: int,
+                     block_docs: int = 16384) -> Iterator[SyntheticCorpus]:
+  """Documents [start, stop) in consecutive blocks of at most `block_docs` (each a
+  `SyntheticCorpus` whose `doc_index` gives the global indices): memory stays O(block_docs)
+  whatever stop - start is, and the concatenated blocks equal `document_range(start, stop)`."""
+  block_docs = _positive_int("block_docs", block_docs)
+  check_corpus_spec(tokenizer, spec, max(int(stop), 1))
+  for lo in range(int(start), int(stop), block_docs):
+    yield document_range(tokenizer, spec, lo, min(lo + block_docs, int(stop)))
+
+
+def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length: int = 64,
+                    facts_per_doc: int = 1, key_length: int = 2, value_length: int = 1,
+                    id_digits: int = 6, fact_span: int | None = None, seed: int = 0,
+                    first_doc: int = 0) -> SyntheticCorpus:
+  """Documents [first_doc, first_doc + num_docs) of the `CorpusSpec` made of the other
+  arguments: same arguments, same arrays. Training uses the first documents of a seed; held-out
+  memories start after them (other documents, other keys, other identifiers).
+
+  Raises:
+    ValueError: naming a parameter that is out of range, facts that do not fit in doc_length,
+      or more documents than identifiers or unique keys.
+  """
+  num_docs = _positive_int("num_docs", num_docs)
+  first_doc = _positive_int("first_doc", first_doc, minimum=0)
+  spec = CorpusSpec(doc_length=doc_length, facts_per_doc=facts_per_doc, key_length=key_length,
+                    value_length=value_length, id_digits=id_digits, fact_span=fact_span,
+                    seed=seed)
+  check_corpus_spec(tokenizer, spec, first_doc + num_docs)
+  return document_range(tokenizer, spec, first_doc, first_doc + num_docs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,6 +470,10 @@ class BatchSpec:
       len(head) + n * doc_length + 0..G-1 (the documents run on one after the other) and the
       prompt after the head continues after all of them (`position_offset` is then unused).
       False (the MSA default): every document at 0..G-1.
+    hard_negatives: how many of the N - 1 negatives are documents whose key shares the most key
+      words (at the same position) with the positive's key (`hard_negative_docs`), the rest
+      being random. In a memory of millions of documents the router's confusers are keys that
+      differ in one word; random negatives almost never do.
   """
   batch_size: int = 8
   docs_per_sample: int = 16
@@ -323,6 +484,7 @@ class BatchSpec:
   include_value: bool = False
   seed: int = 0
   global_positions: bool = False
+  hard_negatives: int = 0
 
 
 def _shapes(corpus: SyntheticCorpus, spec: BatchSpec) -> tuple[int, int]:
@@ -380,6 +542,20 @@ def _padded_docs(corpus: SyntheticCorpus, docs: np.ndarray, g: int) -> np.ndarra
   return out
 
 
+def hard_negative_docs(corpus: SyntheticCorpus, question: int, count: int,
+                       rng: np.random.Generator) -> np.ndarray:
+  """Up to `count` documents (not the question's own) whose keys share the most words, at the
+  same positions, with the question's key; ties are broken at random by `rng`."""
+  key, own = corpus.keys[question], corpus.key_doc[question]
+  shared = (corpus.keys == key).sum(axis=1)  # [Q] words in common, position by position
+  shared[corpus.key_doc == own] = 0
+  candidates = np.flatnonzero(shared)
+  order = np.lexsort((rng.random(candidates.size), -shared[candidates]))
+  docs = corpus.key_doc[candidates[order]]
+  _, first = np.unique(docs, return_index=True)  # each document once, at its best rank
+  return docs[np.sort(first)][:count].astype(np.int64)
+
+
 def build_batch(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSpec,
                 rng: np.random.Generator, rows: slice | None = None) -> MSABatch:
   """A training batch for `questions`: each sample's positive plus N - 1 random negatives.
@@ -402,10 +578,16 @@ def build_batch(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSp
   b = len(questions)
   docs = np.empty((b, n), np.int64)
   route = np.zeros((b, n), np.int32)
+  hard = _positive_int("hard_negatives", spec.hard_negatives, minimum=0)
+  if hard > n - 1:
+    raise ValueError(f"hard_negatives={hard} exceeds the docs_per_sample - 1 = {n - 1} negatives")
   for i, q in enumerate(questions):
     pos = int(corpus.key_doc[q])
     neg = rng.choice(corpus.num_docs - 1, size=n - 1, replace=False)
     neg = neg + (neg >= pos)  # skip the positive
+    if hard:
+      near = hard_negative_docs(corpus, int(q), hard, rng)
+      neg = np.concatenate([near, neg[~np.isin(neg, near)]])[:n - 1]
     slots = rng.permutation(n)
     docs[i, slots] = np.concatenate([[pos], neg])
     route[i, slots[0]] = 1

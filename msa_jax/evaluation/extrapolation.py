@@ -113,16 +113,19 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
 def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
                         docs_per_sample: int, doc_length: int, facts_per_doc: int,
                         key_length: int, id_digits: int, seed: int,
-                        fact_span: int | None = None,
+                        fact_span: int | None = None, first_doc: int = 0,
                         multipliers: Sequence[int] = (1, 10, 100, 1000), questions: int = 64,
                         global_positions: bool = False, batch_size: int = 32,
                         dtype=jnp.float32, progress=sys.stdout) -> list[ExtrapolationRow]:
   """Evaluates memories of x * docs_per_sample held-out documents for x in `multipliers`.
 
-  Sizes the vocabulary cannot hold (more documents than identifiers or unique keys) are
-  skipped with a message. Returns one row per evaluated size.
+  The held-out documents are documents first_doc, first_doc + 1, ... of the seed's document
+  sequence (`synthetic.CorpusSpec`; training used the first ones). Sizes the vocabulary cannot
+  hold (more documents than identifiers or unique keys) are skipped with a message. Returns one
+  row per evaluated size.
   """
-  max_docs = min(10 ** id_digits, tokenizer.num_key_words ** key_length // facts_per_doc)
+  max_docs = min(10 ** id_digits,
+                 tokenizer.num_key_words ** key_length // facts_per_doc) - first_doc
   sizes = []
   for x in sorted(set(int(x) for x in multipliers)):
     m = x * docs_per_sample
@@ -135,7 +138,8 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
     return []
   corpus = synthetic.generate_corpus(
       tokenizer, num_docs=sizes[-1][1], doc_length=doc_length, facts_per_doc=facts_per_doc,
-      key_length=key_length, id_digits=id_digits, fact_span=fact_span, seed=seed)
+      key_length=key_length, id_digits=id_digits, fact_span=fact_span, seed=seed,
+      first_doc=first_doc)
   head = [tokenizer.bos_id]
   starts = (len(head) + np.arange(corpus.num_docs) * doc_length) if global_positions else None
   start = time.perf_counter()

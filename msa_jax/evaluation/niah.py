@@ -17,6 +17,12 @@ Variants (`NiahSpec`, with RULER's names in `PRESETS`):
   multivalue  one key written `num_values` times with distinct values; all must be returned.
   multiquery  several of the keys are asked (one question each).
 
+`build_streamed_niah` builds the same variants at any size (100M tokens and more): the haystack
+is a sequence of fixed-length documents, each computed on demand from (seed, its index)
+(`StreamedNiah.document_tokens(start, stop)`, `.stream(block_docs=...)`), optionally prefixed
+with a unique identifier `<doc> [ d.. ]` so a model trained on the synthetic memory task can
+answer with the identifier of the needle's document; only the needles are kept in memory.
+
 Memory sizes grow by a factor (`memory_sizes`: 1x, 10x, 100x ... a base size); the total length
 counts every token of the haystack, needles included. Everything is a pure function of the seed.
 
@@ -34,7 +40,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from msa_jax.data import segment
-from msa_jax.data.synthetic import FACT, QUERY, SPECIAL_TOKENS, SyntheticTokenizer
+from msa_jax.data.synthetic import (FACT, QUERY, SPECIAL_TOKENS, SyntheticTokenizer, hash_draws,
+                                    keyed_permutation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,7 +385,7 @@ def routing_recall(question: NiahQuestion, routed_docs: Sequence[int]) -> float:
   return float(np.mean([bool(routed.intersection(docs)) for docs in question.needle_docs]))
 
 
-def score_task(task: NiahTask, answers: Sequence[str] | None = None,
+def score_task(task: NiahTask | StreamedNiah, answers: Sequence[str] | None = None,
                routed_docs: Sequence[Sequence[int]] | None = None) -> dict[str, float]:
   """Means over the task's questions of `answer_scores` and `routing_recall`.
 
@@ -401,7 +408,7 @@ def score_task(task: NiahTask, answers: Sequence[str] | None = None,
   if routed_docs is not None:
     if len(routed_docs) != n:
       raise ValueError(f"expected {n} routed-document lists, got {len(routed_docs)}")
-    num_docs = len(task.segments)
+    num_docs = len(task.segments) if isinstance(task, NiahTask) else task.num_docs
     bad = [d for docs in routed_docs for d in docs if not 0 <= int(d) < num_docs]
     if bad:
       raise ValueError(f"routed document ids {bad[:5]} are outside [0, {num_docs})")
@@ -409,3 +416,194 @@ def score_task(task: NiahTask, answers: Sequence[str] | None = None,
         [routing_recall(q, docs) for q, docs in zip(task.questions, routed_docs)]))
   return scores
 
+
+
+# --------------------------------------------------------------------------------------------
+# Streamed haystacks (any size: documents are computed on demand)
+# --------------------------------------------------------------------------------------------
+
+_STREAM_NIAH_FILLER, _STREAM_NIAH_ID = 16, 17
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacedNeedle:
+  """One needle of a streamed haystack.
+
+  Attributes:
+    key: key words, space-separated.
+    value: value words, space-separated.
+    depth: requested depth in [0, 1].
+    doc: the document holding it.
+    offset: token position of its `<fact>` marker in that document.
+  """
+  key: str
+  value: str
+  depth: float
+  doc: int
+  offset: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedNiah:
+  """A NIAH task whose haystack is `num_docs` documents of exactly `doc_tokens` tokens, each a
+  pure function of (seed, its index): build any range with `document_tokens(start, stop)`
+  without the others (100M-token haystacks are never held whole).
+
+  Document i is `[<doc> [ id ]] filler...`, with the needles placed in it (if any) written as
+  `<fact> key value` at their offsets. The identifier prefix (when `id_digits` is set) lets a
+  model trained on the synthetic memory task (`msa_jax.data.synthetic`) answer with the
+  identifier of the document holding the needle; identifiers are a keyed permutation of the
+  document index (`synthetic.keyed_permutation`), so distinct for up to 10 ** id_digits
+  documents.
+
+  Attributes:
+    tokenizer: the synthetic vocabulary.
+    spec: the variant.
+    num_docs: documents of the haystack.
+    doc_tokens: tokens per document (identifier prefix included).
+    seed: the seed of every draw.
+    id_digits: identifier digits, or None for documents without an identifier prefix.
+    needles: the needles, in haystack order (by document, then offset).
+    questions: one per asked key (`NiahQuestion`; `needle_docs` holds one document per needle).
+  """
+  tokenizer: SyntheticTokenizer
+  spec: NiahSpec
+  num_docs: int
+  doc_tokens: int
+  seed: int
+  id_digits: int | None
+  needles: tuple[PlacedNeedle, ...]
+  questions: tuple[NiahQuestion, ...]
+
+  @property
+  def memory_tokens(self) -> int:
+    return self.num_docs * self.doc_tokens
+
+  @property
+  def prefix_length(self) -> int:
+    """Tokens of the identifier prefix `<doc> [ d.. ]` (0 without identifiers)."""
+    return 0 if self.id_digits is None else 3 + self.id_digits
+
+  def identifiers(self, docs) -> np.ndarray:
+    """[n] int64 identifiers of documents `docs` (distinct for distinct documents).
+
+    Raises:
+      ValueError: the task has no identifiers, or an index outside [0, num_docs).
+    """
+    if self.id_digits is None:
+      raise ValueError("this task was built with id_digits=None: its documents have no "
+                       "identifiers")
+    return keyed_permutation(self._checked(docs), 10 ** self.id_digits, self.seed,
+                             _STREAM_NIAH_ID)
+
+  def _checked(self, docs) -> np.ndarray:
+    docs = np.asarray(docs, np.int64).reshape(-1)
+    if docs.size and (docs.min() < 0 or docs.max() >= self.num_docs):
+      raise ValueError(f"document indices must lie in [0, {self.num_docs})")
+    return docs
+
+  def document_tokens(self, start: int, stop: int) -> np.ndarray:
+    """[stop - start, doc_tokens] int32 token ids of documents [start, stop).
+
+    Raises:
+      ValueError: an empty or out-of-range document range.
+    """
+    if not 0 <= start < stop <= self.num_docs:
+      raise ValueError(f"document range [{start}, {stop}) is not a non-empty part of "
+                       f"[0, {self.num_docs})")
+    tok = self.tokenizer
+    docs = np.arange(start, stop, dtype=np.int64)
+    out = (tok.filler0_id + hash_draws(
+        self.seed, _STREAM_NIAH_FILLER, docs[:, None], np.arange(self.doc_tokens)[None])
+        % np.uint64(tok.num_filler_words)).astype(np.int32)
+    if self.id_digits is not None:
+      ids = self.identifiers(docs)
+      digits = (ids[:, None] // 10 ** np.arange(self.id_digits - 1, -1, -1)) % 10
+      out[:, 0], out[:, 1], out[:, self.prefix_length - 1] = (tok.doc_id, tok.id_open_id,
+                                                              tok.id_close_id)
+      out[:, 2:2 + self.id_digits] = tok.digit0_id + digits
+    for needle in self.needles:
+      if start <= needle.doc < stop:
+        words = [FACT, *needle.key.split(), *needle.value.split()]
+        out[needle.doc - start, needle.offset:needle.offset + len(words)] = [
+            tok.token_to_id(w) for w in words]
+    return out
+
+  def stream(self, start: int = 0, stop: int | None = None, block_docs: int = 16384):
+    """Yields (first document index, `document_tokens` block) over [start, stop) in blocks of
+    at most `block_docs` documents."""
+    stop = self.num_docs if stop is None else stop
+    block_docs = _check_int("block_docs", block_docs, 1)
+    for lo in range(start, stop, block_docs):
+      yield lo, self.document_tokens(lo, min(lo + block_docs, stop))
+
+
+def build_streamed_niah(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *,
+                        memory_tokens: int, doc_tokens: int, seed: int = 0,
+                        id_digits: int | None = None, depths: Sequence[float] | None = None,
+                        needle_span: int | None = None) -> StreamedNiah:
+  """A NIAH task of `memory_tokens // doc_tokens` documents, built without its haystack.
+
+  Needle f (listed key by key, values within a key) goes to document round(depth * (D - 1))
+  of the D documents (the next free one if another needle took it: one needle per document),
+  at a random offset after the identifier prefix (within its first `needle_span` tokens when
+  set, as the synthetic corpus' `fact_span`). Keys and values are drawn as in `build_niah`.
+
+  Raises:
+    ValueError: an unknown preset, a bad spec, fewer documents than needles, documents too
+      short for the prefix and a needle, too many documents for `id_digits`, or bad depths.
+  """
+  if isinstance(spec, str):
+    if spec not in PRESETS:
+      raise ValueError(f"unknown NIAH preset {spec!r}; known: {sorted(PRESETS)}")
+    spec = PRESETS[spec]
+  check_spec(spec, tokenizer)
+  memory_tokens = _check_int("memory_tokens", memory_tokens, 1)
+  doc_tokens = _check_int("doc_tokens", doc_tokens, 1)
+  seed = _check_int("seed", seed, 0)
+  prefix = 0 if id_digits is None else 3 + _check_int("id_digits", id_digits, 1)
+  room = doc_tokens - prefix - spec.needle_tokens  # last allowed offset after the prefix
+  if room < 0:
+    raise ValueError(f"doc_tokens={doc_tokens} cannot hold a {prefix}-token identifier prefix "
+                     f"and a {spec.needle_tokens}-token needle")
+  if needle_span is not None:
+    needle_span = _check_int("needle_span", needle_span, spec.needle_tokens)
+    room = min(room, needle_span - spec.needle_tokens)
+  num_docs = memory_tokens // doc_tokens
+  if num_docs < spec.num_needles:
+    raise ValueError(f"memory_tokens={memory_tokens} gives {num_docs} documents of {doc_tokens} "
+                     f"tokens, fewer than the {spec.num_needles} needles")
+  if id_digits is not None and num_docs > 10 ** id_digits:
+    raise ValueError(f"{num_docs} documents need distinct identifiers but id_digits={id_digits} "
+                     f"gives only {10 ** id_digits}")
+  rng = np.random.default_rng([seed, 1])
+  if depths is None:
+    depths = rng.uniform(0.0, 1.0, size=spec.num_needles).tolist()
+  depths = [float(d) for d in depths]
+  if len(depths) != spec.num_needles or not all(0.0 <= d <= 1.0 for d in depths):
+    raise ValueError(f"depths={depths} must be {spec.num_needles} numbers in [0, 1]")
+  keys = _words("k", rng.choice(tokenizer.num_key_words ** spec.key_length, spec.num_keys,
+                                replace=False), tokenizer.num_key_words, spec.key_length)
+  facts, taken = [], set()  # (key, value, depth, doc, offset), key by key
+  for key in keys:
+    codes = rng.choice(tokenizer.num_value_words ** spec.value_length, spec.num_values,
+                       replace=False)
+    for value in _words("v", codes, tokenizer.num_value_words, spec.value_length):
+      depth = depths[len(facts)]
+      doc = int(round(depth * (num_docs - 1)))
+      while doc in taken:
+        doc = (doc + 1) % num_docs
+      taken.add(doc)
+      facts.append((key, value, depth, doc, prefix + int(rng.integers(0, room + 1))))
+  order = sorted(range(len(facts)), key=lambda f: facts[f][3])
+  needles = tuple(PlacedNeedle(*facts[f]) for f in order)
+  index_of = {f: i for i, f in enumerate(order)}
+  questions = []
+  for key in keys[:spec.num_queries]:
+    mine = sorted(index_of[f] for f in range(len(facts)) if facts[f][0] == key)
+    questions.append(NiahQuestion(
+        query=f"{QUERY} {key}", key=key, values=tuple(needles[i].value for i in mine),
+        needles=tuple(mine), needle_docs=tuple((needles[i].doc,) for i in mine)))
+  return StreamedNiah(tokenizer=tokenizer, spec=spec, num_docs=num_docs, doc_tokens=doc_tokens,
+                      seed=seed, id_digits=id_digits, needles=needles,
+                      questions=tuple(questions))

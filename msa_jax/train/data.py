@@ -116,8 +116,9 @@ def _synthetic_data(cfg: ml_collections.ConfigDict):
   spec = synthetic.BatchSpec(
       batch_size=cfg.train.batch_size, docs_per_sample=d.docs_per_sample,
       position_offset=cfg.msa.top_k, include_value=d.include_value, seed=d.seed,
-      global_positions=_rope_is_global(d))
-  held_out = corpus_of(num_docs=d.eval_docs, seed=d.seed + 1_000_003)  # other docs and keys
+      global_positions=_rope_is_global(d), hard_negatives=d.get("hard_negatives", 0))
+  # Held out: the documents after the training ones (other keys and identifiers, never seen).
+  held_out = corpus_of(num_docs=d.eval_docs, seed=d.seed, first_doc=d.num_docs)
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
   loader = d.get("loader", "python")
   if loader == "python":

@@ -154,7 +154,8 @@ def run_extrapolation(config: ml_collections.ConfigDict, model_cfg, msa, params,
   rows = extrapolation.extrapolation_table(
       model_cfg, msa, params, tok, docs_per_sample=d.docs_per_sample,
       doc_length=d.doc_length, facts_per_doc=d.facts_per_doc, key_length=d.key_length,
-      id_digits=d.id_digits, fact_span=d.get("fact_span"), seed=d.seed + 1_000_003, multipliers=tuple(e.multipliers),
+      id_digits=d.id_digits, fact_span=d.get("fact_span"), seed=d.seed,
+      first_doc=d.num_docs + d.eval_docs, multipliers=tuple(e.multipliers),
       questions=e.questions, global_positions=d.get("rope", "document") == "global",
       dtype=dtype_from_name(config.dtype))
   rope = d.get("rope", "document")
