@@ -10,10 +10,11 @@ bank of the demo model is about 2.6 GB per memory); rerunning the command contin
 killed midway and reuses finished banks. Variants: `:smoke` (two tiny sizes, for tests),
 `:10m` (up to 10M tokens).
 
-Measured on the shared 2-core CPU (WORKSPACE.md, "Scale runs"): encoding 23-28K tokens/s
-(10M tokens in about 6 min, killed and resumed), 244 MB of bank per 10M tokens, routing 361 ms
-per question at 10M; 100M projected at 59 min per memory, not run. With a 4-digit demo
-checkpoint (step 2000): demo accuracy 0.41 / 0.36 and NIAH 0.69-1.0 at 100K / 300K tokens.
+Measured on the shared 2-core CPU (WORKSPACE.md, "Scale runs"): 100M tokens (demo memory only)
+encoded in 27 min at 60.8K tokens/s after a kill -9 and rerun, bank 2.44 GB, routing 1.19 s
+per question; 10M: 244 MB, 361 ms per question. Accuracy needs a well-trained checkpoint: a
+4-digit demo checkpoint (step 2000) gives demo accuracy 0.41 / 0.36 and NIAH 0.69-1.0 at
+100K / 300K tokens; the 7-digit checkpoints available so far write no identifiers.
 """
 
 import ml_collections
