@@ -520,3 +520,46 @@ def test_random_mutations_match_a_dict(tmp_path):
   check_against(MemoryBank.open(tmp_path, expect_fingerprint=FINGERPRINT), content)
   assert sorted(os.listdir(tmp_path)) == sorted(
       [".lock", "manifest.json"] + [s["name"] for s in bank._manifest["shards"]])
+
+
+def test_staged_bank_is_published_atomically_beside_the_old_one(tmp_path):
+  path = tmp_path / "bank"
+  old_docs = make_docs(3, seed=21)
+  new_bank(path).add(*old_docs)
+  before = snapshot(path)
+  staged = new_bank(path, staged=True, shard_docs=2)
+  assert staged.staged and MemoryBank.has_staged(path)
+  new_docs = make_docs(5, seed=22)
+  staged.add(*new_docs)
+  # Readers still see the old bank, untouched (a commit of the published bank keeps the
+  # staged bank's shards, and a staged commit keeps the published bank's).
+  old = MemoryBank.open(path)
+  assert old.doc_ids == old_docs[0]
+  assert {k: v for k, v in snapshot(path).items() if k in before} == before
+  reopened = MemoryBank.open(path, staged=True)
+  assert reopened.doc_ids == new_docs[0] and reopened.num_shards == 3
+  extra = make_docs(1, seed=23)
+  reopened.add(*extra)  # continuing the staged bank from another handle
+  _refused(path, lambda: new_bank(path, staged=True), FileExistsError, "staged memory bank")
+  reopened.publish()
+  assert not MemoryBank.has_staged(path) and not reopened.staged
+  published = MemoryBank.open(path)
+  assert published.doc_ids == new_docs[0] + extra[0]
+  expected = expected_content(new_docs) | expected_content(extra)
+  for i, doc_id in enumerate(published.doc_ids):
+    text, length, arrays = expected[doc_id]
+    assert published.texts([i]) == [text] and published.lengths[i] == length
+    first, count = published.first_chunk[i], published.chunk_counts[i]
+    for (layer, name), want in arrays.items():
+      got = published.layer_arrays(layer)[("keys", "k", "v").index(name)][first:first + count]
+      np.testing.assert_array_equal(bits(got), bits(want))
+  live = {s["name"] for s in json.loads((path / "manifest.json").read_text())["shards"]}
+  assert {p.name for p in path.glob("shard-*")} == live  # the old bank's shards are deleted
+  with pytest.raises(BankError, match="already published"):
+    reopened.publish()
+  # overwrite=True with staged=True discards an unfinished staged bank, not the published one.
+  discarded = new_bank(path, staged=True)
+  discarded.add(*make_docs(2, seed=24))
+  new_bank(path, staged=True, overwrite=True)
+  assert MemoryBank.open(path, staged=True).num_docs == 0
+  assert_bank_equal(MemoryBank.open(path), published)

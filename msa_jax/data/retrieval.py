@@ -135,11 +135,16 @@ def read_jsonl(path: Path, fields: Sequence[str],
   """The JSON objects of a .jsonl file, blank lines skipped.
 
   Raises:
-    ValueError: `path:line` of a line that is not a JSON object holding every field of
-      `fields`, with the fields of `strings` holding strings.
+    ValueError: `path:line` of a line that is not UTF-8, or not a JSON object holding every
+      field of `fields`, with the fields of `strings` holding strings.
   """
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                         f"{e.start + 1})") from None
       if not line.strip():
         continue
       try:

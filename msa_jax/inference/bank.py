@@ -9,6 +9,7 @@ This module is storage only (numpy and the filesystem); the encoder that fills i
 On-disk format, version 1 (one directory):
 
   manifest.json               the only entry point; every mutation replaces it atomically
+  manifest.next.json          a staged bank being built beside the published one (optional)
   .lock                       advisory lock taken by a writer (readers never lock)
   shard-000003-1f2e3d4c/      a shard: a run of whole documents, in bank order; never modified
     docs.json                 {"ids", "texts", "lengths", "num_chunks"} of its documents
@@ -26,6 +27,14 @@ writer that dies at any point leaves the previous manifest, hence the previous b
 it left behind (unreferenced shard directories, manifest.json.tmp-*) is ignored by readers and
 deleted after the next successful commit. One writer at a time; a writer whose bank changed on
 disk since it was opened is refused (reopen it).
+
+Staging (`MemoryBank.create(..., staged=True)`): a new bank is built in the same directory under
+manifest.next.json, committing increments exactly as above, while readers keep seeing the
+published manifest.json and its shards (neither is touched; shards either manifest refers to are
+never deleted). `publish` then makes the staged bank the bank with one `os.replace` of
+manifest.next.json over manifest.json, and only after that deletes the old bank's shards. A
+writer killed at any point leaves the old bank or the new one published, and a staged bank can be
+reopened (`MemoryBank.open(path, staged=True)`) to continue it.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ except ImportError:  # Not POSIX: writers are not locked against each other.
 FORMAT = "msa_jax.memory_bank"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+STAGED_MANIFEST = "manifest.next.json"
 LOCK_FILE = ".lock"
 DOCS_FILE = "docs.json"
 ARRAY_NAMES = ("keys", "k", "v")
@@ -406,12 +416,29 @@ def _check_file(path: Path, entry: Mapping, verify: bool) -> None:
 
 def _is_leftover(name: str) -> bool:
   """Names this module writes: a directory made only of them is safe to (re)create a bank in."""
-  return name == LOCK_FILE or name.startswith(_TMP_PREFIX) or bool(_SHARD_RE.match(name))
+  return (name in (LOCK_FILE, STAGED_MANIFEST) or name.startswith(_TMP_PREFIX)
+          or bool(_SHARD_RE.match(name)))
 
 
-def _remove_orphans(bank_dir: Path, manifest: Mapping) -> None:
-  """Best effort: deletes shard directories and temp manifests the manifest does not refer to."""
+def _live_shards(bank_dir: Path, manifest: Mapping, other: str) -> set[str] | None:
+  """Shards `manifest` and the manifest file `other` (the published or the staged one) refer
+  to; None when `other` exists but cannot be read (then nothing may be deleted)."""
   live = {shard["name"] for shard in manifest["shards"]}
+  try:
+    data = json.loads((bank_dir / other).read_bytes())
+    live |= {shard["name"] for shard in data["shards"]}
+  except FileNotFoundError:
+    pass
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  return live
+
+
+def _remove_orphans(bank_dir: Path, live: set[str] | None) -> None:
+  """Best effort: deletes shard directories not in `live` and temp manifests (nothing when
+  `live` is None)."""
+  if live is None:
+    return
   for entry in os.scandir(bank_dir):
     if _SHARD_RE.match(entry.name) and entry.name not in live:
       shutil.rmtree(entry.path, ignore_errors=True)
@@ -472,12 +499,13 @@ def _check_docs(docs: Any, shard: Mapping, chunk_size: int, path: Path) -> None:
                     f"lengths or chunk counts)")
 
 
-def _read_manifest(bank_dir: Path) -> tuple[dict, bytes]:
-  path = bank_dir / MANIFEST
+def _read_manifest(bank_dir: Path, name: str = MANIFEST) -> tuple[dict, bytes]:
+  path = bank_dir / name
   try:
     data = path.read_bytes()
   except FileNotFoundError:
-    raise FileNotFoundError(f"no memory bank at {bank_dir}: {MANIFEST} is missing") from None
+    what = "no memory bank" if name == MANIFEST else "no staged memory bank"
+    raise FileNotFoundError(f"{what} at {bank_dir}: {name} is missing") from None
   try:
     manifest = json.loads(data)
   except ValueError as e:
@@ -486,28 +514,41 @@ def _read_manifest(bank_dir: Path) -> tuple[dict, bytes]:
   return manifest, data
 
 
-def _check_create_target(path: Path, overwrite: bool) -> dict | None:
-  """Refuses to create a bank over another (unless `overwrite`) or over foreign files.
-
-  Returns:
-    The manifest of the bank being overwritten, if it is readable.
-  """
+def check_bank_dir(path) -> None:
+  """Raises FileExistsError if `path` exists and is not a directory a bank may be written in
+  (a file, or a directory holding files that are not a memory bank's)."""
+  path = Path(path)
   if path.exists() and not path.is_dir():
     raise FileExistsError(f"{path} exists and is not a directory")
+  if path.is_dir():
+    others = [n for n in os.listdir(path) if n != MANIFEST and not _is_leftover(n)]
+    if others:
+      raise FileExistsError(f"{path} holds files that are not a memory bank's "
+                            f"({_preview(sorted(others))}); refusing to write there")
+
+
+def _check_create_target(path: Path, overwrite: bool, staged: bool) -> dict | None:
+  """Refuses to create a bank over another (unless `overwrite`) or over foreign files.
+
+  A staged bank is created beside a published one (never over it); `overwrite` then replaces
+  an earlier staged bank.
+
+  Returns:
+    The manifest being replaced (or, when staging, the published one), if it is readable.
+  """
+  check_bank_dir(path)
   if not path.is_dir():
     return None
   names = os.listdir(path)
+  target = STAGED_MANIFEST if staged else MANIFEST
   old_manifest = None
-  if MANIFEST in names:
-    if not overwrite:
-      raise FileExistsError(f"a memory bank already exists at {path}; pass overwrite=True to "
-                            f"replace it")
-    with contextlib.suppress(ValueError, OSError):
-      old_manifest, _ = _read_manifest(path)
-  others = [n for n in names if n != MANIFEST and not _is_leftover(n)]
-  if others:
-    raise FileExistsError(f"{path} holds files that are not a memory bank's "
-                          f"({_preview(sorted(others))}); refusing to write there")
+  if target in names and not overwrite:
+    what = "a staged memory bank (an unfinished encoding)" if staged else "a memory bank"
+    raise FileExistsError(f"{what} already exists at {path}; pass overwrite=True to replace it")
+  for name in (target, MANIFEST):
+    if old_manifest is None and name in names:
+      with contextlib.suppress(ValueError, OSError):
+        old_manifest, _ = _read_manifest(path, name)
   return old_manifest
 
 
@@ -523,10 +564,11 @@ class MemoryBank:
   """
 
   def __init__(self, path: Path, manifest: dict, manifest_bytes: bytes, shard_docs: list[dict],
-               *, mmap: bool):
+               *, mmap: bool, staged: bool = False):
     """Internal: use `MemoryBank.create` or `MemoryBank.open`."""
     self._path = path
     self._mmap = mmap
+    self._staged = staged
     self._set_state(manifest, manifest_bytes, shard_docs)
 
   # --- construction ---
@@ -534,8 +576,9 @@ class MemoryBank:
   @classmethod
   def create(cls, path, *, fingerprint: Mapping, layer_ids: Sequence[int], num_kv_heads: int,
              head_dim: int, chunk_size: int, dtype, shard_docs: int | None = None,
-             metadata: Any = None, overwrite: bool = False) -> "MemoryBank":
-    """Creates an empty bank in a new (or empty) directory.
+             metadata: Any = None, overwrite: bool = False,
+             staged: bool = False) -> "MemoryBank":
+    """Creates an empty bank in a new (or empty) directory, or a staged one beside a bank.
 
     Args:
       path: the bank's directory; created with its parents if needed.
@@ -548,7 +591,10 @@ class MemoryBank:
         Smaller shards make `remove` cheaper; one shard makes `layer_arrays` copy-free.
       metadata: free-form JSON.
       overwrite: replace a bank already at `path` (atomically: until the new manifest is in
-        place, the old bank stays readable). Never deletes a directory that is not a bank.
+        place, the old bank stays readable; then it is empty). With `staged`, replace an
+        unfinished staged bank instead. Never deletes a directory that is not a bank.
+      staged: build the bank under manifest.next.json; the published bank at `path` (if any)
+        stays as it is until `publish` swaps the new one in (see the module docstring).
 
     Returns:
       The empty bank.
@@ -565,7 +611,7 @@ class MemoryBank:
       shard_docs = _check_positive_int(shard_docs, "shard_docs")
     dtype = dtype_name(dtype)
     metadata = to_json(metadata, "metadata")
-    old_manifest = _check_create_target(path, overwrite)
+    old_manifest = _check_create_target(path, overwrite, staged)
     path.mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -575,18 +621,24 @@ class MemoryBank:
         "num_kv_heads": num_kv_heads, "head_dim": head_dim, "chunk_size": chunk_size,
         "shard_docs": shard_docs, "num_docs": 0, "num_chunks": 0, "shards": [],
     }
-    bank = cls(path, manifest, b"", [], mmap=True)
+    bank = cls(path, manifest, b"", [], mmap=True, staged=staged)
     with bank._writer(check_stale=False):
       bank._commit(manifest, [])
     return bank
 
+  @staticmethod
+  def has_staged(path) -> bool:
+    """Whether `path` holds a staged (unpublished) bank."""
+    return (Path(path) / STAGED_MANIFEST).is_file()
+
   @classmethod
   def open(cls, path, *, expect_fingerprint: Mapping | None = None, verify: bool = True,
-           mmap: bool = True) -> "MemoryBank":
+           mmap: bool = True, staged: bool = False) -> "MemoryBank":
     """Opens a bank, checking its format, fingerprint and files.
 
     Args:
       path: the bank's directory.
+      staged: open the staged bank (manifest.next.json) instead of the published one.
       expect_fingerprint: if given, the bank's fingerprint must equal it (as JSON); otherwise
         FingerprintMismatchError lists the fields that differ.
       verify: check every file's sha256 (reads the whole bank once); sizes are always checked.
@@ -598,7 +650,7 @@ class MemoryBank:
       version, or a missing, truncated or corrupt file (named).
     """
     path = Path(path)
-    manifest, data = _read_manifest(path)
+    manifest, data = _read_manifest(path, STAGED_MANIFEST if staged else MANIFEST)
     if expect_fingerprint is not None:
       expected = to_json(expect_fingerprint, "expect_fingerprint")
       diff = fingerprint_diff(manifest["fingerprint"], expected)
@@ -618,7 +670,7 @@ class MemoryBank:
         raise BankError(f"{docs_path} is not valid JSON: {e}") from e
       _check_docs(docs, shard, manifest["chunk_size"], docs_path)
       shard_docs.append(docs)
-    return cls(path, manifest, data, shard_docs, mmap=mmap)
+    return cls(path, manifest, data, shard_docs, mmap=mmap, staged=staged)
 
   def _set_state(self, manifest: dict, manifest_bytes: bytes, shard_docs: list[dict]) -> None:
     self._manifest = manifest
@@ -650,6 +702,15 @@ class MemoryBank:
   @property
   def path(self) -> Path:
     return self._path
+
+  @property
+  def staged(self) -> bool:
+    """True while the bank is staged (not yet published)."""
+    return self._staged
+
+  @property
+  def _manifest_name(self) -> str:
+    return STAGED_MANIFEST if self._staged else MANIFEST
 
   @property
   def fingerprint(self) -> dict:
@@ -854,9 +915,9 @@ class MemoryBank:
                           f"process") from None
       if check_stale:
         try:
-          on_disk = (self._path / MANIFEST).read_bytes()
+          on_disk = (self._path / self._manifest_name).read_bytes()
         except FileNotFoundError:
-          raise BankError(f"memory bank {self._path} lost its {MANIFEST}") from None
+          raise BankError(f"memory bank {self._path} lost its {self._manifest_name}") from None
         if on_disk != self._manifest_bytes:
           raise BankError(f"memory bank {self._path} changed on disk since it was opened; "
                           f"open it again before changing it")
@@ -870,9 +931,21 @@ class MemoryBank:
                     num_docs=sum(s["num_docs"] for s in manifest["shards"]),
                     num_chunks=sum(s["num_chunks"] for s in manifest["shards"]))
     data = json.dumps(manifest, indent=1).encode("ascii")
-    _replace_manifest(self._path / MANIFEST, data)
+    _replace_manifest(self._path / self._manifest_name, data)
     self._set_state(manifest, data, shard_docs)
-    _remove_orphans(self._path, manifest)
+    other = MANIFEST if self._staged else STAGED_MANIFEST
+    _remove_orphans(self._path, _live_shards(self._path, manifest, other))
+
+  def publish(self) -> None:
+    """Makes this staged bank the published bank at its path: one atomic `os.replace` of its
+    manifest over manifest.json, then the previous bank's shards are deleted."""
+    if not self._staged:
+      raise BankError(f"memory bank {self._path} is already published")
+    with self._writer():
+      os.replace(self._path / STAGED_MANIFEST, self._path / MANIFEST)
+      _fsync_dir(self._path)
+      self._staged = False
+      _remove_orphans(self._path, _live_shards(self._path, self._manifest, STAGED_MANIFEST))
 
   def _write_shards(self, groups: Sequence[tuple[dict, list[tuple[int, int]]]],
                     segments: Callable[[int, str], Sequence[tuple[int, np.ndarray]]]

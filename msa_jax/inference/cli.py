@@ -21,7 +21,17 @@ Encode (stage 1) a corpus into a bank:
   --max_doc_tokens=G           documents are cut to G tokens; --limit=N keeps the first N;
   --doc_template               how a document is written, fields {index} {id} {title} {text}
                                (default "{title}\\n{text}", just "{text}" without a title);
-  --overwrite                  replace an existing bank.
+  --overwrite                  replace an existing bank (or discard an unfinished encoding of
+                               another corpus or model);
+  --commit_every=N, --commit_seconds=S   commit after N documents or S seconds (4096, 30).
+
+Encoding never destroys committed data: the new bank is staged beside the old one
+(manifest.next.json) and swapped in with one atomic rename when it is complete, so a kill at any
+point leaves the old bank (or the new one) valid. Rerunning the same command after a kill
+continues from the last commit (same corpus ids and texts, same model, checked); a bank of
+another corpus or model is refused naming what differs, and a complete bank of the same corpus
+and model is left as it is. Flags, the corpus (UTF-8, file:line on errors; no empty texts) and
+the bank directory are all checked before the model is built.
 
 The bank's metadata records how to rebuild the model (the workdir and step, or model + seed +
 MSA fields + layers + tokenizer) and the prompt template, so asking needs only the bank:
@@ -51,6 +61,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -59,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from msa_jax import runtime, validation
@@ -66,7 +78,8 @@ from msa_jax.checkpoint import hub
 from msa_jax.data import retrieval
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference import interleave as interleave_lib
-from msa_jax.inference.bank import BankError, MemoryBank
+from msa_jax.inference import bank as bank_lib
+from msa_jax.inference.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
 
@@ -217,6 +230,7 @@ def build_model(spec: dict) -> Model:
   kind = spec.get("kind")
   if kind == "workdir":
     from msa_jax.train import restore  # pylint: disable=import-outside-toplevel
+    _log(f"[model] restoring the checkpoint of {spec['workdir']}")
     try:
       trained = restore.load_trained(spec["workdir"], spec.get("step"))
     except FileNotFoundError as e:
@@ -237,9 +251,12 @@ def build_model(spec: dict) -> Model:
   if kind in ("smollm2", "hf"):
     from msa_jax.train import pretrained  # pylint: disable=import-outside-toplevel
     name = spec["repo"] if kind == "hf" else pretrained.SMOLLM2
+    _log(f"[model] reading the {name} tokenizer")
     tokenizer = (pretrained.checkpoint_tokenizer(name) if kind == "hf"
                  else _tokenizer("smollm2"))
+    _log(f"[model] reading the {name} backbone weights")
     cfg, backbone = pretrained.load_backbone(name, spec.get("num_layers"))
+    _log("[model] initialising MSA parameters (compiling the initialiser)")
     params = init_params(MSATransformer(cfg, msa), jax.random.key(seed))
     params = pretrained.merge_backbone(params, backbone)
   else:
@@ -247,6 +264,7 @@ def build_model(spec: dict) -> Model:
     cfg = get_preset("tiny").replace(vocab_size=tokenizer.vocab_size)
     if spec.get("num_layers"):
       cfg = cfg.replace(num_layers=int(spec["num_layers"]))
+    _log("[model] initialising a random tiny model")
     params = init_params(MSATransformer(cfg, msa), jax.random.key(seed))
   template = dict(DEFAULT_TEMPLATE)
   if spec.get("tokenizer") == "synthetic":
@@ -283,22 +301,113 @@ def _encode_spec(args) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def encode(args) -> MemoryBank:
-  """`encode`: corpus -> bank (see the module docstring)."""
-  if args.max_doc_tokens < 1:
-    raise CliError(f"--max_doc_tokens={args.max_doc_tokens} must be >= 1")
+def _check_encode_flags(args) -> None:
+  for name in ("max_doc_tokens", "batch_size", "commit_every"):
+    if getattr(args, name) < 1:
+      raise CliError(f"--{name}={getattr(args, name)} must be >= 1")
   if args.limit is not None and args.limit < 1:
     raise CliError(f"--limit={args.limit} must be >= 1")
+  if not args.commit_seconds > 0:
+    raise CliError(f"--commit_seconds={args.commit_seconds} must be > 0")
+
+
+def documents_record(ids: list[str], texts: list[str]) -> dict:
+  """What identifies an encoded corpus: its document count and digests of its ids and of the
+  texts as written (template applied), compared when an encoding is continued."""
+  def digest(items):
+    h = hashlib.sha256()
+    for item in items:
+      h.update(item.encode("utf-8") + b"\0")
+    return h.hexdigest()
+  return {"count": len(ids), "ids_sha256": digest(ids), "texts_sha256": digest(texts)}
+
+
+def _bank_record(spec: dict, args, documents: dict) -> dict:
+  """The metadata fields that must match for a bank to be continued (or found complete)."""
+  return {"model": spec, "max_doc_tokens": args.max_doc_tokens, "documents": documents}
+
+
+def _record_diff(meta: Any, want: dict) -> list[str]:
+  """Where a bank's metadata differs from `want` (a workdir spec without a step matches any)."""
+  meta = meta if isinstance(meta, dict) else {}
+  have = {k: meta.get(k) for k in want}
+  model = dict(have["model"] or {})
+  if want["model"].get("kind") == "workdir" and want["model"].get("step") is None:
+    model.pop("step", None)
+    want = dict(want, model={k: v for k, v in want["model"].items() if k != "step"})
+  have["model"] = model
+  return fingerprint_diff(have, json.loads(json.dumps(want)))
+
+
+def _plan_encode(path: Path, want: dict, overwrite: bool) -> str:
+  """What `encode` does with the bank directory, decided before any model is built.
+
+  Returns "new" (stage a fresh bank), "continue" (a staged bank of this corpus and model) or
+  "done" (the published bank already holds it). Raises CliError for a bank that would be lost or
+  is of another corpus or model (unless `overwrite`), or a directory that is not a bank's.
+  """
+  try:
+    bank_lib.check_bank_dir(path)
+  except FileExistsError as e:
+    raise CliError(f"--bank={path}: {e}") from None
+  if MemoryBank.has_staged(path):
+    try:
+      staged = MemoryBank.open(path, staged=True, verify=False)
+      diff = _record_diff(staged.metadata, want)
+    except (BankError, ValueError, OSError) as e:
+      diff = [f"unreadable ({e})"]
+    if not diff:
+      return "continue"
+    if not overwrite:
+      raise CliError(f"--bank={path} holds an unfinished encoding of another corpus or model "
+                     f"({'; '.join(diff[:4])}); rerun its own command to finish it, or pass "
+                     "--overwrite to discard it")
+    _log(f"[encode] discarding the unfinished encoding in {path} ({'; '.join(diff[:2])})")
+    return "new"
+  if (path / bank_lib.MANIFEST).exists() and not overwrite:
+    try:
+      bank = MemoryBank.open(path, verify=False)
+      diff = _record_diff(bank.metadata, want)
+    except (BankError, ValueError, OSError) as e:
+      diff = [f"unreadable ({e})"]
+    if not diff:
+      return "done"
+    raise CliError(f"a memory bank already exists at --bank={path} and holds another corpus or "
+                   f"model ({'; '.join(diff[:4])}); pass --overwrite to replace it (the old "
+                   "bank stays readable until the new one is complete)")
+  return "new"
+
+
+def encode(args) -> MemoryBank | None:
+  """`encode`: corpus -> bank (see the module docstring).
+
+  Every check of the flags, the corpus and the bank directory happens before the model is
+  built. The new bank is staged beside any existing one and published in one atomic step at
+  the end; a killed run is continued by rerunning the same command.
+  """
+  _check_encode_flags(args)
   spec = _encode_spec(args)
+  path = Path(args.bank)
   corpus = read_corpus(args.corpus, args.limit)
+  texts = [document_text(args.doc_template, i, d, t, x)
+           for i, (d, t, x) in enumerate(zip(corpus.ids, corpus.titles, corpus.texts))]
+  blank = [i for i, text in enumerate(texts) if not text.strip()]
+  if blank:
+    raise CliError(f"--corpus={args.corpus}: document {corpus.ids[blank[0]]!r} (number "
+                   f"{blank[0]}) has an empty text" + (f", and {len(blank) - 1} more"
+                                                         if len(blank) > 1 else ""))
+  want = _bank_record(spec, args, documents_record(corpus.ids, texts))
+  plan = _plan_encode(path, want, args.overwrite)
+  if plan == "done":
+    _log(f"[encode] {path} already holds these {len(corpus.ids)} documents encoded by this "
+         "model: nothing to do (--overwrite re-encodes them)")
+    return MemoryBank.open(path, verify=False)
   _log(f"[encode] {len(corpus.ids)} documents from {args.corpus}")
   start = time.perf_counter()
   model = build_model(spec)
   _log(f"[encode] model {spec['kind']} ready in {time.perf_counter() - start:.1f}s "
        f"({model.config.num_layers} layers, router layers "
        f"{list(model.msa.router_layer_ids(model.config.num_layers))})")
-  texts = [document_text(args.doc_template, i, d, t, x)
-           for i, (d, t, x) in enumerate(zip(corpus.ids, corpus.titles, corpus.texts))]
   g = args.max_doc_tokens
   tokens = []
   for i, text in enumerate(texts):
@@ -306,15 +415,32 @@ def encode(args) -> MemoryBank:
     if not ids:
       raise CliError(f"document {corpus.ids[i]!r} (number {i}) has no tokens")
     tokens.append(ids)
-  metadata = {"model": model.spec, "template": model.template, "max_doc_tokens": g,
-              "corpus": str(Path(args.corpus).resolve()), "doc_template": args.doc_template}
-  bank = engine_lib.create_bank(args.bank, model.config, model.msa, model.params,
-                                overwrite=args.overwrite, metadata=metadata)
-  start = time.perf_counter()
-  engine_lib.encode_corpus(bank, model.config, model.msa, model.params, corpus.ids, tokens,
-                           texts, max_tokens=g, batch_size=args.batch_size, progress=sys.stderr)
-  _log(f"[encode] {bank.num_docs} documents ({bank.num_chunks} chunks) in "
-       f"{time.perf_counter() - start:.1f}s -> {args.bank}")
+  metadata = dict(_bank_record(model.spec, args, want["documents"]), template=model.template,
+                  corpus=str(Path(args.corpus).resolve()), doc_template=args.doc_template)
+  bank = None
+  if plan == "continue":
+    bank = MemoryBank.open(path, staged=True, verify=False)
+    diff = fingerprint_diff(bank.fingerprint, json.loads(json.dumps(engine_lib.bank_fingerprint(
+        model.config, model.msa, model.params, jnp.float32))))
+    if diff and not args.overwrite:
+      raise CliError(f"--bank={path}: its unfinished encoding was made with other parameters "
+                     f"({'; '.join(diff[:4])}); pass --overwrite to discard it")
+    if diff or bank.doc_ids != corpus.ids[:bank.num_docs]:
+      bank = None
+    else:
+      _log(f"[encode] continuing the unfinished encoding in {path}: {bank.num_docs} of "
+           f"{len(corpus.ids)} documents are committed")
+  if bank is None:
+    bank = engine_lib.create_bank(path, model.config, model.msa, model.params,
+                                  overwrite=True, metadata=metadata, staged=True)
+  done = bank.num_docs
+  stats = engine_lib.encode_corpus(
+      bank, model.config, model.msa, model.params, corpus.ids[done:], tokens[done:],
+      texts[done:], max_tokens=g, batch_size=args.batch_size, commit_every=args.commit_every,
+      commit_seconds=args.commit_seconds, progress=sys.stderr)
+  bank.publish()
+  _log(f"[encode] {bank.num_docs} documents ({bank.num_chunks} chunks) in {stats.seconds:.1f}s "
+       f"({stats.tokens_per_second:,.0f} tokens/s) -> {args.bank}")
   return bank
 
 
@@ -632,6 +758,10 @@ def make_parser() -> argparse.ArgumentParser:
   enc.add_argument("--batch_size", type=int, default=16)
   enc.add_argument("--doc_template", default="{title}\n{text}")
   enc.add_argument("--overwrite", action="store_true")
+  enc.add_argument("--commit_every", type=int, default=4096,
+                   help="commit the bank after this many documents ...")
+  enc.add_argument("--commit_seconds", type=float, default=30.0,
+                   help="... or after this many seconds of encoding, whichever comes first")
   a = sub.add_parser("ask", help="route questions against a bank and answer them",
                      allow_abbrev=False)
   a.add_argument("--bank", required=True)
