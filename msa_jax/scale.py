@@ -41,17 +41,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app
+from absl import flags
 from ml_collections import config_flags
+
+from msa_jax import runtime, validation
 
 from msa_jax.data import synthetic
 from msa_jax.evaluation import niah
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference.bank import MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Scale config (configs/scale.py).",
-                                          lock_config=True)
 
 TASKS = ("demo", "single", "multikey", "multivalue", "multiquery")
 NIAH_TASKS = TASKS[1:]
@@ -513,14 +512,15 @@ def run(config: ml_collections.ConfigDict) -> list[dict]:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
-  try:
-    run(_CONFIG.value)
-  except ScaleError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    raise ScaleError(f"unexpected arguments {argv[1:]}")
+  if flags.FLAGS.config is None:
+    raise ScaleError("--config is required (e.g. --config=configs/scale.py)")
+  runtime.enable_compilation_cache()
+  run(flags.FLAGS.config)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Flags are defined only when run as a command, so importing this module defines none.
+  config_flags.DEFINE_config_file("config", None, "Scale config (configs/scale.py).",
+                                  lock_config=True)
+  validation.run_app(main)
