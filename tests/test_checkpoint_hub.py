@@ -123,6 +123,6 @@ def test_bank_cli_model_by_repo_id(hub_cache, tmp_path):
   command = [c.replace(REPO_ID, "tiny-org/absent") for c in command]
   missing = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
                            cwd=REPO)
-  assert missing.returncode == 1
+  assert missing.returncode == 2  # a user error: one line, status 2
   assert missing.stderr.strip().split("\n")[-1].startswith(
       "error: --model='tiny-org/absent' is not in the Hugging Face cache")

@@ -162,7 +162,7 @@ def test_refusals_before_any_model(tmp_path):
   c = demo.get_config("smoke")
   (workdir / "config.json").write_text(c.to_json())
   ok = _config(workdir, tmp_path / "out")
-  assert scale.check_config(ok).data.id_digits == 7
+  assert scale.check_config(ok).data.id_digits == c.data.id_digits  # the checkpoint's task
   bad = [(dict(checkpoint_workdir=str(tmp_path / "none")), "config.json not found"),
          (dict(sizes=(10,)), "10 tokens make 0 documents"),
          (dict(sizes=(10 ** 12,)), "do not fit the checkpoint's task"),

@@ -136,7 +136,9 @@ def chunk_scores(p: dict, q_states: jax.Array, q_mask: jax.Array, chunks: jax.Ar
     mean_q = jnp.where(m, rq, 0).sum(1) / jnp.maximum(q_mask.sum(1), 1)[:, None, None]
     s = jnp.einsum("BJRD,CJD->BCJR", mean_q.reshape(b, j, h // j, d), keys) * scale
     return s.reshape(s.shape[:2] + (h,)).mean(-1)
-  return bank_routing.tile_chunk_scores(rq, q_mask, keys, scale=scale,
+  q = bank_routing.query_operand(rq, keys.shape[-2], scale=scale, head_reduce=msa.head_reduce,
+                                 dtype=keys.dtype)
+  return bank_routing.tile_chunk_scores(q, q_mask, keys, scale=scale,
                                         head_reduce=msa.head_reduce,
                                         query_reduce=msa.query_reduce)
 
