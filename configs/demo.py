@@ -10,8 +10,8 @@ train-short/infer-long table the documents after them (other keys, other identif
 question names a key; the model routes to the document holding it (top_k 1) and generates its
 identifier. The table asks held-out questions against memories of 1x to 700x the 512-token
 training memory through the inference engine (bank, routing over the whole bank, generation);
-4-digit identifiers cap this recipe at 10,000 documents. Measured (run G, 2-core CPU shared, load
-average ~12, 21 min wall; 4 min 46 s solo with the previous generator): recall@1 / answer
+4-digit identifiers cap this recipe at 10,000 documents. Measured (run G; 3 min 48 s on the quiet
+2-core CPU with an empty compilation cache, 21 min when it was shared at load ~12): recall@1 / answer
 0.992 / 0.984, 0.977 / 0.969, 0.727 / 0.711, 0.406 / 0.406 at 1x / 10x / 100x / 700x (512 to
 358,400 tokens): 59 % relative loss.
 
