@@ -7,7 +7,8 @@
   causal kv; decode and prefill shapes, GQA, a custom VJP (XLA backward).
 
 Each package has `kernel.py` (the public wrapper around a `pallas_call`), `reference.py` (the
-same signature in plain jnp, the block-size dataclass and the input checks), and
+same signature in plain jnp; sparse_attention's also holds its block sizes and input checks,
+routing_scores keeps its block sizes in `kernel.py` and the op's definitions in `xla.py`), and
 `benchmark.py` (`python -m pallas_kernels.<name>.benchmark [--small]`). The kernels use the
 Pallas Triton lowering (see the kernel modules' docstrings for why) and run anywhere with
 `interpret=True`. `implementation(name, impl)` maps a config switch ("xla" | "pallas") to

@@ -78,18 +78,19 @@ def max_finite_diff(a, b) -> float:
   return float(np.abs(a[finite] - b[finite]).max(initial=0.0))
 
 
-def check_against_training(bank, questions, num_docs, top_k, mode, tile, scale=0.7):
+def check_against_training(bank, questions, num_docs, top_k, mode, tile, scale=0.7,
+                           kernel_impl="xla"):
   from msa_jax.memory.routing import route
   keys, chunk_doc = bank
   rq, mask = questions
   h, q, c = mode
   out = route(rq, mask, keys, chunk_doc, num_docs, top_k=top_k, scale=scale, head_reduce=h,
-              query_reduce=q, chunk_reduce=c, tile_chunks=tile)
+              query_reduce=q, chunk_reduce=c, tile_chunks=tile, kernel_impl=kernel_impl)
   ds, idx, sel = training_route(rq, mask, keys, chunk_doc, num_docs, top_k, h, q, c, scale)
   k = min(top_k, num_docs)
   assert out.doc_scores.shape == (rq.shape[0], num_docs) and out.indices.shape == (rq.shape[0], k)
   err = max_finite_diff(out.doc_scores, ds)
-  print(f"{mode} tile={tile}: max |doc score error| = {err:.2e}")
+  print(f"{mode} tile={tile} {kernel_impl}: max |doc score error| = {err:.2e}")
   np.testing.assert_allclose(np.asarray(out.doc_scores), ds, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(out.indices), idx)
   np.testing.assert_array_equal(np.asarray(out.selected), sel)
@@ -107,6 +108,34 @@ def test_route_matches_training_path(mode):
   bank = random_bank(0, RAGGED, dup=(2, 6))
   tile = (1, 4, 7, 28, 64)[MODES.index(mode) % 5]  # C = 28: divisors and not, and > C
   check_against_training(bank, random_questions(0), len(RAGGED), 4, mode, tile)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=["-".join(m) for m in MODES])
+def test_kernel_route_matches_training_and_xla(mode):
+  """kernel_impl="pallas" (the routing-score kernel, interpret mode on CPU): the training
+  path's selection, and the XLA path's, on a bank with a tie (documents 2 and 6)."""
+  bank = random_bank(8, RAGGED, d=16, dup=(2, 6))
+  questions = random_questions(8, d=16)
+  out = check_against_training(bank, questions, len(RAGGED) + 2, 5, mode, 4,
+                               kernel_impl="pallas")
+  xla = check_against_training(bank, questions, len(RAGGED) + 2, 5, mode, 4)
+  np.testing.assert_array_equal(np.asarray(out.indices), np.asarray(xla.indices))
+  np.testing.assert_allclose(np.asarray(out.doc_scores), np.asarray(xla.doc_scores), rtol=1e-6,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_impl", ["xla", "pallas", "auto"])
+def test_kernel_impl_picks_the_scorer(kernel_impl):
+  """The compiled program holds a Pallas call iff the kernel was asked for ("auto" takes the
+  kernel on GPU only)."""
+  import jax
+  from msa_jax.memory.routing import route
+  keys, chunk_doc = random_bank(9, (2, 3), d=16)
+  rq, mask = random_questions(9, d=16)
+  jaxpr = jax.make_jaxpr(lambda *a: route(*a, 2, top_k=1, scale=1.0, kernel_impl=kernel_impl))(
+      rq, mask, keys, chunk_doc)
+  wants = kernel_impl == "pallas" or (kernel_impl == "auto" and jax.default_backend() == "gpu")
+  assert ("pallas_call" in str(jaxpr)) == wants
 
 
 @pytest.mark.parametrize("tile", [1, 3, 5, 14, 28, 100])
@@ -181,6 +210,8 @@ def test_bad_arguments_are_named():
     route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, tile_chunks=0)
   with pytest.raises(ValueError, match="chunk_reduce='sum'"):
     route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, chunk_reduce="sum")
+  with pytest.raises(ValueError, match="kernel_impl='triton'"):
+    route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, kernel_impl="triton")
   with pytest.raises(ValueError, match="document 0 has non-contiguous"):
     layout_bank(keys, np.array([0, 1, 0, 1, 1]), 2)
 
@@ -272,6 +303,15 @@ def _worker() -> None:
           "tie_adjacent": all(list(r).index(2) + 1 == list(r).index(8)
                               for r in np.asarray(got.indices)[:3] if 2 in r and 8 in r),
       }
+    k16, d16 = random_bank(7, SHARDED_DOCS, d=16, dup=(2, 8))
+    q16 = random_questions(7, b=4, d=16)
+    kw = dict(top_k=4, scale=0.5, chunk_reduce="mean", tile_chunks=2)
+    got = route_sharded(mesh, *q16, *shard_bank(mesh, k16, d16, tile_chunks=2), num_docs,
+                        kernel_impl="pallas", **kw)
+    flat = route(*q16, k16, d16, num_docs, **kw)
+    result[f"{name}/pallas"] = {
+        "indices_equal_flat": bool(np.array_equal(np.asarray(got.indices), flat.indices)),
+        "max_diff_flat": max_finite_diff(got.doc_scores, flat.doc_scores)}
     bad_doc = np.r_[chunk_doc, [-1] * (-len(chunk_doc) % shards)]
     bad_keys = np.zeros((len(bad_doc),) + keys.shape[1:], np.float32)
     try:
@@ -302,6 +342,13 @@ def test_route_sharded_equals_route(worker_result, mesh, case):
   assert r["indices_equal_flat"] and r["selected_equal_flat"], r  # the unpadded bank
   assert r["max_diff_flat"] <= 1e-6, r
   assert r["tie_adjacent"], r
+
+
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_route_sharded_with_the_kernel(worker_result, mesh):
+  """Each shard scores its chunks with the routing-score kernel: the XLA path's selection."""
+  r = worker_result[f"{mesh}/pallas"]
+  assert r["indices_equal_flat"] and r["max_diff_flat"] <= 1e-6, r
 
 
 @pytest.mark.parametrize("mesh", sorted(MESHES))

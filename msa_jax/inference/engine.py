@@ -480,7 +480,8 @@ class MSAEngine:
     keys, chunk_doc = self._routing_keys(layer)
     kw = dict(top_k=self.msa.top_k, scale=self.msa.routing_scale(self.config.head_dim),
               head_reduce=self.msa.head_reduce, query_reduce=self.msa.query_reduce,
-              chunk_reduce=self.msa.chunk_reduce, tile_chunks=self.tile_chunks)
+              chunk_reduce=self.msa.chunk_reduce, tile_chunks=self.tile_chunks,
+              kernel_impl=self.msa.kernel_impl)
     rq = rq.astype(keys.dtype)  # a bfloat16 bank routes in bfloat16
     if self.mesh is not None:
       return bank_routing.route_sharded(self.mesh, rq, query_mask, keys, chunk_doc,

@@ -13,14 +13,23 @@ O(Q * tile * T * H + Q * M) whatever C is:
   selection:                 top K = min(top_k, M) documents; slot i valid iff i < documents
                              present; ties go to the lower document index.
 
-A tile is scored by one GEMM (`query_operand`): with head_reduce="mean" each kv group's R
-query heads are summed before the dot (the mean is linear), so the GEMM is [B * T, J * D] x
-[J * D, tile], R times fewer FLOPs than scoring every head; "max" keeps every head's dot (one
-GEMM per kv head). Scores equal the training path's up to float rounding (a few ulps: the
-summation order differs), so two documents whose scores differ by less than that could rank
-in the other order; documents with identical keys still tie exactly (their chunks go through
-the same GEMM) and ties go to the lower index. The GEMM's summation order may depend on its
-shape, so changing `tile_chunks` can move a score by an ulp.
+A tile is scored by one GEMM (`pallas_kernels.routing_scores.xla`, the op's home): with
+head_reduce="mean" each kv group's R query heads are summed before the dot (the mean is
+linear), so the GEMM is [tile, J * D] x [J * D, B * T], R times fewer FLOPs than scoring every
+head; "max" keeps every head's dot (one GEMM per kv head). Scores equal the training path's up
+to float rounding (a few ulps: the summation order differs), so two documents whose scores
+differ by less than that could rank in the other order; documents with identical keys still
+tie exactly (their chunks go through the same GEMM) and ties go to the lower index. The GEMM's
+summation order may depend on its shape, so changing `tile_chunks` can move a score by an ulp.
+
+`kernel_impl` ("auto" | "xla" | "pallas", as `MSAConfig.kernel_impl`) picks the scorer:
+"pallas" (or "auto" on a GPU, for a head dim the kernel takes: a power of two >= 16) scores
+the whole bank with the fused Pallas routing-score kernel (`routing_doc_scores`; interpret
+mode where there is no GPU) and reduces chunks to documents with a segment max / mean; it
+holds the [Q, C] float32 chunk scores (J * D * itemsize / 4 times smaller than the keys) in
+place of the tiles. Its scores equal the XLA path's up to float rounding (the kernel sums the
+kv heads' dots in its own order), so the same caveat on near-ties applies; `tile_chunks` is
+unused there.
 
 On CPU the scatter applies a tile's chunks in order, so a document's sum is the left fold of
 its chunk scores in bank order. (On GPU the scatter-add of a "mean" reduction may add a
@@ -51,9 +60,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pallas_kernels.routing_scores.reference import check_inputs, reduce_queries
+from pallas_kernels import _common
+from pallas_kernels.routing_scores.kernel import routing_doc_scores
+from pallas_kernels.routing_scores.xla import check_inputs, query_operand, tile_chunk_scores
 
 NEG_INF = float("-inf")
+KERNEL_IMPLS = ("auto", "xla", "pallas")
 DEFAULT_TILE_CHUNKS = 2048  # the fastest of 512..8192 on CPU at 1M-10M tokens (B = 1, 8)
 
 
@@ -74,58 +86,14 @@ class RouteResult(NamedTuple):
 
 
 def _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
-                      query_reduce, chunk_reduce, tile_chunks) -> None:
+                      query_reduce, chunk_reduce, tile_chunks, kernel_impl) -> None:
   check_inputs(rq, query_mask, keys, chunk_doc, num_docs, scale, head_reduce, query_reduce,
                chunk_reduce)
+  if kernel_impl not in KERNEL_IMPLS:
+    raise ValueError(f"kernel_impl={kernel_impl!r}; expected one of {KERNEL_IMPLS}")
   for name, value in (("top_k", top_k), ("tile_chunks", tile_chunks)):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"{name}={value!r} must be a static int >= 1")
-
-
-def query_operand(rq: jax.Array, num_kv_heads: int, *, scale: float, head_reduce: str,
-                  dtype) -> jax.Array:
-  """The routing queries as the left operand of the per-tile GEMM (built once per call).
-
-  head_reduce="mean" is linear: mean_h <q_h, k_{h // R}> * scale = <qbar, k> with qbar[j] =
-  (scale / H) * sum_r q[j, r] (summed in float32) and the J kv heads flattened into the
-  contraction, so a tile of keys [tile, J * D] is scored by ONE GEMM [B * T, J * D] x
-  [J * D, tile], R times fewer FLOPs than scoring every head. Returns qbar [B * T, J * D].
-
-  head_reduce="max" keeps every head's dot (the max is not linear): returns the heads grouped
-  by kv head, [J, B * T * R, D] (one batched GEMM over J per tile); `scale` is applied after
-  the max (exact: rounding is monotone).
-
-  The result has `dtype` (the keys'): for bfloat16 keys qbar is rounded to bfloat16, as in
-  the Pallas kernel.
-  """
-  b, t, h, d = rq.shape
-  j = num_kv_heads
-  q = rq.reshape(b, t, j, h // j, d)
-  if head_reduce == "mean":
-    qbar = q.astype(jnp.float32).sum(axis=3) * (scale / h)
-    return qbar.reshape(b * t, j * d).astype(dtype)
-  return q.transpose(2, 0, 1, 3, 4).reshape(j, b * t * (h // j), d).astype(dtype)
-
-
-def tile_chunk_scores(q: jax.Array, query_mask: jax.Array, keys: jax.Array, *, scale: float,
-                      head_reduce: str, query_reduce: str) -> jax.Array:
-  """Chunk scores [B, C] of one tile of keys [C, J, D]; q from `query_operand`.
-
-  Equal to `routing.chunk_scores`' math up to float rounding (the head mean is a sum of
-  pre-summed heads, so a score may differ from the training path's by a few ulps). Every
-  chunk is scored (no -inf masking: the caller drops padding rows).
-  """
-  c, j, d = keys.shape
-  b, t = query_mask.shape
-  if head_reduce == "mean":
-    s = jax.lax.dot_general(q, keys.reshape(c, j * d), (((1,), (1,)), ((), ())),
-                            preferred_element_type=jnp.float32)  # [B * T, C]
-  else:
-    s = jax.lax.dot_general(q, keys, (((2,), (2,)), ((0,), (1,))),
-                            preferred_element_type=jnp.float32)  # [J, B * T * R, C]
-    s = s.reshape(j, b * t, -1, c)
-    s = s.max(axis=(0, 2)) * scale if scale >= 0 else s.min(axis=(0, 2)) * scale
-  return reduce_queries(s.reshape(b, t, c), query_mask, query_reduce)
 
 
 def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_reduce,
@@ -174,6 +142,30 @@ def _finish_docs(acc: jax.Array, count: jax.Array, chunk_reduce: str) -> jax.Arr
   return jnp.where(count > 0, acc / jnp.maximum(count, 1), NEG_INF)
 
 
+def uses_kernel(kernel_impl: str, head_dim: int) -> bool:
+  """Whether routing with `kernel_impl` runs the Pallas routing-score kernel: "pallas" always,
+  "auto" on a GPU when the kernel takes the head dim (a power of two >= 16)."""
+  takes = _common.is_power_of_two(head_dim) and head_dim >= 16
+  return kernel_impl == "pallas" or (kernel_impl == "auto" and jax.default_backend() == "gpu"
+                                     and takes)
+
+
+def _bank_doc_scores(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_reduce,
+                     query_reduce, chunk_reduce, tile_chunks, kernel_impl):
+  """(document scores [B, M], chunks per document [M]) of a (local) bank, either scorer."""
+  count = _chunk_counts(chunk_doc, num_docs)
+  if uses_kernel(kernel_impl, rq.shape[-1]):
+    doc_scores = routing_doc_scores(
+        rq, query_mask, keys, chunk_doc, num_docs, scale=scale, head_reduce=head_reduce,
+        query_reduce=query_reduce, chunk_reduce=chunk_reduce,
+        interpret=jax.default_backend() != "gpu")
+    return doc_scores, count
+  acc = _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, scale=scale,
+                        head_reduce=head_reduce, query_reduce=query_reduce,
+                        chunk_reduce=chunk_reduce, tile_chunks=tile_chunks)
+  return _finish_docs(acc, count, chunk_reduce), count
+
+
 def sort_keys(scores: jax.Array) -> jax.Array:
   """float32 -> int32 keys with the same order (-0.0 == 0.0; -inf above int32 min)."""
   x = scores.astype(jnp.float32) + 0.0  # -0.0 -> +0.0
@@ -199,11 +191,12 @@ def _top_k(doc_scores: jax.Array, owned: jax.Array, k: int):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "num_docs", "top_k", "scale", "head_reduce", "query_reduce", "chunk_reduce", "tile_chunks"))
+    "num_docs", "top_k", "scale", "head_reduce", "query_reduce", "chunk_reduce", "tile_chunks",
+    "kernel_impl"))
 def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.Array,
           num_docs: int, *, top_k: int, scale: float, head_reduce: str = "mean",
           query_reduce: str = "max", chunk_reduce: str = "max",
-          tile_chunks: int = DEFAULT_TILE_CHUNKS) -> RouteResult:
+          tile_chunks: int = DEFAULT_TILE_CHUNKS, kernel_impl: str = "xla") -> RouteResult:
   """Routes B questions against a whole bank of one router layer (single device).
 
   Args:
@@ -218,18 +211,19 @@ def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.
     query_reduce: "max" | "mean" | "last" over the routing-query tokens.
     chunk_reduce: "max" | "mean" over a document's chunks.
     tile_chunks: chunks scored per step; peak memory grows with it, not with C.
+    kernel_impl: "xla" (tiled GEMMs), "pallas" (the routing-score kernel; interpret mode
+      without a GPU) or "auto" (the kernel on a GPU); see the module docstring.
 
   Returns:
     A `RouteResult`; equal to `routing.select_top_k(routing.doc_scores(routing.chunk_scores(
     ...)))` of the training path on the same documents.
   """
   _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
-                    query_reduce, chunk_reduce, tile_chunks)
-  acc = _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, scale=scale,
-                        head_reduce=head_reduce, query_reduce=query_reduce,
-                        chunk_reduce=chunk_reduce, tile_chunks=tile_chunks)
-  count = _chunk_counts(chunk_doc, num_docs)
-  doc_scores = _finish_docs(acc, count, chunk_reduce)
+                    query_reduce, chunk_reduce, tile_chunks, kernel_impl)
+  doc_scores, count = _bank_doc_scores(
+      rq, query_mask, keys, chunk_doc, num_docs, scale=scale, head_reduce=head_reduce,
+      query_reduce=query_reduce, chunk_reduce=chunk_reduce, tile_chunks=tile_chunks,
+      kernel_impl=kernel_impl)
   k = min(top_k, num_docs)
   owned = jnp.ones((num_docs,), jnp.bool_)
   _, indices, scores = _top_k(doc_scores, owned, k)
@@ -336,7 +330,8 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
                   chunk_doc: jax.Array, num_docs: int, *, top_k: int, scale: float,
                   head_reduce: str = "mean", query_reduce: str = "max",
                   chunk_reduce: str = "max", tile_chunks: int = DEFAULT_TILE_CHUNKS,
-                  axis_name: str = "memory", return_doc_scores: bool = True) -> RouteResult:
+                  axis_name: str = "memory", return_doc_scores: bool = True,
+                  kernel_impl: str = "xla") -> RouteResult:
   """`route` with the bank's chunks sharded over the mesh axis `axis_name` (Memory Parallel).
 
   The bank must be laid out with no document straddling shards (`shard_bank` / `layout_bank`
@@ -349,7 +344,8 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
   Args:
     mesh: a mesh with an axis `axis_name` (other axes replicate the work).
     rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce, query_reduce,
-      chunk_reduce, tile_chunks: as in `route`; C must be a multiple of the axis size.
+      chunk_reduce, tile_chunks, kernel_impl: as in `route`; C must be a multiple of the axis
+      size.
     axis_name: the memory axis.
     return_doc_scores: also all-reduce the [B, M] document scores (else `doc_scores` is None).
 
@@ -357,7 +353,7 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
     A `RouteResult`, replicated over the mesh.
   """
   _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
-                    query_reduce, chunk_reduce, tile_chunks)
+                    query_reduce, chunk_reduce, tile_chunks, kernel_impl)
   _check_axis(mesh, axis_name)
   shards = mesh.shape[axis_name]
   if keys.shape[0] % shards:
@@ -369,24 +365,24 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
   return _route_sharded(
       mesh, rq, query_mask, keys, chunk_doc, num_docs, top_k=top_k, scale=float(scale),
       head_reduce=head_reduce, query_reduce=query_reduce, chunk_reduce=chunk_reduce,
-      tile_chunks=tile_chunks, axis_name=axis_name, return_doc_scores=return_doc_scores)
+      tile_chunks=tile_chunks, axis_name=axis_name, return_doc_scores=return_doc_scores,
+      kernel_impl=kernel_impl)
 
 
 @functools.partial(jax.jit, static_argnames=(
     "mesh", "num_docs", "top_k", "scale", "head_reduce", "query_reduce", "chunk_reduce",
-    "tile_chunks", "axis_name", "return_doc_scores"))
+    "tile_chunks", "axis_name", "return_doc_scores", "kernel_impl"))
 def _route_sharded(mesh, rq, query_mask, keys, chunk_doc, num_docs, *, top_k, scale,
                    head_reduce, query_reduce, chunk_reduce, tile_chunks, axis_name,
-                   return_doc_scores):
+                   return_doc_scores, kernel_impl):
   k = min(top_k, num_docs)
 
   def local(rq, query_mask, keys, chunk_doc):
-    acc = _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, scale=scale,
-                          head_reduce=head_reduce, query_reduce=query_reduce,
-                          chunk_reduce=chunk_reduce, tile_chunks=tile_chunks)
-    count = _chunk_counts(chunk_doc, num_docs)
+    doc_scores, count = _bank_doc_scores(
+        rq, query_mask, keys, chunk_doc, num_docs, scale=scale, head_reduce=head_reduce,
+        query_reduce=query_reduce, chunk_reduce=chunk_reduce, tile_chunks=tile_chunks,
+        kernel_impl=kernel_impl)
     total = jax.lax.psum(count, axis_name)
-    doc_scores = _finish_docs(acc, count, chunk_reduce)
     first = jax.lax.axis_index(axis_name) == 0
     owned = (count > 0) | ((total == 0) & first)
     top, idx, scores = _top_k(doc_scores, owned, k)

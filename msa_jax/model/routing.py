@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.routing_scores.reference import reduce_queries
+from pallas_kernels.routing_scores.xla import reduce_queries
 
 # Masked scores: -inf, so a masked entry never wins a max and softmax-style losses ignore it.
 NEG_INF = float("-inf")

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import _bench, _common
-from pallas_kernels.routing_scores.kernel import routing_chunk_scores, routing_doc_scores
-from pallas_kernels.routing_scores.reference import (RoutingBlockSizes,
-                                                     routing_doc_scores_reference)
+from pallas_kernels.routing_scores.kernel import (RoutingBlockSizes, routing_chunk_scores,
+                                                  routing_doc_scores)
+from pallas_kernels.routing_scores.reference import routing_doc_scores_reference
 
 SMALL = dict(chunks="2048", batch=1, tokens=4, heads=4, kv_heads=2, dim=32, dtype="float32",
              iters=2, warmup=1, block_c=128, block_rows=16)

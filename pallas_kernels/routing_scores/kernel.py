@@ -58,6 +58,7 @@ Backend: Pallas **Triton** lowering, chosen over Mosaic GPU, deliberately:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -66,8 +67,30 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _common
-from pallas_kernels.routing_scores.reference import (NEG_INF, RoutingBlockSizes, check_inputs,
-                                                     chunks_to_docs)
+from pallas_kernels.routing_scores.xla import NEG_INF, check_inputs, chunks_to_docs
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingBlockSizes:
+  """Tiling and launch parameters of the routing kernel.
+
+  Attributes:
+    block_c: chunks per program (one tile of the key bank is streamed per program).
+    block_rows: target number of (question, token) rows per program. Every question's T
+      tokens sit in one program (padded to a power of two); rows beyond the batch are padded.
+      When B * T is at most this, the bank is streamed exactly once.
+    num_warps: Triton warps per program.
+    num_stages: Triton software-pipelining depth.
+  """
+  block_c: int = 128
+  block_rows: int = 64
+  num_warps: int = 4
+  num_stages: int = 2
+
+  def __post_init__(self):
+    _common.check_block("block_c", self.block_c)
+    _common.check_block("block_rows", self.block_rows)
+    _common.check_launch(self.num_warps, self.num_stages)
 
 
 def _routing_kernel(q_ref, w_ref, keys_ref, doc_ref, out_ref, *, num_chunks: int, groups: int,
