@@ -13,6 +13,8 @@ bytes, and memory: the compiled executable's temporary and argument bytes
 (`memory_analysis()`; temporaries stay O(Q * tile * T * H + Q * M)) and the process's max RSS.
 `--paper` uses the paper's sizes: 100M tokens, Qwen3-4B's routing dims (H=32, J=8, D=128),
 bf16, 18 router layers; one layer is timed and the total is per-layer x router layers.
+`--kernel-impl` picks the scorer (`routing.route`'s kernel_impl; default "auto": the Pallas
+routing-score kernel on a GPU, the tiled XLA GEMMs elsewhere).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--query-reduce", default="max", choices=QUERY_REDUCES)
   p.add_argument("--chunk-reduce", default="max", choices=CHUNK_REDUCES)
   p.add_argument("--tile-chunks", type=int, default=routing.DEFAULT_TILE_CHUNKS)
+  p.add_argument("--kernel-impl", default="auto", choices=routing.KERNEL_IMPLS,
+                 help="routing-score scorer: auto (the Pallas kernel on GPU), xla or pallas")
   p.add_argument("--router-layers", type=int, default=1,
                  help="layers that route (total time = per-layer time x this)")
   p.add_argument("--memory-devices", type=int, default=0,
@@ -132,7 +136,7 @@ def run_one(tokens: int, args: argparse.Namespace, mesh) -> dict:
   rq, mask = make_questions(args)
   kw = dict(top_k=args.top_k, scale=1.0, head_reduce=args.head_reduce,
             query_reduce=args.query_reduce, chunk_reduce=args.chunk_reduce,
-            tile_chunks=args.tile_chunks)
+            tile_chunks=args.tile_chunks, kernel_impl=args.kernel_impl)
   if mesh is None:
     fn = jax.jit(lambda rq, mask, keys, doc: routing.route(rq, mask, keys, doc, num_docs, **kw))
   else:
@@ -186,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         f"({'route_sharded' if mesh else 'route'}); B={args.questions} T={args.query_tokens} "
         f"H={args.heads} J={args.kv_heads} D={args.dim} {args.dtype}; P={args.chunk_size}, "
         f"{args.doc_tokens}-token documents, top_k={args.top_k}, tile={args.tile_chunks}, "
+        f"kernel_impl={args.kernel_impl}, "
         f"reduce {args.head_reduce}/{args.query_reduce}/{args.chunk_reduce}", flush=True)
   rows = []
   for tokens in (int(float(t)) for t in args.tokens.split(",")):
