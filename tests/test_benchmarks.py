@@ -53,10 +53,10 @@ def test_quick_routing_stage_rows_and_table():
   out = io.StringIO()
   doc = run_suite(["routing"], quick=True, out=out)
   rows = doc["rows"]
-  assert [r["case"] for r in rows] == ["0.065536M tokens B=1", "0.065536M tokens B=8"]
+  assert [r["case"] for r in rows] == ["0.065536M tokens B=1"] * 2 + ["0.065536M tokens B=8"] * 2
   chunks = 65_536 // routing.P
-  for r, b in zip(rows, (1, 8)):
-    assert r["stage"] == "routing" and r["baseline"].startswith("numpy sgemm (")
+  for r, b, base in zip(rows, (1, 1, 8, 8), ("numpy sgemm (", "XLA GEMM") * 2):
+    assert r["stage"] == "routing" and r["baseline"].startswith(base)
     assert r["ours_s"] > 0 and r["baseline_s"] > 0
     assert r["flops"] == 2.0 * b * routing.T * routing.J * routing.D * chunks
     assert r["ratio"] == pytest.approx(r["ours_s"] / r["baseline_s"])

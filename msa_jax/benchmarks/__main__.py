@@ -6,7 +6,8 @@ and its share of this machine's sgemm peak, measured at the start of the run wit
 process that runs the host's native OpenBLAS kernel (`blas.Worker`; the peak and the numpy
 baselines report that kernel). Stages:
 
-  routing     `inference.routing.route` vs the equal-work numpy GEMM (1M and 10M tokens, B=1, 8)
+  routing     `memory.routing.route` vs the equal-work GEMM, in numpy and in XLA (1M and 10M
+              tokens, B=1, 8; a row per baseline)
   encoding    stage-1 `engine.encode_documents` vs HF transformers' backbone (SmolLM2-135M)
   generation  greedy generation vs HF `generate` (SmolLM2-135M, B=1, 8)
 

@@ -5,9 +5,16 @@ L2-normalised float32 keys [C, J=2, D=64] of chunks of P=64 tokens in 512-token 
 questions of T=16 routing tokens with H=4 heads, head mean / query max / chunk max, top 16.
 Ours is the whole jitted `route` (scores, per-document max, top-k). The baseline is the GEMM
 that scoring needs at the least: the head-summed queries [B * T, J * D] times the same keys
-[C, J * D] transposed, in numpy (`blas.Worker`: a process with the host's native OpenBLAS
-kernel). The two are timed in interleaved repeats after a warm-up each; `flops` is that GEMM's
-2 * B * T * J * D * C.
+[C, J * D] transposed, twice: in numpy (`blas.Worker`: a process with the host's native
+OpenBLAS kernel; the faster of the two orientations, [B * T, J * D] x [J * D, C] and
+[C, J * D] x [J * D, B * T]: on one core the second is ~2x faster at B = 1), and as one XLA dot over the whole bank in this process (keys [C, J * D] x
+[J * D, B * T], the orientation `route` uses; it writes all C * B * T scores, which `route`'s
+tiles never hold). Each case gives two rows, one per baseline. The three are timed in
+interleaved repeats after a warm-up each; `flops` is that GEMM's 2 * B * T * J * D * C.
+
+On a loaded machine numpy's threaded OpenBLAS slows down far more than XLA (its 2 threads wait
+on each other), so the numpy ratio then flatters us; the XLA GEMM, run by the same runtime on
+the same threads, is the steadier yardstick.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from msa_jax.benchmarks.blas import Worker
@@ -44,6 +52,13 @@ def make_questions(b: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
   return rq, np.ones((b, T), bool)
 
 
+@jax.jit
+def _xla_gemm(keys: jax.Array, qbar: jax.Array) -> jax.Array:
+  """keys [C, J * D] x qbar [B * T, J * D]^T -> [C, B * T] float32: the equal-work XLA GEMM."""
+  return jax.lax.dot_general(keys, qbar, (((1,), (1,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
 def _time_once(fn, *args) -> float:
   t0 = time.perf_counter()
   jax.block_until_ready(fn(*args))
@@ -51,7 +66,8 @@ def _time_once(fn, *args) -> float:
 
 
 def run(quick: bool, tile_chunks: int = routing.DEFAULT_TILE_CHUNKS) -> list[dict]:
-  """One row per (bank size, batch): route vs numpy GEMM, medians of interleaved repeats."""
+  """Two rows per (bank size, batch): route vs the numpy GEMM, and vs the XLA GEMM (medians of
+  interleaved repeats)."""
   sizes = QUICK if quick else FULL
   rows = []
   with Worker() as blas, tempfile.TemporaryDirectory() as tmp:
@@ -61,6 +77,7 @@ def run(quick: bool, tile_chunks: int = routing.DEFAULT_TILE_CHUNKS) -> list[dic
       c = keys.shape[0]
       np.save(os.path.join(tmp, "b.npy"), keys.reshape(c, J * D))
       dev_keys, dev_doc = jax.device_put(keys), jax.device_put(chunk_doc)
+      dev_flat = jax.device_put(keys.reshape(c, J * D))
       fn = jax.jit(lambda rq, m, k, d, num_docs=num_docs: routing.route(
           rq, m, k, d, num_docs, top_k=TOP_K, scale=1.0, tile_chunks=tile_chunks))
       for b in sizes["batches"]:
@@ -69,13 +86,18 @@ def run(quick: bool, tile_chunks: int = routing.DEFAULT_TILE_CHUNKS) -> list[dic
         np.save(os.path.join(tmp, "a.npy"), qbar.reshape(b * T, J * D))
         blas.call("load", a=os.path.join(tmp, "a.npy"), b=os.path.join(tmp, "b.npy"))
         args = (jax.device_put(rq), jax.device_put(mask), dev_keys, dev_doc)
+        gemm_args = (dev_flat, jax.device_put(qbar.reshape(b * T, J * D)))
         _time_once(fn, *args)
+        _time_once(_xla_gemm, *gemm_args)
         blas.call("time")
-        ours, base = [], []
+        ours, base, xla = [], [], []
         for _ in range(sizes["iters"]):
           ours.append(_time_once(fn, *args))
           base.append(blas.call("time")["s"])
-        rows.append(dict(stage="routing", case=f"{tokens / 1e6:g}M tokens B={b}",
-                         ours_s=statistics.median(ours), baseline=f"numpy sgemm ({core})",
-                         baseline_s=statistics.median(base), flops=2.0 * b * T * J * D * c))
+          xla.append(_time_once(_xla_gemm, *gemm_args))
+        row = dict(stage="routing", case=f"{tokens / 1e6:g}M tokens B={b}",
+                   ours_s=statistics.median(ours), flops=2.0 * b * T * J * D * c)
+        rows.append(dict(row, baseline=f"numpy sgemm ({core})",
+                         baseline_s=statistics.median(base)))
+        rows.append(dict(row, baseline="XLA GEMM", baseline_s=statistics.median(xla)))
   return rows
