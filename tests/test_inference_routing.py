@@ -200,6 +200,27 @@ def test_padding_rows_and_bfloat16():
   np.testing.assert_allclose(np.asarray(c.doc_scores), np.asarray(a.doc_scores), atol=3e-2)
 
 
+@pytest.mark.parametrize("kernel_impl", ["xla", "pallas"])
+def test_a_bfloat16_bank_as_bits(kernel_impl):
+  """`host_keys` hands a bfloat16 bank over as uint16 bit patterns (on CPU): the same result,
+  bit for bit, as the bfloat16 keys themselves."""
+  import jax.numpy as jnp
+  from msa_jax.memory.routing import host_keys, route
+  keys, chunk_doc = random_bank(10, RAGGED, d=16)
+  rq, mask = random_questions(10, d=16)
+  keys16, rq16 = keys.astype(jnp.bfloat16), jnp.asarray(rq, jnp.bfloat16)
+  bits = host_keys(keys16)
+  assert bits.dtype == np.uint16 and np.shares_memory(bits, keys16)
+  kw = dict(top_k=4, scale=1.0, chunk_reduce="mean", tile_chunks=8, kernel_impl=kernel_impl)
+  a = route(rq16, mask, keys16, chunk_doc, len(RAGGED), **kw)
+  b = route(rq16, mask, bits, chunk_doc, len(RAGGED), **kw)
+  for field in a._fields:
+    np.testing.assert_array_equal(np.asarray(getattr(b, field)), np.asarray(getattr(a, field)))
+  assert host_keys(keys).dtype == np.float32  # float32 banks go as they are
+  with pytest.raises(ValueError, match="needs 16-bit float queries; got rq.dtype=float32"):
+    route(rq, mask, bits, chunk_doc, len(RAGGED), top_k=1, scale=1.0)
+
+
 def test_bad_arguments_are_named():
   from msa_jax.memory.routing import layout_bank, route
   keys, chunk_doc = random_bank(5, (2, 3))

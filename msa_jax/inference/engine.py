@@ -463,7 +463,7 @@ class MSAEngine:
   def _routing_keys(self, layer: int):
     """Device-resident routing keys (sharded over `memory` with a mesh) and chunk_doc."""
     if layer not in self._keys:
-      keys = np.asarray(self.bank.layer_arrays(layer)[0])
+      keys = bank_routing.host_keys(self.bank.layer_arrays(layer)[0])
       chunk_doc = self.bank.chunk_doc()
       if self.mesh is not None:
         keys, chunk_doc = bank_routing.shard_bank(self.mesh, keys, chunk_doc,
@@ -482,7 +482,7 @@ class MSAEngine:
               head_reduce=self.msa.head_reduce, query_reduce=self.msa.query_reduce,
               chunk_reduce=self.msa.chunk_reduce, tile_chunks=self.tile_chunks,
               kernel_impl=self.msa.kernel_impl)
-    rq = rq.astype(keys.dtype)  # a bfloat16 bank routes in bfloat16
+    rq = rq.astype(self.bank.dtype)  # a bfloat16 bank routes in bfloat16
     if self.mesh is not None:
       return bank_routing.route_sharded(self.mesh, rq, query_mask, keys, chunk_doc,
                                         self.bank.num_docs, **kw)

@@ -66,6 +66,7 @@ from pallas_kernels.routing_scores.xla import check_inputs, query_operand, tile_
 
 NEG_INF = float("-inf")
 KERNEL_IMPLS = ("auto", "xla", "pallas")
+BITS = jnp.dtype(jnp.uint16)  # a 16-bit float bank given as its bit patterns (`host_keys`)
 DEFAULT_TILE_CHUNKS = 2048  # the fastest of 512..8192 on CPU at 1M-10M tokens (B = 1, 8)
 
 
@@ -87,8 +88,11 @@ class RouteResult(NamedTuple):
 
 def _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
                       query_reduce, chunk_reduce, tile_chunks, kernel_impl) -> None:
-  check_inputs(rq, query_mask, keys, chunk_doc, num_docs, scale, head_reduce, query_reduce,
-               chunk_reduce)
+  if keys.dtype == BITS and jnp.dtype(rq.dtype).itemsize != 2:
+    raise ValueError(f"keys.dtype=uint16 (a 16-bit float bank's bit patterns, `host_keys`) "
+                     f"needs 16-bit float queries; got rq.dtype={rq.dtype}")
+  check_inputs(rq, query_mask, jax.ShapeDtypeStruct(keys.shape, _key_dtype(rq, keys)),
+               chunk_doc, num_docs, scale, head_reduce, query_reduce, chunk_reduce)
   if kernel_impl not in KERNEL_IMPLS:
     raise ValueError(f"kernel_impl={kernel_impl!r}; expected one of {KERNEL_IMPLS}")
   for name, value in (("top_k", top_k), ("tile_chunks", tile_chunks)):
@@ -108,14 +112,15 @@ def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_re
   tile = min(tile_chunks, c)
   num_tiles = -(-c // tile)
   b = rq.shape[0]
-  q = query_operand(rq, keys.shape[1], scale=scale, head_reduce=head_reduce, dtype=keys.dtype)
   chunk_doc = chunk_doc.astype(jnp.int32)
   init = jnp.full((b, num_docs), NEG_INF if chunk_reduce == "max" else 0.0, jnp.float32)
-  dtype = keys.dtype
-  # Sliced as bits: XLA:CPU (jax 0.10) otherwise converts a 16-bit float bank to float32 in
-  # full before the loop (and each tile back), which made bfloat16 routing 4.8x slower.
-  bits = keys if itemsize_bits(dtype) == 32 else jax.lax.bitcast_convert_type(
-      keys, jnp.dtype(f"uint{itemsize_bits(dtype)}"))
+  dtype = _key_dtype(rq, keys)
+  # A 16-bit bank is sliced as bits: XLA:CPU (jax 0.10) otherwise converts the whole bank to
+  # float32 before the loop (each tile back after), which made bfloat16 routing 4.8x slower.
+  # The bitcast here still copies the bank once per call; `host_keys` banks skip that.
+  bits = keys if keys.dtype == BITS or dtype.itemsize != 2 else jax.lax.bitcast_convert_type(
+      keys, BITS)
+  q = query_operand(rq, keys.shape[1], scale=scale, head_reduce=head_reduce, dtype=dtype)
 
   def body(i, acc):
     nominal = i * tile
@@ -134,8 +139,21 @@ def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_re
   return jax.lax.fori_loop(0, num_tiles, body, init)
 
 
-def itemsize_bits(dtype) -> int:
-  return jnp.dtype(dtype).itemsize * 8
+def _key_dtype(rq, keys) -> jnp.dtype:
+  """The keys' float dtype: their own, or the queries' for a bank given as bit patterns."""
+  return jnp.dtype(rq.dtype if keys.dtype == BITS else keys.dtype)
+
+
+def host_keys(keys: np.ndarray) -> np.ndarray:
+  """A host bank's keys as `route` reads them fastest on this backend, without a copy.
+
+  On CPU a 16-bit float bank becomes a uint16 view of its bit patterns (`route` then slices
+  tiles of bits and reinterprets each; handing it the floats costs a bank-sized copy per call);
+  anything else is returned as it is. Pass queries of the bank's float dtype with it.
+  """
+  keys = np.asarray(keys)
+  half = keys.dtype in (np.dtype(np.float16), np.dtype(jnp.bfloat16))
+  return keys.view(np.uint16) if half and jax.default_backend() == "cpu" else keys
 
 
 def _chunk_counts(chunk_doc: jax.Array, num_docs: int) -> jax.Array:
@@ -165,6 +183,8 @@ def _bank_doc_scores(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_r
   """(document scores [B, M], chunks per document [M]) of a (local) bank, either scorer."""
   count = _chunk_counts(chunk_doc, num_docs)
   if uses_kernel(kernel_impl, rq.shape[-1]):
+    if keys.dtype == BITS:
+      keys = jax.lax.bitcast_convert_type(keys, rq.dtype)
     doc_scores = routing_doc_scores(
         rq, query_mask, keys, chunk_doc, num_docs, scale=scale, head_reduce=head_reduce,
         query_reduce=query_reduce, chunk_reduce=chunk_reduce,
@@ -212,7 +232,8 @@ def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.
   Args:
     rq: [B, T, H, D] routing queries (L2-normalised by the caller where the model does).
     query_mask: [B, T] bool, each question's routing-query tokens.
-    keys: [C, J, D] pooled routing keys of every chunk of the bank; rq's dtype.
+    keys: [C, J, D] pooled routing keys of every chunk of the bank; rq's dtype, or for a
+      16-bit float bank its bit patterns as uint16 (`host_keys`: faster on CPU).
     chunk_doc: [C] int, document (0 .. num_docs-1) of each chunk, -1 for padding rows.
     num_docs: static number of documents M.
     top_k: documents to select (K = min(top_k, M)).
