@@ -47,6 +47,16 @@ def test_derive_ratio_gflops_and_peak_share():
   assert none["ratio"] is None and none["gflops"] is None and none["pct_peak"] is None
 
 
+def test_routing_one_core_env_and_table():
+  from msa_jax.benchmarks import routing
+  env = routing.one_core_env({"XLA_FLAGS": "--xla_foo=1", "PATH": "/bin"})
+  assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_cpu_multi_thread_eigen=false"
+  assert env["OPENBLAS_NUM_THREADS"] == "1" and env["PATH"] == "/bin"
+  rows = [dict(case="1M tokens B=1", ours_s=0.002, baseline="XLA GEMM", baseline_s=0.001)]
+  assert routing.format_rows(rows, "CPU s").splitlines()[-1] == (
+      "| 1M tokens B=1 | 0.002 | XLA GEMM | 0.001 | 2.00 |")
+
+
 def test_quick_routing_stage_rows_and_table():
   from msa_jax.benchmarks import routing
   from msa_jax.benchmarks.__main__ import run_suite

@@ -7,23 +7,34 @@ Ours is the whole jitted `route` (scores, per-document max, top-k). The baseline
 that scoring needs at the least: the head-summed queries [B * T, J * D] times the same keys
 [C, J * D] transposed, twice: in numpy (`blas.Worker`: a process with the host's native
 OpenBLAS kernel; the faster of the two orientations, [B * T, J * D] x [J * D, C] and
-[C, J * D] x [J * D, B * T]: on one core the second is ~2x faster at B = 1), and as one XLA dot over the whole bank in this process (keys [C, J * D] x
-[J * D, B * T], the orientation `route` uses; it writes all C * B * T scores, which `route`'s
-tiles never hold). Each case gives two rows, one per baseline. The three are timed in
+[C, J * D] x [J * D, B * T]: on one core the second is ~2x faster at B = 1), and as one XLA
+dot over the whole bank in this process (keys [C, J * D] x [J * D, B * T], the orientation
+`route` uses; it writes all C * B * T scores, which `route`'s tiles never hold). Each case gives two rows, one per baseline. The three are timed in
 interleaved repeats after a warm-up each; `flops` is that GEMM's 2 * B * T * J * D * C.
 
 On a loaded machine numpy's threaded OpenBLAS slows down far more than XLA (its 2 threads wait
 on each other), so the numpy ratio then flatters us; the XLA GEMM, run by the same runtime on
-the same threads, is the steadier yardstick.
+the same threads, is the steadier yardstick. For a number that the load hardly moves, run the
+stage alone on one core:
+
+    python -m msa_jax.benchmarks.routing --one_core [--quick]
+
+which re-runs itself pinned to one CPU with XLA and OpenBLAS single-threaded and compares
+process CPU seconds (medians) instead of wall time: the work each side does per core.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,15 +70,18 @@ def _xla_gemm(keys: jax.Array, qbar: jax.Array) -> jax.Array:
                              preferred_element_type=jnp.float32)
 
 
-def _time_once(fn, *args) -> float:
-  t0 = time.perf_counter()
+def _time_once(fn, *args, clock=time.perf_counter) -> float:
+  t0 = clock()
   jax.block_until_ready(fn(*args))
-  return time.perf_counter() - t0
+  return clock() - t0
 
 
-def run(quick: bool, tile_chunks: int = routing.DEFAULT_TILE_CHUNKS) -> list[dict]:
+def run(quick: bool, tile_chunks: int = routing.DEFAULT_TILE_CHUNKS,
+        cpu_time: bool = False) -> list[dict]:
   """Two rows per (bank size, batch): route vs the numpy GEMM, and vs the XLA GEMM (medians of
-  interleaved repeats)."""
+  interleaved repeats); wall seconds, or process CPU seconds with `cpu_time`."""
+  clock = time.process_time if cpu_time else time.perf_counter
+  key = "cpu" if cpu_time else "s"
   sizes = QUICK if quick else FULL
   rows = []
   with Worker() as blas, tempfile.TemporaryDirectory() as tmp:
@@ -92,12 +106,54 @@ def run(quick: bool, tile_chunks: int = routing.DEFAULT_TILE_CHUNKS) -> list[dic
         blas.call("time")
         ours, base, xla = [], [], []
         for _ in range(sizes["iters"]):
-          ours.append(_time_once(fn, *args))
-          base.append(blas.call("time")["s"])
-          xla.append(_time_once(_xla_gemm, *gemm_args))
+          ours.append(_time_once(fn, *args, clock=clock))
+          base.append(blas.call("time")[key])
+          xla.append(_time_once(_xla_gemm, *gemm_args, clock=clock))
         row = dict(stage="routing", case=f"{tokens / 1e6:g}M tokens B={b}",
                    ours_s=statistics.median(ours), flops=2.0 * b * T * J * D * c)
         rows.append(dict(row, baseline=f"numpy sgemm ({core})",
                          baseline_s=statistics.median(base)))
         rows.append(dict(row, baseline="XLA GEMM", baseline_s=statistics.median(xla)))
   return rows
+
+
+_PINNED = "MSA_ROUTING_BENCH_PINNED"
+
+
+def one_core_env(env: dict) -> dict:
+  """`env` for the pinned re-run: XLA's and OpenBLAS' thread pools single-threaded."""
+  xla_flags = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+  return dict(env, XLA_FLAGS=xla_flags, OPENBLAS_NUM_THREADS="1", **{_PINNED: "1"})
+
+
+def format_rows(rows: list[dict], unit: str) -> str:
+  """Markdown table: case, ours, baseline, its time, ratio."""
+  lines = [f"| case | ours {unit} | baseline | baseline {unit} | ratio |", "| --- " * 5 + "|"]
+  for r in rows:
+    lines.append(f"| {r['case']} | {r['ours_s']:.3g} | {r['baseline']} | {r['baseline_s']:.3g} "
+                 f"| {r['ours_s'] / r['baseline_s']:.2f} |")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  """`python -m msa_jax.benchmarks.routing [--quick] [--one_core]`: this stage alone."""
+  del argv
+  quick, one_core = flags.FLAGS.quick, flags.FLAGS.one_core
+  if one_core and not os.environ.get(_PINNED):
+    cpu = min(os.sched_getaffinity(0))
+    cmd = [sys.executable, "-m", "msa_jax.benchmarks.routing", "--one_core"]
+    proc = subprocess.run(cmd + (["--quick"] if quick else []),
+                          env=one_core_env(os.environ),
+                          preexec_fn=lambda: os.sched_setaffinity(0, {cpu}), check=False)
+    sys.exit(proc.returncode)
+  print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        f"{f'; pinned to CPU {sorted(os.sched_getaffinity(0))}' if one_core else ''}",
+        flush=True)
+  rows = run(quick, cpu_time=one_core)
+  print(format_rows(rows, "CPU s" if one_core else "s"))
+
+
+if __name__ == "__main__":  # flags only here: the suite imports this module beside its own
+  flags.DEFINE_bool("quick", False, "tiny sizes, seconds (a smoke test)")
+  flags.DEFINE_bool("one_core", False, "pinned to one CPU, single-threaded; CPU seconds")
+  app.run(main)
