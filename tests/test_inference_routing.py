@@ -251,17 +251,18 @@ def test_layout_bank_keeps_documents_whole():
     check_no_straddling(np.r_[chunk_doc, [-1, -1]], 4)
 
 
-@pytest.mark.parametrize("devices", [0, 1])
-def test_benchmark_small_mode_runs(devices, capsys):
+@pytest.mark.parametrize("devices,impl", [(0, "auto"), (1, "auto"), (0, "pallas")])
+def test_benchmark_small_mode_runs(devices, impl, capsys):
   from msa_jax.inference import routing_benchmark
-  rows = routing_benchmark.main(["--small", f"--memory-devices={devices}"])
+  rows = routing_benchmark.main(["--small", f"--memory-devices={devices}",
+                                 f"--kernel-impl={impl}"])
   assert [r["tokens"] for r in rows] == [2048, 8192]
   assert [r["chunks"] for r in rows] == [128, 512] and [r["docs"] for r in rows] == [32, 128]
   for r in rows:
     assert r["seconds"] > 0 and r["bank_bytes"] == r["chunks"] * (2 * 16 * 4 + 4)
   out = capsys.readouterr().out
   assert "memory tokens" in out
-  assert ("(route_sharded)" if devices else "(route)") in out
+  assert ("(route_sharded)" if devices else "(route)") in out and f"kernel_impl={impl}" in out
 
 
 def test_benchmark_paper_flags():
