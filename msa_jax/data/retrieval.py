@@ -47,11 +47,15 @@ from msa_jax.model.batch import IGNORE, MSABatch, prompt_positions
 NQ320K_FILES = {"corpus": "NQ_doc_content.tsv", "train": "nq_train_doc_newid.tsv",
                 "dev": "nq_dev_doc_newid.tsv"}
 NQ320K_HOWTO = (
-    "NQ320k is not shipped (it is derived from Natural Questions, ~40 GB raw): run the NCI "
-    "preprocessing (github.com/solidsea98/Neural-Corpus-Indexer-NLP, "
-    "Data_process/NQ_dataset/NQ_dataset_Process.ipynb) on NQ v1.0 simplified "
-    "(ai.google.com/research/NaturalQuestions/download) and point --config.data.path at the "
-    f"folder holding {', '.join(NQ320K_FILES.values())}.")
+    "NQ320k is not shipped (it is derived from Natural Questions, ~40 GB raw). Point "
+    "--config.data.path at either (a) the folder holding "
+    f"{', '.join(NQ320K_FILES.values())}, written by the NCI preprocessing "
+    "(github.com/solidsea98/Neural-Corpus-Indexer-NLP, "
+    "Data_process/NQ_dataset/NQ_dataset_Process.ipynb) from NQ v1.0 simplified "
+    "(ai.google.com/research/NaturalQuestions/download); or (b) a tfds data dir holding "
+    "natural_questions prepared as ArrayRecord (`tfds build natural_questions --data_dir=DIR "
+    "--file_format=array_record`, run once where TensorFlow and apache-beam are installed; "
+    "reading it needs neither).")
 
 
 class Tokenizer(Protocol):
