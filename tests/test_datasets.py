@@ -297,6 +297,36 @@ def test_no_tensorflow_installed_or_imported(tmp_path, monkeypatch):
   assert out.stdout.split("\n")[-2] == "True [] True", out.stdout[-2000:]
 
 
+_PREPARE_IN_EACH_PROCESS = """
+import sys
+import jax
+from msa_jax import datasets
+from msa_jax.datasets import core
+from msa_jax.train import distributed
+assert distributed.initialize()
+builder = datasets.nq320k_builder(sys.argv[1], sys.argv[2])
+built = []
+build = builder.download_and_prepare
+builder.download_and_prepare = lambda **kw: built.append(kw) or build(**kw)
+sources = core.prepare(builder)
+dev = [core.text(r["id"]) for r in core.read_all(sources["dev"])]
+print("PROCESS", jax.process_index(), len(built), len(sources["corpus"]), dev)
+"""
+
+
+@pytest.mark.multiprocess
+def test_two_processes_prepare_once(tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_DIR": str(tmp_path / "logs")}
+  subprocess.run(["bash", str(REPO / "launch" / "local.sh"), "2", sys.executable, "-c",
+                  _PREPARE_IN_EACH_PROCESS, str(NQ_FIXTURE), str(tmp_path / "tfds")],
+                 check=True, env=env, timeout=300, cwd=REPO)
+  logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+  dev = sorted(retrieval.load_nq320k(NQ_FIXTURE).qrels["dev"])
+  # Process 0 builds; process 1 waits for it at the barrier, then reads the same files.
+  for i, log in enumerate(logs):
+    assert f"PROCESS {i} {1 - i} 8 {dev}" in log, log[-3000:]
+
+
 def test_default_data_dir(tfds_data_dir, monkeypatch):
   assert core.default_data_dir() == tfds_data_dir  # $MSA_JAX_TFDS_DIR (set by conftest)
   monkeypatch.delenv("MSA_JAX_TFDS_DIR")
