@@ -302,7 +302,7 @@ import sys
 import jax
 from msa_jax import datasets
 from msa_jax.datasets import core
-from msa_jax.train import distributed
+from msa_jax.runtime import distributed
 assert distributed.initialize()
 builder = datasets.nq320k_builder(sys.argv[1], sys.argv[2])
 built = []
