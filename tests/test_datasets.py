@@ -175,6 +175,14 @@ def test_nq320k_from_prepared_natural_questions(tmp_path, monkeypatch):
   assert list(data.texts) == [  # the page's non-HTML tokens, from its first record
       "Romeo and Juliet Romeo and Juliet is a tragedy by William Shakespeare",
       "Moon The Moon orbits the Earth", "Python (language) Guido van Rossum made it"]
+  # What the builder was made from: the same, page texts read from natural_questions.
+  direct = datasets.retrieval.load_natural_questions(nq)
+  assert direct.doc_ids == data.doc_ids and direct.qrels == data.qrels
+  assert direct.queries == data.queries and direct.titles == tuple(data.titles)
+  for texts in (direct.texts, data.texts):
+    assert texts[-2:] == list(data.texts)[1:] and texts[-3] == data.texts[0]
+    with pytest.raises(IndexError, match=r"index 3 out of range \(3 items\)"):
+      texts[3]  # pylint: disable=pointless-statement
   assert data.qrels == {"train": {"101": {"0": 1}, "102": {"1": 1}, "103": {"0": 1}},
                         "dev": {"201": {"1": 1}, "202": {"2": 1}}}
   assert data.queries["103"] == "when was romeo and juliet written"

@@ -166,9 +166,9 @@ def _prepared_natural_questions(path: str | os.PathLike) -> Path:
   return folder
 
 
-class _PageTexts(Sequence):
-  """The texts of the NQ320k pages as a sequence read on demand: page m is the non-HTML tokens
-  of record `index` of split `split`, joined by spaces.
+class _PageTexts(core.OnDemand):
+  """The texts of the NQ320k pages, read on demand: page m's is `page_text` of the record
+  `where[m]` of natural_questions.
 
   Args:
     sources: tfds split -> data source.
@@ -182,11 +182,9 @@ class _PageTexts(Sequence):
   def __len__(self) -> int:
     return len(self.where)
 
-  def __getitem__(self, m):
-    if isinstance(m, slice):
-      return [self[i] for i in range(*m.indices(len(self)))]
-    split, i = self.where[m]
-    return page_text(self.sources[split][i]["document"]["tokens"])
+  def _read(self, i: int) -> str:
+    split, record = self.where[i]
+    return page_text(self.sources[split][record]["document"]["tokens"])
 
 
 def page_text(tokens: Mapping[str, Sequence[Any]]) -> str:
