@@ -17,7 +17,7 @@ def test_format_columns_right_aligns_to_the_widest_cell():
 
 def test_memory_figure_and_axis_style():
   fig, axes = report.memory_figure(3, "scaling")
-  assert len(axes) == 3 and fig._suptitle.get_text() == "scaling"  # pylint: disable=protected-access
+  assert len(axes) == 3 and fig.get_suptitle() == "scaling"
   assert axes[0].get_shared_x_axes().joined(axes[0], axes[2])
   for ax in axes[:2]:
     ax.plot([1_000, 10_000], [0.2, 0.9], label="msa")
