@@ -198,11 +198,11 @@ def load_natural_questions(path: str | os.PathLike) -> retrieval.RetrievalData:
   """NQ320k from the tfds `natural_questions` (config `default`) prepared as ArrayRecord in the
   tfds data dir `path`, read with `tfds.data_source` (no TensorFlow, no download).
 
-  The NCI recipe: every question of the train and validation splits (ours: train and dev) is
-  judged relevant (grade 1) to its Wikipedia page; pages are deduplicated by lower-cased title
-  (the first record with a title, train before validation, gives the page), numbered in that
-  order (ids "0", "1", ...); a page's text is its non-HTML tokens (`page_text`), read on demand.
-  Question ids are NQ's example ids.
+  As NCI builds NQ320k: every question of the train and validation splits (ours: train and
+  dev) is judged relevant (grade 1) to its Wikipedia page; pages are deduplicated by title,
+  compared in lower case (the first record with a title, train before validation, gives the
+  page), numbered in that order (ids "0", "1", ...); a page's text is its non-HTML tokens
+  (`page_text`), read on demand. Question ids are NQ's example ids.
 
   Raises:
     FileNotFoundError: no ArrayRecord `natural_questions` under `path` (see
