@@ -291,8 +291,9 @@ SHARDED_DOCS = (2, 9, 3, 0, 1, 6, 0, 2, 3, 1, 4)
 def _worker() -> None:
   """Routes on each mesh, compares with single-device `route`; prints one JSON line."""
   import jax
+  import jax.numpy as jnp
   jax.config.update("jax_default_matmul_precision", "highest")
-  from msa_jax.memory.routing import layout_bank, route, route_sharded, shard_bank
+  from msa_jax.memory.routing import host_keys, layout_bank, route, route_sharded, shard_bank
   from msa_jax.runtime.sharding import make_mesh
 
   keys, chunk_doc = random_bank(7, SHARDED_DOCS, dup=(2, 8))
@@ -334,6 +335,15 @@ def _worker() -> None:
     result[f"{name}/pallas"] = {
         "indices_equal_flat": bool(np.array_equal(np.asarray(got.indices), flat.indices)),
         "max_diff_flat": max_finite_diff(got.doc_scores, flat.doc_scores)}
+    k_bf16, q_bf16 = k16.astype(jnp.bfloat16), jnp.asarray(q16[0], jnp.bfloat16)
+    floats = route_sharded(mesh, q_bf16, q16[1], *shard_bank(mesh, k_bf16, d16, tile_chunks=2),
+                           num_docs, **kw)
+    bits = route_sharded(mesh, q_bf16, q16[1],
+                         *shard_bank(mesh, host_keys(k_bf16), d16, tile_chunks=2), num_docs,
+                         **kw)
+    result[f"{name}/bits_equal_floats"] = all(
+        np.array_equal(np.asarray(getattr(bits, f)), np.asarray(getattr(floats, f)))
+        for f in bits._fields)
     bad_doc = np.r_[chunk_doc, [-1] * (-len(chunk_doc) % shards)]
     bad_keys = np.zeros((len(bad_doc),) + keys.shape[1:], np.float32)
     try:
@@ -371,6 +381,11 @@ def test_route_sharded_with_the_kernel(worker_result, mesh):
   """Each shard scores its chunks with the routing-score kernel: the XLA path's selection."""
   r = worker_result[f"{mesh}/pallas"]
   assert r["indices_equal_flat"] and r["max_diff_flat"] <= 1e-6, r
+
+
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_route_sharded_a_bfloat16_bank_as_bits(worker_result, mesh):
+  assert worker_result[f"{mesh}/bits_equal_floats"]
 
 
 @pytest.mark.parametrize("mesh", sorted(MESHES))
