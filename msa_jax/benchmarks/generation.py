@@ -135,11 +135,3 @@ def run(quick: bool) -> list[dict]:
   models = load_models()
   return [compare(batch, new_tokens, repeats, models) for batch in (1, 8)]
 
-
-if __name__ == "__main__":
-  from msa_jax import runtime  # pylint: disable=ungrouped-imports
-  runtime.enable_compilation_cache()
-  for r in run(quick=False):
-    print(f"{r['case']}: ours {r['ours_s']:.3f} s, HF {r['baseline_s']:.3f} s, "
-          f"ratio {r['ours_s'] / r['baseline_s']:.2f}, "
-          f"{r['flops'] / r['ours_s'] / 1e9:.1f} GFLOP/s")
