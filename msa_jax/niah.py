@@ -19,7 +19,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from msa_jax import runtime, validation
-from msa_jax.evaluation import niah
+from msa_jax.data import niah
 from msa_jax.evaluation import niah_eval
 from msa_jax.model import PRESETS
 

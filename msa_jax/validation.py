@@ -384,3 +384,13 @@ def run_app(main: Callable[[list[str]], Any]) -> None:
       sys.exit(report(e, flags.FLAGS.verbose))
 
   app.run(wrapped, flags_parser=parse_flags)
+
+
+def format_duration(seconds: float) -> str:
+  """`42s`, `3m05s`, `2h07m`."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from configs import bank as bank_config
-from msa_jax.inference import cli
+from msa_jax import bank as cli
 from tests import paths
 
 # In the synthetic task's vocabulary (the tiny model's tokenizer here; loads instantly).
@@ -196,14 +196,14 @@ def test_module_entry_point(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   root = Path(__file__).resolve().parents[1]
   env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, "-m", "msa_jax.inference.cli",
+  proc = subprocess.run([sys.executable, "-m", "msa_jax.bank",
                          "--config=configs/bank.py:ask", f"--config.bank={tmp_path / 'none'}",
                          "--question=x"], env=env, cwd=root, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 2 and proc.stderr.strip().endswith(
       "(create it with --config=configs/bank.py:encode)")
   # --help names the config file and lists its fields.
-  proc = subprocess.run([sys.executable, "-m", "msa_jax.inference.cli", "--helpshort"], env=env,
+  proc = subprocess.run([sys.executable, "-m", "msa_jax.bank", "--helpshort"], env=env,
                         cwd=root, capture_output=True, text=True, timeout=120)
   assert "configs/bank.py:ask" in proc.stdout
   assert "max_doc_tokens=0" in proc.stdout and "msa.chunk_size=64" in proc.stdout

@@ -55,11 +55,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import synthetic
-from msa_jax.evaluation import niah
+from msa_jax.data import bm25, niah
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference.sampling import SamplingConfig
+from msa_jax.loading import restore
 from msa_jax.model import MSAConfig, MSATransformer, ModelConfig, get_preset, init_params
+from msa_jax.validation import format_duration
 
 RESULTS_FILE = "niah_results.json"
 TABLE_FILE = "niah_table.txt"
@@ -161,8 +164,6 @@ def trained_model(workdir, step: int | None = None) -> NiahModel:
   Raises:
     ValueError: the run did not train on the synthetic task (its vocabulary is not NIAH's).
   """
-  from msa_jax.checkpoint.hf import dtype_from_name  # pylint: disable=import-outside-toplevel
-  from msa_jax.train import restore  # pylint: disable=import-outside-toplevel
   config = restore.load_config(workdir)
   if config.data.kind != "synthetic":
     raise ValueError(f"{workdir} trained on data.kind={config.data.kind!r}; NIAH needs a model "
@@ -263,7 +264,6 @@ def chance_recall(question: niah.NiahQuestion, num_docs: int, top_k: int) -> flo
 def _bm25_routed(task: niah.NiahTask, k: int) -> list[list[int]]:
   """Each question's k best documents by BM25 on its key words (no stopwords, no stemming)."""
   import bm25s  # pylint: disable=import-outside-toplevel,unused-import
-  from msa_jax.evaluation import bm25  # pylint: disable=import-outside-toplevel
   pylogging.getLogger("bm25s").setLevel(pylogging.WARNING)  # else a line per index
   retriever = bm25.BM25Retriever(dict(enumerate(task.documents)), stopwords=None)
   return [[int(d) for d in retriever.search(q.key, k)] for q in task.questions]
@@ -325,7 +325,6 @@ def evaluate_task(model: NiahModel, task: niah.NiahTask, bank_path, *, settings:
 
 def _eta(done_tokens: int, total_tokens: int, began: float) -> str:
   """`ETA 3m05s` at the time per memory token so far (a task's time grows with its memory)."""
-  from msa_jax.train.metrics import format_duration  # pylint: disable=import-outside-toplevel
   if done_tokens >= total_tokens:
     return "done"
   rate = (time.perf_counter() - began) / max(done_tokens, 1)

@@ -34,8 +34,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from msa_jax import runtime, validation
-from msa_jax.inference import routing
-from msa_jax.train.sharding import make_mesh
+from msa_jax.memory import routing
+from msa_jax.runtime.sharding import make_mesh
 from pallas_kernels.routing_scores.reference import CHUNK_REDUCES, HEAD_REDUCES, QUERY_REDUCES
 
 def check_config(config) -> None:

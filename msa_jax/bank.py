@@ -73,11 +73,13 @@ from ml_collections import config_flags
 from msa_jax import runtime, validation
 from msa_jax.checkpoint import hub
 from msa_jax.data import retrieval
+from msa_jax.data.synthetic import SyntheticTokenizer
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference import interleave as interleave_lib
-from msa_jax.inference import bank as bank_lib
-from msa_jax.inference.bank import BankError, MemoryBank, fingerprint_diff
+from msa_jax.memory import bank as bank_lib
+from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
+from msa_jax.loading import pretrained, restore
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
 
 COMMANDS = ("encode", "ask")
@@ -195,10 +197,8 @@ def msa_fields(section) -> dict[str, Any]:
 def _tokenizer(name: str):
   """The named tokenizer (cached: SmolLM2's takes seconds to read from its GGUF file)."""
   if name == "smollm2":
-    from msa_jax.train import pretrained  # pylint: disable=import-outside-toplevel
     return pretrained.checkpoint_tokenizer(pretrained.SMOLLM2)
   if name == "synthetic":
-    from msa_jax.data.synthetic import SyntheticTokenizer  # pylint: disable=import-outside-toplevel
     return SyntheticTokenizer()
   raise CliError(f"--config.tokenizer={name!r} is unknown; known: {list(TOKENIZERS)}")
 
@@ -211,7 +211,6 @@ def build_model(spec: dict) -> Model:
   """
   kind = spec.get("kind")
   if kind == "workdir":
-    from msa_jax.train import restore  # pylint: disable=import-outside-toplevel
     _log(f"[model] restoring the checkpoint of {spec['workdir']}")
     try:
       trained = restore.load_trained(spec["workdir"], spec.get("step"))
@@ -231,7 +230,6 @@ def build_model(spec: dict) -> Model:
                      for k, v in spec.get("msa", {}).items()})
   seed = int(spec.get("seed", 0))
   if kind in ("smollm2", "hf"):
-    from msa_jax.train import pretrained  # pylint: disable=import-outside-toplevel
     name = spec["repo"] if kind == "hf" else pretrained.SMOLLM2
     _log(f"[model] reading the {name} tokenizer")
     tokenizer = (pretrained.checkpoint_tokenizer(name) if kind == "hf"
