@@ -70,7 +70,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from msa_jax import runtime, validation
+from msa_jax import runtime, tasks, validation
 from msa_jax.checkpoint import hub
 from msa_jax.data import retrieval
 from msa_jax.data.synthetic import SyntheticTokenizer
@@ -81,11 +81,12 @@ from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.loading import pretrained, restore
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
+from msa_jax.tasks import synthetic as tasks_synthetic
 
 COMMANDS = ("encode", "ask")
 MODELS = ("smollm2", "tiny")
 TOKENIZERS = ("smollm2", "synthetic")
-DEFAULT_TEMPLATE = {"head": "", "question_prefix": "Question: ", "answer_marker": "\nAnswer:"}
+DEFAULT_TEMPLATE = tasks.Template().to_dict()  # of a backbone under fresh routers
 PREVIEW_CHARS = 80
 
 
@@ -216,10 +217,8 @@ def build_model(spec: dict) -> Model:
       trained = restore.load_trained(spec["workdir"], spec.get("step"))
     except FileNotFoundError as e:
       raise CliError(str(e)) from None
-    data = trained.config.get("data", {})
-    template = {k: str(data.get(k, v)) for k, v in DEFAULT_TEMPLATE.items()}
-    if data.get("kind") == "synthetic":
-      template = {"head": "", "question_prefix": "<query> ", "answer_marker": "<answer>"}
+    data = trained.config.data
+    template = tasks.get(data.kind).template(data).to_dict()  # the run's prompt layout
     spec = dict(spec, step=trained.step)
     return Model(trained.model_config, trained.msa, trained.params, trained.tokenizer, spec,
                  template)
@@ -248,7 +247,7 @@ def build_model(spec: dict) -> Model:
     params = init_params(MSATransformer(cfg, msa), jax.random.key(seed))
   template = dict(DEFAULT_TEMPLATE)
   if spec.get("tokenizer") == "synthetic":
-    template = {"head": "", "question_prefix": "<query> ", "answer_marker": "<answer>"}
+    template = tasks_synthetic.TEMPLATE.to_dict()
   return Model(cfg, msa, params, tokenizer, spec, template)
 
 
@@ -344,9 +343,9 @@ def _plan_encode(path: Path, want: dict, overwrite: bool) -> str:
     if not diff:
       return "continue"
     if not overwrite:
-      raise CliError(f"--config.bank={path} holds an unfinished encoding of another corpus or model "
-                     f"({'; '.join(diff[:4])}); rerun its own command to finish it, or pass "
-                     "--config.overwrite=true to discard it")
+      raise CliError(f"--config.bank={path} holds an unfinished encoding of another corpus or "
+                     f"model ({'; '.join(diff[:4])}); rerun its own command to finish it, or "
+                     "pass --config.overwrite=true to discard it")
     _log(f"[encode] discarding the unfinished encoding in {path} ({'; '.join(diff[:2])})")
     return "new"
   if (path / bank_lib.MANIFEST).exists() and not overwrite:
@@ -357,9 +356,9 @@ def _plan_encode(path: Path, want: dict, overwrite: bool) -> str:
       diff = [f"unreadable ({e})"]
     if not diff:
       return "done"
-    raise CliError(f"a memory bank already exists at --config.bank={path} and holds another corpus or "
-                   f"model ({'; '.join(diff[:4])}); pass --config.overwrite=true to replace it (the old "
-                   "bank stays readable until the new one is complete)")
+    raise CliError(f"a memory bank already exists at --config.bank={path} and holds another "
+                   f"corpus or model ({'; '.join(diff[:4])}); pass --config.overwrite=true to "
+                   "replace it (the old bank stays readable until the new one is complete)")
   return "new"
 
 
@@ -408,8 +407,9 @@ def encode(config) -> MemoryBank | None:
     diff = fingerprint_diff(bank.fingerprint, json.loads(json.dumps(engine_lib.bank_fingerprint(
         model.config, model.msa, model.params, jnp.float32))))
     if diff and not config.overwrite:
-      raise CliError(f"--config.bank={path}: its unfinished encoding was made with other parameters "
-                     f"({'; '.join(diff[:4])}); pass --config.overwrite=true to discard it")
+      raise CliError(f"--config.bank={path}: its unfinished encoding was made with other "
+                     f"parameters ({'; '.join(diff[:4])}); pass --config.overwrite=true to "
+                     "discard it")
     if diff or bank.doc_ids != corpus.ids[:bank.num_docs]:
       bank = None
     else:
@@ -479,7 +479,8 @@ def _print_compact(bank: MemoryBank, routed: dict[int, list[tuple[str, float]]],
 
 def open_bank(path: str) -> MemoryBank:
   if not Path(path).exists():
-    raise CliError(f"--config.bank={path} does not exist (create it with --config=configs/bank.py:encode)")
+    raise CliError(f"--config.bank={path} does not exist (create it with "
+                   "--config=configs/bank.py:encode)")
   bank = MemoryBank.open(path)
   meta = bank.metadata
   if not isinstance(meta, dict) or "model" not in meta:

@@ -44,7 +44,7 @@ def check_config(config, workdir) -> None:
     path = validation.check_workdir_of_training(config.checkpoint_workdir,
                                                 "--config.checkpoint_workdir")
     train = json.loads((path / "config.json").read_text()).get("data", {})
-    if train.get("kind") != "synthetic":
+    if train.get("kind") not in niah_eval.NIAH_TASKS:
       raise validation.UserError(
           f"--config.checkpoint_workdir={config.checkpoint_workdir} trained on data.kind="
           f"{train.get('kind')!r}; NIAH needs a model trained on the synthetic task")

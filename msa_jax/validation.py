@@ -146,11 +146,6 @@ def check_train_config(config) -> None:
                "prompt_tokens", "max_positives", "id_digits", "key_length"):
     if name in data.keys() and data[name] is not None:
       check_at_least(f"data.{name}", data[name], 0 if name == "eval_docs" else 1)
-  extrap = _get(config, "extrapolation")
-  if extrap is not None:
-    check_at_least("extrapolation.questions", extrap.questions, 1)
-    for m in extrap.multipliers:
-      check_at_least("extrapolation.multipliers[]", m, 1)
 
 
 def check_evaluate_config(config, workdir) -> None:

@@ -21,8 +21,8 @@ from msa_jax.memory.bank import MANIFEST, STAGED_MANIFEST, MemoryBank
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODE = f"--config={ROOT / 'configs' / 'bank.py'}:encode"
-TINY = ["--config.model=tiny", "--config.tokenizer=synthetic", "--config.seed=3", "--config.msa.chunk_size=4",
-        "--config.msa.router_layers=all", "--config.max_doc_tokens=12"]
+TINY = ["--config.model=tiny", "--config.tokenizer=synthetic", "--config.seed=3",
+        "--config.msa.chunk_size=4", "--config.msa.router_layers=all", "--config.max_doc_tokens=12"]
 
 
 def _corpus(path: Path, n: int, salt: int = 0) -> Path:
@@ -123,7 +123,8 @@ def small_bank(tmp_path_factory):
   root = tmp_path_factory.mktemp("encode")
   corpus = _corpus(root / "docs.jsonl", 10)
   bank = root / "bank"
-  assert cli.main(_encode_args(corpus, bank, "--config.batch_size=2", "--config.commit_every=4")) == 0
+  assert cli.main(_encode_args(corpus, bank, "--config.batch_size=2",
+                               "--config.commit_every=4")) == 0
   return root, corpus, bank
 
 
@@ -132,8 +133,9 @@ def test_small_commits_and_progress(small_bank, capsys):
   bank = MemoryBank.open(bank_dir)
   assert bank.num_docs == 10 and bank.num_shards == 3  # commits of 4, 4 and 2 documents
   other = root / "other"
-  code, _, err = _run(_encode_args(corpus, other, "--config.batch_size=2", "--config.commit_every=100",
-                                   "--config.commit_seconds=1e-9"), capsys)
+  code, _, err = _run(_encode_args(corpus, other, "--config.batch_size=2",
+                                   "--config.commit_every=100", "--config.commit_seconds=1e-9"),
+                      capsys)
   assert code == 0 and MemoryBank.open(other).num_shards == 5  # a commit per batch (time)
   lines = [l for l in err.splitlines() if l.startswith("[encode] ") and "ETA" in l]
   assert lines[0].startswith("[encode] 2/10 documents (20.0%)")  # after the first batch
@@ -157,7 +159,8 @@ def test_checks_before_the_model_is_built(small_bank, tmp_path, monkeypatch, cap
   before = _content(bank)
   new = tmp_path / "new"
   for flag, value in (("max_doc_tokens", "0"), ("batch_size", "0"), ("commit_every", "0")):
-    _refused_before_build(monkeypatch, capsys, _encode_args(corpus, new, f"--config.{flag}={value}"),
+    _refused_before_build(monkeypatch, capsys,
+                          _encode_args(corpus, new, f"--config.{flag}={value}"),
                           f"--config.{flag}={value} must be >= 1")
   _refused_before_build(monkeypatch, capsys,
                         _encode_args(corpus, new, "--config.commit_seconds=0"), "must be > 0")

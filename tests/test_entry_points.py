@@ -35,6 +35,17 @@ def test_config_parses_and_names_its_command(path):
   assert f"--config=configs/{path.name}" in module.__doc__
 
 
+def test_config_help_names_the_file_and_lists_its_fields():
+  text = validation.config_help("Generation config", "configs/generate.py", "configs/x.py")
+  assert text.startswith("Generation config: an ml_collections config file, read "
+                         "configs/generate.py or configs/x.py")
+  assert "--config.FIELD=VALUE" in text
+  assert "Fields of configs/generate.py: " in text and "sampling.max_new_tokens=24" in text
+  assert "chat=False" in text and "checkpoint=''" in text
+  missing = validation.config_help("Bank", "configs/nope.py")
+  assert "configs/nope.py" in missing and "Fields of" not in missing
+
+
 def test_generate_config_variants():
   module = load_config_module(REPO / "configs" / "generate.py")
   assert module.get_config("chat").chat

@@ -69,9 +69,9 @@ def test_encode_records_the_model_and_texts(tiny_bank):
 
 def test_ask_prints_routing_and_answer(tiny_bank, capsys):
   _, _, bank = tiny_bank
-  code, out, err = _run([ASK, f"--config.bank={bank}", "--question=k3 k4",
-                         "--question=k7", "--config.max_new_tokens=4", "--config.json=true", "--config.all_layers=true"],
-                        capsys)
+  code, out, err = _run([ASK, f"--config.bank={bank}", "--question=k3 k4", "--question=k7",
+                         "--config.max_new_tokens=4", "--config.json=true",
+                         "--config.all_layers=true"], capsys)
   assert code == 0, err
   lines = out.splitlines()
   results = json.loads(lines[-1])
@@ -96,8 +96,9 @@ def test_ask_prints_routing_and_answer(tiny_bank, capsys):
 
 def test_ask_with_interleave(tiny_bank, capsys):
   _, _, bank = tiny_bank
-  code, out, err = _run([ASK, f"--config.bank={bank}", "--question=k9 k10", "--config.interleave=true",
-                         "--config.max_rounds=2", "--config.max_new_tokens=3", "--config.json=true"], capsys)
+  code, out, err = _run([ASK, f"--config.bank={bank}", "--question=k9 k10",
+                         "--config.interleave=true", "--config.max_rounds=2",
+                         "--config.max_new_tokens=3", "--config.json=true"], capsys)
   assert code == 0, err
   result = json.loads(out.splitlines()[-1])[0]
   assert result["status"] in cli.interleave_lib.STATUSES
@@ -108,9 +109,11 @@ def test_ask_with_interleave(tiny_bank, capsys):
 def test_encode_beir_slice_with_smollm2_and_ask(tmp_path, capsys):
   beir = paths.SHARED / "data" / "beir" / "nfcorpus"
   bank = tmp_path / "nf"
-  code, _, err = _run([ENCODE, f"--config.corpus={beir}", f"--config.bank={bank}", "--config.model=smollm2",
-                       "--config.num_layers=2", "--config.seed=0", "--config.msa.top_k=3", "--config.msa.chunk_size=16",
-                       "--config.max_doc_tokens=64", "--config.limit=30", "--config.batch_size=8"], capsys)
+  code, _, err = _run([ENCODE, f"--config.corpus={beir}", f"--config.bank={bank}",
+                       "--config.model=smollm2", "--config.num_layers=2", "--config.seed=0",
+                       "--config.msa.top_k=3", "--config.msa.chunk_size=16",
+                       "--config.max_doc_tokens=64", "--config.limit=30",
+                       "--config.batch_size=8"], capsys)
   assert code == 0, err
   assert "[encode] 30 documents from" in err and "[encode] 30/30 documents" in err
   first = json.loads(open(beir / "corpus.jsonl").readline())

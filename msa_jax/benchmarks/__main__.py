@@ -1,13 +1,13 @@
 """`python -m msa_jax.benchmarks --config=configs/benchmarks.py[:quick]`
 
 The benchmark suite, an absl app (configs/benchmarks.py: `stages`, `quick`, `json`, each
-overridable as `--config.FIELD=VALUE`; `--help` lists them): per stage, our time and a baseline's time measured in the same run
-(interleaved repeats, medians), their ratio (ours / baseline: < 1 is faster), our GFLOP/s
-and its share of this machine's sgemm peak, measured at the start of the run with numpy in a
-process that runs the host's native OpenBLAS kernel (`blas.Worker`; the peak and the numpy
-baselines report that kernel). Stages:
+overridable as `--config.FIELD=VALUE`; `--help` lists them): per stage, our time and a
+baseline's time measured in the same run (interleaved repeats, medians), their ratio (ours /
+baseline: < 1 is faster), our GFLOP/s and its share of this machine's sgemm peak, measured at
+the start of the run with numpy in a process that runs the host's native OpenBLAS kernel
+(`blas.Worker`; the peak and the numpy baselines report that kernel). Stages:
 
-  routing     `inference.routing.route` vs the equal-work numpy GEMM (1M and 10M tokens, B=1, 8)
+  routing     `memory.routing.route` vs the equal-work numpy GEMM (1M and 10M tokens, B=1, 8)
   encoding    stage-1 `engine.encode_documents` vs HF transformers' backbone (SmolLM2-135M)
   generation  greedy generation vs HF `generate` (SmolLM2-135M, B=1, 8)
 

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msa_jax import tasks
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import synthetic
 from msa_jax.data import bm25, niah
@@ -68,6 +69,8 @@ RESULTS_FILE = "niah_results.json"
 TABLE_FILE = "niah_table.txt"
 PLOT_FILE = "niah_scaling.png"
 DEFAULT_VARIANTS = ("single", "multikey", "multivalue")
+# The tasks whose models NIAH evaluates (the synthetic vocabulary and prompt layout).
+NIAH_TASKS = tasks.with_evaluator("niah")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -165,7 +168,7 @@ def trained_model(workdir, step: int | None = None) -> NiahModel:
     ValueError: the run did not train on the synthetic task (its vocabulary is not NIAH's).
   """
   config = restore.load_config(workdir)
-  if config.data.kind != "synthetic":
+  if config.data.kind not in NIAH_TASKS:
     raise ValueError(f"{workdir} trained on data.kind={config.data.kind!r}; NIAH needs a model "
                      "trained on the synthetic task (data.kind='synthetic')")
   trained = restore.load_trained(workdir, step)
