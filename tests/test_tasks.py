@@ -96,3 +96,12 @@ def test_evals_are_checked_against_the_task():
                                        "data.kind='beir'"):
     evaluators.check_evals(config)
   assert evaluators.run_evals(beir.get_config("smoke"), None, None, None, None, None) == {}
+
+
+def test_retrieval_tasks_check_their_files_before_reading(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"BEIR dataset folder {tmp_path / 'nope'} does "
+                                              "not exist"):
+    tasks.get("beir").check_files(str(tmp_path / "nope"), ["test"])
+  with pytest.raises(FileNotFoundError, match="BEIR dataset folder"):
+    evaluate_run.load_data("beir", str(tmp_path / "nope"), ["test"])
+  tasks.get("nq320k").check_files(str(tmp_path / "nope"), ["dev"])  # read by its builder

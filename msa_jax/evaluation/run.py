@@ -100,8 +100,7 @@ def load_data(kind: str, path: str, splits: Sequence[str], data_dir: str | None 
               ) -> retrieval.RetrievalData:
   """The dataset with the given qrels splits, read through its tfds builder (prepared into
   `data_dir` on first use; errors name missing files, unknown ids or splits)."""
-  if kind == "beir":
-    retrieval.beir_files(path, list(splits))  # names a missing qrels/<split>.tsv
+  tasks.get(kind).check_files(path, splits)  # e.g. names a missing BEIR qrels/<split>.tsv
   return datasets.load_retrieval(kind, path, list(splits), data_dir)
 
 

@@ -21,13 +21,21 @@ DEFAULT_TEMPLATE = base.Template()
 
 class RetrievalTask(base.Task):
   """Generative retrieval over a dataset of kind `name` ("beir", "nq320k"); `eval_split` is the
-  split evaluated when neither the evaluation nor the training config names one."""
+  split evaluated when neither the evaluation nor the training config names one;
+  `require_files(path, splits)` (optional) names a missing file of the dataset folder before it
+  is read."""
 
   evaluators = ("retrieval",)
 
-  def __init__(self, name: str, eval_split: str):
+  def __init__(self, name: str, eval_split: str, require_files=None):
     self.name = name
     self.eval_split = eval_split
+    self._require_files = require_files
+
+  def check_files(self, path: str, splits) -> None:
+    """Raises FileNotFoundError naming a file of `splits` missing in the dataset folder."""
+    if self._require_files is not None:
+      self._require_files(path, list(splits))
 
   def tokenizer(self, config):
     """The tokenizer of `model.checkpoint`.
