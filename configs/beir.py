@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ml_collections
 
-from msa_jax.train import config_presets as common
+from configs import common
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beir" / "nfcorpus"
 

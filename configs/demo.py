@@ -77,10 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=3000, batch_size=8, log_every=100, eval_every=1000, eval_batches=8,
       checkpoint_every=1000, keep_checkpoints=2))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # After training: held-out memories of x * docs_per_sample documents (train short, infer
-  # long), printed as a table and written to <workdir>/extrapolation.json.
-  c.extrapolation = ml_collections.ConfigDict(dict(multipliers=(1, 10, 100, 700),
-                                                   questions=128))
+  # Evaluations after training (msa_jax.evaluation.evaluators): held-out memories of
+  # x * docs_per_sample documents (train short, infer long), printed as a table and written to
+  # <workdir>/extrapolation.json.
+  c.evals = ml_collections.ConfigDict(dict(
+      extrapolation=dict(multipliers=(1, 10, 100, 700), questions=128)))
   variants = [v for v in (arg or "").split(",") if v]
   for variant in variants:
     if variant not in VARIANTS:
@@ -98,7 +99,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
                          warmup_steps=1, schedule="constant"),
                     dict(steps=3, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
                          warmup_steps=1, schedule="cosine")]
-  c.extrapolation.update(multipliers=(1, 2), questions=8)
+  c.evals.extrapolation.update(multipliers=(1, 2), questions=8)
 
 
 def _onem(c: ml_collections.ConfigDict) -> None:
@@ -111,7 +112,7 @@ def _onem(c: ml_collections.ConfigDict) -> None:
                          warmup_steps=50, schedule="constant"),
                     dict(steps=1800, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
                          warmup_steps=50, schedule="cosine")]
-  c.extrapolation.multipliers = (1, 10, 100, 2000)
+  c.evals.extrapolation.multipliers = (1, 10, 100, 2000)
 
 
 def _scale(c: ml_collections.ConfigDict) -> None:

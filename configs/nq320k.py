@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ml_collections
 
-from msa_jax.train import config_presets as common
+from configs import common
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = REPO.parent / "shared" / "data" / "nq320k"

@@ -2,12 +2,15 @@
 
 Packages, from the top layer down (each imports only the ones below it; the import-linter
 contract in pyproject.toml enforces it, see README "Architecture"):
-  entry points  train (`python -m msa_jax.train`), evaluate, generate, bank, scale, benchmarks
+  entry points  train (`python -m msa_jax.train`), evaluate, generate, bank, niah, scale,
+                benchmarks: absl apps, each reading a configs/ file
   train         the training loop, steps, optimiser, metrics, workdir binding, router adaptation
-  evaluation    retrieval metrics, extrapolation tables, the evaluate and NIAH runners
+  evaluation    retrieval metrics, extrapolation tables, config.evals evaluators, the evaluate
+                and NIAH runners
   inference     the MSA engine (prefill/decode over routed memory), KV-cached decoding, sampling
   loading       the model of a config, pretrained backbones, trained workdirs
   memory        the on-disk bank of document states and routing over it
+  tasks         (beside memory) the tasks by name: tokenizer, training data, template, evaluators
   datasets      tensorflow-datasets builders (no TensorFlow)
   data          synthetic/NIAH/retrieval task data, segmentation, BM25, hard negatives
   checkpoint    HF safetensors, GGUF, tokenizers, HF ids, orbax train-state checkpoints

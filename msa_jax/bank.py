@@ -1,64 +1,59 @@
-"""Command line for MSA memory banks: encode a corpus once, then ask questions against it.
+r"""`python -m msa_jax.bank`: encode a corpus into an MSA memory bank once, then ask questions
+against it. An absl app; its config file is configs/bank.py, whose variant names the command
+(`--help` lists the fields; any is overridable as `--config.FIELD=VALUE`).
 
 Encode (stage 1) a corpus into a bank:
 
-  python -m msa_jax.bank encode --corpus=../shared/data/beir/nfcorpus --bank=/tmp/nf \
-      --model=smollm2 --num_layers=4 --msa.top_k=4 --msa.chunk_size=16 --seed=0 \
-      --max_doc_tokens=128 --limit=1000
+  python -m msa_jax.bank --config=configs/bank.py:encode \
+      --config.corpus=../shared/data/beir/nfcorpus --config.bank=/tmp/nf \
+      --config.model=smollm2 --config.num_layers=4 --config.msa.top_k=4 \
+      --config.msa.chunk_size=16 --config.max_doc_tokens=128 --config.limit=1000
 
-  --corpus      a BEIR folder (corpus.jsonl with {"_id", "title", "text"}) or a .jsonl file with
-                one {"id", "text"[, "title"]} object a line.
-  model, one of:
-    --checkpoint_workdir=DIR   a `python -m msa_jax.train` workdir (latest checkpoint, or --step);
-    --model=smollm2            SmolLM2-135M-Instruct backbone (first --num_layers layers) with
-                               fresh random MSA routers from --seed;
-    --model=tiny               a random `tiny` preset model (--seed) over --tokenizer
-                               (smollm2: SmolLM2's vocabulary; synthetic: the synthetic task's).
-    --model=ORG/NAME           a Hugging Face repo id (e.g. Qwen/Qwen3-0.6B) from the local HF
-                               cache (downloaded when missing and online), fresh routers.
-    --msa.FIELD=VALUE          MSAConfig fields for smollm2 / tiny (top_k, chunk_size,
-                               router_layers="all" or "1,3", decouple_router, ...).
-  --max_doc_tokens=G           documents are cut to G tokens; --limit=N keeps the first N;
-  --doc_template               how a document is written, fields {index} {id} {title} {text}
-                               (default "{title}\\n{text}", just "{text}" without a title);
-  --overwrite                  replace an existing bank (or discard an unfinished encoding of
-                               another corpus or model);
-  --commit_every=N, --commit_seconds=S   commit after N documents or S seconds (4096, 30).
+The corpus is a BEIR folder (corpus.jsonl of {"_id", "title", "text"}) or a .jsonl file of
+{"id", "text"[, "title"]} objects. The model is a `python -m msa_jax.train` workdir
+(`checkpoint_workdir`, its latest checkpoint or `step`), or `model`: "smollm2" (SmolLM2-135M-
+Instruct, its first `num_layers` layers, fresh random MSA routers from `seed`), "tiny" (a random
+`tiny` preset model over `tokenizer`: SmolLM2's vocabulary or the synthetic task's) or a
+Hugging Face repo id (e.g. Qwen/Qwen3-0.6B, from the local HF cache; fresh routers), with the
+`msa.*` MSAConfig fields. Documents are cut to `max_doc_tokens` tokens (`limit` keeps the first
+ones) and written with `doc_template`; the bank commits every `commit_every` documents or
+`commit_seconds` seconds.
 
 Encoding never destroys committed data: the new bank is staged beside the old one
 (manifest.next.json) and swapped in with one atomic rename when it is complete, so a kill at any
 point leaves the old bank (or the new one) valid. Rerunning the same command after a kill
 continues from the last commit (same corpus ids and texts, same model, checked); a bank of
-another corpus or model is refused naming what differs, and a complete bank of the same corpus
-and model is left as it is. Flags, the corpus (UTF-8, file:line on errors; no empty texts) and
-the bank directory are all checked before the model is built.
+another corpus or model is refused naming what differs (`overwrite=true` replaces it), and a
+complete bank of the same corpus and model is left as it is. The config, the corpus (UTF-8,
+file:line on errors; no empty texts) and the bank directory are all checked before the model is
+built.
 
 The bank's metadata records how to rebuild the model (the workdir and step, or model + seed +
 MSA fields + layers + tokenizer) and the prompt template, so asking needs only the bank:
 
-  python -m msa_jax.bank ask --bank=/tmp/nf --question="Do statins help?" \
-      [--question=...] [--questions_file=FILE] [--interactive] [--top_k=8] \
-      [--max_new_tokens=32] [--interleave [--max_rounds=3]] [--all_layers]
+  python -m msa_jax.bank --config=configs/bank.py:ask --config.bank=/tmp/nf \
+      --question="Do statins help?" [--question=...] [--config.questions_file=FILE] \
+      [--config.interactive=true] [--config.top_k=8] [--config.max_new_tokens=32] \
+      [--config.interleave=true --config.max_rounds=3] [--config.all_layers=true]
 
 The bank and its model are loaded once for all questions: the --question values, then the
-lines of --questions_file (UTF-8, blank lines skipped), then with --interactive one question per
-line from stdin until end of input; they are answered in batches of --batch_size. Per question
+lines of `questions_file` (UTF-8, blank lines skipped), then with `interactive` one question per
+line from stdin until end of input; they are answered in batches of `batch_size`. Per question
 it prints one line of the routed documents (each with how many router layers chose it) and a
-preview of the first, then the answer (--all_layers: every router layer's ranking with scores
-and previews); with --interleave, every Memory Interleave round (`msa_jax.inference.interleave`:
+preview of the first, then the answer (`all_layers`: every router layer's ranking with scores
+and previews); with `interleave`, every Memory Interleave round (`msa_jax.inference.interleave`:
 generated identifiers, appended documents, routing). An empty answer says why (the stop token
-came first; a bank of --model=smollm2 / tiny has untrained routers). A question longer than the
+came first; a bank of model smollm2 / tiny has untrained routers). A question longer than the
 model's positions allow (max_position minus the template, the memory offset and
---max_new_tokens) keeps its first tokens, with a warning.
-User errors (a bad flag, an empty question, a missing or corrupt bank, a bank of another model,
-an empty corpus, a bad jsonl line, an unknown --model) are checked before the model is loaded
-where they can be, and end the program with status 2 and one `error: ...` line (`--verbose`:
-with the traceback).
+`max_new_tokens`) keeps its first tokens, with a warning.
+User errors (a bad flag or field, an empty question, a missing or corrupt bank, a bank of
+another model, an empty corpus, a bad jsonl line, an unknown model) are checked before the
+model is loaded where they can be, and end the program with status 2 and one `error: ...` line
+(`--verbose`: with the traceback). `main(argv)` runs a command line in-process (tests).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -72,8 +67,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
-from msa_jax import runtime, validation
+from msa_jax import runtime, tasks, validation
 from msa_jax.checkpoint import hub
 from msa_jax.data import retrieval
 from msa_jax.data.synthetic import SyntheticTokenizer
@@ -84,10 +81,12 @@ from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.loading import pretrained, restore
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
+from msa_jax.tasks import synthetic as tasks_synthetic
 
+COMMANDS = ("encode", "ask")
 MODELS = ("smollm2", "tiny")
 TOKENIZERS = ("smollm2", "synthetic")
-DEFAULT_TEMPLATE = {"head": "", "question_prefix": "Question: ", "answer_marker": "\nAnswer:"}
+DEFAULT_TEMPLATE = tasks.Template().to_dict()  # of a backbone under fresh routers
 PREVIEW_CHARS = 80
 
 
@@ -145,11 +144,11 @@ def read_corpus(path: str | os.PathLike, limit: int | None = None) -> Corpus:
   if p.is_dir():
     corpus = p / "corpus.jsonl"
     if not corpus.is_file():
-      raise CliError(f"--corpus={path}: the folder has no corpus.jsonl (expected a BEIR "
+      raise CliError(f"--config.corpus={path}: the folder has no corpus.jsonl (expected a BEIR "
                      "dataset folder or a .jsonl file)")
     return _read_jsonl_corpus(corpus, "_id", limit)
   if not p.is_file():
-    raise CliError(f"--corpus={path} does not exist (expected a BEIR dataset folder or a "
+    raise CliError(f"--config.corpus={path} does not exist (expected a BEIR dataset folder or a "
                    ".jsonl file)")
   return _read_jsonl_corpus(p, "id", limit)
 
@@ -178,36 +177,20 @@ class Model:
   template: dict
 
 
-def _msa_value(name: str, text: str, default: Any) -> Any:
-  """A --msa.NAME string as the type of the field's default."""
-  if name in ("router_layers", "aux_layers"):
-    if text in ("all", "upper_half"):
-      return text
-    try:
-      return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-      raise CliError(f"--msa.{name}={text!r}: expected 'all', 'upper_half' or layer indices "
-                     "like '1,3'") from None
-  if isinstance(default, bool):
-    if text.lower() not in ("true", "false", "1", "0"):
-      raise CliError(f"--msa.{name}={text!r}: expected true or false")
-    return text.lower() in ("true", "1")
-  try:
-    return type(default)(text)
-  except ValueError:
-    raise CliError(f"--msa.{name}={text!r}: expected a {type(default).__name__}") from None
-
-
-def parse_msa_flags(pairs: list[str]) -> dict[str, Any]:
-  """["top_k=4", ...] (from --msa.top_k=4) -> {"top_k": 4, ...}, typed like MSAConfig."""
+def msa_fields(section) -> dict[str, Any]:
+  """The MSAConfig fields a config's `msa` section sets to other than MSAConfig's defaults
+  (what a bank records), router_layers / aux_layers "1,3" as a tuple of layer indices."""
   defaults = {f.name: f.default for f in dataclasses.fields(MSAConfig)}
   out = {}
-  for pair in pairs:
-    name, _, text = pair.partition("=")
-    if name not in defaults:
-      raise CliError(f"--msa.{name}: MSAConfig has no field {name!r}; known: "
-                     f"{sorted(defaults)}")
-    out[name] = _msa_value(name, text, defaults[name])
+  for name, value in section.items():
+    if name in ("router_layers", "aux_layers") and value not in ("all", "upper_half"):
+      try:
+        value = tuple(int(x) for x in str(value).strip("()").split(",") if x.strip())
+      except ValueError:
+        raise CliError(f"--config.msa.{name}={value!r}: expected 'all', 'upper_half' or layer "
+                       "indices like '1,3'") from None
+    if value != defaults[name]:
+      out[name] = value
   return out
 
 
@@ -218,7 +201,7 @@ def _tokenizer(name: str):
     return pretrained.checkpoint_tokenizer(pretrained.SMOLLM2)
   if name == "synthetic":
     return SyntheticTokenizer()
-  raise CliError(f"--tokenizer={name!r} is unknown; known: {list(TOKENIZERS)}")
+  raise CliError(f"--config.tokenizer={name!r} is unknown; known: {list(TOKENIZERS)}")
 
 
 def build_model(spec: dict) -> Model:
@@ -234,16 +217,14 @@ def build_model(spec: dict) -> Model:
       trained = restore.load_trained(spec["workdir"], spec.get("step"))
     except FileNotFoundError as e:
       raise CliError(str(e)) from None
-    data = trained.config.get("data", {})
-    template = {k: str(data.get(k, v)) for k, v in DEFAULT_TEMPLATE.items()}
-    if data.get("kind") == "synthetic":
-      template = {"head": "", "question_prefix": "<query> ", "answer_marker": "<answer>"}
+    data = trained.config.data
+    template = tasks.get(data.kind).template(data).to_dict()  # the run's prompt layout
     spec = dict(spec, step=trained.step)
     return Model(trained.model_config, trained.msa, trained.params, trained.tokenizer, spec,
                  template)
   if kind not in MODELS + ("hf",):
-    raise CliError(f"--model={kind!r} is unknown; known: {list(MODELS)} (or "
-                   "--checkpoint_workdir)")
+    raise CliError(f"--config.model={kind!r} is unknown; known: {list(MODELS)} (or "
+                   "--config.checkpoint_workdir)")
   msa = MSAConfig(**{k: tuple(v) if isinstance(v, list) else v
                      for k, v in spec.get("msa", {}).items()})
   seed = int(spec.get("seed", 0))
@@ -266,31 +247,34 @@ def build_model(spec: dict) -> Model:
     params = init_params(MSATransformer(cfg, msa), jax.random.key(seed))
   template = dict(DEFAULT_TEMPLATE)
   if spec.get("tokenizer") == "synthetic":
-    template = {"head": "", "question_prefix": "<query> ", "answer_marker": "<answer>"}
+    template = tasks_synthetic.TEMPLATE.to_dict()
   return Model(cfg, msa, params, tokenizer, spec, template)
 
 
-def _encode_spec(args) -> dict:
-  if args.checkpoint_workdir and args.model:
-    raise CliError("give either --checkpoint_workdir or --model, not both")
-  if args.checkpoint_workdir:
-    if args.msa:
-      raise CliError("--msa.* flags apply to --model only; a workdir has its own MSA config")
-    return {"kind": "workdir", "workdir": str(Path(args.checkpoint_workdir).resolve()),
-            "step": args.step}
-  if not args.model:
-    raise CliError("give a model: --checkpoint_workdir=DIR, --model=smollm2 or --model=tiny")
-  if hub.is_repo_id(args.model):
-    hub.resolve(args.model, "--model")  # fails at once, naming the flag, when not available
-    return {"kind": "hf", "repo": args.model, "seed": args.seed,
-            "msa": parse_msa_flags(args.msa), "num_layers": args.num_layers}
-  if args.model not in MODELS:
-    raise CliError(f"--model={args.model!r} is unknown; known: {list(MODELS)}, org/name (or "
-                   "--checkpoint_workdir)")
-  spec = {"kind": args.model, "seed": args.seed, "msa": parse_msa_flags(args.msa),
-          "num_layers": args.num_layers}
-  if args.model == "tiny":
-    spec["tokenizer"] = args.tokenizer
+def _encode_spec(config) -> dict:
+  if config.checkpoint_workdir and config.model:
+    raise CliError("give either --config.checkpoint_workdir or --config.model, not both")
+  msa = msa_fields(config.msa)
+  if config.checkpoint_workdir:
+    if msa:
+      raise CliError("--config.msa.* fields apply to --config.model only; a workdir has its own "
+                     "MSA config")
+    return {"kind": "workdir", "workdir": str(Path(config.checkpoint_workdir).resolve()),
+            "step": config.step}
+  if not config.model:
+    raise CliError("give a model: --config.checkpoint_workdir=DIR, --config.model=smollm2 or "
+                   "--config.model=tiny")
+  if hub.is_repo_id(config.model):
+    hub.resolve(config.model, "--config.model")  # fails at once, naming the flag, when missing
+    return {"kind": "hf", "repo": config.model, "seed": config.seed, "msa": msa,
+            "num_layers": config.num_layers}
+  if config.model not in MODELS:
+    raise CliError(f"--config.model={config.model!r} is unknown; known: {list(MODELS)}, "
+                   "org/name (or --config.checkpoint_workdir)")
+  spec = {"kind": config.model, "seed": config.seed, "msa": msa,
+          "num_layers": config.num_layers}
+  if config.model == "tiny":
+    spec["tokenizer"] = config.tokenizer
   return spec
 
 
@@ -299,14 +283,16 @@ def _encode_spec(args) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_encode_flags(args) -> None:
+def _check_encode_config(config) -> None:
+  if not config.corpus:
+    raise CliError("--config.corpus is required (a BEIR dataset folder or a .jsonl file)")
   for name in ("max_doc_tokens", "batch_size", "commit_every"):
-    if getattr(args, name) < 1:
-      raise CliError(f"--{name}={getattr(args, name)} must be >= 1")
-  if args.limit is not None and args.limit < 1:
-    raise CliError(f"--limit={args.limit} must be >= 1")
-  if not args.commit_seconds > 0:
-    raise CliError(f"--commit_seconds={args.commit_seconds} must be > 0")
+    if config[name] < 1:
+      raise CliError(f"--config.{name}={config[name]} must be >= 1")
+  if config.limit is not None and config.limit < 1:
+    raise CliError(f"--config.limit={config.limit} must be >= 1")
+  if not config.commit_seconds > 0:
+    raise CliError(f"--config.commit_seconds={config.commit_seconds} must be > 0")
 
 
 def documents_record(ids: list[str], texts: list[str]) -> dict:
@@ -320,9 +306,9 @@ def documents_record(ids: list[str], texts: list[str]) -> dict:
   return {"count": len(ids), "ids_sha256": digest(ids), "texts_sha256": digest(texts)}
 
 
-def _bank_record(spec: dict, args, documents: dict) -> dict:
+def _bank_record(spec: dict, config, documents: dict) -> dict:
   """The metadata fields that must match for a bank to be continued (or found complete)."""
-  return {"model": spec, "max_doc_tokens": args.max_doc_tokens, "documents": documents}
+  return {"model": spec, "max_doc_tokens": config.max_doc_tokens, "documents": documents}
 
 
 def _record_diff(meta: Any, want: dict) -> list[str]:
@@ -347,7 +333,7 @@ def _plan_encode(path: Path, want: dict, overwrite: bool) -> str:
   try:
     bank_lib.check_bank_dir(path)
   except FileExistsError as e:
-    raise CliError(f"--bank={path}: {e}") from None
+    raise CliError(f"--config.bank={path}: {e}") from None
   if MemoryBank.has_staged(path):
     try:
       staged = MemoryBank.open(path, staged=True, verify=False)
@@ -357,9 +343,9 @@ def _plan_encode(path: Path, want: dict, overwrite: bool) -> str:
     if not diff:
       return "continue"
     if not overwrite:
-      raise CliError(f"--bank={path} holds an unfinished encoding of another corpus or model "
-                     f"({'; '.join(diff[:4])}); rerun its own command to finish it, or pass "
-                     "--overwrite to discard it")
+      raise CliError(f"--config.bank={path} holds an unfinished encoding of another corpus or "
+                     f"model ({'; '.join(diff[:4])}); rerun its own command to finish it, or "
+                     "pass --config.overwrite=true to discard it")
     _log(f"[encode] discarding the unfinished encoding in {path} ({'; '.join(diff[:2])})")
     return "new"
   if (path / bank_lib.MANIFEST).exists() and not overwrite:
@@ -370,59 +356,60 @@ def _plan_encode(path: Path, want: dict, overwrite: bool) -> str:
       diff = [f"unreadable ({e})"]
     if not diff:
       return "done"
-    raise CliError(f"a memory bank already exists at --bank={path} and holds another corpus or "
-                   f"model ({'; '.join(diff[:4])}); pass --overwrite to replace it (the old "
-                   "bank stays readable until the new one is complete)")
+    raise CliError(f"a memory bank already exists at --config.bank={path} and holds another "
+                   f"corpus or model ({'; '.join(diff[:4])}); pass --config.overwrite=true to "
+                   "replace it (the old bank stays readable until the new one is complete)")
   return "new"
 
 
-def encode(args) -> MemoryBank | None:
+def encode(config) -> MemoryBank | None:
   """`encode`: corpus -> bank (see the module docstring).
 
   Every check of the flags, the corpus and the bank directory happens before the model is
   built. The new bank is staged beside any existing one and published in one atomic step at
   the end; a killed run is continued by rerunning the same command.
   """
-  _check_encode_flags(args)
-  spec = _encode_spec(args)
-  path = Path(args.bank)
-  corpus = read_corpus(args.corpus, args.limit)
-  texts = [document_text(args.doc_template, i, d, t, x)
+  _check_encode_config(config)
+  spec = _encode_spec(config)
+  path = Path(config.bank)
+  corpus = read_corpus(config.corpus, config.limit)
+  texts = [document_text(config.doc_template, i, d, t, x)
            for i, (d, t, x) in enumerate(zip(corpus.ids, corpus.titles, corpus.texts))]
   blank = [i for i, text in enumerate(texts) if not text.strip()]
   if blank:
-    raise CliError(f"--corpus={args.corpus}: document {corpus.ids[blank[0]]!r} (number "
+    raise CliError(f"--config.corpus={config.corpus}: document {corpus.ids[blank[0]]!r} (number "
                    f"{blank[0]}) has an empty text" + (f", and {len(blank) - 1} more"
                                                          if len(blank) > 1 else ""))
-  want = _bank_record(spec, args, documents_record(corpus.ids, texts))
-  plan = _plan_encode(path, want, args.overwrite)
+  want = _bank_record(spec, config, documents_record(corpus.ids, texts))
+  plan = _plan_encode(path, want, config.overwrite)
   if plan == "done":
     _log(f"[encode] {path} already holds these {len(corpus.ids)} documents encoded by this "
-         "model: nothing to do (--overwrite re-encodes them)")
+         "model: nothing to do (--config.overwrite=true re-encodes them)")
     return MemoryBank.open(path, verify=False)
-  _log(f"[encode] {len(corpus.ids)} documents from {args.corpus}")
+  _log(f"[encode] {len(corpus.ids)} documents from {config.corpus}")
   start = time.perf_counter()
   model = build_model(spec)
   _log(f"[encode] model {spec['kind']} ready in {time.perf_counter() - start:.1f}s "
        f"({model.config.num_layers} layers, router layers "
        f"{list(model.msa.router_layer_ids(model.config.num_layers))})")
-  g = args.max_doc_tokens
+  g = config.max_doc_tokens
   tokens = []
   for i, text in enumerate(texts):
     ids = list(model.tokenizer.encode(text[:16 * g], add_bos=False))[:g]
     if not ids:
       raise CliError(f"document {corpus.ids[i]!r} (number {i}) has no tokens")
     tokens.append(ids)
-  metadata = dict(_bank_record(model.spec, args, want["documents"]), template=model.template,
-                  corpus=str(Path(args.corpus).resolve()), doc_template=args.doc_template)
+  metadata = dict(_bank_record(model.spec, config, want["documents"]), template=model.template,
+                  corpus=str(Path(config.corpus).resolve()), doc_template=config.doc_template)
   bank = None
   if plan == "continue":
     bank = MemoryBank.open(path, staged=True, verify=False)
     diff = fingerprint_diff(bank.fingerprint, json.loads(json.dumps(engine_lib.bank_fingerprint(
         model.config, model.msa, model.params, jnp.float32))))
-    if diff and not args.overwrite:
-      raise CliError(f"--bank={path}: its unfinished encoding was made with other parameters "
-                     f"({'; '.join(diff[:4])}); pass --overwrite to discard it")
+    if diff and not config.overwrite:
+      raise CliError(f"--config.bank={path}: its unfinished encoding was made with other "
+                     f"parameters ({'; '.join(diff[:4])}); pass --config.overwrite=true to "
+                     "discard it")
     if diff or bank.doc_ids != corpus.ids[:bank.num_docs]:
       bank = None
     else:
@@ -434,11 +421,11 @@ def encode(args) -> MemoryBank | None:
   done = bank.num_docs
   stats = engine_lib.encode_corpus(
       bank, model.config, model.msa, model.params, corpus.ids[done:], tokens[done:],
-      texts[done:], max_tokens=g, batch_size=args.batch_size, commit_every=args.commit_every,
-      commit_seconds=args.commit_seconds, progress=sys.stderr)
+      texts[done:], max_tokens=g, batch_size=config.batch_size, commit_every=config.commit_every,
+      commit_seconds=config.commit_seconds, progress=sys.stderr)
   bank.publish()
   _log(f"[encode] {bank.num_docs} documents ({bank.num_chunks} chunks) in {stats.seconds:.1f}s "
-       f"({stats.tokens_per_second:,.0f} tokens/s) -> {args.bank}")
+       f"({stats.tokens_per_second:,.0f} tokens/s) -> {config.bank}")
   return bank
 
 
@@ -457,7 +444,7 @@ def _shorten(question: str, chars: int = 120) -> str:
 
 def _print_routed(bank: MemoryBank, routed: dict[int, list[tuple[str, float]]],
                   indent: str) -> None:
-  """Every router layer's routed documents, one line each (`ask --all_layers`)."""
+  """Every router layer's routed documents, one line each (`ask` with --config.all_layers=true)."""
   for layer in sorted(routed):
     print(f"{indent}layer {layer}:")
     for rank, (doc_id, score) in enumerate(routed[layer], 1):
@@ -492,44 +479,48 @@ def _print_compact(bank: MemoryBank, routed: dict[int, list[tuple[str, float]]],
 
 def open_bank(path: str) -> MemoryBank:
   if not Path(path).exists():
-    raise CliError(f"--bank={path} does not exist (create it with `encode`)")
+    raise CliError(f"--config.bank={path} does not exist (create it with "
+                   "--config=configs/bank.py:encode)")
   bank = MemoryBank.open(path)
   meta = bank.metadata
   if not isinstance(meta, dict) or "model" not in meta:
     raise CliError(f"bank {path} has no model record in its metadata (it was not written by "
-                   "`msa_jax.bank encode`)")
+                   "`python -m msa_jax.bank --config=configs/bank.py:encode`)")
   return bank
 
 
-def read_questions(args) -> list[str]:
-  """--question values, then --questions_file's non-blank lines (UTF-8, errors as file:line).
+def read_questions(config, given: list[str]) -> list[str]:
+  """The `given` --question values, then --config.questions_file's non-blank lines (UTF-8,
+  errors as file:line).
 
   Raises:
     CliError: an empty --question, an unreadable file or one without questions, nothing to ask
-      (and no --interactive).
+      (and no --config.interactive).
   """
   questions = []
-  for i, q in enumerate(args.question, 1):
+  for i, q in enumerate(given, 1):
     if not q.strip():
       raise CliError(f"--question number {i} is empty")
     questions.append(q)
-  if args.questions_file:
-    lines = validation.read_utf8_lines(args.questions_file, "--questions_file")
+  if config.questions_file:
+    lines = validation.read_utf8_lines(config.questions_file, "--config.questions_file")
     from_file = [text for _, text in lines if text.strip()]
     if not from_file:
-      raise CliError(f"--questions_file={args.questions_file} holds no questions (one per line)")
+      raise CliError(f"--config.questions_file={config.questions_file} holds no questions (one "
+                     "per line)")
     questions += from_file
-  if not questions and not args.interactive:
-    raise CliError("give --question=..., --questions_file=FILE (one question a line) or "
-                   "--interactive")
+  if not questions and not config.interactive:
+    raise CliError("give --question=..., --config.questions_file=FILE (one question a line) or "
+                   "--config.interactive=true")
   return questions
 
 
-def check_ask_flags(args) -> None:
-  """Sizes of `ask` (before the bank or the model is opened)."""
+def check_ask_config(config) -> None:
+  """Sizes and choices of `ask` (before the bank or the model is opened)."""
   for name in ("max_new_tokens", "max_rounds", "batch_size"):
-    validation.check_at_least(f"--{name}", getattr(args, name), 1)
-  validation.check_at_least("--top_k", args.top_k, 1, optional=True)
+    validation.check_at_least(f"--config.{name}", config[name], 1)
+  validation.check_at_least("--config.top_k", config.top_k, 1, optional=True)
+  validation.check_choice("--config.id_kind", config.id_kind, ("index", "id"))
 
 
 def empty_answer_reason(generated: list[int], stops: tuple[int, ...], tok, spec: dict) -> str:
@@ -543,12 +534,12 @@ def empty_answer_reason(generated: list[int], stops: tuple[int, ...], tok, spec:
     why = f"the generated tokens {generated[:8]} decode to no text (special tokens only)"
   kind = spec.get("kind")
   if kind == "smollm2":
-    why += ("; this bank's model has untrained MSA routers (--model=smollm2: fresh random "
-            "routers), so the routed documents are arbitrary and the backbone was never "
+    why += ("; this bank's model has untrained MSA routers (--config.model=smollm2: fresh "
+            "random routers), so the routed documents are arbitrary and the backbone was never "
             "taught to read them: train one (python -m msa_jax.train) and encode with "
-            "--checkpoint_workdir")
+            "--config.checkpoint_workdir")
   elif kind == "tiny":
-    why += "; this bank's model is random (--model=tiny): it is for testing the machinery"
+    why += "; this bank's model is random (--config.model=tiny): it is for testing the machinery"
   return why
 
 
@@ -561,25 +552,25 @@ class AskSession:
   engine: Any
   template: dict
   offset: int
-  args: Any
+  config: Any
 
   @classmethod
-  def open(cls, args) -> AskSession:
-    bank = open_bank(args.bank)
+  def open(cls, config) -> AskSession:
+    bank = open_bank(config.bank)
     spec = bank.metadata["model"]
-    _log(f"[ask] loading the model ({spec.get('kind')}) of {args.bank}...")
+    _log(f"[ask] loading the model ({spec.get('kind')}) of {config.bank}...")
     start = time.perf_counter()
     model = build_model(spec)
     template = dict(bank.metadata.get("template") or DEFAULT_TEMPLATE)
     for name in ("question_prefix", "answer_marker"):
-      if getattr(args, name) is not None:
-        template[name] = getattr(args, name)
+      if getattr(config, name) is not None:
+        template[name] = getattr(config, name)
     offset = model.msa.top_k  # the layout the model was built / trained with
-    msa = model.msa if args.top_k is None else model.msa.replace(top_k=args.top_k)
+    msa = model.msa if config.top_k is None else model.msa.replace(top_k=config.top_k)
     engine = engine_lib.MSAEngine(model.config, msa, model.params, bank)
     _log(f"[ask] ready in {time.perf_counter() - start:.1f}s ({bank.num_docs} documents); the "
          "first answer compiles the model")
-    return cls(bank, model, engine, template, offset, args)
+    return cls(bank, model, engine, template, offset, config)
 
   @property
   def stops(self) -> tuple[int, ...]:
@@ -588,13 +579,13 @@ class AskSession:
                                 if t is not None]))
 
   def answer(self, questions: list[str], first_number: int = 1) -> list[dict]:
-    """Answers `questions` in batches of --batch_size, printing each; returns the records."""
+    """Answers `questions` in batches of --config.batch_size, printing each; returns the records."""
     out = []
-    size = self.args.batch_size
+    size = self.config.batch_size
     for lo in range(0, len(questions), size):
       batch = questions[lo:lo + size]
       padded = batch + [batch[-1]] * (min(size, len(questions)) - len(batch))  # one shape
-      run = self._interleave if self.args.interleave else self._plain
+      run = self._interleave if self.config.interleave else self._plain
       out += run(padded, first_number + lo, len(batch))[:len(batch)]
     return out
 
@@ -607,9 +598,9 @@ class AskSession:
     head = list(tok.encode(self.template["head"], add_bos=True))
     marker = list(tok.encode(self.template["answer_marker"], add_bos=False))
     budget = (cfg.max_position - self.offset - len(head) - len(marker)
-              - self.args.max_new_tokens)
+              - self.config.max_new_tokens)
     if budget < 1:
-      raise CliError(f"--max_new_tokens={self.args.max_new_tokens} leaves no room for a "
+      raise CliError(f"--config.max_new_tokens={self.config.max_new_tokens} leaves no room for a "
                      f"question within the model's {cfg.max_position} positions")
     queries = []
     for n, q in enumerate(questions, first_number):
@@ -618,7 +609,7 @@ class AskSession:
         raise CliError(f"question {n} ({q[:40]!r}) has no tokens")
       ids, warning = validation.truncate_tokens(
           ids, budget, f"question {n}", f"the model's {cfg.max_position} positions minus the "
-          f"template, the memory offset and --max_new_tokens={self.args.max_new_tokens}")
+          f"template, the memory offset and --config.max_new_tokens={self.config.max_new_tokens}")
       if warning and n - first_number < real:
         _log(warning)
       queries.append(ids)
@@ -632,7 +623,7 @@ class AskSession:
     return routed
 
   def _show_routing(self, routed, indent: str) -> None:
-    if self.args.all_layers:
+    if self.config.all_layers:
       _print_routed(self.bank, routed, indent)
     else:
       _print_compact(self.bank, routed, indent, self.engine.msa.top_k)
@@ -645,7 +636,7 @@ class AskSession:
                                                    [marker] * len(queries),
                                                    position_offset=self.offset, pad_id=int(pad))
     stops = self.stops
-    sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.args.max_new_tokens,
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.config.max_new_tokens,
                               stop_tokens=stops, pad_id=int(pad))
     tokens, lengths, pre = self.engine.generate(prompts, sampling)
     out = []
@@ -669,8 +660,8 @@ class AskSession:
   def _interleave(self, questions: list[str], first_number: int, real: int) -> list[dict]:
     t = self.template
     cfg = interleave_lib.InterleaveConfig(
-        max_rounds=self.args.max_rounds, max_new_tokens=self.args.max_new_tokens,
-        id_kind=self.args.id_kind, head=t["head"], question_prefix=t["question_prefix"],
+        max_rounds=self.config.max_rounds, max_new_tokens=self.config.max_new_tokens,
+        id_kind=self.config.id_kind, head=t["head"], question_prefix=t["question_prefix"],
         answer_marker=t["answer_marker"], position_offset=self.offset)
     self._query_tokens(questions, first_number, real)  # refuses / warns like the plain path
     results = interleave_lib.MemoryInterleave(self.engine, self.model.tokenizer, cfg).run(
@@ -689,14 +680,15 @@ class AskSession:
     return out
 
 
-def ask(args, stdin=None) -> list[dict]:
-  """`ask`: routed documents and answers for every question (see the module docstring); the
-  bank and the model are loaded once, after every flag and question has been checked."""
-  check_ask_flags(args)
-  questions = read_questions(args)
-  session = AskSession.open(args)
+def ask(config, questions: list[str] = (), stdin=None) -> list[dict]:
+  """`ask`: routed documents and answers for the --question values and the config's (see the
+  module docstring); the bank and the model are loaded once, after every field and question has
+  been checked."""
+  check_ask_config(config)
+  questions = read_questions(config, list(questions))
+  session = AskSession.open(config)
   out = session.answer(questions) if questions else []
-  if args.interactive:
+  if config.interactive:
     out += _interactive(session, sys.stdin if stdin is None else stdin, len(out) + 1)
   return out
 
@@ -718,107 +710,67 @@ def _interactive(session: AskSession, stream, first_number: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
-# Flags
+# Command line
 # --------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse with one-line errors (a `CliError`) and a did-you-mean for unknown flags."""
-
-  def error(self, message: str):
-    if message.startswith("unrecognized arguments: "):
-      known = [o for a in self._actions for o in a.option_strings]
-      for sub in self._subparsers._group_actions if self._subparsers else []:
-        for parser in sub.choices.values():
-          known += [o for a in parser._actions for o in a.option_strings]
-      first = message.split(": ", 1)[1].split()[0].partition("=")[0]
-      message += validation.did_you_mean(first, set(known) - {"-h", "--help"})
-    raise CliError(f"{self.prog}: {message}")
-
-
-def make_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m msa_jax.bank", allow_abbrev=False,
-                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--compilation_cache", help=runtime.FLAG_HELP)
-  sub = parser.add_subparsers(dest="command", required=True)
-  enc = sub.add_parser("encode", help="encode a corpus into a memory bank", allow_abbrev=False)
-  enc.add_argument("--corpus", required=True)
-  enc.add_argument("--bank", required=True)
-  enc.add_argument("--checkpoint_workdir")
-  enc.add_argument("--step", type=int, default=None)
-  enc.add_argument("--model")
-  enc.add_argument("--seed", type=int, default=0)
-  enc.add_argument("--num_layers", type=int, default=None,
-                   help="keep only the first layers of the model (smollm2, tiny)")
-  enc.add_argument("--tokenizer", default="smollm2", help=f"for --model=tiny: {TOKENIZERS}")
-  enc.add_argument("--max_doc_tokens", type=int, required=True)
-  enc.add_argument("--limit", type=int, default=None)
-  enc.add_argument("--batch_size", type=int, default=16)
-  enc.add_argument("--doc_template", default="{title}\n{text}")
-  enc.add_argument("--overwrite", action="store_true")
-  enc.add_argument("--commit_every", type=int, default=4096,
-                   help="commit the bank after this many documents ...")
-  enc.add_argument("--commit_seconds", type=float, default=30.0,
-                   help="... or after this many seconds of encoding, whichever comes first")
-  a = sub.add_parser("ask", help="route questions against a bank and answer them",
-                     allow_abbrev=False)
-  a.add_argument("--bank", required=True)
-  a.add_argument("--question", action="append", default=[])
-  a.add_argument("--questions_file", default=None, help="one question a line (UTF-8)")
-  a.add_argument("--interactive", action="store_true",
-                 help="then read questions from stdin, one a line, until end of input")
-  a.add_argument("--batch_size", type=int, default=8, help="questions answered together")
-  a.add_argument("--all_layers", action="store_true",
-                 help="show every router layer's routed documents (default: one compact line)")
-  a.add_argument("--top_k", type=int, default=None)
-  a.add_argument("--max_new_tokens", type=int, default=32)
-  a.add_argument("--interleave", action="store_true")
-  a.add_argument("--max_rounds", type=int, default=3)
-  a.add_argument("--id_kind", default="index", choices=("index", "id"),
-                 help="what generated identifiers name: a bank position or a bank id")
-  a.add_argument("--question_prefix", default=None)
-  a.add_argument("--answer_marker", default=None)
-  a.add_argument("--json", action="store_true", help="also print the results as one JSON line")
-  return parser
+def define_flags(flag_values, sys_argv: list[str] | None = None):
+  """The command's flags on `flag_values`: `--config` (configs/bank.py:encode or :ask, with
+  `--config.FIELD=VALUE` overrides read from `sys_argv`, default the process's) and the
+  repeatable `--question`. Returns their holders."""
+  config = config_flags.DEFINE_config_file(
+      "config", None, validation.config_help("The bank command", "configs/bank.py:encode",
+                                             "configs/bank.py:ask"),
+      flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+  question = flags.DEFINE_multi_string("question", [], "A question for `ask` (repeatable).",
+                                       flag_values=flag_values)
+  return config, question
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-  """Flags; `--msa.FIELD=VALUE` pairs are collected into `args.msa`, `--verbose` (anywhere) into
-  `args.verbose`."""
-  msa, rest = [], []
-  verbose = "--verbose" in argv
-  for arg in (a for a in argv if a != "--verbose"):
-    if arg.startswith("--msa."):
-      if "=" not in arg:
-        raise CliError(f"{arg}: write --msa.FIELD=VALUE")
-      msa.append(arg[len("--msa."):])
-    else:
-      rest.append(arg)
-  args = make_parser().parse_args(rest)
-  args.msa, args.verbose = msa, verbose
-  if msa and args.command != "encode":
-    raise CliError("--msa.* flags belong to `encode`")
-  return args
+def run(config, questions: list[str] | tuple[str, ...] = (), stdin=None):
+  """Runs `config.command` ("encode": returns the bank; "ask": prints the answers, and with
+  `config.json` one JSON line of them, and returns them). Refuses before any work a config
+  without a command or bank, and questions given to `encode`."""
+  if config is None:
+    raise CliError("--config is required: --config=configs/bank.py:encode or "
+                   "--config=configs/bank.py:ask")
+  validation.check_choice("--config.command", config.get("command"), COMMANDS)
+  if not config.bank:
+    raise CliError("--config.bank is required (the bank directory)")
+  if config.command == "encode":
+    if questions:
+      raise CliError("--question belongs to `ask` (--config=configs/bank.py:ask)")
+    return encode(config)
+  results = ask(config, list(questions), stdin=stdin)
+  if config.json:
+    print(json.dumps(results))
+  return results
 
 
-def main(argv: list[str] | None = None) -> int:
-  """Runs a command; a user error (bad flag or input, missing or foreign bank, bad settings
-  named by their checks) prints one `error: ...` line and returns 2 (`--verbose`: with the
-  traceback)."""
-  argv = sys.argv[1:] if argv is None else argv
+def _app_main(argv: list[str]) -> None:
+  """`python -m msa_jax.bank`: the absl app."""
+  if len(argv) > 1:
+    raise CliError(f"unexpected arguments: {argv[1:]}")
+  runtime.enable_compilation_cache()
+  run(flags.FLAGS.config, flags.FLAGS.question)
+
+
+def main(argv: list[str], stdin=None) -> int:
+  """The command line `argv` (without the program name) run in this process, as
+  `python -m msa_jax.bank` runs it; returns the exit status: a user error (a bad flag or input,
+  a missing or foreign bank, bad settings named by their checks) prints one `error: ...` line
+  and returns 2 (`--verbose`: with the traceback)."""
   try:
-    args = parse_args(argv)
-    runtime.enable_compilation_cache(args.compilation_cache)
-    if args.command == "encode":
-      encode(args)
-    else:
-      results = ask(args)
-      if args.json:
-        print(json.dumps(results))
+    (config, question), rest = validation.parse_in_process(["msa_jax.bank", *argv],
+                                                           define_flags)
+    if len(rest) > 1:
+      raise CliError(f"unexpected arguments: {rest[1:]}")
+    run(config.value, question.value, stdin=stdin)
   except (BankError, *validation.USER_ERRORS) as e:
     return validation.report(e, verbose="--verbose" in argv)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags(flags.FLAGS)  # only when run as a program: importing defines no flags
+  validation.run_app(_app_main)

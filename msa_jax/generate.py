@@ -20,11 +20,6 @@ from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.inference import SamplingConfig, generate_text
 from msa_jax.model import Transformer
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/generate.py",
-                                          "Generation config file.")
-_PROMPTS = flags.DEFINE_multi_string("prompt", None, "Prompt(s); overrides config.prompts.")
-
-
 def check_config(config, prompts: Sequence[str]) -> None:
   """Prompts, dtype and sampling settings (before anything is loaded).
 
@@ -73,10 +68,15 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise validation.UserError(f"unexpected arguments: {argv[1:]}")
   runtime.enable_compilation_cache()
-  prompts = _PROMPTS.value
-  for prompt, text in zip(prompts or _CONFIG.value.prompts, run(_CONFIG.value, prompts)):
+  config, prompts = flags.FLAGS.config, flags.FLAGS.prompt
+  for prompt, text in zip(prompts or config.prompts, run(config, prompts)):
     print(f"\n>>> {prompt}\n{text}")
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program (tests and notebooks import this module).
+  config_flags.DEFINE_config_file(
+      "config", "configs/generate.py", validation.config_help("Generation config",
+                                                              "configs/generate.py"))
+  flags.DEFINE_multi_string("prompt", None, "Prompt(s); overrides config.prompts.")
   validation.run_app(main)

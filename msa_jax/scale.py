@@ -510,6 +510,7 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   # Flags are defined only when run as a command, so importing this module defines none.
-  config_flags.DEFINE_config_file("config", None, "Scale config (configs/scale.py).",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+      "config", None, validation.config_help("Scale config", "configs/scale.py"),
+      lock_config=True)
   validation.run_app(main)

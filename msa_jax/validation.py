@@ -1,11 +1,13 @@
 """Checks shared by every command: flags, config fields, paths and text inputs, before any model
 is loaded, and how a user error ends a command (one `error: ...` line on stderr, exit status 2).
 
-The absl apps (`python -m msa_jax.train`, `msa_jax.evaluate`, `msa_jax.generate`,
-`msa_jax.evaluation.niah_eval`) start through `run_app(main)`: flag parsing errors (an unknown
-flag, `--config.train.stepz=5`, a value of the wrong type) and `UserError`s raised by `main` are
-reported in one line; `--verbose` shows the traceback instead. `msa_jax.bank` uses the
-same `UserError`, `report` and input readers.
+Every command is an absl app reading an ml_collections config file (`--config=configs/X.py`,
+`--config.FIELD=VALUE` overrides; `config_help` writes the flag's help: the file to read and its
+fields) and starts through `run_app(main)`: flag parsing errors (an unknown flag,
+`--config.train.stepz=5` with a did-you-mean, a value of the wrong type) and `UserError`s raised
+by `main` are reported in one line; `--verbose` shows the traceback instead.
+`parse_in_process(argv, define)` parses a command line into fresh flags, so that a command can
+run more than once in one process (the bank command's `main(argv)`, tests).
 
 Library callers get `UserError`, a `ValueError`, from the `check_*` functions.
 """
@@ -144,11 +146,6 @@ def check_train_config(config) -> None:
                "prompt_tokens", "max_positives", "id_digits", "key_length"):
     if name in data.keys() and data[name] is not None:
       check_at_least(f"data.{name}", data[name], 0 if name == "eval_docs" else 1)
-  extrap = _get(config, "extrapolation")
-  if extrap is not None:
-    check_at_least("extrapolation.questions", extrap.questions, 1)
-    for m in extrap.multipliers:
-      check_at_least("extrapolation.multipliers[]", m, 1)
 
 
 def check_evaluate_config(config, workdir) -> None:
@@ -255,6 +252,9 @@ def truncate_tokens(ids: Sequence[int], limit: int, what: str, reason: str,
 # --------------------------------------------------------------------------------------------
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def _load_config_file(spec: str):
   """The ConfigDict of a `--config=path.py[:arg]` value (as config_flags loads it)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
@@ -265,11 +265,36 @@ def _load_config_file(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _explain_flag_error(argv: Sequence[str], error: BaseException) -> str:
+def _flat_fields(config, prefix: str = "") -> list[str]:
+  """`name=default` for every leaf field of `config`, dotted, in the config's order."""
+  out = []
+  for name, value in config.items(preserve_field_references=False):
+    if hasattr(value, "items"):
+      out += _flat_fields(value, f"{prefix}{name}.")
+    else:
+      out.append(f"{prefix}{name}={value!r}")
+  return out
+
+
+def config_help(what: str, *specs: str) -> str:
+  """The help text of an entry point's `--config` flag: what it configures, the config file(s)
+  to read (`specs`, "configs/x.py[:variant]" relative to the repository) and the first one's
+  fields with their defaults, each overridable as `--config.FIELD=VALUE`."""
+  text = f"{what}: an ml_collections config file, read {' or '.join(specs)} (its docstring has "
+  text += "the commands and variants); override any field with --config.FIELD=VALUE."
+  path, _, arg = specs[0].partition(":")
+  try:
+    config = _load_config_file(str(REPO_ROOT / path) + (f":{arg}" if arg else ""))
+  except Exception:  # pylint: disable=broad-except
+    return text  # an installed package without the repository's configs/
+  return text + f" Fields of {specs[0]}: " + ", ".join(_flat_fields(config)) + "."
+
+
+def _explain_flag_error(argv: Sequence[str], error: BaseException, fv=None) -> str:
   """One line for a flag parsing failure: an unknown `--config.a.b` field gets a did-you-mean
   against the config file's fields; a failing config file, its own error's last line."""
   from absl import flags  # pylint: disable=import-outside-toplevel
-  fv = flags.FLAGS
+  fv = flags.FLAGS if fv is None else fv
   files = {}  # config flag name -> its file spec
   for arg in argv[1:]:
     name, _, value = arg[2:].partition("=")
@@ -299,21 +324,54 @@ def _explain_flag_error(argv: Sequence[str], error: BaseException) -> str:
   return message
 
 
+def flag_error(argv: Sequence[str], error: BaseException, fv=None) -> UserError:
+  """A flag parsing failure of `argv` (parsed into `fv`, default the global absl flags) as a
+  one-line `UserError` (`--verbose` in argv: the traceback is printed first)."""
+  if "--verbose" in argv:
+    traceback.print_exception(error, file=sys.stderr)
+  try:
+    message = _explain_flag_error(argv, error, fv)
+  except Exception:  # pylint: disable=broad-except
+    message = " ".join(str(error).split())
+  return UserError(message)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """`app.run`'s flags_parser: absl parsing with one-line errors (exit status 2)."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
-    verbose = "--verbose" in argv
-    if verbose:
-      traceback.print_exception(e, file=sys.stderr)
-    try:
-      message = _explain_flag_error(argv, e)
-    except Exception:  # pylint: disable=broad-except
-      message = " ".join(str(e).split())
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"error: {flag_error(argv, e)}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
+
+
+def parse_in_process(argv: Sequence[str], define: Callable[[Any, list[str]], Any]
+                     ) -> tuple[Any, list[str]]:
+  """Parses a command line (`argv`, program name first) the way its absl app would, into fresh
+  flag values, so that a command can run more than once in one process (tests, notebooks).
+
+  Args:
+    argv: the command line.
+    define: defines the command's flags on the given `absl.flags.FlagValues` (config flags read
+      their `--config.x=y` overrides from the given argv) and returns their holders.
+
+  Returns:
+    (what `define` returned, the positional arguments with the program name first).
+
+  Raises:
+    UserError: a flag parsing failure, explained in one line (as `parse_flags` does).
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  argv = list(argv)
+  fv = flags.FlagValues()
+  flags.DEFINE_bool("verbose", False, "Show tracebacks of user errors.", flag_values=fv)
+  holders = define(fv, argv)
+  try:
+    rest = fv(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    raise flag_error(argv, e, fv) from None
+  return holders, rest
 
 
 def run_app(main: Callable[[list[str]], Any]) -> None:

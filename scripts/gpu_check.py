@@ -90,9 +90,12 @@ def part_sparse_attention(smoke: bool) -> dict:
 
 
 def part_bank_routing(smoke: bool) -> dict:
+  from configs import routing_benchmark as bench_config
   from msa_jax.inference import routing_benchmark
-  argv = ["--small"] if smoke else ["--paper", "--iters=3"]
-  return dict(argv=argv, rows=routing_benchmark.main(argv))
+  config = bench_config.get_config("small" if smoke else "paper")
+  if not smoke:
+    config.iters = 3
+  return dict(config=config.to_dict(), rows=routing_benchmark.run(config))
 
 
 def _random_batch(cfg, b: int, n: int, g: int, t: int, seed: int = 0):

@@ -77,11 +77,12 @@ def test_quick_routing_stage_rows_and_table():
 
 
 def test_bad_stage_is_a_one_line_error():
-  proc = subprocess.run([sys.executable, "-m", "msa_jax.benchmarks", "--stages=routing,nope"],
+  proc = subprocess.run([sys.executable, "-m", "msa_jax.benchmarks",
+                         "--config=configs/benchmarks.py", "--config.stages=routing,nope"],
                         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, check=False)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith("error: --stages=routing,nope: unknown "
-                                                         "stage 'nope'")
+  assert proc.returncode == 2 and proc.stdout == ""
+  assert proc.stderr == ("error: --config.stages=routing,nope: unknown stage 'nope'; expected "
+                         "some of routing,encoding,generation\n")
 
 
 @pytest.mark.slow

@@ -20,8 +20,9 @@ from msa_jax import bank as cli
 from msa_jax.memory.bank import MANIFEST, STAGED_MANIFEST, MemoryBank
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model=tiny", "--tokenizer=synthetic", "--seed=3", "--msa.chunk_size=4",
-        "--msa.router_layers=all", "--max_doc_tokens=12"]
+ENCODE = f"--config={ROOT / 'configs' / 'bank.py'}:encode"
+TINY = ["--config.model=tiny", "--config.tokenizer=synthetic", "--config.seed=3",
+        "--config.msa.chunk_size=4", "--config.msa.router_layers=all", "--config.max_doc_tokens=12"]
 
 
 def _corpus(path: Path, n: int, salt: int = 0) -> Path:
@@ -37,7 +38,7 @@ def _corpus(path: Path, n: int, salt: int = 0) -> Path:
 
 
 def _encode_args(corpus: Path, bank: Path, *extra: str) -> list[str]:
-  return ["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY, *extra]
+  return [ENCODE, f"--config.corpus={corpus}", f"--config.bank={bank}", *TINY, *extra]
 
 
 def _run(argv, capsys):
@@ -87,15 +88,15 @@ def test_killed_encode_keeps_old_bank_and_rerun_continues(tmp_path, capsys, over
   corpus = _corpus(tmp_path / "new.jsonl", 1200, salt=1)
   bank = tmp_path / "bank"
   reference = tmp_path / "reference"  # the same command, never interrupted
-  assert cli.main(_encode_args(corpus, reference, "--batch_size=4")) == 0
+  assert cli.main(_encode_args(corpus, reference, "--config.batch_size=4")) == 0
   old = None
   if over_old_bank:
     old_corpus = _corpus(tmp_path / "old.jsonl", 20, salt=2)
-    assert cli.main(_encode_args(old_corpus, bank, "--batch_size=4")) == 0
+    assert cli.main(_encode_args(old_corpus, bank, "--config.batch_size=4")) == 0
     old = _content(bank)
   capsys.readouterr()
-  argv = _encode_args(corpus, bank, "--batch_size=4", "--commit_every=8",
-                      *(["--overwrite"] if over_old_bank else []))
+  argv = _encode_args(corpus, bank, "--config.batch_size=4", "--config.commit_every=8",
+                      *(["--config.overwrite=true"] if over_old_bank else []))
   _kill_after_commits(argv, bank, min_docs=16)
   # Killed: the published bank is the old one, intact; the new one is staged beside it.
   if over_old_bank:
@@ -122,7 +123,8 @@ def small_bank(tmp_path_factory):
   root = tmp_path_factory.mktemp("encode")
   corpus = _corpus(root / "docs.jsonl", 10)
   bank = root / "bank"
-  assert cli.main(_encode_args(corpus, bank, "--batch_size=2", "--commit_every=4")) == 0
+  assert cli.main(_encode_args(corpus, bank, "--config.batch_size=2",
+                               "--config.commit_every=4")) == 0
   return root, corpus, bank
 
 
@@ -131,8 +133,9 @@ def test_small_commits_and_progress(small_bank, capsys):
   bank = MemoryBank.open(bank_dir)
   assert bank.num_docs == 10 and bank.num_shards == 3  # commits of 4, 4 and 2 documents
   other = root / "other"
-  code, _, err = _run(_encode_args(corpus, other, "--batch_size=2", "--commit_every=100",
-                                   "--commit_seconds=1e-9"), capsys)
+  code, _, err = _run(_encode_args(corpus, other, "--config.batch_size=2",
+                                   "--config.commit_every=100", "--config.commit_seconds=1e-9"),
+                      capsys)
   assert code == 0 and MemoryBank.open(other).num_shards == 5  # a commit per batch (time)
   lines = [l for l in err.splitlines() if l.startswith("[encode] ") and "ETA" in l]
   assert lines[0].startswith("[encode] 2/10 documents (20.0%)")  # after the first batch
@@ -156,10 +159,11 @@ def test_checks_before_the_model_is_built(small_bank, tmp_path, monkeypatch, cap
   before = _content(bank)
   new = tmp_path / "new"
   for flag, value in (("max_doc_tokens", "0"), ("batch_size", "0"), ("commit_every", "0")):
-    _refused_before_build(monkeypatch, capsys, _encode_args(corpus, new, f"--{flag}={value}"),
-                          f"--{flag}={value} must be >= 1")
+    _refused_before_build(monkeypatch, capsys,
+                          _encode_args(corpus, new, f"--config.{flag}={value}"),
+                          f"--config.{flag}={value} must be >= 1")
   _refused_before_build(monkeypatch, capsys,
-                        _encode_args(corpus, new, "--commit_seconds=0"), "must be > 0")
+                        _encode_args(corpus, new, "--config.commit_seconds=0"), "must be > 0")
   empty = tmp_path / "empty.jsonl"
   empty.write_text('{"id": "a", "text": "k1"}\n{"id": "b", "text": "  "}\n')
   _refused_before_build(monkeypatch, capsys, _encode_args(empty, new),
@@ -172,7 +176,7 @@ def test_checks_before_the_model_is_built(small_bank, tmp_path, monkeypatch, cap
   other = _corpus(tmp_path / "other.jsonl", 10, salt=5)
   _refused_before_build(monkeypatch, capsys, _encode_args(other, bank),
                         "a memory bank already exists")
-  _refused_before_build(monkeypatch, capsys, _encode_args(corpus, bank, "--seed=4"),
+  _refused_before_build(monkeypatch, capsys, _encode_args(corpus, bank, "--config.seed=4"),
                         "model.seed: bank has 3, expected 4")
   a_file = tmp_path / "file"
   a_file.write_text("x")
@@ -197,6 +201,6 @@ def test_unfinished_encoding_of_another_corpus(tmp_path, monkeypatch, capsys):
                         "holds an unfinished encoding of another corpus or model "
                         "(documents.ids_sha256")
   monkeypatch.undo()
-  code, _, err = _run(_encode_args(other, bank, "--overwrite"), capsys)
+  code, _, err = _run(_encode_args(other, bank, "--config.overwrite=true"), capsys)
   assert code == 0 and "discarding the unfinished encoding" in err
   assert MemoryBank.open(bank).doc_ids == [f"d7-{i}" for i in range(6)]

@@ -16,7 +16,8 @@ from msa_jax.train import metrics as metrics_lib
 from msa_jax.train import workdir as workdir_lib
 from tests.paths import REPO
 
-CONFIGS = sorted((REPO / "configs").glob("*.py"))
+# Every config file (configs/common.py holds the pieces they share).
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "common.py")
 
 
 def load_config_module(path):
@@ -32,6 +33,17 @@ def test_config_parses_and_names_its_command(path):
   config = module.get_config()
   assert config.to_dict()
   assert f"--config=configs/{path.name}" in module.__doc__
+
+
+def test_config_help_names_the_file_and_lists_its_fields():
+  text = validation.config_help("Generation config", "configs/generate.py", "configs/x.py")
+  assert text.startswith("Generation config: an ml_collections config file, read "
+                         "configs/generate.py or configs/x.py")
+  assert "--config.FIELD=VALUE" in text
+  assert "Fields of configs/generate.py: " in text and "sampling.max_new_tokens=24" in text
+  assert "chat=False" in text and "checkpoint=''" in text
+  missing = validation.config_help("Bank", "configs/nope.py")
+  assert "configs/nope.py" in missing and "Fields of" not in missing
 
 
 def test_generate_config_variants():
@@ -218,8 +230,9 @@ def _command(args, timeout=120):
      "top_n=0 must be a number >= 1"),
     (["msa_jax.generate", "--config=configs/generate.py", "--config.sampling.max_new_tokens=0"],
      "sampling.max_new_tokens must be an int >= 1, got 0"),
-    (["msa_jax.evaluation.niah_eval", "--random_model=tiny", "--variants=singel"],
-     "--variants: 'singel' is not a NIAH variant (did you mean 'single'?)"),
+    (["msa_jax.niah", "--config=configs/niah.py", "--config.random_model=tiny",
+      "--config.variants=singel"],
+     "--config.variants: 'singel' is not a NIAH variant (did you mean 'single'?)"),
 ], ids=["unknown_field", "steps", "top_k", "workdir_file", "evaluate", "generate", "niah"])
 def test_bad_flags_exit_2_with_one_line(tmp_path, args, message):
   if args[0] != "msa_jax.generate" and not any(a.startswith("--workdir") for a in args):

@@ -1,4 +1,4 @@
-"""The bank command line (`python -m msa_jax.bank encode / ask`).
+"""The bank command line (`python -m msa_jax.bank --config=configs/bank.py:encode / :ask`).
 
 Encodes a small jsonl corpus with a random tiny model (SmolLM2's tokenizer) and a 30-document
 slice of NFCorpus with SmolLM2's first two layers under fresh routers, asks questions against
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs import bank as bank_config
 from msa_jax import bank as cli
 from tests import paths
 
@@ -26,7 +27,9 @@ DOCS = [
     {"id": "tea", "text": "w13 <fact> k7 k8 v4"},
     {"id": "moon", "text": "<fact> k9 k10 v5 w1"},
 ]
-TINY = ["--model=tiny", "--tokenizer=synthetic"]
+TINY = ["--config.model=tiny", "--config.tokenizer=synthetic"]
+ENCODE = f"--config={paths.REPO / 'configs' / 'bank.py'}:encode"
+ASK = f"--config={paths.REPO / 'configs' / 'bank.py'}:ask"
 
 
 def _run(argv, capsys):
@@ -45,9 +48,9 @@ def tiny_bank(tmp_path_factory):
   root = tmp_path_factory.mktemp("cli")
   corpus = _jsonl(root / "docs.jsonl", DOCS)
   bank = root / "bank"
-  assert cli.main(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
-                   "--seed=3", "--msa.top_k=2", "--msa.chunk_size=4",
-                   "--msa.router_layers=all", "--max_doc_tokens=16"]) == 0
+  assert cli.main([ENCODE, f"--config.corpus={corpus}", f"--config.bank={bank}", *TINY,
+                   "--config.seed=3", "--config.msa.top_k=2", "--config.msa.chunk_size=4",
+                   "--config.msa.router_layers=all", "--config.max_doc_tokens=16"]) == 0
   return root, corpus, bank
 
 
@@ -66,9 +69,9 @@ def test_encode_records_the_model_and_texts(tiny_bank):
 
 def test_ask_prints_routing_and_answer(tiny_bank, capsys):
   _, _, bank = tiny_bank
-  code, out, err = _run(["ask", f"--bank={bank}", "--question=k3 k4",
-                         "--question=k7", "--max_new_tokens=4", "--json", "--all_layers"],
-                        capsys)
+  code, out, err = _run([ASK, f"--config.bank={bank}", "--question=k3 k4", "--question=k7",
+                         "--config.max_new_tokens=4", "--config.json=true",
+                         "--config.all_layers=true"], capsys)
   assert code == 0, err
   lines = out.splitlines()
   results = json.loads(lines[-1])
@@ -86,15 +89,16 @@ def test_ask_prints_routing_and_answer(tiny_bank, capsys):
   assert doc_line.endswith(text[:80])
   assert sum(line.startswith("  answer: ") for line in lines) == 2
   # top_k can be changed at ask time (it is not part of the bank's fingerprint).
-  code, out, _ = _run(["ask", f"--bank={bank}", "--question=k1", "--top_k=4",
-                       "--max_new_tokens=2", "--json"], capsys)
+  code, out, _ = _run([ASK, f"--config.bank={bank}", "--question=k1", "--config.top_k=4",
+                       "--config.max_new_tokens=2", "--config.json=true"], capsys)
   assert code == 0 and len(json.loads(out.splitlines()[-1])[0]["routed"]["0"]) == 4
 
 
 def test_ask_with_interleave(tiny_bank, capsys):
   _, _, bank = tiny_bank
-  code, out, err = _run(["ask", f"--bank={bank}", "--question=k9 k10", "--interleave",
-                         "--max_rounds=2", "--max_new_tokens=3", "--json"], capsys)
+  code, out, err = _run([ASK, f"--config.bank={bank}", "--question=k9 k10",
+                         "--config.interleave=true", "--config.max_rounds=2",
+                         "--config.max_new_tokens=3", "--config.json=true"], capsys)
   assert code == 0, err
   result = json.loads(out.splitlines()[-1])[0]
   assert result["status"] in cli.interleave_lib.STATUSES
@@ -105,17 +109,19 @@ def test_ask_with_interleave(tiny_bank, capsys):
 def test_encode_beir_slice_with_smollm2_and_ask(tmp_path, capsys):
   beir = paths.SHARED / "data" / "beir" / "nfcorpus"
   bank = tmp_path / "nf"
-  code, _, err = _run(["encode", f"--corpus={beir}", f"--bank={bank}", "--model=smollm2",
-                       "--num_layers=2", "--seed=0", "--msa.top_k=3", "--msa.chunk_size=16",
-                       "--max_doc_tokens=64", "--limit=30", "--batch_size=8"], capsys)
+  code, _, err = _run([ENCODE, f"--config.corpus={beir}", f"--config.bank={bank}",
+                       "--config.model=smollm2", "--config.num_layers=2", "--config.seed=0",
+                       "--config.msa.top_k=3", "--config.msa.chunk_size=16",
+                       "--config.max_doc_tokens=64", "--config.limit=30",
+                       "--config.batch_size=8"], capsys)
   assert code == 0, err
   assert "[encode] 30 documents from" in err and "[encode] 30/30 documents" in err
   first = json.loads(open(beir / "corpus.jsonl").readline())
   opened = cli.MemoryBank.open(bank)
   assert opened.num_docs == 30 and opened.doc_ids[0] == first["_id"]
   assert opened.texts([0])[0] == f"{first['title']}\n{first['text']}"
-  code, out, err = _run(["ask", f"--bank={bank}", "--question=Do statins reduce cancer risk?",
-                         "--max_new_tokens=3", "--all_layers"], capsys)
+  code, out, err = _run([ASK, f"--config.bank={bank}", "--question=Do statins reduce cancer risk?",
+                         "--config.max_new_tokens=3", "--config.all_layers=true"], capsys)
   assert code == 0, err
   assert "  layer 1:" in out and "    3. " in out and "  answer: " in out
 
@@ -124,66 +130,67 @@ def test_encode_beir_slice_with_smollm2_and_ask(tmp_path, capsys):
 
 
 def test_missing_and_corrupt_bank(tiny_bank, tmp_path, capsys):
-  code, _, err = _run(["ask", f"--bank={tmp_path / 'nope'}", "--question=x"], capsys)
+  code, _, err = _run([ASK, f"--config.bank={tmp_path / 'nope'}", "--question=x"], capsys)
   assert code == 2 and "does not exist" in err
   broken = tmp_path / "broken"
   broken.mkdir()
   (broken / "manifest.json").write_text("{not json")
-  code, _, err = _run(["ask", f"--bank={broken}", "--question=x"], capsys)
+  code, _, err = _run([ASK, f"--config.bank={broken}", "--question=x"], capsys)
   assert code == 2 and "is not valid JSON" in err
   # A shard file changed after the commit.
   _, corpus, _ = tiny_bank
   bank = tmp_path / "bank"
-  assert cli.main(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
-                   "--max_doc_tokens=8"]) == 0
+  assert cli.main([ENCODE, f"--config.corpus={corpus}", f"--config.bank={bank}", *TINY,
+                   "--config.max_doc_tokens=8"]) == 0
   docs = next(bank.glob("shard-*")) / "docs.json"
   docs.write_text(docs.read_text().replace("k3 k4", "k4 k3"))
-  code, _, err = _run(["ask", f"--bank={bank}", "--question=x"], capsys)
+  code, _, err = _run([ASK, f"--config.bank={bank}", "--question=x"], capsys)
   assert code == 2 and "error:" in err and "docs.json" in err
 
 
 def test_bank_of_another_model(tiny_bank, tmp_path, capsys):
   _, corpus, _ = tiny_bank
   bank = tmp_path / "bank"
-  assert cli.main(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
-                   "--seed=0", "--max_doc_tokens=8"]) == 0
+  assert cli.main([ENCODE, f"--config.corpus={corpus}", f"--config.bank={bank}", *TINY,
+                   "--config.seed=0", "--config.max_doc_tokens=8"]) == 0
   manifest = bank / "manifest.json"
   data = json.loads(manifest.read_text())
   data["metadata"]["model"]["seed"] = 1  # as if the bank had been written for another model
   manifest.write_text(json.dumps(data))
-  code, _, err = _run(["ask", f"--bank={bank}", "--question=x"], capsys)
+  code, _, err = _run([ASK, f"--config.bank={bank}", "--question=x"], capsys)
   assert code == 2 and "encoded with another model" in err
   # Encoding over an existing bank needs --overwrite.
-  code, _, err = _run(["encode", f"--corpus={corpus}", f"--bank={bank}", *TINY,
-                       "--max_doc_tokens=8"], capsys)
+  code, _, err = _run([ENCODE, f"--config.corpus={corpus}", f"--config.bank={bank}", *TINY,
+                       "--config.max_doc_tokens=8"], capsys)
   assert code == 2 and "overwrite" in err
 
 
 def test_corpus_and_flag_errors(tmp_path, capsys):
-  bank = f"--bank={tmp_path / 'bank'}"
+  bank = f"--config.bank={tmp_path / 'bank'}"
   empty = tmp_path / "empty.jsonl"
   empty.write_text("\n")
-  code, _, err = _run(["encode", f"--corpus={empty}", bank, *TINY,
-                       "--max_doc_tokens=8"], capsys)
+  code, _, err = _run([ENCODE, f"--config.corpus={empty}", bank, *TINY,
+                       "--config.max_doc_tokens=8"], capsys)
   assert code == 2 and "holds no documents" in err
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps(DOCS[0]) + "\n" + '{"id": "x", "text": \n')
-  code, _, err = _run(["encode", f"--corpus={bad}", bank, *TINY,
-                       "--max_doc_tokens=8"], capsys)
+  code, _, err = _run([ENCODE, f"--config.corpus={bad}", bank, *TINY,
+                       "--config.max_doc_tokens=8"], capsys)
   assert code == 2 and f"{bad}:2: not a JSON object" in err
   _jsonl(bad, [DOCS[0], {"id": "y"}])
-  code, _, err = _run(["encode", f"--corpus={bad}", bank, *TINY,
-                       "--max_doc_tokens=8"], capsys)
+  code, _, err = _run([ENCODE, f"--config.corpus={bad}", bank, *TINY,
+                       "--config.max_doc_tokens=8"], capsys)
   assert code == 2 and f"{bad}:2: expected a JSON object" in err
   good = _jsonl(tmp_path / "good.jsonl", DOCS)
-  code, _, err = _run(["encode", f"--corpus={good}", bank, "--model=gpt5",
-                       "--max_doc_tokens=8"], capsys)
-  assert code == 2 and "--model='gpt5' is unknown" in err
-  code, _, err = _run(["encode", f"--corpus={good}", bank, *TINY, "--msa.topk=3",
-                       "--max_doc_tokens=8"], capsys)
-  assert code == 2 and "MSAConfig has no field 'topk'" in err
-  code, _, err = _run(["encode", f"--corpus={tmp_path / 'none.jsonl'}", bank, *TINY,
-                       "--max_doc_tokens=8"], capsys)
+  code, _, err = _run([ENCODE, f"--config.corpus={good}", bank, "--config.model=gpt5",
+                       "--config.max_doc_tokens=8"], capsys)
+  assert code == 2 and "--config.model='gpt5' is unknown" in err
+  code, _, err = _run([ENCODE, f"--config.corpus={good}", bank, *TINY, "--config.msa.topk=3",
+                       "--config.max_doc_tokens=8"], capsys)
+  assert code == 2 and err == ("error: --config.msa.topk: config.msa has no field 'topk' (did you "
+                               "mean 'top_k'?)\n")
+  code, _, err = _run([ENCODE, f"--config.corpus={tmp_path / 'none.jsonl'}", bank, *TINY,
+                       "--config.max_doc_tokens=8"], capsys)
   assert code == 2 and "does not exist" in err
   assert not (tmp_path / "bank").exists()
 
@@ -192,10 +199,17 @@ def test_module_entry_point(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   root = Path(__file__).resolve().parents[1]
   env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, "-m", "msa_jax.bank", "ask",
-                         f"--bank={tmp_path / 'none'}", "--question=x"], env=env, cwd=root,
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2 and proc.stderr.strip().endswith("create it with `encode`)")
+  proc = subprocess.run([sys.executable, "-m", "msa_jax.bank",
+                         "--config=configs/bank.py:ask", f"--config.bank={tmp_path / 'none'}",
+                         "--question=x"], env=env, cwd=root, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 2 and proc.stderr.strip().endswith(
+      "(create it with --config=configs/bank.py:encode)")
+  # --help names the config file and lists its fields.
+  proc = subprocess.run([sys.executable, "-m", "msa_jax.bank", "--helpshort"], env=env,
+                        cwd=root, capture_output=True, text=True, timeout=120)
+  assert "configs/bank.py:ask" in proc.stdout
+  assert "max_doc_tokens=0" in proc.stdout and "msa.chunk_size=64" in proc.stdout
 
 
 # --- ask: many questions per model load, checks before loading ---
@@ -220,9 +234,10 @@ def test_ask_questions_file_and_stdin_with_one_model_load(tiny_bank, tmp_path, c
   calls = _Calls(cli.build_model)
   monkeypatch.setattr(cli, "build_model", calls)
   stdin = io.StringIO("k9 k10\n\nk7\n")
-  args = cli.parse_args(["ask", f"--bank={bank}", "--question=k1", f"--questions_file={questions}",
-                         "--interactive", "--max_new_tokens=3", "--batch_size=2"])
-  results = cli.ask(args, stdin=stdin)
+  config = bank_config.get_config("ask")
+  config.update(bank=str(bank), questions_file=str(questions), interactive=True, max_new_tokens=3,
+                batch_size=2)
+  results = cli.ask(config, ["k1"], stdin=stdin)
   out = capsys.readouterr().out
   assert calls.count == 1
   assert [r["question"] for r in results] == ["k1", "k3 k4", "k7", "k1 k2", "k9 k10", "k7"]
@@ -247,12 +262,16 @@ def test_ask_questions_file_and_stdin_with_one_model_load(tiny_bank, tmp_path, c
 @pytest.mark.parametrize("flags, message", [
     (["--question="], "--question number 1 is empty"),
     (["--question=x", "--question= "], "--question number 2 is empty"),
-    (["--question=x", "--top_k=0"], "--top_k=0 must be a number >= 1"),
-    (["--question=x", "--max_new_tokens=0"], "--max_new_tokens=0 must be a number >= 1"),
-    (["--question=x", "--batch_size=0"], "--batch_size=0 must be a number >= 1"),
-    (["--questionz=x"], "unrecognized arguments: --questionz=x (did you mean '--question'?)"),
-    ([], "give --question=..., --questions_file=FILE"),
-    (["--questions_file=NOPE"], "--questions_file=NOPE does not exist"),
+    (["--question=x", "--config.top_k=0"], "--config.top_k=0 must be a number >= 1"),
+    (["--question=x", "--config.max_new_tokens=0"],
+     "--config.max_new_tokens=0 must be a number >= 1"),
+    (["--question=x", "--config.batch_size=0"], "--config.batch_size=0 must be a number >= 1"),
+    (["--questionz=x"], "Unknown command line flag 'questionz'. Did you mean: question ?"),
+    (["--config.top_kk=3"], "--config.top_kk: config has no field 'top_kk' (did you mean "
+                            "'top_k'?)"),
+    (["--question=x", "--config.id_kind=name"], "--config.id_kind='name' must be one of"),
+    ([], "give --question=..., --config.questions_file=FILE"),
+    (["--config.questions_file=NOPE"], "--config.questions_file=NOPE does not exist"),
 ])
 def test_ask_refuses_bad_flags_before_loading(tiny_bank, capsys, monkeypatch, flags, message):
   _, _, bank = tiny_bank
@@ -262,7 +281,7 @@ def test_ask_refuses_bad_flags_before_loading(tiny_bank, capsys, monkeypatch, fl
 
   monkeypatch.setattr(cli, "build_model", not_called)
   monkeypatch.setattr(cli, "open_bank", not_called)
-  code, out, err = _run(["ask", f"--bank={bank}", *flags], capsys)
+  code, out, err = _run([ASK, f"--config.bank={bank}", *flags], capsys)
   assert code == 2 and out == ""
   assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
 
@@ -272,18 +291,18 @@ def test_questions_file_errors_name_file_and_line(tiny_bank, tmp_path, capsys, m
   monkeypatch.setattr(cli, "build_model", lambda spec: pytest.fail("model loaded"))
   bad = tmp_path / "q.txt"
   bad.write_bytes("k1\nk2 café\n".encode("utf-8") + b"k3 caf\xe9\n")
-  code, _, err = _run(["ask", f"--bank={bank}", f"--questions_file={bad}"], capsys)
+  code, _, err = _run([ASK, f"--config.bank={bank}", f"--config.questions_file={bad}"], capsys)
   assert code == 2 and err == f"error: {bad}:3: not UTF-8 text (byte 0xe9 at column 7)\n"
   bad.write_text("\n  \n")
-  code, _, err = _run(["ask", f"--bank={bank}", f"--questions_file={bad}"], capsys)
+  code, _, err = _run([ASK, f"--config.bank={bank}", f"--config.questions_file={bad}"], capsys)
   assert code == 2 and "holds no questions" in err
 
 
 def test_long_question_is_cut_with_a_warning(tiny_bank, capsys):
   _, _, bank = tiny_bank
   words = " ".join(["k1"] * 3000)  # 3000 tokens; the tiny model has 2048 positions
-  code, out, err = _run(["ask", f"--bank={bank}", f"--question={words}", "--question=k3",
-                         "--max_new_tokens=2", "--json"], capsys)
+  code, out, err = _run([ASK, f"--config.bank={bank}", f"--question={words}", "--question=k3",
+                         "--config.max_new_tokens=2", "--config.json=true"], capsys)
   assert code == 0, err
   warnings = [line for line in err.splitlines() if line.startswith("warning:")]
   # 2048 positions - head (<bos>) - memory offset (top_k 2) - marker (<answer>) - 2 new tokens

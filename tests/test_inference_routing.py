@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from configs import routing_benchmark as bench_config
 from tests.fake_devices import run_on_fake_devices
 
 MODES = [(h, q, c) for h in ("mean", "max") for q in ("max", "mean", "last")
@@ -254,8 +255,10 @@ def test_layout_bank_keeps_documents_whole():
 @pytest.mark.parametrize("devices,impl", [(0, "auto"), (1, "auto"), (0, "pallas")])
 def test_benchmark_small_mode_runs(devices, impl, capsys):
   from msa_jax.inference import routing_benchmark
-  rows = routing_benchmark.main(["--small", f"--memory-devices={devices}",
-                                 f"--kernel-impl={impl}"])
+  config = bench_config.get_config("small")
+  config.memory_devices = devices
+  config.kernel_impl = impl
+  rows = routing_benchmark.run(config)
   assert [r["tokens"] for r in rows] == [2048, 8192]
   assert [r["chunks"] for r in rows] == [128, 512] and [r["docs"] for r in rows] == [32, 128]
   for r in rows:
@@ -267,12 +270,15 @@ def test_benchmark_small_mode_runs(devices, impl, capsys):
 
 def test_benchmark_paper_flags():
   from msa_jax.inference import routing_benchmark
-  args = routing_benchmark.parse_args(["--paper"])
+  args = bench_config.get_config("paper")
+  routing_benchmark.check_config(args)
   assert (args.tokens, args.heads, args.kv_heads, args.dim, args.dtype, args.router_layers) == (
       "100000000", 32, 8, 128, "bfloat16", 18)
   assert routing_benchmark.bank_shape(100_000_000, args) == (1_562_500, 195_313)
-  with pytest.raises(ValueError, match="--heads=6 must be a multiple of --kv-heads=4"):
-    routing_benchmark.parse_args(["--heads=6", "--kv-heads=4"])
+  args.update(heads=6, kv_heads=4)
+  with pytest.raises(ValueError, match="--config.heads=6 must be a multiple of "
+                                       "--config.kv_heads=4"):
+    routing_benchmark.check_config(args)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -98,15 +98,15 @@ def test_write_results(model, tmp_path):
 
 def test_cli_random_model(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  cmd = [sys.executable, "-m", "msa_jax.evaluation.niah_eval", f"--workdir={tmp_path}",
-         "--random_model=tiny", "--variants=single", "--base_tokens=128", "--num_scales=2",
-         "--samples=1"]
+  cmd = [sys.executable, "-m", "msa_jax.niah", "--config=configs/niah.py",
+         f"--workdir={tmp_path}", "--config.random_model=tiny", "--config.variants=single", "--config.base_tokens=128",
+         "--config.num_scales=2", "--config.samples=1"]
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "recall_any" in result.stdout
   assert {p.name for p in tmp_path.iterdir()} >= {niah_eval.RESULTS_FILE, niah_eval.TABLE_FILE,
                                                    niah_eval.PLOT_FILE}
-  bad = subprocess.run(cmd[:4], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(cmd[:5], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "exactly one of" in bad.stderr
 
 

@@ -31,7 +31,7 @@ def checkpoint(tmp_path_factory):
   """configs/demo.py:smoke trained (6 steps): a real workdir of `msa_jax.train`."""
   workdir = tmp_path_factory.mktemp("demo")
   c = demo.get_config("smoke")
-  c.extrapolation.multipliers = (1,)
+  c.evals.extrapolation.multipliers = (1,)
   train_and_evaluate(c, workdir)
   return workdir
 

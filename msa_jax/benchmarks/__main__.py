@@ -1,10 +1,11 @@
-"""`python -m msa_jax.benchmarks [--quick] [--stages=routing,encoding,generation] [--json=PATH]`
+"""`python -m msa_jax.benchmarks --config=configs/benchmarks.py[:quick]`
 
-The benchmark suite: per stage, our time and a baseline's time measured in the same run
-(interleaved repeats, medians), their ratio (ours / baseline: < 1 is faster), our GFLOP/s
-and its share of this machine's sgemm peak, measured at the start of the run with numpy in a
-process that runs the host's native OpenBLAS kernel (`blas.Worker`; the peak and the numpy
-baselines report that kernel). Stages:
+The benchmark suite, an absl app (configs/benchmarks.py: `stages`, `quick`, `json`, each
+overridable as `--config.FIELD=VALUE`; `--help` lists them): per stage, our time and a
+baseline's time measured in the same run (interleaved repeats, medians), their ratio (ours /
+baseline: < 1 is faster), our GFLOP/s and its share of this machine's sgemm peak, measured at
+the start of the run with numpy in a process that runs the host's native OpenBLAS kernel
+(`blas.Worker`; the peak and the numpy baselines report that kernel). Stages:
 
   routing     `memory.routing.route` vs the equal-work GEMM, in numpy and in XLA (1M and 10M
               tokens, B=1, 8; a row per baseline)
@@ -13,8 +14,8 @@ baselines report that kernel). Stages:
 
 A stage is a module `msa_jax.benchmarks.<stage>` with `run(quick: bool) -> list[dict]`, each
 row {"stage", "case", "ours_s", "baseline", "baseline_s", "flops" (float or None)}; a stage
-whose baseline is not installed returns no rows. `--quick` runs tiny sizes in seconds (the
-suite's smoke test); `--json=PATH` also writes {"peak_gflops", "blas", "load_average",
+whose baseline is not installed returns no rows. `quick` runs tiny sizes in seconds (the
+suite's smoke test); `json=PATH` also writes {"peak_gflops", "blas", "load_average",
 "rows"} there ("-": stdout). The machine's load average is printed: on a shared machine every
 number moves with it, the ratios (same run, interleaved) much less.
 """
@@ -27,28 +28,27 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from absl import app
 from absl import flags
+from ml_collections import config_flags
 
-from msa_jax import runtime
+from msa_jax import runtime, validation
 from msa_jax.benchmarks.blas import Worker
 
 STAGES = ("routing", "encoding", "generation")
 # Rough full-size seconds per stage on the shared 2-core CPU, for the progress line's ETA.
 _TYPICAL_S = {"routing": 40.0, "encoding": 300.0, "generation": 150.0}
 
-_QUICK = flags.DEFINE_bool("quick", False, "tiny sizes, seconds (a smoke test)")
-_STAGES = flags.DEFINE_list("stages", list(STAGES), f"stages to run, of {', '.join(STAGES)}")
-_JSON = flags.DEFINE_string("json", None, "also write the results as JSON here ('-': stdout)")
 
 
 def check_stages(stages: Sequence[str]) -> list[str]:
-  """The stage names, validated (ValueError names the bad one)."""
+  """The stage names, validated (a UserError names the bad one)."""
   bad = [s for s in stages if s not in STAGES]
   if bad or not stages:
-    raise ValueError(f"--stages={','.join(stages)}: unknown stage {bad[0] if bad else '(none)'!r}"
-                     f"; expected some of {','.join(STAGES)}")
+    raise validation.UserError(
+        f"--config.stages={','.join(stages)}: unknown stage {bad[0] if bad else '(none)'!r}; "
+        f"expected some of {','.join(STAGES)}")
   return list(stages)
 
 
@@ -115,22 +115,27 @@ def run_suite(stages: Sequence[str], quick: bool, out=sys.stdout) -> dict:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    stages = check_stages(_STAGES.value)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    raise validation.UserError(f"unexpected arguments: {argv[1:]}")
+  config = flags.FLAGS.config
+  if config is None:
+    raise validation.UserError("--config is required (e.g. --config=configs/benchmarks.py)")
+  stages = check_stages([s.strip() for s in config.stages.split(",") if s.strip()])
+  if config.json not in ("", "-") and not Path(config.json).resolve().parent.is_dir():
+    raise validation.UserError(f"--config.json={config.json}: its folder does not exist")
   runtime.enable_compilation_cache()
-  doc = run_suite(stages, _QUICK.value)
-  if _JSON.value == "-":
+  doc = run_suite(stages, config.quick)
+  if config.json == "-":
     print(json.dumps(doc, indent=1))
-  elif _JSON.value:
-    tmp = _JSON.value + ".tmp"
+  elif config.json:
+    tmp = config.json + ".tmp"
     with open(tmp, "w") as f:
       json.dump(doc, f, indent=1)
-    os.replace(tmp, _JSON.value)
+    os.replace(tmp, config.json)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Flags are defined only when run as a program (tests import this module).
+  config_flags.DEFINE_config_file(
+      "config", None, validation.config_help("The benchmark suite", "configs/benchmarks.py",
+                                             "configs/benchmarks.py:quick"), lock_config=True)
+  validation.run_app(main)

@@ -22,7 +22,6 @@ import time
 import jax
 import numpy as np
 
-from msa_jax import runtime
 from msa_jax.checkpoint import load_gguf, smollm2_path
 from msa_jax.inference import SamplingConfig, generate_text
 from msa_jax.model import Transformer
@@ -134,10 +133,3 @@ def run(quick: bool) -> list[dict]:
   models = load_models()
   return [compare(batch, new_tokens, repeats, models) for batch in (1, 8)]
 
-
-if __name__ == "__main__":
-  runtime.enable_compilation_cache()
-  for r in run(quick=False):
-    print(f"{r['case']}: ours {r['ours_s']:.3f} s, HF {r['baseline_s']:.3f} s, "
-          f"ratio {r['ours_s'] / r['baseline_s']:.2f}, "
-          f"{r['flops'] / r['ours_s'] / 1e9:.1f} GFLOP/s")

@@ -17,7 +17,7 @@ on each other), so the numpy ratio then flatters us; the XLA GEMM, run by the sa
 the same threads, is the steadier yardstick. For a number that the load hardly moves, run the
 stage alone on one core:
 
-    python -m msa_jax.benchmarks.routing --one_core [--quick]
+    python -m msa_jax.benchmarks.routing --config=configs/benchmarks.py:one_core
 
 which re-runs itself pinned to one CPU with XLA and OpenBLAS single-threaded and compares
 process CPU seconds (medians) instead of wall time: the work each side does per core.
@@ -33,12 +33,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import config_flags
 
+from msa_jax import validation
 from msa_jax.benchmarks.blas import Worker
 from msa_jax.memory import routing
 
@@ -136,24 +137,30 @@ def format_rows(rows: list[dict], unit: str) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-  """`python -m msa_jax.benchmarks.routing [--quick] [--one_core]`: this stage alone."""
-  del argv
-  quick, one_core = flags.FLAGS.quick, flags.FLAGS.one_core
-  if one_core and not os.environ.get(_PINNED):
+  """The routing stage alone, an absl app taking the suite's config:
+  `python -m msa_jax.benchmarks.routing --config=configs/benchmarks.py[:quick|:one_core]`."""
+  if len(argv) > 1:
+    raise validation.UserError(f"unexpected arguments: {argv[1:]}")
+  config = flags.FLAGS.config
+  if config is None:
+    raise validation.UserError(
+        "--config is required (e.g. --config=configs/benchmarks.py:one_core)")
+  if config.one_core and not os.environ.get(_PINNED):
     cpu = min(os.sched_getaffinity(0))
-    cmd = [sys.executable, "-m", "msa_jax.benchmarks.routing", "--one_core"]
-    proc = subprocess.run(cmd + (["--quick"] if quick else []),
-                          env=one_core_env(os.environ),
+    cmd = [sys.executable, "-m", "msa_jax.benchmarks.routing", *sys.argv[1:]]
+    proc = subprocess.run(cmd, env=one_core_env(os.environ),
                           preexec_fn=lambda: os.sched_setaffinity(0, {cpu}), check=False)
     sys.exit(proc.returncode)
   print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
-        f"{f'; pinned to CPU {sorted(os.sched_getaffinity(0))}' if one_core else ''}",
+        f"{f'; pinned to CPU {sorted(os.sched_getaffinity(0))}' if config.one_core else ''}",
         flush=True)
-  rows = run(quick, cpu_time=one_core)
-  print(format_rows(rows, "CPU s" if one_core else "s"))
+  rows = run(config.quick, cpu_time=config.one_core)
+  print(format_rows(rows, "CPU s" if config.one_core else "s"))
 
 
 if __name__ == "__main__":  # flags only here: the suite imports this module beside its own
-  flags.DEFINE_bool("quick", False, "tiny sizes, seconds (a smoke test)")
-  flags.DEFINE_bool("one_core", False, "pinned to one CPU, single-threaded; CPU seconds")
-  app.run(main)
+  config_flags.DEFINE_config_file(
+      "config", None, validation.config_help(
+          "The routing benchmark stage", "configs/benchmarks.py",
+          "configs/benchmarks.py:one_core"), lock_config=True)
+  validation.run_app(main)

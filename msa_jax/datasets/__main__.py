@@ -14,20 +14,21 @@ each split. A bad config value ends with one `error: ...` line and status 2.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from msa_jax import validation
 from msa_jax.datasets import core, retrieval, synthetic
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, validation.config_help("The training config whose datasets to prepare",
+                                           "configs/beir.py", "configs/nq320k.py",
+                                           "configs/demo.py"), lock_config=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where to prepare (default: data.data_dir, "
                                 "else $MSA_JAX_TFDS_DIR or ~/.cache/msa_jax/tfds).")
-flags.mark_flags_as_required(["config"])
 
 
 def builders(config, data_dir: str | None) -> list[Any]:
@@ -74,14 +75,12 @@ def describe(builder) -> str:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    for builder in builders(_CONFIG.value, _DATA_DIR.value):
-      print(describe(builder), flush=True)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+    raise validation.UserError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise validation.UserError("--config is required (e.g. --config=configs/beir.py)")
+  for builder in builders(_CONFIG.value, _DATA_DIR.value):
+    print(describe(builder), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  validation.run_app(main)

@@ -17,8 +17,9 @@ from ml_collections import config_flags
 from msa_jax import runtime, validation
 from msa_jax.evaluation.run import evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, validation.config_help("Evaluation config", "configs/evaluate.py"),
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Results directory (bank, results.json, plots).")
 
 

@@ -1,7 +1,7 @@
 """NIAH at growing memory sizes through the inference engine (bank -> routing -> generation).
 
-  python -m msa_jax.evaluation.niah_eval --workdir=/tmp/niah --checkpoint_workdir=/tmp/msa_demo
-  python -m msa_jax.evaluation.niah_eval --workdir=/tmp/niah_random --random_model=tiny
+The library behind `python -m msa_jax.niah --config=configs/niah.py --workdir=/tmp/niah
+--config.checkpoint_workdir=/tmp/msa_demo` (or `--config.random_model=tiny`).
 
 For every variant (`single`, `multikey`, `multivalue`, ... of `niah.PRESETS`) and memory size
 (`base_tokens` x 1, x factor, x factor^2, ...), `niah.build_suite` builds haystacks; each
@@ -31,7 +31,7 @@ Metrics, means over questions (then over the samples of a size):
 A model trained on the demo config (`include_value=False`) learns to answer document
 identifiers only: for it the meaningful metrics are the routing recalls and id_accuracy; value
 accuracy (exact_match, value_recall) needs a model trained with `data.include_value=True`. A
-random model (`--random_model`) measures only the machinery (recall near top_k / documents).
+random model (`random_model`) measures only the machinery (recall near top_k / documents).
 Everything is deterministic: the tasks, identifiers and random parameters follow the seed, and
 decoding is greedy.
 """
@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msa_jax import runtime, validation
+from msa_jax import tasks
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import synthetic
 from msa_jax.data import bm25, niah
@@ -63,13 +63,15 @@ from msa_jax.evaluation import report
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.loading import restore
-from msa_jax.model import PRESETS, MSAConfig, MSATransformer, ModelConfig, get_preset, init_params
+from msa_jax.model import MSAConfig, MSATransformer, ModelConfig, get_preset, init_params
 from msa_jax.validation import format_duration
 
 RESULTS_FILE = "niah_results.json"
 TABLE_FILE = "niah_table.txt"
 PLOT_FILE = "niah_scaling.png"
 DEFAULT_VARIANTS = ("single", "multikey", "multivalue")
+# The tasks whose models NIAH evaluates (the synthetic vocabulary and prompt layout).
+NIAH_TASKS = tasks.with_evaluator("niah")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -167,7 +169,7 @@ def trained_model(workdir, step: int | None = None) -> NiahModel:
     ValueError: the run did not train on the synthetic task (its vocabulary is not NIAH's).
   """
   config = restore.load_config(workdir)
-  if config.data.kind != "synthetic":
+  if config.data.kind not in NIAH_TASKS:
     raise ValueError(f"{workdir} trained on data.kind={config.data.kind!r}; NIAH needs a model "
                      "trained on the synthetic task (data.kind='synthetic')")
   trained = restore.load_trained(workdir, step)
@@ -478,86 +480,3 @@ def run(workdir, model: NiahModel, settings: NiahEvalSettings = NiahEvalSettings
           "meaningful for it; read recall_* and id_accuracy)")
   print(f"wrote {', '.join(str(p) for p in paths.values())}")
   return results
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-
-def define_flags() -> None:
-  """The command line flags (defined only when run as a program, so imports stay flag-free)."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_string("workdir", None, "Output directory (JSON, table, plot).")
-  flags.DEFINE_string("checkpoint_workdir", None,
-                      "A `python -m msa_jax.train` workdir trained on the synthetic task.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_string("random_model", None,
-                      "Instead of a checkpoint: a randomly initialised model of this preset.")
-  flags.DEFINE_integer("model_seed", 0, "Parameter seed of --random_model.")
-  flags.DEFINE_list("variants", list(DEFAULT_VARIANTS), "NIAH variants (niah.PRESETS names).")
-  flags.DEFINE_integer("base_tokens", 512, "Smallest memory size, in tokens.")
-  flags.DEFINE_integer("num_scales", 3, "Memory sizes: base * factor ** i, i < num_scales.")
-  flags.DEFINE_integer("factor", 10, "Growth factor between memory sizes.")
-  flags.DEFINE_integer("samples", 2, "Haystacks per variant and size.")
-  flags.DEFINE_integer("doc_tokens", 64, "Memory document length, identifier prefix included.")
-  flags.DEFINE_integer("top_k", None, "Routed documents per router layer (default: the model's).")
-  flags.DEFINE_integer("seed", 0, "Task seed.")
-  flags.DEFINE_bool("bm25", False, "Also report BM25's recall at the same top-k (needs bm25s).")
-  flags.DEFINE_bool("keep_banks", False, "Keep the memory banks in <workdir>/banks.")
-
-
-def check_flags(f) -> None:
-  """The command's flags and paths (before a model is loaded or initialised).
-
-  Raises:
-    UserError: a bad size, an unknown variant or preset, a missing model, a bad workdir.
-  """
-  validation.check_output_dir(f.workdir)
-  if bool(f.checkpoint_workdir) == bool(f.random_model):
-    raise validation.UserError("give exactly one of --checkpoint_workdir, --random_model")
-  id_digits = 4
-  if f.checkpoint_workdir:
-    path = validation.check_workdir_of_training(f.checkpoint_workdir)
-    train = json.loads((path / "config.json").read_text()).get("data", {})
-    if train.get("kind") != "synthetic":
-      raise validation.UserError(
-          f"--checkpoint_workdir={f.checkpoint_workdir} trained on data.kind="
-          f"{train.get('kind')!r}; NIAH needs a model trained on the synthetic task")
-    id_digits = int(train.get("id_digits", id_digits))
-  elif f.random_model not in PRESETS:
-    raise validation.UserError(f"--random_model={f.random_model!r} is not a preset"
-                               + validation.did_you_mean(f.random_model, PRESETS))
-  for name in f.variants:
-    if name not in niah.PRESETS:
-      raise validation.UserError(f"--variants: {name!r} is not a NIAH variant"
-                                 + validation.did_you_mean(name, niah.PRESETS))
-  for name, low in (("base_tokens", 1), ("num_scales", 1), ("factor", 2), ("samples", 1),
-                    ("doc_tokens", prefix_tokens(id_digits) + 1)):
-    validation.check_at_least(f"--{name}", getattr(f, name), low)
-  validation.check_at_least("--top_k", f.top_k, 1, optional=True)
-  validation.check_at_least("--step", f.step, 0, optional=True)
-
-
-def main(argv: Sequence[str]) -> None:
-  from absl import flags, logging  # pylint: disable=import-outside-toplevel
-  if len(argv) > 1:
-    raise validation.UserError(f"unexpected arguments: {argv[1:]}")
-  runtime.enable_compilation_cache()
-  f = flags.FLAGS
-  check_flags(f)
-  logging.set_verbosity(logging.WARNING)  # orbax's restore chatter
-  print(f"[niah] loading {f.checkpoint_workdir or f'a random {f.random_model} model'}...",
-        file=sys.stderr, flush=True)
-  model = (trained_model(f.checkpoint_workdir, f.step) if f.checkpoint_workdir
-           else random_model(f.random_model, seed=f.model_seed))
-  settings = NiahEvalSettings(
-      variants=tuple(f.variants), base_tokens=f.base_tokens, num_scales=f.num_scales,
-      factor=f.factor, samples_per_size=f.samples, doc_tokens=f.doc_tokens, top_k=f.top_k,
-      bm25=f.bm25, seed=f.seed)
-  run(f.workdir, model, settings, keep_banks=f.keep_banks)
-
-
-if __name__ == "__main__":
-  define_flags()
-  validation.run_app(main)

@@ -51,6 +51,7 @@ import ml_collections
 import numpy as np
 
 from msa_jax import datasets
+from msa_jax import tasks
 from msa_jax import validation
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import retrieval
@@ -66,7 +67,7 @@ from msa_jax.validation import format_duration
 
 METRICS = metrics_lib.DEFAULT_METRICS
 GENERATIVE_METRICS = ("hit@1",)
-RETRIEVAL_KINDS = ("beir", "nq320k")
+RETRIEVAL_KINDS = tasks.with_evaluator("retrieval")  # the tasks this evaluation applies to
 SCALING_COLUMNS = (("msa_router_sum", "ndcg@10"), ("msa_router_sum", "recall@100"),
                    ("bm25", "ndcg@10"), ("bm25", "recall@100"), ("msa_generative", "hit@1"))
 _IDENTIFIER_RE = re.compile(r"^\s*\[\s*(\d+)\s*(?:\]|$)")
@@ -87,14 +88,12 @@ def resolve_data(config: ml_collections.ConfigDict, train: ml_collections.Config
   d = config.data
   kind = d.kind or train.data.kind
   path = d.path or train.data.path
-  splits = [s for s in d.splits if s]
-  if not splits:
-    default = train.data.get("eval_split") or ("test" if kind == "beir" else "dev")
-    splits = [default]
   if kind not in RETRIEVAL_KINDS:
     raise ValueError(f"data.kind={kind!r} cannot be evaluated: expected one of "
                      f"{RETRIEVAL_KINDS} (the training run's data.kind is "
                      f"{train.data.kind!r})")
+  splits = [s for s in d.splits if s] or [train.data.get("eval_split")
+                                          or tasks.get(kind).eval_split]
   return kind, path, splits
 
 
@@ -102,8 +101,7 @@ def load_data(kind: str, path: str, splits: Sequence[str], data_dir: str | None 
               ) -> retrieval.RetrievalData:
   """The dataset with the given qrels splits, read through its tfds builder (prepared into
   `data_dir` on first use; errors name missing files, unknown ids or splits)."""
-  if kind == "beir":
-    retrieval.beir_files(path, list(splits))  # names a missing qrels/<split>.tsv
+  tasks.get(kind).check_files(path, splits)  # e.g. names a missing BEIR qrels/<split>.tsv
   return datasets.load_retrieval(kind, path, list(splits), data_dir)
 
 
@@ -111,10 +109,11 @@ def make_task(data: retrieval.RetrievalData, tokenizer, train: ml_collections.Co
               ) -> retrieval.RetrievalTask:
   """The training run's document and prompt layout over `data`."""
   d = train.data
+  t = tasks.get(d.kind).template(d)
   spec = retrieval.RetrievalSpec(
       batch_size=1, docs_per_sample=1, doc_tokens=d.doc_tokens, prompt_tokens=d.prompt_tokens,
-      max_positives=1, head=d.head, question_prefix=d.question_prefix,
-      answer_marker=d.answer_marker, position_offset=train.msa.top_k, seed=d.seed)
+      max_positives=1, head=t.head, question_prefix=t.question_prefix,
+      answer_marker=t.answer_marker, position_offset=train.msa.top_k, seed=d.seed)
   return retrieval.RetrievalTask(data, tokenizer, spec)
 
 

@@ -1,29 +1,30 @@
-"""Scale benchmark of stage-2 routing: one router layer's bank, growing memory sizes.
+r"""Scale benchmark of stage-2 routing: one router layer's bank, growing memory sizes.
 
-    python -m msa_jax.inference.routing_benchmark                       # CPU: 100k, 1M, 10M tokens
-    python -m msa_jax.inference.routing_benchmark --paper               # GPU: 100M tokens, Qwen3-4B
-    python -m msa_jax.inference.routing_benchmark --paper --memory-devices=8   # Memory Parallel
-    python -m msa_jax.inference.routing_benchmark --small               # seconds, a smoke test
+    python -m msa_jax.inference.routing_benchmark --config=configs/routing_benchmark.py
+    python -m msa_jax.inference.routing_benchmark --config=configs/routing_benchmark.py:paper \
+        [--config.memory_devices=8]
+    python -m msa_jax.inference.routing_benchmark --config=configs/routing_benchmark.py:small
 
-For each size it builds a synthetic bank on the device (random L2-normalised routing keys,
-documents of `--doc-tokens` tokens, chunks of `--chunk-size`), jits `route` (or `route_sharded`
-over `--memory-devices` devices), and prints the median time of a warm call for a batch of
-questions, the time per 1M memory tokens (flat when routing is linear in the bank), the bank's
-bytes, and memory: the compiled executable's temporary and argument bytes
-(`memory_analysis()`; temporaries stay O(Q * tile * T * H + Q * M)) and the process's max RSS.
-`--paper` uses the paper's sizes: 100M tokens, Qwen3-4B's routing dims (H=32, J=8, D=128),
-bf16, 18 router layers; one layer is timed and the total is per-layer x router layers.
-`--kernel-impl` picks the scorer (`routing.route`'s kernel_impl; default "auto": the Pallas
-routing-score kernel on a GPU, the tiled XLA GEMMs elsewhere).
+An absl app; configs/routing_benchmark.py holds the sizes (CPU: 100k, 1M, 10M tokens; `:paper`
+on a GPU: 100M tokens, Qwen3-4B; `:small`: seconds, a smoke test), each field overridable as
+`--config.FIELD=VALUE` (`--help` lists them). For each size it builds a synthetic bank on the
+device (random L2-normalised routing keys, documents of `doc_tokens` tokens, chunks of
+`chunk_size`), jits `route` (or `route_sharded` over `memory_devices` devices), and prints the
+median time of a warm call for a batch of questions, the time per 1M memory tokens (flat when
+routing is linear in the bank), the bank's bytes, and memory: the compiled executable's
+temporary and argument bytes (`memory_analysis()`; temporaries stay O(Q * tile * T * H + Q * M))
+and the process's max RSS. `:paper` uses the paper's sizes: 100M tokens, Qwen3-4B's routing
+dims (H=32, J=8, D=128), bf16, 18 router layers; one layer is timed and the total is per-layer
+x router layers. `kernel_impl` picks the scorer (`routing.route`'s; "auto": the Pallas
+routing-score kernel on a GPU, the tiled XLA GEMMs elsewhere). `run(config)` is the importable
+entry point.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 
@@ -31,68 +32,55 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from msa_jax import runtime
+from absl import flags
+from ml_collections import config_flags
+
+from msa_jax import runtime, validation
 from msa_jax.memory import routing
 from msa_jax.runtime.sharding import make_mesh
 from pallas_kernels.routing_scores.xla import CHUNK_REDUCES, HEAD_REDUCES, QUERY_REDUCES
 
-SMALL = dict(tokens="2048,8192", questions=2, query_tokens=4, heads=4, kv_heads=2, dim=16,
-             chunk_size=16, doc_tokens=64, tile_chunks=64, iters=2, warmup=1)
-PAPER = dict(tokens="100000000", heads=32, kv_heads=8, dim=128, dtype="bfloat16",
-             router_layers=18, tile_chunks=2048)
+def check_config(config) -> None:
+  """Sizes, reductions and devices (before any bank is built).
 
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tokens", default="100000,1000000,10000000",
-                 help="comma-separated memory sizes in tokens")
-  p.add_argument("--chunk-size", type=int, default=64, help="tokens per chunk P")
-  p.add_argument("--doc-tokens", type=int, default=512, help="tokens per document")
-  p.add_argument("--questions", type=int, default=8, help="questions routed together (B)")
-  p.add_argument("--query-tokens", type=int, default=16, help="routing tokens per question T")
-  p.add_argument("--heads", type=int, default=4, help="query heads H")
-  p.add_argument("--kv-heads", type=int, default=2, help="kv heads J")
-  p.add_argument("--dim", type=int, default=64, help="head dim D")
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  p.add_argument("--top-k", type=int, default=16)
-  p.add_argument("--head-reduce", default="mean", choices=HEAD_REDUCES)
-  p.add_argument("--query-reduce", default="max", choices=QUERY_REDUCES)
-  p.add_argument("--chunk-reduce", default="max", choices=CHUNK_REDUCES)
-  p.add_argument("--tile-chunks", type=int, default=routing.DEFAULT_TILE_CHUNKS)
-  p.add_argument("--kernel-impl", default="auto", choices=routing.KERNEL_IMPLS,
-                 help="routing-score scorer: auto (the Pallas kernel on GPU), xla or pallas")
-  p.add_argument("--router-layers", type=int, default=1,
-                 help="layers that route (total time = per-layer time x this)")
-  p.add_argument("--memory-devices", type=int, default=0,
-                 help="route_sharded over this many devices (0: single-device route)")
-  p.add_argument("--iters", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=1)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--paper", action="store_true",
-                 help="100M tokens, Qwen3-4B dims (H=32, J=8, D=128), bf16, 18 router layers")
-  p.add_argument("--small", action="store_true", help="tiny sizes, a few seconds (smoke test)")
-  args = p.parse_args(argv)
-  for flag, preset in (("small", SMALL), ("paper", PAPER)):
-    if getattr(args, flag):
-      for key, value in preset.items():
-        if p.get_default(key) == getattr(args, key):
-          setattr(args, key, value)
+  Raises:
+    UserError: a size < 1, an unknown reduction or dtype, heads not a multiple of kv heads, more
+      memory devices than JAX sees, a bad token list.
+  """
   for name in ("chunk_size", "doc_tokens", "questions", "query_tokens", "heads", "kv_heads",
                "dim", "top_k", "tile_chunks", "router_layers", "iters"):
-    if getattr(args, name) < 1:
-      raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
-  if args.heads % args.kv_heads:
-    raise ValueError(f"--heads={args.heads} must be a multiple of --kv-heads={args.kv_heads}")
-  if args.memory_devices > len(jax.devices()):
-    raise ValueError(f"--memory-devices={args.memory_devices} but JAX sees "
-                     f"{len(jax.devices())} devices")
-  return args
+    validation.check_at_least(f"--config.{name}", config[name], 1)
+  validation.check_at_least("--config.warmup", config.warmup, 0)
+  validation.check_at_least("--config.memory_devices", config.memory_devices, 0)
+  validation.check_choice("--config.dtype", config.dtype, ("float32", "bfloat16"))
+  validation.check_choice("--config.kernel_impl", config.kernel_impl, routing.KERNEL_IMPLS)
+  for name, choices in (("head_reduce", HEAD_REDUCES), ("query_reduce", QUERY_REDUCES),
+                        ("chunk_reduce", CHUNK_REDUCES)):
+    validation.check_choice(f"--config.{name}", config[name], choices)
+  try:
+    sizes = token_sizes(config)
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    raise validation.UserError(f"--config.tokens={config.tokens!r}: expected comma-separated "
+                               "memory sizes >= 1 (e.g. '100000,1e6')")
+  if config.heads % config.kv_heads:
+    raise validation.UserError(f"--config.heads={config.heads} must be a multiple of "
+                               f"--config.kv_heads={config.kv_heads}")
+  if config.memory_devices > len(jax.devices()):
+    raise validation.UserError(f"--config.memory_devices={config.memory_devices} but JAX sees "
+                               f"{len(jax.devices())} devices")
 
 
-def bank_shape(tokens: int, args: argparse.Namespace) -> tuple[int, int]:
-  """(chunks C, documents M) of a bank of `tokens` tokens in documents of --doc-tokens.
+def token_sizes(config) -> list[int]:
+  """The memory sizes of `config.tokens` ("100000,1e6")."""
+  return [int(float(t)) for t in config.tokens.split(",") if t.strip()]
 
-  With --memory-devices=S, C is rounded up so that each shard holds whole documents and whole
+
+def bank_shape(tokens: int, args) -> tuple[int, int]:
+  """(chunks C, documents M) of a bank of `tokens` tokens in documents of doc_tokens.
+
+  With memory_devices=S, C is rounded up so that each shard holds whole documents and whole
   tiles (so no padding rows are needed).
   """
   per_doc = math.ceil(args.doc_tokens / args.chunk_size)
@@ -103,7 +91,7 @@ def bank_shape(tokens: int, args: argparse.Namespace) -> tuple[int, int]:
   return chunks, math.ceil(chunks / per_doc)
 
 
-def make_bank(chunks: int, args: argparse.Namespace, mesh=None):
+def make_bank(chunks: int, args, mesh=None):
   """Random normalised keys [C, J, D] and chunk_doc [C], built on (and sharded over) devices."""
   dtype = jnp.dtype(args.dtype)
   per_doc = math.ceil(args.doc_tokens / args.chunk_size)
@@ -117,7 +105,7 @@ def make_bank(chunks: int, args: argparse.Namespace, mesh=None):
   return jax.jit(build, out_shardings=out)(jax.random.key(args.seed))
 
 
-def make_questions(args: argparse.Namespace):
+def make_questions(args):
   kq = jax.random.key(args.seed + 1)
   rq = jax.random.normal(kq, (args.questions, args.query_tokens, args.heads, args.dim))
   rq = rq / jnp.linalg.norm(rq, axis=-1, keepdims=True)
@@ -129,7 +117,7 @@ def max_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_one(tokens: int, args: argparse.Namespace, mesh) -> dict:
+def run_one(tokens: int, args, mesh) -> dict:
   """Builds one bank, compiles and times routing; returns one row of the table."""
   chunks, num_docs = bank_shape(tokens, args)
   keys, chunk_doc = make_bank(chunks, args, mesh)
@@ -166,7 +154,7 @@ def _mib(n: int) -> str:
   return "n/a" if n < 0 else f"{n / 2**20:,.2f}"
 
 
-def format_table(rows: list[dict], args: argparse.Namespace) -> str:
+def format_table(rows: list[dict], args) -> str:
   cols = ["memory tokens", "chunks", "docs", "bank MiB", "route ms", "ms / 1M tok",
           f"x{args.router_layers} layers ms", "XLA temp MiB", "XLA args MiB", "max RSS MiB"]
   cols = [c.rjust(12) for c in cols]
@@ -180,9 +168,10 @@ def format_table(rows: list[dict], args: argparse.Namespace) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-  args = parse_args(argv)
-  runtime.enable_compilation_cache()
+def run(args) -> list[dict]:
+  """Times routing at every size of the config `args` (checked first), printing a table row per
+  size; returns the rows."""
+  check_config(args)
   mesh = None
   if args.memory_devices:
     mesh = make_mesh({"memory": args.memory_devices}, jax.devices()[:args.memory_devices])
@@ -193,12 +182,26 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         f"kernel_impl={args.kernel_impl}, "
         f"reduce {args.head_reduce}/{args.query_reduce}/{args.chunk_reduce}", flush=True)
   rows = []
-  for tokens in (int(float(t)) for t in args.tokens.split(",")):
+  for tokens in token_sizes(args):
     rows.append(run_one(tokens, args, mesh))
     print(format_table(rows[-1:], args).splitlines()[-1] if len(rows) > 1 else
           format_table(rows, args), flush=True)
   return rows
 
 
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise validation.UserError(f"unexpected arguments: {argv[1:]}")
+  if flags.FLAGS.config is None:
+    raise validation.UserError("--config is required (e.g. --config=configs/"
+                               "routing_benchmark.py)")
+  runtime.enable_compilation_cache()
+  run(flags.FLAGS.config)
+
+
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  # Flags are defined only when run as a program, so importing this module defines none.
+  config_flags.DEFINE_config_file(
+      "config", None, validation.config_help("The routing benchmark",
+                                             "configs/routing_benchmark.py"), lock_config=True)
+  validation.run_app(main)

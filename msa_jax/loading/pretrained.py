@@ -16,44 +16,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import flax.traverse_util
 import jax
 import numpy as np
 
-from msa_jax.checkpoint import hf, hub
-from msa_jax.checkpoint.gguf import config_from_metadata, load_gguf, smollm2_path
-from msa_jax.checkpoint.tokenizer import Tokenizer, read_gguf_metadata
+# SMOLLM2 and checkpoint_tokenizer live in msa_jax.checkpoint (below the tasks, which need the
+# tokenizer); they stay importable from here.
+from msa_jax.checkpoint import (SMOLLM2, checkpoint_path, checkpoint_tokenizer,  # noqa: F401
+                                hf)
+from msa_jax.checkpoint.gguf import config_from_metadata, load_gguf
+from msa_jax.checkpoint.tokenizer import read_gguf_metadata
 from msa_jax.model.config import ModelConfig
 
-SMOLLM2 = "smollm2"
 FRESH = ("router_q_proj", "router_k_proj", "aux_bias")  # parameter names the MSA adds
-
-
-def checkpoint_path(spec: str | os.PathLike) -> Path:
-  """The file or folder `model.checkpoint` names ("smollm2" -> the packaged GGUF; a HF repo id
-  -> its snapshot in the HF cache).
-
-  Raises:
-    FileNotFoundError: nothing at the path, or a repo id neither cached nor downloadable (the
-      message names `model.checkpoint`).
-  """
-  if str(spec) == SMOLLM2:
-    path = smollm2_path()
-  elif hub.is_repo_id(spec):
-    path = hub.resolve(str(spec), "model.checkpoint")
-  else:
-    path = Path(spec)
-  if not path.exists():
-    raise FileNotFoundError(f"model.checkpoint={str(spec)!r}: {path} does not exist; expected "
-                            f"'{SMOLLM2}', a .gguf file, a HF checkpoint directory or a HF repo "
-                            "id (org/name)")
-  if not (path.suffix == ".gguf" or path.is_dir()):
-    raise FileNotFoundError(f"model.checkpoint={str(spec)!r}: {path} is neither a .gguf file "
-                            "nor a directory")
-  return path
 
 
 def _keep_layers(cfg: ModelConfig, num_layers: int | None) -> ModelConfig:
@@ -76,13 +53,6 @@ def checkpoint_config(spec: str | os.PathLike, num_layers: int | None = None) ->
   else:
     cfg = hf.config_from_hf(json.loads((path / hf.CONFIG_FILE).read_text()))
   return _keep_layers(cfg, num_layers)
-
-
-def checkpoint_tokenizer(spec: str | os.PathLike) -> Tokenizer:
-  """The checkpoint's tokenizer (GGUF metadata or the directory's tokenizer.json)."""
-  path = checkpoint_path(spec)
-  return Tokenizer.from_gguf(path) if path.suffix == ".gguf" else Tokenizer.from_pretrained_dir(
-      path)
 
 
 def load_backbone(spec: str | os.PathLike, num_layers: int | None = None

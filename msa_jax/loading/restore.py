@@ -19,9 +19,8 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
+from msa_jax import tasks
 from msa_jax.checkpoint import orbax as ckpt_lib
-from msa_jax.data import synthetic
-from msa_jax.loading import pretrained
 from msa_jax.loading.build import build_model
 from msa_jax.model import ModelConfig, MSAConfig, MSATransformer, abstract_params
 
@@ -49,14 +48,9 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def make_tokenizer(config: ml_collections.ConfigDict):
-  """The tokenizer the training run used (synthetic vocabulary or the checkpoint's)."""
-  d = config.data
-  if d.kind == "synthetic":
-    return synthetic.SyntheticTokenizer(d.num_filler_words, d.num_key_words, d.num_value_words)
-  checkpoint = config.model.get("checkpoint")
-  if not checkpoint:
-    raise ValueError(f"data.kind={d.kind!r} needs model.checkpoint for its tokenizer")
-  return pretrained.checkpoint_tokenizer(checkpoint)
+  """The tokenizer the training run used: its task's (the synthetic vocabulary, or the
+  checkpoint's for real text; `msa_jax.tasks`)."""
+  return tasks.get(config.data.kind).tokenizer(config)
 
 
 def load_trained(workdir: str | os.PathLike, step: int | None = None) -> TrainedModel:

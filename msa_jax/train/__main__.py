@@ -15,8 +15,10 @@ from ml_collections import config_flags
 from msa_jax import runtime, validation
 from msa_jax.train.loop import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, validation.config_help("Training config", "configs/demo.py",
+                                           "configs/beir.py", "configs/nq320k.py",
+                                           "configs/router_adapt.py"), lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
 
 

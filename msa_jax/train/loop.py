@@ -13,14 +13,14 @@ those steps again.
 Multi-process (`launch/local.sh`, `launch/slurm.sbatch`): every process runs this function; each
 loads only its rows of the global batch (see `msa_jax.train.data`), process 0 writes the metrics.
 
-Data sources so far: `data.kind = "synthetic"` (the synthetic memory task of
-`msa_jax.data.synthetic`). Evaluation runs on a held-out corpus: other documents, other keys,
-the same task.
+Data: `data.kind` names the task (`msa_jax.tasks`: synthetic, beir, nq320k), which provides the
+tokenizer, the train iterator and the eval batches (held out: for the synthetic task other
+documents and keys). After training, the evaluations the config declares in `evals` run
+(`msa_jax.evaluation.evaluators`, e.g. the synthetic task's extrapolation table).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -32,8 +32,7 @@ import ml_collections
 import numpy as np
 
 from msa_jax import validation
-from msa_jax.checkpoint.hf import dtype_from_name
-from msa_jax.evaluation import extrapolation
+from msa_jax.evaluation import evaluators
 from msa_jax.model import check_batch
 from msa_jax.checkpoint import orbax as ckpt_lib
 from msa_jax.train import data as data_lib
@@ -76,6 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if config.get("mode", "") == "router_adapt":  # frozen backbone, cached states, routers only
     return router_adapt.train(config, validation.check_output_dir(workdir))
   validation.check_train_config(config)
+  evaluators.check_evals(config)
   workdir = validation.check_output_dir(workdir)
   distributed.initialize()
   changes = workdir_lib.bind(config, workdir, workdir_lib.latest_checkpoint(workdir),
@@ -171,33 +171,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     last = _logged_metrics(workdir, total)
   if jax.process_index() == 0:
     (workdir / "final_metrics.json").write_text(json.dumps(last, indent=2))
-  if config.get("extrapolation") is not None and config.data.kind == "synthetic":
-    run_extrapolation(config, model_cfg, msa, state.params, tok, workdir)
+  evaluators.run_evals(config, model_cfg, msa, state.params, tok, workdir)
   return last
 
-
-def run_extrapolation(config: ml_collections.ConfigDict, model_cfg, msa, params, tok,
-                      workdir: Path) -> list[dict[str, Any]] | None:
-  """The synthetic task's train-short/infer-long table (`config.extrapolation`), printed and
-  written to `<workdir>/extrapolation.json`. Runs on one process only."""
-  if jax.process_count() > 1:
-    print("[extrapolation] skipped: run it on one process", flush=True)
-    return None
-  d, e = config.data, config.extrapolation
-  rows = extrapolation.extrapolation_table(
-      model_cfg, msa, params, tok, docs_per_sample=d.docs_per_sample,
-      doc_length=d.doc_length, facts_per_doc=d.facts_per_doc, key_length=d.key_length,
-      id_digits=d.id_digits, fact_span=d.get("fact_span"), seed=d.seed,
-      first_doc=d.num_docs + d.eval_docs, multipliers=tuple(e.multipliers),
-      questions=e.questions, global_positions=d.get("rope", "document") == "global",
-      include_value=d.include_value, include_identifier=d.get("include_identifier", True),
-      dtype=dtype_from_name(config.dtype))
-  rope = d.get("rope", "document")
-  print(extrapolation.format_table(
-      rows, f"Train short, infer long ({rope} RoPE; trained with "
-      f"{d.docs_per_sample} documents = {d.docs_per_sample * d.doc_length} memory tokens):"),
-      flush=True)
-  out = [dataclasses.asdict(r) for r in rows]
-  (workdir / "extrapolation.json").write_text(json.dumps(
-      dict(rope=rope, top_k=msa.top_k, rows=out), indent=2))
-  return out

@@ -32,7 +32,7 @@ HISTORY_FILE = "config_history.jsonl"
 # them; plus the last phase's `optim.phases[i].steps`, which absorbs a change of train.steps.
 EXTENDING = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
              "train.checkpoint_every", "train.keep_checkpoints", "mesh", "rules",
-             "msa.kernel_impl", "extrapolation")
+             "msa.kernel_impl", "evals", "extrapolation")  # extrapolation: what evals was
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

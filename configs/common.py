@@ -1,5 +1,8 @@
-"""Config pieces shared by configs/beir.py and configs/nq320k.py: a pretrained backbone (SmolLM2
-GGUF) with fresh MSA routers trained for generative retrieval, and the `:smoke` shrink."""
+"""Config pieces shared by the config files (`from configs import common`; commands run from the
+repository root, which puts it on the import path): a pretrained backbone (SmolLM2 GGUF) with
+fresh MSA routers trained for generative retrieval (configs/beir.py, nq320k.py, router_adapt.py)
+and the `:smoke` shrink. Not a config file itself (it has no `get_config`).
+"""
 
 import ml_collections
 
