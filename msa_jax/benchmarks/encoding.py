@@ -57,15 +57,15 @@ def run(quick: bool) -> list[dict]:
   except (ImportError, FileNotFoundError):
     return []
   from msa_jax.inference import engine
-  from msa_jax.model import MSAConfig, MSATransformer, init_params
-  from msa_jax.train.pretrained import load_backbone, merge_backbone
+  from msa_jax.model import MSAConfig, MSATransformer
+  from msa_jax.train.pretrained import load_backbone, load_params
 
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   sizes = QUICK if quick else FULL
   cfg, backbone = load_backbone(path, sizes["layers"])
   msa = MSAConfig()
   layers = max(msa.router_layer_ids(cfg.num_layers)) + 1
-  params = merge_backbone(init_params(MSATransformer(cfg, msa), jax.random.key(0)), backbone)
+  params = load_params(MSATransformer(cfg, msa), jax.random.key(0), backbone)
   hf = _hf_backbone(path, layers)
   rng = np.random.default_rng(0)
   docs = rng.integers(0, cfg.vocab_size, (sizes["docs"], G))

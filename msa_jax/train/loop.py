@@ -113,26 +113,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   weights = optim_lib.make_loss_weights(opt_cfg, msa.lm_weight, msa.aux_weight)
   mesh = sharding_lib.make_mesh(config.mesh.to_dict())
   rules = sharding_lib.make_rules(config.get("rules", None))
-  _phase("initialising parameters...")
-  state, shardings = step_lib.init_train_state(model, tx, jax.random.key(config.seed), mesh,
-                                               rules)
+  shardings = step_lib.state_shardings(model, tx, mesh, rules)
+  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.train.checkpoint_every,
+                                       config.train.keep_checkpoints)
+  rng = jax.random.key(config.seed)
+  if checkpointer.latest_step is not None:  # restored into the abstract state: nothing is built
+    _phase(f"restoring the checkpoint of step {checkpointer.latest_step}...")
+    state, data_state = checkpointer.restore(
+        step_lib.abstract_train_state(model, tx, shardings))
+    iterator.set_state(data_state)
+    print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
+  elif config.model.get("checkpoint"):  # a fresh run: pretrained backbone, fresh routers
+    _phase(f"loading the backbone {config.model.checkpoint}...")
+    _, backbone = pretrained.load_backbone(config.model.checkpoint,
+                                           config.model.get("num_layers"))
+    params = pretrained.load_params(model, rng, backbone, shardings.params)
+    state = step_lib.train_state_from_params(params, tx, shardings)
+  else:
+    _phase("initialising parameters...")
+    state, _ = step_lib.init_train_state(model, tx, rng, mesh, rules)
   train_step = step_lib.make_train_step(
       model, model_cfg, msa, tx, weights, lr_schedule=lr,
       grad_accum_steps=opt_cfg.get("grad_accum_steps", 1), mesh=mesh, rules=rules,
       shardings=shardings)
   eval_step = step_lib.make_eval_step(model, model_cfg, msa, weights, mesh=mesh, rules=rules)
-
-  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.train.checkpoint_every,
-                                       config.train.keep_checkpoints)
-  if checkpointer.latest_step is not None:
-    _phase(f"restoring the checkpoint of step {checkpointer.latest_step}...")
-    state, data_state = checkpointer.restore(state)
-    iterator.set_state(data_state)
-    print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
-  elif config.model.get("checkpoint"):  # a fresh run: pretrained backbone, fresh routers
-    _phase(f"loading the backbone {config.model.checkpoint}...")
-    state = pretrained.load_into_state(state, config.model.checkpoint,
-                                       config.model.get("num_layers"))
   writer = metrics_lib.MetricsWriter(workdir)
   total = config.train.steps
   step = int(state.step)

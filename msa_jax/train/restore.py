@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 
 from msa_jax.data import synthetic
@@ -67,7 +66,7 @@ def load_trained(workdir: str | os.PathLike, step: int | None = None) -> Trained
   tokenizer = make_tokenizer(config)
   model_cfg, msa, model = loop.build_model(config, tokenizer.vocab_size)
   tx = optim_lib.make_optimizer(config.optim.to_dict())
-  abstract = jax.eval_shape(step_lib.init_fn(model, tx), jax.random.key(0))
+  abstract = step_lib.abstract_train_state(model, tx)
   checkpointer = ckpt_lib.Checkpointer(Path(workdir) / "checkpoints", every=None)
   if checkpointer.latest_step is None:
     raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")

@@ -84,6 +84,25 @@ def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, 
     return sharding_lib.sharded_init(init, rng, shardings), shardings
 
 
+def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
+                         shardings: TrainState | None = None) -> TrainState:
+  """The TrainState's shapes and dtypes (in `shardings`, when given), allocating nothing: the
+  target to restore a checkpoint into."""
+  abstract = jax.eval_shape(init_fn(model, optimizer), jax.random.key(0))
+  if shardings is None:
+    return abstract
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def train_state_from_params(params, optimizer: optax.GradientTransformation,
+                            shardings: TrainState | None = None) -> TrainState:
+  """A fresh TrainState (step 0, a new optimiser state) around given parameters, e.g. a
+  pretrained backbone's (`pretrained.load_params`); built into `shardings` when given."""
+  create = functools.partial(TrainState.create, optimizer=optimizer)
+  return jax.jit(create, out_shardings=shardings)(params)
+
+
 def _contexts(mesh, rules):
   stack = contextlib.ExitStack()
   if mesh is not None:
