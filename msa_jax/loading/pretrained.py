@@ -14,6 +14,7 @@ the model's parameter dtype and placed in its sharding) and initialises only the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -69,8 +70,10 @@ def _keep_layers(cfg: ModelConfig, num_layers: int | None) -> ModelConfig:
   return cfg.replace(num_layers=num_layers)
 
 
+@functools.lru_cache(maxsize=16)
 def checkpoint_config(spec: str | os.PathLike, num_layers: int | None = None) -> ModelConfig:
-  """The checkpoint's model config, read from its metadata only (no tensor data)."""
+  """The checkpoint's model config, read from its metadata only (no tensor data; cached, as
+  configs are checked before the model is built)."""
   path = checkpoint_path(spec)
   if path.suffix == ".gguf":
     import gguf  # pylint: disable=import-outside-toplevel

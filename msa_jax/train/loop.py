@@ -42,7 +42,7 @@ from msa_jax.train import metrics as metrics_lib
 from msa_jax.train import optimizer as optim_lib
 from msa_jax.train import router_adapt
 from msa_jax.loading import pretrained
-from msa_jax.loading.build import build_model
+from msa_jax.loading import build
 from msa_jax.runtime import sharding as sharding_lib
 from msa_jax.train import step as step_lib
 from msa_jax.train import workdir as workdir_lib
@@ -76,6 +76,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if config.get("mode", "") == "router_adapt":  # frozen backbone, cached states, routers only
     return router_adapt.train(config, validation.check_output_dir(workdir))
   validation.check_train_config(config)
+  build.check_model_config(config)
   workdir = validation.check_output_dir(workdir)
   distributed.initialize()
   changes = workdir_lib.bind(config, workdir, workdir_lib.latest_checkpoint(workdir),
@@ -91,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   _phase(f"loading data ({config.data.kind})...")
   tok, iterator, eval_batches = data_lib.make_data(config)
   _phase("building the model...")
-  model_cfg, msa, model = build_model(config, tok.vocab_size)
+  model_cfg, msa, model = build.build_model(config, tok.vocab_size)
 
   opt_cfg = config.optim.to_dict()
   tx = optim_lib.make_optimizer(opt_cfg)
@@ -118,11 +119,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   else:
     _phase("initialising parameters...")
     state, _ = step_lib.init_train_state(model, tx, rng, mesh, rules)
+  accum = opt_cfg.get("grad_accum_steps", 1)
   train_step = step_lib.make_train_step(
-      model, model_cfg, msa, tx, weights, lr_schedule=lr,
-      grad_accum_steps=opt_cfg.get("grad_accum_steps", 1), mesh=mesh, rules=rules,
-      shardings=shardings)
-  eval_step = step_lib.make_eval_step(model, model_cfg, msa, weights, mesh=mesh, rules=rules)
+      model, model_cfg, msa, tx, weights, lr_schedule=lr, grad_accum_steps=accum, mesh=mesh,
+      rules=rules, shardings=shardings)
+  eval_step = step_lib.make_eval_step(model, model_cfg, msa, weights, grad_accum_steps=accum,
+                                      mesh=mesh, rules=rules)
   writer = metrics_lib.MetricsWriter(workdir)
   total = config.train.steps
   step = int(state.step)
@@ -136,7 +138,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   while step < total:
     batch = next(iterator)
     if tokens_per_batch is None:  # first batch of this run: validate it once, host-side
-      check_batch(batch, vocab_size=tok.vocab_size, need_route_labels=msa.aux_weight > 0)
+      check_batch(batch, vocab_size=tok.vocab_size,
+                  need_route_labels=optim_lib.uses_aux_loss(opt_cfg, msa.aux_weight))
       tokens_per_batch = jax.process_count() * int(  # this process's rows, times P
           np.asarray(batch.doc_lengths).sum() + np.asarray(batch.token_mask).sum())
       window_start = _phase("compiling the train step...")

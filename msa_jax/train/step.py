@@ -189,14 +189,20 @@ def make_train_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
 
 
 def make_eval_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
-                   loss_weights_fn: LossWeightsFn | None = None, *, mesh=None,
-                   rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES
+                   loss_weights_fn: LossWeightsFn | None = None, *, grad_accum_steps: int = 1,
+                   mesh=None, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES
                    ) -> Callable[[Any, MSABatch, jax.Array], Metrics]:
-  """A jitted `(params, batch, step) -> metrics` (the train step's metrics, no update)."""
+  """A jitted `(params, batch, step) -> metrics` (the train step's metrics, no update).
+
+  `step` counts micro-batches like `TrainState.step`: the loss weights are those the train
+  step uses at that state, looked up at `step // grad_accum_steps`.
+  """
   weights_fn = loss_weights_fn or _constant_weights(msa)
+  if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+    raise ValueError(f"grad_accum_steps={grad_accum_steps!r} must be a positive int")
 
   def eval_step(params, batch: MSABatch, step=0):
-    lm_w, aux_w = weights_fn(step)
+    lm_w, aux_w = weights_fn(jnp.asarray(step, jnp.int32) // grad_accum_steps)
     _, metrics = _loss(params, model, batch, config, msa, lm_w, aux_w)
     return metrics
 
