@@ -66,24 +66,28 @@ def test_train_refuses_a_bad_model_config_before_loading_data(tmp_path, monkeypa
   before the data (or anything heavy) is touched."""
   monkeypatch.setattr(loop.data_lib, "make_data",
                       lambda config: pytest.fail("data loaded before the config was checked"))
+  def msa(**fields):
+    def change(config):
+      with config.msa.ignore_type():
+        config.msa.update(fields)
+    return change
+
+  def checkpoint(config):
+    config.model = ml_collections.ConfigDict(dict(checkpoint=str(tmp_path / "none.gguf")))
+
   cases = [
-      (dict(msa=dict(router_layers=(5,))), r"msa: MSAConfig.router_layers=\(5,\): indices must"),
-      (dict(msa=dict(aux_layers=(0,))), r"msa: MSAConfig.aux_layers \[0\] are not router"),
-      (dict(msa=dict(cosine_routing="yes")), "msa: MSAConfig.cosine_routing must be"),
-      (dict(dtype="float8"), "dtype: "),
-      (dict(model=dict(checkpoint=str(tmp_path / "none.gguf"), preset="", overrides={})),
-       "model.checkpoint=.*does not exist"),
+      (msa(router_layers=(5,)), r"msa: MSAConfig.router_layers=\(5,\): indices must"),
+      (msa(aux_layers=(0,)), r"msa: MSAConfig.aux_layers \[0\] are not router"),
+      (msa(cosine_routing="yes"), "msa: MSAConfig.cosine_routing must be"),
+      (lambda config: setattr(config, "dtype", "float8"), "dtype: "),
+      (checkpoint, "model.checkpoint=.*does not exist"),
   ]
   for change, message in cases:
     config = demo.get_config("smoke")
-    for section, values in change.items():
-      if isinstance(values, dict):
-        with config[section].ignore_type():
-          config[section].update(values)
-      else:
-        config[section] = values
+    change(config)
     with pytest.raises(UserError, match=message):
       loop.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_cosine_routing_is_explicit_routing_math():

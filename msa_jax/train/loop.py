@@ -42,7 +42,7 @@ from msa_jax.train import metrics as metrics_lib
 from msa_jax.train import optimizer as optim_lib
 from msa_jax.train import router_adapt
 from msa_jax.loading import pretrained
-from msa_jax.loading import build
+from msa_jax.loading.build import build_model, check_model_config
 from msa_jax.runtime import sharding as sharding_lib
 from msa_jax.train import step as step_lib
 from msa_jax.train import workdir as workdir_lib
@@ -76,7 +76,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if config.get("mode", "") == "router_adapt":  # frozen backbone, cached states, routers only
     return router_adapt.train(config, validation.check_output_dir(workdir))
   validation.check_train_config(config)
-  build.check_model_config(config)
+  check_model_config(config)
   workdir = validation.check_output_dir(workdir)
   distributed.initialize()
   changes = workdir_lib.bind(config, workdir, workdir_lib.latest_checkpoint(workdir),
@@ -92,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   _phase(f"loading data ({config.data.kind})...")
   tok, iterator, eval_batches = data_lib.make_data(config)
   _phase("building the model...")
-  model_cfg, msa, model = build.build_model(config, tok.vocab_size)
+  model_cfg, msa, model = build_model(config, tok.vocab_size)
 
   opt_cfg = config.optim.to_dict()
   tx = optim_lib.make_optimizer(opt_cfg)
