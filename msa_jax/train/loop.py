@@ -74,9 +74,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       (`msa_jax.train.workdir`); checked before anything is loaded.
   """
   if config.get("mode", "") == "router_adapt":  # frozen backbone, cached states, routers only
+    check_model_config(config)
     return router_adapt.train(config, validation.check_output_dir(workdir))
   validation.check_train_config(config)
-  check_model_config(config)
+  check_model_config(config)  # the model fields, before the data or any weights load
   workdir = validation.check_output_dir(workdir)
   distributed.initialize()
   changes = workdir_lib.bind(config, workdir, workdir_lib.latest_checkpoint(workdir),
