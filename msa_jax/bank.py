@@ -188,7 +188,7 @@ def _msa_value(name: str, text: str, default: Any) -> Any:
     except ValueError:
       raise CliError(f"--msa.{name}={text!r}: expected 'all', 'upper_half' or layer indices "
                      "like '1,3'") from None
-  if isinstance(default, bool):
+  if isinstance(default, bool) or name == "cosine_routing":  # a bool (unset: None)
     if text.lower() not in ("true", "false", "1", "0"):
       raise CliError(f"--msa.{name}={text!r}: expected true or false")
     return text.lower() in ("true", "1")

@@ -13,7 +13,7 @@ import pytest
 
 from configs import demo
 from configs import generate as generate_config
-from msa_jax import generate
+from msa_jax import bank, generate
 from msa_jax.checkpoint import hf
 from msa_jax.loading import build
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
@@ -97,6 +97,7 @@ def test_cosine_routing_is_explicit_routing_math():
   assert not MSAConfig(aux_loss="bce").normalize_routing
   assert MSAConfig(aux_loss="bce", cosine_routing=True).normalize_routing
   assert not MSAConfig(aux_loss="infonce", cosine_routing=False).normalize_routing
+  assert bank.parse_msa_flags(["cosine_routing=false"]) == {"cosine_routing": False}
   batch = make_batch()
   base = MSAConfig(top_k=2, chunk_size=3)
   params = init_params(MSATransformer(CFG, base.replace(aux_loss="bce")), jax.random.key(0))
