@@ -44,7 +44,9 @@ def _encode() -> ml_collections.ConfigDict:
   # "upper_half", "all" or layer indices "1,3".
   c.msa = ml_collections.ConfigDict(dict(
       router_layers="upper_half", top_k=16, chunk_size=64, decouple_router=True,
-      router_bias=False, head_reduce="mean", query_reduce="max", chunk_reduce="max"))
+      router_bias=False, head_reduce="mean", query_reduce="max", chunk_reduce="max",
+      # unset: as the aux loss (cosine for InfoNCE); True/False decides the routing math
+      cosine_routing=ml_collections.FieldReference(None, field_type=bool)))
   c.max_doc_tokens = 0  # documents are cut to this many tokens (required, >= 1)
   c.limit = ml_collections.FieldReference(None, field_type=int)  # keep the first documents
   c.batch_size = 16

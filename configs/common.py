@@ -20,8 +20,9 @@ def retrieval_config(kind: str, path: str, *, train_split: str, eval_split: str 
   c.dtype = "float32"  # compute dtype ("bfloat16" on GPUs); parameters stay float32
   c.model = ml_collections.ConfigDict(dict(
       # "smollm2" | a .gguf file | a HF checkpoint dir (e.g. Qwen3-0.6B); None: random init of
-      # `preset` (vocab from the tokenizer). num_layers: keep only the first layers (None: all).
-      checkpoint="smollm2", preset="smollm2_135m", num_layers=None))
+      # `preset` (vocab from the tokenizer). With a checkpoint, preset "" takes its architecture
+      # (a preset name must match it). num_layers: keep only the first layers (None: all).
+      checkpoint="smollm2", preset="", num_layers=None))
   c.model.num_layers = ml_collections.FieldReference(None, field_type=int)
   c.msa = ml_collections.ConfigDict(dict(
       router_layers="upper_half", top_k=4, chunk_size=32, decouple_router=True,

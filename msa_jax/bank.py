@@ -235,9 +235,8 @@ def build_model(spec: dict) -> Model:
                  else _tokenizer("smollm2"))
     _log(f"[model] reading the {name} backbone weights")
     cfg, backbone = pretrained.load_backbone(name, spec.get("num_layers"))
-    _log("[model] initialising MSA parameters (compiling the initialiser)")
-    params = init_params(MSATransformer(cfg, msa), jax.random.key(seed))
-    params = pretrained.merge_backbone(params, backbone)
+    _log("[model] initialising the MSA routers")
+    params = pretrained.load_params(MSATransformer(cfg, msa), jax.random.key(seed), backbone)
   else:
     tokenizer = _tokenizer(spec.get("tokenizer", "smollm2"))
     cfg = get_preset("tiny").replace(vocab_size=tokenizer.vocab_size)

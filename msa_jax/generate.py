@@ -28,10 +28,11 @@ def check_config(config, prompts: Sequence[str]) -> None:
   """
   if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
     raise validation.UserError(f"prompts must be non-empty strings, got {list(prompts)!r}")
-  try:
-    dtype_from_name(config.dtype)
-  except ValueError as e:
-    raise validation.UserError(f"dtype: {e}") from None
+  for name in ("dtype", "param_dtype"):
+    try:
+      dtype_from_name(config[name])
+    except ValueError as e:
+      raise validation.UserError(f"{name}: {e}") from None
   try:
     SamplingConfig(**config.sampling.to_dict())
   except ValueError as e:
@@ -42,10 +43,10 @@ def run(config, prompts: Sequence[str] | None = None) -> list[str]:
   """Loads config.checkpoint and returns one continuation per prompt (printing progress)."""
   prompts = list(prompts or config.prompts)
   check_config(config, prompts)
-  dtype = dtype_from_name(config.dtype)
+  dtype, param_dtype = dtype_from_name(config.dtype), dtype_from_name(config.param_dtype)
   print(f"loading {config.checkpoint or 'SmolLM2-135M-Instruct (GGUF)'}...", flush=True)
   start = time.perf_counter()
-  cfg, params, tokenizer = load_checkpoint(config.checkpoint or None, dtype=dtype)
+  cfg, params, tokenizer = load_checkpoint(config.checkpoint or None, dtype=param_dtype)
   print(f"loaded {config.checkpoint or 'SmolLM2-135M-Instruct (GGUF)'}: {cfg.num_layers} layers, "
         f"embed {cfg.embed_dim}, vocab {cfg.vocab_size} in {time.perf_counter() - start:.1f} s "
         f"on {jax.devices()[0].platform}", flush=True)
@@ -53,7 +54,7 @@ def run(config, prompts: Sequence[str] | None = None) -> list[str]:
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
   sampling = SamplingConfig(**config.sampling.to_dict(), stop_tokens=tokenizer.stop_ids,
                             pad_id=tokenizer.pad_id or 0)
-  model = Transformer(cfg, dtype=dtype, param_dtype=dtype)
+  model = Transformer(cfg, dtype=dtype, param_dtype=param_dtype)
   print("compiling and generating...", flush=True)
   start = time.perf_counter()
   texts = generate_text(model, params, tokenizer, prompts, sampling,

@@ -107,6 +107,29 @@ def test_gpu_check_rejects_an_unknown_part(tmp_path):
 
 
 @pytest.mark.slow
+def test_quick_compile_stage_and_both_loads_agree():
+  """The compile stage's rows; and its baseline (initialise everything, overwrite the
+  backbone) and our load (initialise the routers only) give the same parameters."""
+  import flax.traverse_util
+  from msa_jax.benchmarks import compile as compile_stage
+  from msa_jax.checkpoint import smollm2_path
+  rows = compile_stage.run(quick=True)
+  assert [r["case"] for r in rows[:2]] == ["tiny (2 layers) train step: lower",
+                                           "tiny (2 layers) train step: compile"]
+  assert all(r["stage"] == "compile" and r["ours_s"] > 0 for r in rows)
+  try:
+    smollm2_path()
+  except FileNotFoundError:
+    pytest.skip("SmolLM2 checkpoint not installed")
+  assert [r["case"] for r in rows[2:]] == ["smollm2-msa load", "smollm2-msa first question"]
+  ours = flax.traverse_util.flatten_dict(compile_stage.load_smollm2(2, full_init=False)[2])
+  former = flax.traverse_util.flatten_dict(compile_stage.load_smollm2(2, full_init=True)[2])
+  assert sorted(ours) == sorted(former)
+  for path, value in former.items():
+    np.testing.assert_array_equal(np.asarray(ours[path]), np.asarray(value), err_msg=str(path))
+
+
+@pytest.mark.slow
 def test_gpu_check_cpu_smoke_runs_every_part(tmp_path):
   """The whole GPU check at tiny sizes on the CPU, through the shell entry point."""
   proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--cpu_smoke", f"--out={tmp_path}"],

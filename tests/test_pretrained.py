@@ -31,21 +31,49 @@ def _flat(params):
   return flax.traverse_util.flatten_dict(jax.device_get(params))
 
 
+def _mesh():
+  return sharding_lib.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+
+
 def test_backbone_from_checkpoint_routers_fresh(tmp_path):
   donor = _state(1).params  # the "pretrained" model: another init
   hf.save_hf_checkpoint(tmp_path / "ckpt", CFG, donor)
   fresh = _state(0)
   assert pretrained.checkpoint_config(tmp_path / "ckpt") == CFG
-  loaded = pretrained.load_into_state(_state(0), tmp_path / "ckpt")
-  got, want, init = _flat(loaded.params), _flat(donor), _flat(fresh.params)
+  model = MSATransformer(CFG, MSA)
+  shardings = step_lib.state_shardings(model, optim_lib.make_optimizer({}), _mesh()).params
+  _, backbone = pretrained.load_backbone(tmp_path / "ckpt")
+  loaded = pretrained.load_params(model, jax.random.key(0), backbone, shardings)
+  got, want, init = _flat(loaded), _flat(donor), _flat(fresh.params)
   assert set(got) == set(init)
   routers = [p for p in got if pretrained.is_fresh(p)]
   assert len(routers) == 2 * 2 + 1  # router q/k of layers 2, 3, and aux_bias
   for path in got:
     ref = init[path] if pretrained.is_fresh(path) else want[path]
     np.testing.assert_array_equal(got[path], ref, err_msg="/".join(path))
-  leaf = loaded.params["layers_0"]["attn"]["q_proj"]["kernel"]
-  assert leaf.sharding == fresh.params["layers_0"]["attn"]["q_proj"]["kernel"].sharding
+  flat_loaded = flax.traverse_util.flatten_dict(loaded)
+  for path, leaf in flax.traverse_util.flatten_dict(fresh.params).items():
+    assert flat_loaded[path].sharding == leaf.sharding, path
+    assert flat_loaded[path].dtype == leaf.dtype, path
+
+
+@pytest.mark.parametrize("msa", [
+    MSAConfig(top_k=2, chunk_size=8, aux_loss="bce", router_bias=True, remat=True),
+    MSAConfig(top_k=2, chunk_size=8, router_layers=(0, 3)),
+])
+def test_init_missing_equals_init(msa):
+  """Only the absent parameters are initialised, to the values `model.init` gives them."""
+  model = MSATransformer(CFG, msa)
+  full = _flat(model.init(jax.random.key(3), *model.example_inputs())["params"])
+  full = {p: np.asarray(flax.linen.unbox(v)) for p, v in full.items()}
+  for keep in (lambda p: not pretrained.is_fresh(p),  # a backbone checkpoint
+               lambda p: p[0] != "layers_1"):  # any subset: here one whole layer is absent
+    provided = flax.traverse_util.unflatten_dict(
+        {p: v + 1.0 for p, v in full.items() if keep(p)})
+    got = pretrained.init_missing(model, jax.random.key(3), provided)
+    assert sorted(got) == sorted(p for p in full if not keep(p))
+    for path, value in got.items():
+      np.testing.assert_array_equal(value, full[path], err_msg="/".join(path))
 
 
 def test_first_layers_only(tmp_path):
@@ -59,18 +87,19 @@ def test_first_layers_only(tmp_path):
 
 def test_mismatch_is_reported():
   params = _state(0).params
+  model = MSATransformer(CFG, MSA)
   backbone = flax.traverse_util.unflatten_dict({
       p: v for p, v in _flat(params).items() if not pretrained.is_fresh(p) and p[0] != "final_norm"})
   backbone["layers_0"] = dict(backbone["layers_0"], extra={"kernel": np.zeros(3)})
   with pytest.raises(hf.CheckpointError, match=r"missing \['final_norm/scale'\].*unexpected "
                      r"\['layers_0/extra/kernel'\]"):
-    pretrained.merge_backbone(params, backbone)
+    pretrained.load_params(model, jax.random.key(0), backbone)
   bad = flax.traverse_util.unflatten_dict({
       p: v for p, v in _flat(params).items() if not pretrained.is_fresh(p)})
   bad["final_norm"] = {"scale": np.zeros(7)}
   with pytest.raises(hf.CheckpointError, match=r"final_norm/scale: model \(64,\) vs checkpoint "
                      r"\(7,\)"):
-    pretrained.merge_backbone(params, bad)
+    pretrained.load_params(model, jax.random.key(0), bad)
 
 
 def test_missing_checkpoint_names_the_field(tmp_path):

@@ -166,3 +166,43 @@ def test_train_step_applies_phase_weights():
   assert jax.tree.leaves(state.params)[0].dtype == jnp.float32  # fp32 params, bf16 compute
   metrics = make_eval_step(model, config, msa)(state.params, batch)
   assert np.isfinite(float(metrics["loss"]))
+
+
+def test_eval_step_reads_the_train_steps_weights_under_accumulation():
+  """With grad_accum_steps=2, the eval step at micro-step s uses the weights the train step
+  uses at s (those of optimiser step s // 2), not those of optimiser step s."""
+  from msa_jax.model import ModelConfig, MSAConfig, MSATransformer
+  from msa_jax.train import init_train_state, make_eval_step, make_train_step
+  from tests.test_train_sharding import tiny_batch
+
+  config = ModelConfig(vocab_size=64, embed_dim=32, mlp_dim=64, num_layers=2, num_heads=4,
+                       num_kv_heads=2, head_dim=8)
+  msa = MSAConfig(top_k=2, chunk_size=2, kernel_impl="xla")
+  model = MSATransformer(config, msa)
+  cfg = dict(phases=[dict(steps=1, learning_rate=1e-3, lm_weight=0.1, aux_weight=1.0),
+                     dict(steps=1, learning_rate=1e-4, lm_weight=1.0, aux_weight=0.1)],
+             grad_accum_steps=2)
+  tx = opt_lib.make_optimizer(cfg)
+  weights = opt_lib.make_loss_weights(cfg)
+  state, _ = init_train_state(model, tx, jax.random.key(0))
+  train = make_train_step(model, config, msa, tx, weights, grad_accum_steps=2, donate=False)
+  evaluate = make_eval_step(model, config, msa, weights, grad_accum_steps=2)
+  batch = jax.tree.map(jnp.asarray, tiny_batch(0, b=2))
+  seen = []
+  for _ in range(4):
+    at = int(state.step)
+    evaluated = evaluate(state.params, batch, at)
+    state, trained = train(state, batch)
+    seen.append((float(trained["lm_weight"]), float(trained["aux_weight"])))
+    assert (float(evaluated["lm_weight"]), float(evaluated["aux_weight"])) == seen[-1], at
+  np.testing.assert_allclose(seen, [(0.1, 1.0), (0.1, 1.0), (1.0, 0.1), (1.0, 0.1)], rtol=1e-6)
+
+
+def test_route_labels_are_needed_when_any_phase_trains_routing():
+  """Phases override msa.aux_weight: route labels are needed iff some phase weights the aux
+  loss (a schedule that starts at 0 and switches it on later still needs them)."""
+  phase = lambda aux: dict(steps=1, learning_rate=1e-3, lm_weight=1.0, aux_weight=aux)
+  assert opt_lib.uses_aux_loss(dict(phases=[phase(0.0), phase(0.5)]), aux_weight=0.0)
+  assert not opt_lib.uses_aux_loss(dict(phases=[phase(0.0), phase(0.0)]), aux_weight=0.1)
+  assert opt_lib.uses_aux_loss({}, aux_weight=0.1)
+  assert not opt_lib.uses_aux_loss(None, aux_weight=0.0)

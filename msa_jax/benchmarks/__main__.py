@@ -11,6 +11,8 @@ the start of the run with numpy in a process that runs the host's native OpenBLA
               tokens, B=1, 8; a row per baseline)
   encoding    stage-1 `engine.encode_documents` vs HF transformers' backbone (SmolLM2-135M)
   generation  greedy generation vs HF `generate` (SmolLM2-135M, B=1, 8)
+  compile     lowering + compile of a qwen3_4b MSA train step (abstract shapes), SmolLM2-MSA's
+              load (vs initialising the whole model) and first question (no baseline: "-")
 
 A stage is a module `msa_jax.benchmarks.<stage>` with `run(quick: bool) -> list[dict]`, each
 row {"stage", "case", "ours_s", "baseline", "baseline_s", "flops" (float or None)}; a stage
@@ -36,9 +38,9 @@ from ml_collections import config_flags
 from msa_jax import runtime, validation
 from msa_jax.benchmarks.blas import Worker
 
-STAGES = ("routing", "encoding", "generation")
+STAGES = ("routing", "encoding", "generation", "compile")
 # Rough full-size seconds per stage on the shared 2-core CPU, for the progress line's ETA.
-_TYPICAL_S = {"routing": 40.0, "encoding": 300.0, "generation": 150.0}
+_TYPICAL_S = {"routing": 40.0, "encoding": 300.0, "generation": 150.0, "compile": 300.0}
 
 
 
@@ -107,8 +109,8 @@ def run_suite(stages: Sequence[str], quick: bool, out=sys.stdout) -> dict:
       print(f"  {stage}: baseline not installed, skipped", file=out, flush=True)
     rows += [derive(r, peak) for r in got]
     for r in rows[len(rows) - len(got):]:
-      print(f"  {r['case']}: ours {r['ours_s']:.4f} s, {r['baseline']} {r['baseline_s']:.4f} s",
-            file=out, flush=True)
+      baseline = f", {r['baseline']} {r['baseline_s']:.4f} s" if r["baseline_s"] else ""
+      print(f"  {r['case']}: ours {r['ours_s']:.4f} s{baseline}", file=out, flush=True)
   print(format_table(rows), file=out, flush=True)
   return dict(peak_gflops=peak, blas=core, load_average=list(load), rows=rows)
 

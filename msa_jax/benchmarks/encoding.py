@@ -25,8 +25,8 @@ import numpy as np
 
 from msa_jax.checkpoint import smollm2_path
 from msa_jax.inference import engine
-from msa_jax.loading.pretrained import load_backbone, merge_backbone
-from msa_jax.model import MSAConfig, MSATransformer, init_params
+from msa_jax.loading.pretrained import load_backbone, load_params
+from msa_jax.model import MSAConfig, MSATransformer
 
 G, BATCH = 128, 16
 FULL = dict(docs=32, layers=None, iters=3)
@@ -66,7 +66,7 @@ def run(quick: bool) -> list[dict]:
   cfg, backbone = load_backbone(path, sizes["layers"])
   msa = MSAConfig()
   layers = max(msa.router_layer_ids(cfg.num_layers)) + 1
-  params = merge_backbone(init_params(MSATransformer(cfg, msa), jax.random.key(0)), backbone)
+  params = load_params(MSATransformer(cfg, msa), jax.random.key(0), backbone)
   hf = _hf_backbone(path, layers)
   rng = np.random.default_rng(0)
   docs = rng.integers(0, cfg.vocab_size, (sizes["docs"], G))

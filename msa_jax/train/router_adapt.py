@@ -304,9 +304,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
        f"{len(held)} held-out questions of split {config.data.train_split!r}")
 
   tx = optim_lib.make_optimizer(config.optim.to_dict())
-  state = step_lib.init_fn(model, tx)(jax.random.key(config.seed))
-  state = pretrained.load_into_state(state, config.model.checkpoint,
-                                     config.model.get("num_layers"))
+  _, backbone = pretrained.load_backbone(config.model.checkpoint, config.model.get("num_layers"))
+  state = step_lib.train_state_from_params(
+      pretrained.load_params(model, jax.random.key(config.seed), backbone), tx)
   _log(f"backbone {config.model.checkpoint} loaded under fresh routers "
        f"({time.perf_counter() - start:.0f} s)")
   cache_dir = Path(a.cache_dir or DEFAULT_CACHE)

@@ -84,6 +84,25 @@ def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, 
     return sharding_lib.sharded_init(init, rng, shardings), shardings
 
 
+def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
+                         shardings: TrainState | None = None) -> TrainState:
+  """The TrainState's shapes and dtypes (in `shardings`, when given), allocating nothing: the
+  target to restore a checkpoint into."""
+  abstract = jax.eval_shape(init_fn(model, optimizer), jax.random.key(0))
+  if shardings is None:
+    return abstract
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def train_state_from_params(params, optimizer: optax.GradientTransformation,
+                            shardings: TrainState | None = None) -> TrainState:
+  """A fresh TrainState (step 0, a new optimiser state) around given parameters, e.g. a
+  pretrained backbone's (`pretrained.load_params`); built into `shardings` when given."""
+  create = functools.partial(TrainState.create, optimizer=optimizer)
+  return jax.jit(create, out_shardings=shardings)(params)
+
+
 def _contexts(mesh, rules):
   stack = contextlib.ExitStack()
   if mesh is not None:
@@ -170,14 +189,20 @@ def make_train_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
 
 
 def make_eval_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
-                   loss_weights_fn: LossWeightsFn | None = None, *, mesh=None,
-                   rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES
+                   loss_weights_fn: LossWeightsFn | None = None, *, grad_accum_steps: int = 1,
+                   mesh=None, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES
                    ) -> Callable[[Any, MSABatch, jax.Array], Metrics]:
-  """A jitted `(params, batch, step) -> metrics` (the train step's metrics, no update)."""
+  """A jitted `(params, batch, step) -> metrics` (the train step's metrics, no update).
+
+  `step` counts micro-batches like `TrainState.step`: the loss weights are those the train
+  step uses at that state, looked up at `step // grad_accum_steps`.
+  """
   weights_fn = loss_weights_fn or _constant_weights(msa)
+  if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+    raise ValueError(f"grad_accum_steps={grad_accum_steps!r} must be a positive int")
 
   def eval_step(params, batch: MSABatch, step=0):
-    lm_w, aux_w = weights_fn(step)
+    lm_w, aux_w = weights_fn(jnp.asarray(step, jnp.int32) // grad_accum_steps)
     _, metrics = _loss(params, model, batch, config, msa, lm_w, aux_w)
     return metrics
 

@@ -1,0 +1,129 @@
+"""Config hygiene (issue 12 item 8): each trap a config used to hide, now explicit or refused.
+
+Model loading (`msa_jax.loading.build`): a preset beside a checkpoint must be its architecture;
+overrides and `num_layers` only where they apply; MSA fields checked against the model's layers
+before any data or weights load. Routing math (`MSAConfig.cosine_routing`) no longer follows
+the training loss once set.
+"""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import demo
+from configs import generate as generate_config
+from msa_jax import bank, generate
+from msa_jax.checkpoint import hf
+from msa_jax.loading import build
+from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
+from msa_jax.train import loop
+from msa_jax.validation import UserError
+from tests.test_msa_model import CFG, make_batch
+
+TINY = get_preset("tiny")
+
+
+def _config(**model):
+  c = ml_collections.ConfigDict(dict(dtype="float32", model=dict(model),
+                                     msa=dict(top_k=1, chunk_size=4)))
+  return c
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+  """A HF checkpoint of the `tiny` preset's architecture (random weights)."""
+  path = tmp_path_factory.mktemp("ckpt") / "tiny"
+  hf.save_hf_checkpoint(path, TINY, init_params(MSATransformer(TINY), jax.random.key(0)))
+  return str(path)
+
+
+def test_preset_beside_a_checkpoint_must_be_its_architecture(tiny_checkpoint):
+  for preset in ("", None, "tiny"):  # empty: the checkpoint's own; "tiny": the same
+    assert build.model_config(_config(checkpoint=tiny_checkpoint, preset=preset)) == TINY
+  with pytest.raises(UserError, match=r"model.preset='smollm2_135m' is not the architecture of "
+                     r"model.checkpoint=.*embed_dim: 576 vs 64.*--config.model.preset=tiny or"):
+    build.model_config(_config(checkpoint=tiny_checkpoint, preset="smollm2_135m"))
+  with pytest.raises(UserError, match=r"model.overrides=\{'num_heads': 8\} apply to a preset"):
+    build.model_config(_config(checkpoint=tiny_checkpoint, overrides=dict(num_heads=8)))
+  cut = build.model_config(_config(checkpoint=tiny_checkpoint, preset="tiny", num_layers=1))
+  assert cut == TINY.replace(num_layers=1)  # the preset is compared before the cut
+
+
+def test_preset_fields_are_checked():
+  with pytest.raises(UserError, match="model.preset is required without model.checkpoint"):
+    build.model_config(_config(preset=""))
+  with pytest.raises(UserError, match="unknown model preset 'nope'"):
+    build.model_config(_config(preset="nope"))
+  with pytest.raises(UserError, match="model.num_layers cuts a checkpoint"):
+    build.model_config(_config(preset="tiny", num_layers=1))
+  cfg = build.model_config(_config(preset="tiny", overrides=dict(num_layers=3)), vocab_size=40)
+  assert (cfg.num_layers, cfg.vocab_size) == (3, 40)
+
+
+def test_train_refuses_a_bad_model_config_before_loading_data(tmp_path, monkeypatch):
+  """Layer choices that do not fit the model, a bad dtype, a missing checkpoint: refused
+  before the data (or anything heavy) is touched."""
+  monkeypatch.setattr(loop.data_lib, "make_data",
+                      lambda config: pytest.fail("data loaded before the config was checked"))
+  def msa(**fields):
+    def change(config):
+      with config.msa.ignore_type():
+        config.msa.update(fields)
+    return change
+
+  def checkpoint(config):
+    config.model = ml_collections.ConfigDict(dict(checkpoint=str(tmp_path / "none.gguf")))
+
+  cases = [
+      (msa(router_layers=(5,)), r"msa: MSAConfig.router_layers=\(5,\): indices must"),
+      (msa(aux_layers=(0,)), r"msa: MSAConfig.aux_layers \[0\] are not router"),
+      (msa(cosine_routing="yes"), "msa: MSAConfig.cosine_routing must be"),
+      (lambda config: setattr(config, "dtype", "float8"), "dtype: "),
+      (checkpoint, "model.checkpoint=.*does not exist"),
+  ]
+  for change, message in cases:
+    config = demo.get_config("smoke")
+    change(config)
+    with pytest.raises(UserError, match=message):
+      loop.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cosine_routing_is_explicit_routing_math():
+  """Unset, cosine routing follows the official rule (InfoNCE family: cosine; BCE: dot
+  products). Set, the loss no longer changes how documents are scored at inference."""
+  assert MSAConfig(aux_loss="infonce").normalize_routing
+  assert not MSAConfig(aux_loss="bce").normalize_routing
+  assert MSAConfig(aux_loss="bce", cosine_routing=True).normalize_routing
+  assert not MSAConfig(aux_loss="infonce", cosine_routing=False).normalize_routing
+  assert bank.parse_msa_flags(["cosine_routing=false"]) == {"cosine_routing": False}
+  batch = make_batch()
+  base = MSAConfig(top_k=2, chunk_size=3)
+  params = init_params(MSATransformer(CFG, base.replace(aux_loss="bce")), jax.random.key(0))
+
+  def scores(msa):
+    out = MSATransformer(CFG, msa).apply({"params": params}, batch)
+    return {i: np.asarray(r.doc_scores) for i, r in out.routes.items()}
+
+  infonce = scores(base)
+  same = scores(base.replace(aux_loss="bce", cosine_routing=True))
+  dot = scores(base.replace(aux_loss="bce"))
+  for i in infonce:
+    np.testing.assert_array_equal(same[i], infonce[i])
+    assert not np.allclose(dot[i], infonce[i])
+
+
+def test_dtype_is_the_compute_dtype_in_every_config():
+  """`dtype` is the compute dtype everywhere (train configs keep float32 parameters); the
+  generate config names the weights' dtype separately, and both are checked up front."""
+  config = generate_config.get_config()
+  assert (config.dtype, config.param_dtype) == ("float32", "float32")
+  generate.check_config(config, ["a prompt"])
+  config.param_dtype = "float8"
+  with pytest.raises(UserError, match="param_dtype: "):
+    generate.check_config(config, ["a prompt"])
+  train_config = demo.get_config("smoke")
+  train_config.dtype = "bfloat16"
+  _, _, model = build.build_model(train_config, vocab_size=64)
+  assert (model.dtype, model.param_dtype) == (jax.numpy.bfloat16, jax.numpy.float32)
