@@ -97,7 +97,8 @@ def test_cosine_routing_is_explicit_routing_math():
   assert not MSAConfig(aux_loss="bce").normalize_routing
   assert MSAConfig(aux_loss="bce", cosine_routing=True).normalize_routing
   assert not MSAConfig(aux_loss="infonce", cosine_routing=False).normalize_routing
-  assert bank.parse_msa_flags(["cosine_routing=false"]) == {"cosine_routing": False}
+  assert bank.msa_fields({"cosine_routing": False}) == {"cosine_routing": False}
+  assert bank.msa_fields({"cosine_routing": None}) == {}
   batch = make_batch()
   base = MSAConfig(top_k=2, chunk_size=3)
   params = init_params(MSATransformer(CFG, base.replace(aux_loss="bce")), jax.random.key(0))
