@@ -205,6 +205,13 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                cache: KVCache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    return self.attend(x, positions, mask, cache, cache_index)
+
+  def attend(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+             cache: KVCache | None = None,
+             cache_index: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Self-attention of x [B, T, E] under `mask` [B or 1, T, S]; with a cache ([B, S, J, D]
+    arrays) the T new tokens are written at slots cache_index[b] + 0..T-1 first."""
     q, k, v = self.project(x, positions)
     if cache is not None:
       cache = update_cache(cache, k, v, cache_index)
