@@ -19,6 +19,7 @@ from typing import Any
 
 import flax.linen as nn
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
@@ -359,6 +360,10 @@ class MSADecoderLayer(nn.Module):
     doc_y, mem = self.attn.doc_attention(self.attn_norm(docs), doc_positions, doc_lengths)
     return self._doc_mlp(docs, doc_y), mem
 
+  def input_norm(self, x):
+    """The attention input norm of the states entering this layer (a router's input)."""
+    return self.attn_norm(x)
+
   def routing_queries(self, x, positions):
     """Routing queries [B, T, H, D] of the prompt hidden states entering this layer."""
     return self.attn.routing_queries(self.attn_norm(x), positions)
@@ -452,6 +457,36 @@ class LayerStack(nn.Module):
       return layer.prompt(x, positions, own, memory.get(i), memory_visible, layer_cache, slot)
 
     return self._layer_range(start, stop, step, x, cache)
+
+  def document_states(self, doc_tokens, doc_lengths, doc_positions,
+                      layer_ids: tuple[int, ...]) -> dict[int, jax.Array]:
+    """{i: attn_norm_i(h_i) [b, G, E]}: the normed document states entering layers
+    `layer_ids` (what a router's key projection reads) of b documents [b, G]."""
+    last = max(layer_ids)
+
+    def step(i, layer, docs, _):
+      state = layer.input_norm(docs[0]) if i in layer_ids else None
+      if i < last:
+        docs, _ = layer.docs(docs, doc_positions[None], doc_lengths[None])
+      return docs, state
+
+    _, states = self._layer_range(0, last + 1, step, self.embed_tokens(doc_tokens)[None])
+    return {i: x for i, x in enumerate(states) if x is not None}
+
+  def prompt_states(self, tokens, positions, mask,
+                    layer_ids: tuple[int, ...]) -> dict[int, jax.Array]:
+    """{i: attn_norm_i(h_i) [B, T, E]}: the normed prompt states entering layers `layer_ids`
+    without memory, the tokens seeing each other under `mask` [B or 1, T, T]."""
+    last = max(layer_ids)
+
+    def step(i, layer, x, _):
+      state = layer.input_norm(x) if i in layer_ids else None
+      if i < last:
+        x, _ = layer.backbone(x, positions, mask)
+      return x, state
+
+    _, states = self._layer_range(0, last + 1, step, self.embed_tokens(tokens))
+    return {i: x for i, x in enumerate(states) if x is not None}
 
   def decode_step(self, tokens, positions, own: attention.OwnSlots, cache, slot,
                   memory: dict[int, RoutedBlocks] | None = None, memory_visible=None):
@@ -593,3 +628,22 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
   total = msa.lm_weight * lm + msa.aux_weight * aux + msa.answer_weight * answer
   metrics.update(loss=total, lm_loss=lm, aux_loss=aux, answer_loss=answer)
   return total, metrics
+
+
+def router_params(params, layer_ids) -> dict:
+  """{layer: {"router_q_proj": {...}, "router_k_proj": {...}}} taken from a model tree."""
+  return {i: {name: dict(params[f"layers_{i}"]["attn"][name])
+              for name in ("router_q_proj", "router_k_proj")} for i in layer_ids}
+
+
+def with_routers(params, routers: dict) -> dict:
+  """The model tree `params` with the router projections replaced by `routers`."""
+  flat = flax.traverse_util.flatten_dict(dict(params))
+  for i, layer in routers.items():
+    for name, leaves in layer.items():
+      for leaf, value in leaves.items():
+        path = (f"layers_{i}", "attn", name, leaf)
+        if path not in flat:
+          raise KeyError(f"the model has no parameter {'/'.join(path)}")
+        flat[path] = jnp.asarray(value, flat[path].dtype)
+  return flax.traverse_util.unflatten_dict(flat)
