@@ -387,14 +387,6 @@ class MSADecoderLayer(nn.Module):
     return self._doc_mlp(docs, doc_y), self._prompt_mlp(x, y), route
 
 
-def init_decode_cache(config: ModelConfig, batch: int, num_slots: int,
-                      dtype: Dtype) -> tuple[attention.KVCache, ...]:
-  """An all-zero decode cache: one KVCache of [B, J, S, D] arrays per layer (heads first)."""
-  shape = (batch, config.num_kv_heads, num_slots, config.head_dim)
-  return tuple(attention.KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-               for _ in range(config.num_layers))
-
-
 def prefill_cache(kv: attention.KVCache, num_slots: int) -> attention.KVCache:
   """A prompt's own k, v [B, T, J, D] as a heads-first decode cache of `num_slots` slots."""
   pad = ((0, 0), (0, 0), (0, num_slots - kv.k.shape[1]), (0, 0))
@@ -445,7 +437,7 @@ class LayerStack(nn.Module):
       own, memory_visible: see `MSAAttention.prompt_attention`.
       memory: {router layer: RoutedBlocks} (a layer missing from it reads no memory).
       cache: None, or the whole decode cache (one heads-first KVCache per layer, see
-        `init_decode_cache`) with the shared write `slot`.
+        `prefill_cache`) with the shared write `slot`.
 
     Returns:
       (hidden states leaving layer stop-1, the layers' updated caches, or without a cache
