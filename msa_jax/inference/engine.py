@@ -96,6 +96,26 @@ def _segment_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, start: int, stop
 
 
 @functools.lru_cache(maxsize=16)
+def _router_layer_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, next_queries: bool):
+  """jit(layer params, next layer params, x, positions, own, memory, sees_memory) -> (x,
+  [(k, v)], the next router layer's routing queries or None): one router layer over its
+  memory. Every router layer followed by a router layer (or by none) runs the same program,
+  compiled once, where a `_segment_fn` per layer would compile one program per layer."""
+  layer = msa_lib.MSADecoderLayer(cfg, msa, True, dtype=dtype)
+
+  def run(p, p_next, x, positions, own, memory, sees_memory):
+    TRACES["router_layer"] += 1
+    x, kv = layer.apply({"params": p}, x, positions, own, memory, sees_memory,
+                        method="prompt")
+    rq = None
+    if next_queries:
+      rq = layer.apply({"params": p_next}, x, positions, method="routing_queries")
+    return x, [kv], rq
+
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=16)
 def _embed_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype):
   model = _model(cfg, msa, dtype)
 
@@ -435,8 +455,9 @@ class MSAEngine:
 
   The model runs through `MSATransformer`'s staged methods (the training forward's layers):
   prefill in one jitted segment per router layer (the layer reading its routed memory, the
-  layers up to the next router layer and that layer's routing queries), with routing against
-  the bank between segments; generation in `decode.decode_loop`. With `msa.kernel_impl`
+  layers up to the next router layer and that layer's routing queries; one program shared by
+  every router layer followed by a router layer), with routing against the bank between
+  segments; generation in `decode.decode_loop`. With `msa.kernel_impl`
   resolving to Pallas, router layers attend to their routed blocks with the block-sparse
   kernel (interpret mode off GPU).
 
@@ -544,8 +565,14 @@ class MSAEngine:
       mem = self._gather(r, self.route(r, rq, query_mask), keep_scores)
       memory[r] = mem
       nxt = stop if stop < cfg.num_layers else None
-      x, seg_kvs, rq = _segment_fn(cfg, msa, dt, r, stop, True, nxt)(
-          self.params, x, positions, own, mem.blocks, sees_memory)
+      if stop == r + 1:  # the next layer is a router layer, or there is none
+        fn = _router_layer_fn(cfg, msa, dt, nxt is not None)
+        x, seg_kvs, rq = fn(msa_lib.layer_params(self.params, r),
+                            None if nxt is None else msa_lib.layer_params(self.params, nxt),
+                            x, positions, own, mem.blocks, sees_memory)
+      else:
+        x, seg_kvs, rq = _segment_fn(cfg, msa, dt, r, stop, True, nxt)(
+            self.params, x, positions, own, mem.blocks, sees_memory)
       kvs += seg_kvs
     logits, cache = _head_fn(cfg, msa, dt, s)(self.params, x, kvs)
     return PrefillOutput(logits=logits, memory=memory, cache=cache)

@@ -622,6 +622,12 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
   return total, metrics
 
 
+def layer_params(params, i: int):
+  """Layer i's parameters in a model tree (for a jitted program of one `MSADecoderLayer`
+  that every layer of the same kind shares, compiled once)."""
+  return params[f"layers_{i}"]
+
+
 def router_params(params, layer_ids) -> dict:
   """{layer: {"router_q_proj": {...}, "router_k_proj": {...}}} taken from a model tree."""
   return {i: {name: dict(params[f"layers_{i}"]["attn"][name])
