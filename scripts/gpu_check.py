@@ -166,7 +166,7 @@ def part_engine(smoke: bool) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from msa_jax.inference import engine as engine_lib
+  from msa_jax.inference import decode, engine as engine_lib
   from msa_jax.memory.bank import MemoryBank
   from msa_jax.inference.sampling import SamplingConfig
   from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
@@ -202,7 +202,8 @@ def part_engine(smoke: bool) -> dict:
     sampling = SamplingConfig(max_new_tokens=new)
 
     def prefill():  # the prefill `generate` runs (same cache length: same compiled programs)
-      jax.block_until_ready(eng.prefill(prompts, cache_len=t + new).logits)
+      jax.block_until_ready(eng.prefill(prompts, cache_len=decode.decode_slots(t, sampling))
+                            .logits)
 
     def generate():
       eng.generate(prompts, sampling)

@@ -177,3 +177,52 @@ def test_encode_documents_rejects_bad_input():
     engine_lib.encode_documents(CFG, msa, params, [[1, 2], []], max_tokens=4, progress=None)
   with pytest.raises(ValueError, match="max_tokens=0"):
     engine_lib.encode_documents(CFG, msa, params, [[1, 2]], max_tokens=0, progress=None)
+
+
+def test_kernels_forced_on_equal_kernels_off(tmp_path):
+  """kernel_impl="pallas" (the block-sparse attention kernel in interpret mode on CPU, over
+  the routed blocks and the decode cache in place) vs "xla": the same selections, prefill
+  logits within float tolerance and the same greedy tokens."""
+  msa = MSA_CASES["decoupled"].replace(kernel_impl="xla")
+  params, docs, g, bank = _setup(tmp_path, msa)
+  prompts = _prompts(msa, q=2, seed=5)
+  sampling = SamplingConfig(temperature=0.0, max_new_tokens=3, stop_tokens=(), pad_id=0)
+  out = {}
+  for impl in ("xla", "pallas"):
+    eng = engine_lib.MSAEngine(CFG, msa.replace(kernel_impl=impl), params, bank)
+    out[impl] = eng.generate(prompts, sampling)
+  (tok_x, len_x, pre_x), (tok_p, len_p, pre_p) = out["xla"], out["pallas"]
+  mask = np.asarray(prompts.token_mask)
+  err = np.abs(np.asarray(pre_p.logits) - np.asarray(pre_x.logits))[mask].max()
+  print(f"kernel on vs off: max |logits diff| = {err:.2e}")
+  assert err < 2e-5
+  for i in pre_x.memory:
+    np.testing.assert_array_equal(np.asarray(pre_p.memory[i].doc_indices),
+                                  np.asarray(pre_x.memory[i].doc_indices))
+    np.testing.assert_array_equal(np.asarray(pre_p.memory[i].selected),
+                                  np.asarray(pre_x.memory[i].selected))
+  np.testing.assert_array_equal(tok_p, tok_x)
+  np.testing.assert_array_equal(len_p, len_x)
+
+
+def test_engine_calls_do_not_retrace(tmp_path):
+  """Every jitted stage is traced once per static configuration and shape: more prefills and
+  generations of other questions of the same shape (also through a new engine on the same
+  model) trace nothing."""
+  msa = MSA_CASES["decoupled"]
+  params, _, _, bank = _setup(tmp_path, msa)
+  sampling = SamplingConfig(temperature=0.0, max_new_tokens=2, stop_tokens=(), pad_id=0)
+
+  def prompts(seed):  # 3 questions of 7 tokens: head 1, query 2, tail 4
+    ids = np.random.default_rng(seed).integers(1, CFG.vocab_size, size=(3, 6)).tolist()
+    return engine_lib.PromptBatch.from_segments([[1]] * 3, [r[:2] for r in ids],
+                                                [r[2:] for r in ids], position_offset=msa.top_k)
+
+  engine_lib.MSAEngine(CFG, msa, params, bank).generate(prompts(0), sampling)
+  before = dict(engine_lib.TRACES)
+  assert before["segment"] > 0 and before["decode"] > 0
+  eng = engine_lib.MSAEngine(CFG, msa, params, bank)
+  for seed in (1, 2):
+    eng.generate(prompts(seed), sampling)
+  engine_lib.MSAEngine(CFG, msa, params, bank).generate(prompts(3), sampling)
+  assert dict(engine_lib.TRACES) == before

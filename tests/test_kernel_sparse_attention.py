@@ -39,6 +39,8 @@ class Case:
   q_offset: tuple = (0, 0)
   kv_len: tuple = (8, 5)
   hidden: tuple = ((0, 2), (1, 1))  # (b, tokens before the memory): they see none of it
+  gap: tuple = ()  # per row (hidden_start, hidden_stop): own slots in between are not seen
+  heads_first: bool = False  # own k, v laid out [B, J, S, D] (a decode cache)
   dtype: type = jnp.float32
   block: SparseAttentionBlockSizes = SparseAttentionBlockSizes(16, 16, 16)
 
@@ -50,19 +52,29 @@ def make_inputs(case: Case, seed: int = 0) -> dict:
   visible = np.ones((b, case.t), bool)
   for row, n in case.hidden:
     visible[row, :n] = False
+  own = (b, case.j, case.s, case.d) if case.heads_first else (b, case.s, case.j, case.d)
+  gap = {}
+  if case.gap:
+    gap = dict(hidden_start=jnp.asarray([g[0] for g in case.gap], jnp.int32),
+               hidden_stop=jnp.asarray([g[1] for g in case.gap], jnp.int32))
   return dict(
-      q=normal(b, case.t, case.h, case.d), k=normal(b, case.s, case.j, case.d),
-      v=normal(b, case.s, case.j, case.d), bank_k=normal(case.c, case.j, case.d),
+      q=normal(b, case.t, case.h, case.d), k=normal(*own), v=normal(*own), **gap,
+      bank_k=normal(case.c, case.j, case.d),
       bank_v=normal(case.c, case.j, case.d),
       doc_first_chunk=jnp.asarray(case.first, jnp.int32),
       doc_num_chunks=jnp.asarray(case.num, jnp.int32), memory_visible=jnp.asarray(visible),
       q_offset=jnp.asarray(case.q_offset, jnp.int32), kv_len=jnp.asarray(case.kv_len, jnp.int32))
 
 
-def numpy_attention(x: dict, max_doc_chunks: int) -> np.ndarray:
+def numpy_attention(x: dict, max_doc_chunks: int, heads_first: bool = False) -> np.ndarray:
   """Naive float64 loops: list every entry a query (b, t, h) sees, then a plain softmax."""
   f = {k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
        for k, v in x.items()}
+  if heads_first:
+    f["k"], f["v"] = f["k"].transpose(0, 2, 1, 3), f["v"].transpose(0, 2, 1, 3)
+  b = f["q"].shape[0]
+  gap_lo = f.get("hidden_start", np.zeros(b, int))
+  gap_hi = f.get("hidden_stop", np.zeros(b, int))
   b, t, h, d = f["q"].shape
   r = h // f["k"].shape[2]
   out = np.zeros((b, t, h, d))
@@ -79,7 +91,8 @@ def numpy_attention(x: dict, max_doc_chunks: int) -> np.ndarray:
               ks.append(f["bank_k"][c, j])
               vs.append(f["bank_v"][c, j])
         for s in range(f["k"].shape[1]):
-          if s <= f["q_offset"][bi] + ti and s < f["kv_len"][bi]:
+          if (s <= f["q_offset"][bi] + ti and s < f["kv_len"][bi]
+              and not gap_lo[bi] <= s < gap_hi[bi]):
             ks.append(f["k"][bi, s, j])
             vs.append(f["v"][bi, s, j])
         if ks:
@@ -114,18 +127,23 @@ CASES = {
     "mha-j3-k1-big-tile": Case(h=3, j=3, first=((3,), (0,)), num=((2,), (5,)),
                                block=SparseAttentionBlockSizes(16, 32, 32)),
     "prefill-bf16": Case(dtype=jnp.bfloat16, d=32),
+    # A decode cache laid out heads first, with the padding after row 0's 5-token prompt (in
+    # a 9-slot prompt area) hidden; row 1 hides nothing; two own tiles.
+    "decode-heads-first-gap": Case(t=1, h=8, s=20, q_offset=(12, 9), kv_len=(13, 10),
+                                   hidden=(), gap=((5, 9), (0, 0)), heads_first=True),
     "decode-bf16-splits": Case(t=1, h=8, d=32, s=20, q_offset=(19, 6), kv_len=(20, 7),
                                hidden=(), dtype=jnp.bfloat16,
                                block=SparseAttentionBlockSizes(16, 16, 16, kv_splits=4)),
 }
 
 
-@pytest.mark.parametrize("name", ["prefill-f32", "chunked-prefill-f32"])
+@pytest.mark.parametrize("name", ["prefill-f32", "chunked-prefill-f32", "decode-heads-first-gap"])
 def test_reference_matches_numpy_float64(name):
   case = CASES[name]
   x = make_inputs(case)
-  got = sparse_attention_reference(**x, max_doc_chunks=case.max_doc_chunks)
-  want = numpy_attention(x, case.max_doc_chunks)
+  got = sparse_attention_reference(**x, max_doc_chunks=case.max_doc_chunks,
+                                   kv_heads_first=case.heads_first)
+  want = numpy_attention(x, case.max_doc_chunks, case.heads_first)
   print(f"reference vs float64: {max_err(got, want):.2e}")
   assert got.shape == want.shape and max_err(got, want) < 1e-5
 
@@ -133,8 +151,9 @@ def test_reference_matches_numpy_float64(name):
 def check_kernel(case: Case, interpret: bool, x: dict | None = None):
   x = make_inputs(case) if x is None else x
   got = sparse_attention(**x, max_doc_chunks=case.max_doc_chunks, block=case.block,
-                         interpret=interpret)
-  want = sparse_attention_reference(**x, max_doc_chunks=case.max_doc_chunks)
+                         kv_heads_first=case.heads_first, interpret=interpret)
+  want = sparse_attention_reference(**x, max_doc_chunks=case.max_doc_chunks,
+                                    kv_heads_first=case.heads_first)
   err = max_err(got, want)
   print(f"kernel vs reference: {err:.2e}")
   assert got.dtype == case.dtype and got.shape == want.shape

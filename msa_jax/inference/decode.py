@@ -1,17 +1,20 @@
-"""Plain autoregressive generation with a KV cache: one prefill, then a jitted decode loop.
+"""Autoregressive generation with a KV cache: the one decode loop of the backbone and of MSA.
 
-The program runs the backbone's own layers (`Transformer`'s parameters, modules and math) with
-a cache laid out for decoding rather than `Transformer.__call__`'s:
+`decode_loop` is the jitted loop both use (`generate` here for the backbone, the MSA engine's
+`MSAEngine.generate` over routed memory); each step runs the model's own `decode_step` and
+`head` (`model.apply(..., method=...)`, the layers training runs). The cache is laid out for
+decoding rather than `Transformer.__call__`'s:
   * cache slots [B, J, S, D] (kv heads before slots), so each decode step's attention reads
     every head's keys as one contiguous block instead of transposing the cache each step;
   * one write slot shared by every row: the prompt fills slots 0..Tp-1 (right padding
-    included, hidden by the mask), decode token s goes to slot Tp + s in every row, so the
+    included, hidden by `OwnSlots`), decode token s goes to slot Tp + s in every row, so the
     cache update is one in-place dynamic-update-slice (a per-row slot compiles to a scatter
     per layer and per step); RoPE positions stay per row (prompt length + s);
-  * the LM head runs at each row's last prompt token only, not over the padded prompt, with
-    the tied embedding transposed once per call rather than once per step.
+  * the LM head runs at each row's last prompt token only, not over the padded prompt;
+  * routed memory (MSA) is read where it is, in the same softmax as the cache (no
+    concatenated copy per step), or by the block-sparse kernel when `kernel_impl` says so.
 SmolLM2-135M, batch 8, on 2 busy CPU cores (same process, interleaved): 0.18 s per decode
-step with `Transformer.__call__`'s cache, 0.13-0.14 s with this one, identical tokens.
+step with `Transformer.__call__`'s cache, 0.13-0.14 s with this layout, identical tokens.
 Concatenating the q/k/v and gate/up kernels into one matmul each was slower (0.18 s).
 """
 
@@ -25,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from msa_jax.inference.sampling import SamplingConfig, sample_logits
-from msa_jax.model import attention, layers
+from msa_jax.model import attention
+from msa_jax.model import msa as msa_lib
 from msa_jax.model.transformer import Transformer
 
 
@@ -45,129 +49,93 @@ class GenerateOutput(NamedTuple):
   lengths: jax.Array
 
 
-# One layer's decode cache: keys (post-RoPE) and values, each [B, J, S, D].
-_Cache = tuple[tuple[jax.Array, jax.Array], ...]
-
-
 class _State(NamedTuple):
   step: jax.Array     # [] int32: tokens emitted so far (same for every row).
   tokens: jax.Array   # [B, N] int32.
   lengths: jax.Array  # [B] int32.
   done: jax.Array     # [B] bool: the row has emitted a stop token.
-  cache: _Cache
+  cache: tuple        # one heads-first KVCache per layer.
 
 
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """`attention.dot_product_attention` over a [B, J, S, D] cache: q [B, T, H, D], mask
-  [B, T, S] -> [B, T, H, D] (logits and softmax in float32, scale 1/sqrt(D))."""
-  b, t, h, d = q.shape
-  j = k.shape[1]
-  qg = q.reshape(b, t, j, h // j, d)
-  logits = jnp.einsum("BTJRD,BJSD->BJRTS", qg, k,
-                      preferred_element_type=jnp.float32) * (d ** -0.5)
-  logits = jnp.where(mask[:, None, None, :, :], logits, attention._MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("BJRTS,BJSD->BTJRD", probs, v)
-  return out.reshape(b, t, h, d).astype(q.dtype)
+def decode_slots(prompt_slots: int, sampling: SamplingConfig) -> int:
+  """Cache slots for prompts right-padded to `prompt_slots` (the last token is never fed)."""
+  return prompt_slots + sampling.max_new_tokens - 1
 
 
-def _layers(model: Transformer, params: Any, tokens: jax.Array, positions: jax.Array,
-            slot: jax.Array, mask: jax.Array, cache: _Cache) -> tuple[jax.Array, _Cache]:
-  """The backbone up to its final norm for T new tokens [B, T] at `positions` [B, T], written
-  into cache slots slot..slot+T-1 of every row; `mask` [B, T, S] says which slots each token
-  sees. Returns (normed hidden states [B, T, E], updated cache)."""
-  cfg = model.config
-  kw = dict(dtype=model.dtype, param_dtype=model.param_dtype)
-  attn = attention.Attention(
-      embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-      head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
-      norm_eps=cfg.norm_eps, **kw)
-  norm = layers.RMSNorm(cfg.norm_eps, **kw)
-  mlp = layers.MLP(cfg.mlp_dim, **kw)
-  x = layers.Embedder(cfg.vocab_size, cfg.embed_dim, **kw).apply(
-      {"params": params["embed"]}, tokens, method="encode")
-  new_cache = []
-  for i, (k_cache, v_cache) in enumerate(cache):
-    p = params[f"layers_{i}"]
-    h = norm.apply({"params": p["attn_norm"]}, x)
-    q, k, v = attn.apply({"params": p["attn"]}, h, positions, method="project")
-    k_cache, v_cache = (
-        jax.lax.dynamic_update_slice(buf, new.transpose(0, 2, 1, 3).astype(buf.dtype),
-                                     (0, 0, slot, 0))
-        for buf, new in ((k_cache, k), (v_cache, v)))
-    x = x + attn.apply({"params": p["attn"]}, _attend(q, k_cache, v_cache, mask),
-                       method="output")
-    x = x + mlp.apply({"params": p["mlp"]}, norm.apply({"params": p["mlp_norm"]}, x))
-    new_cache.append((k_cache, v_cache))
-  return norm.apply({"params": params["final_norm"]}, x), tuple(new_cache)
+def decode_loop(model: msa_lib.LayerStack, params: Any, sampling: SamplingConfig,
+                last_logits: jax.Array, cache: tuple, prompt_lengths: jax.Array,
+                prompt_slots: int, last_positions: jax.Array, rng: jax.Array,
+                memory: dict | None = None) -> GenerateOutput:
+  """Samples `sampling.max_new_tokens` tokens per row after a prefill (call inside jit).
 
+  Args:
+    model, params: a backbone `Transformer` or an `MSATransformer` and its parameters.
+    last_logits: [B, V] logits of each row's last prompt token (the prefill's).
+    cache: the prefilled decode cache (`msa.prefill_cache` per layer) of
+      `decode_slots(prompt_slots, sampling)` slots.
+    prompt_lengths: [B] real prompt lengths; prompt_slots: Tp, the padded prompt length.
+    last_positions: [B] RoPE position of each row's last prompt token.
+    rng: PRNG key; the token of step s is drawn with `jax.random.fold_in(rng, s)`.
+    memory: {router layer: RoutedBlocks} the generated tokens read (MSA), or None.
 
-def _lm_head(model: Transformer, params: Any) -> jax.Array:
-  """The LM head as an [E, V] matrix in the compute dtype (the tied embedding transposed)."""
-  if model.config.tie_embeddings:
-    head = params["embed"]["embedding"].T
-  else:
-    head = params["lm_head"]["kernel"]
-  return head.astype(model.dtype)
+  Returns:
+    GenerateOutput(tokens [B, N], lengths [B]); a row stops after a stop token.
+  """
+  n = sampling.max_new_tokens
+  b = prompt_lengths.shape[0]
+  stop_ids = jnp.asarray(sampling.stop_tokens, jnp.int32)
+  variables = {"params": params}
+  sees_memory = None if memory is None else jnp.ones((b, 1), bool)
+
+  def emit(state: _State, logits: jax.Array) -> _State:
+    """Samples token number `state.step` of every row from its logits [B, V]."""
+    tok = sample_logits(logits, jax.random.fold_in(rng, state.step), sampling.temperature,
+                        sampling.top_p, sampling.top_k)
+    tok = jnp.where(state.done, sampling.pad_id, tok)
+    return state._replace(
+        step=state.step + 1,
+        tokens=state.tokens.at[:, state.step].set(tok),
+        lengths=state.lengths + (~state.done).astype(jnp.int32),
+        done=state.done | jnp.any(tok[:, None] == stop_ids, axis=-1))
+
+  def cond(state: _State) -> jax.Array:
+    return (state.step < n) & ~jnp.all(state.done)
+
+  def body(state: _State) -> _State:
+    # Feed the previous token at position last + step, slot Tp + step - 1 of every row.
+    tok = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1)
+    slot = prompt_slots + state.step - 1
+    own = attention.OwnSlots.decode(prompt_lengths, prompt_slots, slot)
+    x, cache = model.apply(variables, tok, (last_positions + state.step)[:, None], own,
+                           state.cache, slot, memory, sees_memory, method="decode_step")
+    logits = model.apply(variables, x, method="head")[:, 0]
+    return emit(state._replace(cache=cache), logits)
+
+  state = emit(_State(step=jnp.int32(0), tokens=jnp.full((b, n), sampling.pad_id, jnp.int32),
+                      lengths=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
+                      cache=tuple(cache)), last_logits)
+  state = jax.lax.while_loop(cond, body, state)
+  return GenerateOutput(state.tokens, state.lengths)
 
 
 @functools.lru_cache(maxsize=32)
 def _generate_fn(model: Transformer, sampling: SamplingConfig):
-  """The jitted generation program for one (model, sampling) pair."""
-  n = sampling.max_new_tokens
-  cfg = model.config
+  """The jitted generation program (prefill + `decode_loop`) for one (model, sampling)."""
 
   def run(params: Any, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
           rng: jax.Array) -> GenerateOutput:
     b, tp = prompt_tokens.shape
-    s = tp + n - 1  # the last generated token is never fed back
-    stop_ids = jnp.asarray(sampling.stop_tokens, jnp.int32)
-    head = _lm_head(model, params)
-    logits_dtype = jnp.promote_types(model.dtype, jnp.float32)
-
-    def logits(hidden):  # [B, E] -> [B, V]
-      return jnp.dot(hidden.astype(model.dtype), head).astype(logits_dtype)
-
-    def emit(state: _State, logits: jax.Array) -> _State:
-      """Samples token number `state.step` of every row from its logits [B, V]."""
-      tok = sample_logits(logits, jax.random.fold_in(rng, state.step), sampling.temperature,
-                          sampling.top_p, sampling.top_k)
-      tok = jnp.where(state.done, sampling.pad_id, tok)
-      return state._replace(
-          step=state.step + 1,
-          tokens=state.tokens.at[:, state.step].set(tok),
-          lengths=state.lengths + (~state.done).astype(jnp.int32),
-          done=state.done | jnp.any(tok[:, None] == stop_ids, axis=-1))
-
-    shape = (b, cfg.num_kv_heads, s, cfg.head_dim)
-    cache = tuple((jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype))
-                  for _ in range(cfg.num_layers))
+    s = decode_slots(tp, sampling)
+    variables = {"params": params}
     positions = jnp.broadcast_to(jnp.arange(tp, dtype=jnp.int32), (b, tp))
-    # Prompt token t sees slots <= t: its own row's earlier tokens, never the padding after it.
-    causal = jnp.arange(s)[None, None, :] <= jnp.arange(tp)[None, :, None]
-    hidden, cache = _layers(model, params, prompt_tokens, positions, jnp.int32(0),
-                            jnp.broadcast_to(causal, (b, tp, s)), cache)
-    last = jnp.take_along_axis(hidden, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
-    state = emit(_State(step=jnp.int32(0), tokens=jnp.full((b, n), sampling.pad_id, jnp.int32),
-                        lengths=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
-                        cache=cache), logits(last))
-    prompt_slots = jnp.arange(s)[None, :] < prompt_lengths[:, None]  # [B, S]
-
-    def cond(state: _State) -> jax.Array:
-      return (state.step < n) & ~jnp.all(state.done)
-
-    def body(state: _State) -> _State:
-      # Feed the previous token at position prompt_length + step - 1, slot tp + step - 1.
-      tok = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1)
-      slot = tp + state.step - 1
-      generated = (jnp.arange(s) >= tp) & (jnp.arange(s) <= slot)
-      mask = (prompt_slots | generated[None, :])[:, None, :]
-      hidden, cache = _layers(model, params, tok, (prompt_lengths + state.step - 1)[:, None],
-                              slot, mask, state.cache)
-      return emit(state._replace(cache=cache), logits(hidden[:, 0]))
-
-    state = jax.lax.while_loop(cond, body, state)
-    return GenerateOutput(state.tokens, state.lengths)
+    x = model.apply(variables, prompt_tokens, method="embed_tokens")
+    x, kvs = model.apply(variables, 0, model.config.num_layers, x, positions,
+                         attention.OwnSlots.prefill(prompt_lengths), method="prompt_layers")
+    last = jnp.take_along_axis(x, (prompt_lengths - 1)[:, None, None], axis=1)
+    last_logits = model.apply(variables, last, method="head")[:, 0]
+    cache = tuple(msa_lib.prefill_cache(kv, s) for kv in kvs)
+    return decode_loop(model, params, sampling, last_logits, cache, prompt_lengths, tp,
+                       prompt_lengths - 1, rng)
 
   return jax.jit(run)
 

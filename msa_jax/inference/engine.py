@@ -18,6 +18,7 @@ chunk count, J kv heads, D head dim.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -32,86 +33,110 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msa_jax.inference import decode
+from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.memory import routing as bank_routing
 from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
-from msa_jax.inference.sampling import SamplingConfig, sample_logits
 from msa_jax.model import attention
-from msa_jax.model import layers
+from msa_jax.model import msa as msa_lib
 from msa_jax.model.batch import prompt_positions
 from msa_jax.model.config import ModelConfig, MSAConfig
-from msa_jax.model.msa import MSADecoderLayer
+from msa_jax.model.msa import MSATransformer, RoutedBlocks
 from msa_jax.validation import format_duration
 
 Dtype = Any
 
 
 # --------------------------------------------------------------------------------------------
-# Jitted pieces of the model, one per static configuration
+# Jitted stages of the model, one program per static configuration
 # --------------------------------------------------------------------------------------------
 
-
-def _layer(cfg: ModelConfig, msa: MSAConfig, i: int, dtype: Dtype) -> MSADecoderLayer:
-  return MSADecoderLayer(cfg, msa, i in msa.router_layer_ids(cfg.num_layers), dtype=dtype)
-
-
-def _embed(cfg: ModelConfig, params, tokens, dtype):
-  return layers.Embedder(cfg.vocab_size, cfg.embed_dim, dtype=dtype).apply(
-      {"params": params["embed"]}, tokens, method="encode")
+# How many times each jitted stage has been traced (a test checks that calls do not retrace).
+TRACES: collections.Counter = collections.Counter()
 
 
-def _logits(cfg: ModelConfig, params, x, dtype):
-  x = layers.RMSNorm(cfg.norm_eps, dtype=dtype).apply({"params": params["final_norm"]}, x)
-  if cfg.tie_embeddings:
-    out = layers.Embedder(cfg.vocab_size, cfg.embed_dim, dtype=dtype).apply(
-        {"params": params["embed"]}, x, method="decode")
-  else:
-    out = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), dtype=dtype).apply(
-        {"params": params["lm_head"]}, "BTE,EV->BTV", x)
-  return out.astype(jnp.promote_types(dtype, jnp.float32))
+def _model(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype) -> MSATransformer:
+  return MSATransformer(cfg, msa, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=16)
 def _encode_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, out_dtype: Dtype):
   """jit(params, tokens [b, G], lengths [b], positions [b, G]) -> {layer: MemoryBlocks [b, C]}
   in `out_dtype` (cast on the device: a bfloat16 bank moves half the bytes to the host)."""
-  router_ids = msa.router_layer_ids(cfg.num_layers)
+  model = _model(cfg, msa, dtype)
 
   def run(params, tokens, lengths, positions):
-    docs = _embed(cfg, params, tokens, dtype)[None]  # one "sample" of b documents
-    out = {}
-    for i in range(max(router_ids) + 1):  # later layers never reach the bank
-      docs, mem = _layer(cfg, msa, i, dtype).apply(
-          {"params": params[f"layers_{i}"]}, docs, positions[None], lengths[None],
-          method="docs")
-      if mem is not None:
-        out[i] = jax.tree.map(lambda a: a[0].astype(out_dtype), mem)
-    return out
+    TRACES["encode"] += 1
+    out = model.apply({"params": params}, tokens, lengths, positions, method="document_memory")
+    return jax.tree.map(lambda a: a.astype(out_dtype), out)
+
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=64)
+def _segment_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, start: int, stop: int,
+                with_memory: bool, next_router: int | None):
+  """jit(params, x, positions, own, memory, sees_memory) -> (x, [(k, v)] of layers
+  start..stop-1, routing queries of layer `next_router` or None): one prefill segment, the
+  router layer `start` reading `memory` when `with_memory`."""
+  model = _model(cfg, msa, dtype)
+
+  def run(params, x, positions, own, memory, sees_memory):
+    TRACES["segment"] += 1
+    variables = {"params": params}
+    x, kvs = model.apply(variables, start, stop, x, positions, own,
+                         {start: memory} if with_memory else None, sees_memory,
+                         method="prompt_layers")
+    rq = None
+    if next_router is not None:
+      rq = model.apply(variables, next_router, x, positions, method="routing_queries")
+    return x, kvs, rq
 
   return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=16)
-def _queries_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype):
-  """jit(layer params, x [Q, T, E], positions) -> routing queries [Q, T, H, D]."""
-  layer = MSADecoderLayer(cfg, msa, True, dtype=dtype)
-  return jax.jit(lambda p, x, pos: layer.apply({"params": p}, x, pos, method="routing_queries"))
+def _router_layer_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, next_queries: bool):
+  """jit(layer params, next layer params, x, positions, own, memory, sees_memory) -> (x,
+  [(k, v)], the next router layer's routing queries or None): one router layer over its
+  memory. Every router layer followed by a router layer (or by none) runs the same program,
+  compiled once, where a `_segment_fn` per layer would compile one program per layer."""
+  layer = msa_lib.MSADecoderLayer(cfg, msa, True, dtype=dtype)
+
+  def run(p, p_next, x, positions, own, memory, sees_memory):
+    TRACES["router_layer"] += 1
+    x, kv = layer.apply({"params": p}, x, positions, own, memory, sees_memory,
+                        method="prompt")
+    rq = None
+    if next_queries:
+      rq = layer.apply({"params": p_next}, x, positions, method="routing_queries")
+    return x, [kv], rq
+
+  return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=16)
-def _prompt_fn(cfg: ModelConfig, msa: MSAConfig, is_router: bool, dtype: Dtype):
-  """jit(layer params, x, positions, mask, mem_k, mem_v, mem_mask, cache, cache_index)."""
-  layer = MSADecoderLayer(cfg, msa, is_router, dtype=dtype)
-  return jax.jit(lambda p, *args: layer.apply({"params": p}, *args, method="prompt"))
+def _embed_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype):
+  model = _model(cfg, msa, dtype)
+
+  def run(params, tokens):
+    TRACES["embed"] += 1
+    return model.apply({"params": params}, tokens, method="embed_tokens")
+
+  return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=16)
-def _head_fn(cfg: ModelConfig, dtype: Dtype):
-  return jax.jit(lambda params, x: _logits(cfg, params, x, dtype))
+def _head_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, num_slots: int):
+  """jit(params, x, kvs) -> (logits, the prefill's decode cache of `num_slots` slots)."""
+  model = _model(cfg, msa, dtype)
 
+  def run(params, x, kvs):
+    TRACES["head"] += 1
+    cache = tuple(msa_lib.prefill_cache(kv, num_slots) for kv in kvs)
+    return model.apply({"params": params}, x, method="head"), cache
 
-@functools.lru_cache(maxsize=16)
-def _embed_fn(cfg: ModelConfig, dtype: Dtype):
-  return jax.jit(lambda params, tokens: _embed(cfg, params, tokens, dtype))
+  return jax.jit(run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,22 +429,21 @@ class RoutedMemory:
     doc_indices: [Q, K] bank document indices by descending score.
     scores: [Q, K] their routing scores.
     selected: [Q, K] bool, valid slots.
-    k, v: [Q, K*Cm, J, D] their pooled chunks (device arrays); valid: [Q, K*Cm] bool.
+    blocks: their pooled K/V chunks on the device ([Q, K*Cm, J, D], `RoutedBlocks`).
     doc_scores: [Q, M] the scores of every bank document (only with `keep_scores`), else None.
   """
 
   doc_indices: jax.Array
   scores: jax.Array
   selected: jax.Array
-  k: jax.Array
-  v: jax.Array
-  valid: jax.Array
+  blocks: RoutedBlocks
   doc_scores: jax.Array | None = None
 
 
 @flax.struct.dataclass
 class PrefillOutput:
-  """logits [Q, T, V]; memory {router layer: RoutedMemory}; cache (one KVCache per layer)."""
+  """logits [Q, T, V]; memory {router layer: RoutedMemory}; cache (one heads-first KVCache
+  per layer, the decode loop's layout: `msa.prefill_cache`)."""
 
   logits: jax.Array
   memory: dict[int, RoutedMemory]
@@ -428,6 +452,14 @@ class PrefillOutput:
 
 class MSAEngine:
   """Questions against a memory bank: routing (optionally Memory Parallel) and generation.
+
+  The model runs through `MSATransformer`'s staged methods (the training forward's layers):
+  prefill in one jitted segment per router layer (the layer reading its routed memory, the
+  layers up to the next router layer and that layer's routing queries; one program shared by
+  every router layer followed by a router layer), with routing against the bank between
+  segments; generation in `decode.decode_loop`. With `msa.kernel_impl`
+  resolving to Pallas, router layers attend to their routed blocks with the block-sparse
+  kernel (interpret mode off GPU).
 
   Args:
     config, msa, params: the model (its fingerprint must match the bank's).
@@ -490,26 +522,29 @@ class MSAEngine:
 
   def _gather(self, layer: int, result: bank_routing.RouteResult,
               keep_scores: bool = False) -> RoutedMemory:
-    """Moves the selected documents' pooled K/V blocks (only those) to the device."""
+    """Moves the selected documents' pooled K/V blocks (only those) to the device, each
+    question's documents in its own row: [Q, K*Cm, J, D]."""
     idx = np.asarray(result.indices)
     sel = np.asarray(result.selected)
     q, kk = idx.shape
     k, v, valid = self.bank.gather(layer, idx.reshape(-1), max_chunks=self.max_chunks)
     c = self.max_chunks
     shape = (q, kk * c) + k.shape[2:]
-    valid = valid.reshape(q, kk, c) & sel[:, :, None]
-    return RoutedMemory(
-        doc_indices=result.indices, scores=result.scores, selected=result.selected,
-        k=jnp.asarray(np.asarray(k, np.float32).reshape(shape), self.dtype),
-        v=jnp.asarray(np.asarray(v, np.float32).reshape(shape), self.dtype),
-        valid=jnp.asarray(valid.reshape(q, kk * c)),
-        doc_scores=result.doc_scores if keep_scores else None)
+    num = np.where(sel, np.asarray(valid).reshape(q, kk, c).sum(-1), 0).astype(np.int32)
+    blocks = RoutedBlocks(k=jnp.asarray(np.asarray(k, np.float32).reshape(shape), self.dtype),
+                          v=jnp.asarray(np.asarray(v, np.float32).reshape(shape), self.dtype),
+                          num_chunks=jnp.asarray(num))
+    return RoutedMemory(doc_indices=result.indices, scores=result.scores,
+                        selected=result.selected, blocks=blocks,
+                        doc_scores=result.doc_scores if keep_scores else None)
 
   def prefill(self, prompts: PromptBatch, cache_len: int | None = None,
               keep_scores: bool = False) -> PrefillOutput:
     """The prompt stream over routed memory: logits of every prompt token, the routing of
-    every router layer (with every document's score when `keep_scores`) and a KV cache of
-    `cache_len` slots (default T) for decoding."""
+    every router layer (with every document's score when `keep_scores`) and a decode cache of
+    `cache_len` slots (default T).
+
+    The prompts must be right-padded (as `PromptBatch.from_segments` makes them)."""
     cfg, msa, dt = self.config, self.msa, self.dtype
     tokens = jnp.asarray(prompts.tokens, jnp.int32)
     q, t = tokens.shape
@@ -520,48 +555,50 @@ class MSAEngine:
     token_mask = jnp.asarray(prompts.token_mask, bool)
     query_mask = jnp.asarray(prompts.query_mask, bool) & token_mask
     sees_memory = jnp.arange(t)[None, :] >= jnp.asarray(prompts.memory_index)[:, None]
-    self_mask = attention.cache_mask(jnp.zeros((q,), jnp.int32), t, s) & jnp.pad(
-        token_mask, ((0, 0), (0, s - t)))[:, None, :]
-    zero = jnp.zeros((q,), jnp.int32)
-    x = _embed_fn(cfg, dt)(self.params, tokens)
-    caches, memory = [], {}
-    for i in range(cfg.num_layers):
-      p = self.params[f"layers_{i}"]
-      cache = attention.KVCache(jnp.zeros((q, s, cfg.num_kv_heads, cfg.head_dim), dt),
-                                jnp.zeros((q, s, cfg.num_kv_heads, cfg.head_dim), dt))
-      if i in self.router_ids:
-        rq = _queries_fn(cfg, msa, dt)(p, x, positions)
-        mem = self._gather(i, self.route(i, rq, query_mask), keep_scores)
-        memory[i] = mem
-        mem_mask = sees_memory[:, :, None] & mem.valid[:, None, :]
-        x, cache = _prompt_fn(cfg, msa, True, dt)(p, x, positions, self_mask, mem.k, mem.v,
-                                                  mem_mask, cache, zero)
+    own = attention.OwnSlots.prefill(token_mask.sum(1))
+    x = _embed_fn(cfg, msa, dt)(self.params, tokens)
+    bounds = list(self.router_ids) + [cfg.num_layers]
+    memory, kvs = {}, []
+    x, seg_kvs, rq = _segment_fn(cfg, msa, dt, 0, bounds[0], False, bounds[0])(
+        self.params, x, positions, own, None, None)
+    kvs += seg_kvs
+    for r, stop in zip(bounds[:-1], bounds[1:]):
+      mem = self._gather(r, self.route(r, rq, query_mask), keep_scores)
+      memory[r] = mem
+      nxt = stop if stop < cfg.num_layers else None
+      if stop == r + 1:  # the next layer is a router layer, or there is none
+        fn = _router_layer_fn(cfg, msa, dt, nxt is not None)
+        x, seg_kvs, rq = fn(msa_lib.layer_params(self.params, r),
+                            None if nxt is None else msa_lib.layer_params(self.params, nxt),
+                            x, positions, own, mem.blocks, sees_memory)
       else:
-        x, cache = _prompt_fn(cfg, msa, False, dt)(p, x, positions, self_mask, None, None,
-                                                   None, cache, zero)
-      caches.append(cache)
-    logits = _head_fn(cfg, dt)(self.params, x)
-    return PrefillOutput(logits=logits, memory=memory, cache=tuple(caches))
+        x, seg_kvs, rq = _segment_fn(cfg, msa, dt, r, stop, True, nxt)(
+            self.params, x, positions, own, mem.blocks, sees_memory)
+      kvs += seg_kvs
+    logits, cache = _head_fn(cfg, msa, dt, s)(self.params, x, kvs)
+    return PrefillOutput(logits=logits, memory=memory, cache=cache)
 
   def generate(self, prompts: PromptBatch, sampling: SamplingConfig,
                rng: jax.Array | None = None, keep_scores: bool = False
                ) -> tuple[np.ndarray, np.ndarray, PrefillOutput]:
-    """Prefill, then decode up to `sampling.max_new_tokens` tokens per question.
+    """Prefill, then decode up to `sampling.max_new_tokens` tokens per question
+    (`decode.decode_loop` over the routed memory).
 
     Returns:
       (tokens [Q, max_new_tokens] (pad after a stop), lengths [Q] (a final stop token
       included), the prefill output with the routing).
     """
     t = np.asarray(prompts.tokens).shape[1]
-    n = sampling.max_new_tokens
-    pre = self.prefill(prompts, cache_len=t + n, keep_scores=keep_scores)
+    pre = self.prefill(prompts, cache_len=decode.decode_slots(t, sampling),
+                       keep_scores=keep_scores)
     lengths = np.asarray(prompts.token_mask).sum(1).astype(np.int32)
     last_pos = np.asarray(prompts.positions)[np.arange(len(lengths)), lengths - 1]
     rng = jax.random.key(0) if rng is None else rng
     fn = _decode_fn(self.config, self.msa, self.dtype, sampling)
+    last = jnp.take_along_axis(pre.logits, jnp.asarray(lengths - 1)[:, None, None], axis=1)[:, 0]
     # Only what decoding reads: a bank of another size (doc_scores [Q, M]) must not retrace.
-    decode_in = pre.replace(memory={i: m.replace(doc_scores=None) for i, m in pre.memory.items()})
-    out_tokens, out_lengths = fn(self.params, decode_in, jnp.asarray(lengths),
+    blocks = {i: m.blocks for i, m in pre.memory.items()}
+    out_tokens, out_lengths = fn(self.params, last, pre.cache, blocks, jnp.asarray(lengths),
                                  jnp.asarray(last_pos, jnp.int32), rng)
     return np.asarray(out_tokens), np.asarray(out_lengths), pre
 
@@ -569,51 +606,13 @@ class MSAEngine:
 @functools.lru_cache(maxsize=16)
 def _decode_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, sampling: SamplingConfig):
   """The jitted decode loop over fixed routed memory (see `MSAEngine.generate`)."""
-  router_ids = msa.router_layer_ids(cfg.num_layers)
-  n = sampling.max_new_tokens
+  model = _model(cfg, msa, dtype)
 
-  def forward(params, memory, cache, tok, position, slot):
-    x = _embed(cfg, params, tok, dtype)
-    s = cache[0].k.shape[1]
-    mask = attention.cache_mask(slot, 1, s)
-    new_cache = []
-    for i in range(cfg.num_layers):
-      layer = _layer(cfg, msa, i, dtype)
-      mem = memory.get(i) if i in router_ids else None
-      args = (None, None, None) if mem is None else (mem.k, mem.v, mem.valid[:, None, :])
-      x, c = layer.apply({"params": params[f"layers_{i}"]}, x, position, mask, *args,
-                         cache[i], slot, method="prompt")
-      new_cache.append(c)
-    return _logits(cfg, params, x, dtype)[:, 0], tuple(new_cache)
-
-  def run(params, pre: PrefillOutput, lengths, last_pos, rng):
-    q = lengths.shape[0]
-    stop_ids = jnp.asarray(sampling.stop_tokens, jnp.int32)
-
-    def emit(state, logits):
-      step, tokens, out_len, done, cache = state
-      tok = sample_logits(logits, jax.random.fold_in(rng, step), sampling.temperature,
-                          sampling.top_p, sampling.top_k)
-      tok = jnp.where(done, sampling.pad_id, tok)
-      return (step + 1, tokens.at[:, step].set(tok), out_len + (~done).astype(jnp.int32),
-              done | jnp.any(tok[:, None] == stop_ids, axis=-1), cache)
-
-    last = jnp.take_along_axis(pre.logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    state = emit((jnp.int32(0), jnp.full((q, n), sampling.pad_id, jnp.int32),
-                  jnp.zeros((q,), jnp.int32), jnp.zeros((q,), bool), pre.cache), last)
-
-    def cond(state):
-      return (state[0] < n) & ~jnp.all(state[3])
-
-    def body(state):
-      step, tokens, out_len, done, cache = state
-      tok = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1)
-      logits, cache = forward(params, pre.memory, cache, tok, (last_pos + step)[:, None],
-                              lengths + step - 1)
-      return emit((step, tokens, out_len, done, cache), logits)
-
-    state = jax.lax.while_loop(cond, body, state)
-    return state[1], state[2]
+  def run(params, last_logits, cache, blocks, lengths, last_pos, rng):
+    TRACES["decode"] += 1
+    prompt_slots = cache[0].k.shape[2] - sampling.max_new_tokens + 1
+    return decode.decode_loop(model, params, sampling, last_logits, cache, lengths,
+                              prompt_slots, last_pos, rng, memory=blocks)
 
   return jax.jit(run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -60,28 +61,100 @@ def update_cache(cache: KVCache, k: jax.Array, v: jax.Array, cache_index: jax.Ar
                  jax.vmap(write)(cache.v, v, cache_index))
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array) -> jax.Array:
+@flax.struct.dataclass
+class OwnSlots:
+  """Which of their own kv slots B rows of query tokens see (prefill and decode alike).
+
+  Token t of row b sits at slot `offset[b] + t` and sees slot s iff s <= offset[b] + t,
+  s < length[b] and s is not in [hidden_start[b], hidden_stop[b]) (the padding between a
+  right-padded prompt and the tokens decoded after it). The Pallas sparse attention kernel
+  takes these four [B] int32 vectors as they are; `mask` is the dense form.
+  """
+
+  offset: jax.Array
+  length: jax.Array
+  hidden_start: jax.Array
+  hidden_stop: jax.Array
+
+  @classmethod
+  def prefill(cls, lengths: jax.Array) -> OwnSlots:
+    """Right-padded prompts of `lengths` [B] at slots 0..T-1: causal, padding keys hidden."""
+    zero = jnp.zeros_like(lengths, jnp.int32)
+    return cls(zero, lengths.astype(jnp.int32), zero, zero)
+
+  @classmethod
+  def decode(cls, prompt_lengths: jax.Array, prompt_slots: int, slot: jax.Array) -> OwnSlots:
+    """A token written at the shared `slot` after prompts right-padded to `prompt_slots`."""
+    b = prompt_lengths.shape[0]
+    slot = jnp.broadcast_to(jnp.asarray(slot, jnp.int32), (b,))
+    return cls(slot, slot + 1, prompt_lengths.astype(jnp.int32),
+               jnp.full((b,), prompt_slots, jnp.int32))
+
+  def mask(self, num_tokens: int, num_slots: int) -> jax.Array:
+    """[B, T, S] bool."""
+    s = jnp.arange(num_slots)[None, None, :]
+    query_slot = self.offset[:, None, None] + jnp.arange(num_tokens)[None, :, None]
+    hidden = (s >= self.hidden_start[:, None, None]) & (s < self.hidden_stop[:, None, None])
+    return (s <= query_slot) & (s < self.length[:, None, None]) & ~hidden
+
+
+def write_slots(cache: KVCache, k: jax.Array, v: jax.Array, slot: jax.Array) -> KVCache:
+  """Writes k, v [B, T, J, D] into a heads-first cache ([B, J, S, D] arrays) at slots
+  slot..slot+T-1 of every row: one in-place dynamic-update-slice (a slot per row would compile
+  to a scatter per layer and step)."""
+  def write(buf, new):
+    return jax.lax.dynamic_update_slice(buf, new.transpose(0, 2, 1, 3).astype(buf.dtype),
+                                        (0, 0, slot, 0))
+
+  return KVCache(write(cache.k, k), write(cache.v, v))
+
+
+def _grouped_logits(qg, k, heads_first, scale):
+  eqn = "BTJRD,BJSD->BJRTS" if heads_first else "BTJRD,BSJD->BJRTS"
+  return jnp.einsum(eqn, qg, k, preferred_element_type=jnp.float32) * scale
+
+
+def _grouped_values(probs, v, heads_first):
+  eqn = "BJRTS,BJSD->BTJRD" if heads_first else "BJRTS,BSJD->BTJRD"
+  return jnp.einsum(eqn, probs.astype(v.dtype), v)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                          heads_first: bool = False,
+                          memory: tuple[jax.Array, jax.Array, jax.Array] | None = None
+                          ) -> jax.Array:
   """Softmax attention with grouped kv heads (reference implementation).
 
   Args:
     q: [B, T, H, D] queries.
-    k, v: [B, S, J, D] keys and values; query head h reads kv head h // (H // J).
+    k, v: [B, S, J, D] keys and values ([B, J, S, D] with `heads_first`, a decode cache's
+      layout); query head h reads kv head h // (H // J).
     mask: [B or 1, T, S] bool, True where a query may attend to a key.
+    memory: optional (mem_k, mem_v [B, M, J, D], mem_mask [B, T, M]): more keys and values
+      in the same softmax, read where they are (never concatenated with k, v).
 
   Returns:
     [B, T, H, D] in q.dtype. Logits and softmax in float32, scale 1/sqrt(D).
   """
   b, t, h, d = q.shape
-  j = k.shape[2]
+  j = k.shape[1 if heads_first else 2]
   if h % j:
     raise ValueError(f"query heads {h} not a multiple of kv heads {j}")
   qg = q.reshape(b, t, j, h // j, d)
-  logits = jnp.einsum("BTJRD,BSJD->BJRTS", qg, k,
-                      preferred_element_type=jnp.float32) * (d ** -0.5)
-  logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("BJRTS,BSJD->BTJRD", probs, v)
+  scale = d ** -0.5
+  logits = jnp.where(mask[:, None, None, :, :], _grouped_logits(qg, k, heads_first, scale),
+                     _MASK_VALUE)
+  if memory is None:
+    out = _grouped_values(jax.nn.softmax(logits, axis=-1), v, heads_first)
+  else:
+    mem_k, mem_v, mem_mask = memory
+    mem_logits = jnp.where(mem_mask[:, None, None, :, :],
+                           _grouped_logits(qg, mem_k, False, scale), _MASK_VALUE)
+    top = jnp.maximum(logits.max(-1, keepdims=True), mem_logits.max(-1, keepdims=True))
+    p, mem_p = jnp.exp(logits - top), jnp.exp(mem_logits - top)
+    total = p.sum(-1, keepdims=True) + mem_p.sum(-1, keepdims=True)
+    out = (_grouped_values(mem_p / total, mem_v, False)
+           + _grouped_values(p / total, v, heads_first))
   return out.reshape(b, t, h, d).astype(q.dtype)
 
 
@@ -132,6 +205,13 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                cache: KVCache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    return self.attend(x, positions, mask, cache, cache_index)
+
+  def attend(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+             cache: KVCache | None = None,
+             cache_index: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Self-attention of x [B, T, E] under `mask` [B or 1, T, S]; with a cache ([B, S, J, D]
+    arrays) the T new tokens are written at slots cache_index[b] + 0..T-1 first."""
     q, k, v = self.project(x, positions)
     if cache is not None:
       cache = update_cache(cache, k, v, cache_index)

@@ -15,11 +15,11 @@ The selection is discrete: routing parameters learn only through the aux loss.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
@@ -83,37 +83,67 @@ def _use_pallas(impl: str, head_dim: int) -> bool:
   return impl == "pallas" or (impl == "auto" and jax.default_backend() == "gpu" and supported)
 
 
-def _xla_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selected, sees_memory,
-                          self_mask):
-  """Gathers the selected documents' chunks next to the prompt's own keys; dense attention.
+@flax.struct.dataclass
+class RoutedBlocks:
+  """The pooled K/V blocks of the K documents routed to each of B prompts, laid out per prompt.
 
-  pooled_k/v [B, N, C, J, D], chunks [B, N, C], indices/selected [B, K], sees_memory [B, T],
-  self_mask [B, T, T] -> [B, T, H, D].
+  Attributes:
+    k, v: [B, K*Cd, J, D]; document slot i holds its chunks at i*Cd .. i*Cd + num_chunks - 1.
+    num_chunks: [B, K] int32, 0 for an unused slot.
   """
-  b, kk = indices.shape
-  c = chunks.shape[-1]
 
-  def gather(x):  # [B, N, C, ...] -> [B, K*C, ...]
-    picked = jnp.take_along_axis(x, indices.reshape((b, kk) + (1,) * (x.ndim - 2)), axis=1)
-    return picked.reshape((b, kk * c) + x.shape[3:])
+  k: jax.Array
+  v: jax.Array
+  num_chunks: jax.Array
 
-  mem_valid = gather(chunks) & jnp.repeat(selected, c, axis=1)  # [B, K*C]
-  mask = jnp.concatenate([sees_memory[:, :, None] & mem_valid[:, None, :], self_mask], -1)
-  return attention.dot_product_attention(
-      q, jnp.concatenate([gather(pooled_k), k], 1), jnp.concatenate([gather(pooled_v), v], 1),
-      mask)
+  @property
+  def max_doc_chunks(self) -> int:
+    return self.k.shape[1] // self.num_chunks.shape[1]
+
+  def valid(self) -> jax.Array:
+    """[B, K*Cd] bool, the chunks that exist."""
+    b, kk = self.num_chunks.shape
+    c = self.max_doc_chunks
+    return (jnp.arange(c)[None, None, :] < self.num_chunks[:, :, None]).reshape(b, kk * c)
+
+  def kernel_tables(self):
+    """The same blocks as the sparse attention kernel's flat bank and [B, K] tables (free
+    reshapes): (bank_k [B*K*Cd, J, D], bank_v, doc_first_chunk, doc_num_chunks)."""
+    b, kk = self.num_chunks.shape
+    c = self.max_doc_chunks
+    first = (jnp.arange(b * kk, dtype=jnp.int32) * c).reshape(b, kk)
+    flat = (b * kk * c,) + self.k.shape[2:]
+    return self.k.reshape(flat), self.v.reshape(flat), first, self.num_chunks.astype(jnp.int32)
 
 
-def _pallas_routed_attention(q, k, v, pooled_k, pooled_v, chunks, indices, selected,
-                             sees_memory, token_mask):
-  """The same attention with the Pallas top-k block-sparse kernel, reading the selected
-  documents' chunks in place (interpret mode off GPU). The prompt must be right-padded."""
-  bank_k, bank_v, first, num = pallas_kernels.per_sample_memory_to_bank(
-      pooled_k, pooled_v, chunks, indices, selected)
+def _kernel_attention(q, k, v, own: attention.OwnSlots, tables, memory_visible, *,
+                      max_doc_chunks: int, heads_first: bool = False):
+  """Memory blocks (kernel tables) and own kv in one softmax with the Pallas block-sparse
+  kernel: the blocks are read by index where they are (interpret mode off GPU)."""
+  bank_k, bank_v, first, num = tables
+  dt = q.dtype
   return pallas_kernels.sparse_attention(
-      q, k, v, bank_k, bank_v, first, num, memory_visible=sees_memory,
-      kv_len=token_mask.sum(1).astype(jnp.int32), max_doc_chunks=chunks.shape[-1],
+      q, k.astype(dt), v.astype(dt), bank_k.astype(dt), bank_v.astype(dt), first, num,
+      memory_visible, own.offset, own.length, own.hidden_start, own.hidden_stop,
+      max_doc_chunks=max_doc_chunks, kv_heads_first=heads_first,
       interpret=jax.default_backend() != "gpu")
+
+
+def routed_attention(q, k, v, own: attention.OwnSlots, memory: RoutedBlocks | None,
+                     memory_visible: jax.Array | None, *, heads_first: bool, use_pallas: bool):
+  """Prompt queries [B, T, H, D] over their own k, v ([B, S, J, D], or [B, J, S, D] with
+  `heads_first`) as `own` says and, for the tokens in `memory_visible` [B, T], the routed
+  `memory` blocks: one softmax, no concatenated copy (XLA or the Pallas kernel)."""
+  if memory is not None and use_pallas:
+    return _kernel_attention(q, k, v, own, memory.kernel_tables(), memory_visible,
+                             max_doc_chunks=memory.max_doc_chunks, heads_first=heads_first)
+  t, s = q.shape[1], k.shape[2 if heads_first else 1]
+  mem = None
+  if memory is not None:
+    mem_mask = memory_visible[:, :, None] & memory.valid()[:, None, :]
+    mem = (memory.k.astype(q.dtype), memory.v.astype(q.dtype), mem_mask)
+  return attention.dot_product_attention(q, k, v, own.mask(t, s), heads_first=heads_first,
+                                         memory=mem)
 
 
 def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, query_reduce):
@@ -165,9 +195,10 @@ class MemoryBlocks:
 class MSAAttention(attention.Attention):
   """Attention over both streams; in a router layer, the prompt also reads routed memory.
 
-  `__call__` is the training forward (in-batch routing). The inference engine calls the
-  parts: `doc_attention` (documents -> output and `MemoryBlocks`), `routing_queries` and
-  `prompt_attention` (prompt tokens over given memory blocks and a KV cache).
+  `__call__` is the training forward (in-batch routing). Its parts, which the inference engine
+  calls through `MSATransformer`'s staged methods: `doc_attention` (documents -> output and
+  `MemoryBlocks`), `routing_queries` and `prompt_attention` (prompt tokens over given routed
+  blocks, with a decode cache).
   """
 
   msa: MSAConfig = MSAConfig()
@@ -180,6 +211,10 @@ class MSAAttention(attention.Attention):
       kw = dict(use_bias=self.msa.router_bias, dtype=self.dtype, param_dtype=self.param_dtype)
       self.router_q_proj = layers.Einsum((e, h, d), ("embed", "q_heads", "head_dim"), **kw)
       self.router_k_proj = layers.Einsum((e, j, d), ("embed", "kv_heads", "head_dim"), **kw)
+
+  @property
+  def use_pallas(self) -> bool:
+    return _use_pallas(self.msa.kernel_impl, self.head_dim)
 
   def doc_attention(self, docs, doc_positions, doc_lengths):
     """Documents [B, N, G, E] -> (output [B, N, G, E], MemoryBlocks [B, N, C, ...] or None)."""
@@ -214,30 +249,33 @@ class MSAAttention(attention.Attention):
       return self._routing_queries(x, None)
     return self._routing_queries(x, self.project(x, positions)[0])
 
-  def prompt_attention(self, x, positions, mask, memory_k=None, memory_v=None,
-                       memory_mask=None, cache=None, cache_index=None):
-    """The prompt stream over given memory chunks (inference).
+  def prompt_attention(self, x, positions, own: attention.OwnSlots,
+                       memory: RoutedBlocks | None = None, memory_visible=None, cache=None,
+                       slot=None):
+    """The prompt stream over given routed blocks (inference).
 
     Args:
       x: [B, T, E] normed prompt hidden states at `positions` [B, T].
-      mask: [B, T, S] bool over the prompt's own keys (S = T, or the cache length).
-      memory_k, memory_v: [B, M, J, D] routed pooled chunks, or None (no memory).
-      memory_mask: [B, T, M] bool, which query sees which memory chunk.
-      cache, cache_index: a KVCache and the slot of the first new token, as in `Attention`.
+      own: which own kv slots each token sees.
+      memory: the routed blocks (router layers), or None (no memory).
+      memory_visible: [B, T] bool, the tokens that see the memory.
+      cache: None: attend over the T tokens' own k, v; or a decode cache (`KVCache` of
+        [B, J, S, D] arrays): k, v are written at the shared slots slot..slot+T-1 and the
+        tokens attend over the cache.
 
     Returns:
-      (output [B, T, E], updated cache or None).
+      (output [B, T, E], the updated cache, or the T tokens' (k, v) [B, T, J, D] as a KVCache
+      when there is no cache).
     """
     q, k, v = self.project(x, positions)
-    if cache is not None:
-      cache = attention.update_cache(cache, k, v, cache_index)
-      k, v = cache.k, cache.v
-    if memory_k is not None:
-      k = jnp.concatenate([memory_k.astype(k.dtype), k], 1)
-      v = jnp.concatenate([memory_v.astype(v.dtype), v], 1)
-      mask = jnp.concatenate([memory_mask, jnp.broadcast_to(mask, memory_mask.shape[:2]
-                                                             + mask.shape[2:])], -1)
-    return self.output(attention.dot_product_attention(q, k, v, mask)), cache
+    if cache is None:
+      out = routed_attention(q, k, v, own, memory, memory_visible, heads_first=False,
+                             use_pallas=self.use_pallas)
+      return self.output(out), attention.KVCache(k, v)
+    cache = attention.write_slots(cache, k, v, slot)
+    out = routed_attention(q, cache.k, cache.v, own, memory, memory_visible, heads_first=True,
+                           use_pallas=self.use_pallas)
+    return self.output(out), cache
 
   def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,
                memory_index):
@@ -251,20 +289,31 @@ class MSAAttention(attention.Attention):
       return doc_out, self.output(_pad_query_rows(out, token_mask)), None
 
     rq = self._routing_queries(x, q)
-    use_pallas = _use_pallas(self.msa.kernel_impl, self.head_dim)
-    chunk_scores = (_pallas_chunk_scores if use_pallas else routing.chunk_scores)(
+    chunk_scores = (_pallas_chunk_scores if self.use_pallas else routing.chunk_scores)(
         rq, query_mask & token_mask, mem.keys, mem.chunks,
         scale=self.msa.routing_scale(self.head_dim), head_reduce=self.msa.head_reduce,
         query_reduce=self.msa.query_reduce)
     scores = routing.doc_scores(chunk_scores, mem.chunks, self.msa.chunk_reduce)
     indices, selected = routing.select_top_k(scores, doc_lengths > 0, self.msa.top_k)
     sees_memory = jnp.arange(t)[None, :] >= memory_index[:, None]  # [B, T]
-    if use_pallas:
-      out = _pallas_routed_attention(q, k, v, mem.k, mem.v, mem.chunks, indices, selected,
-                                     sees_memory, token_mask)
-    else:
-      out = _xla_routed_attention(q, k, v, mem.k, mem.v, mem.chunks, indices, selected,
-                                  sees_memory, self_mask)
+    c = mem.chunks.shape[-1]
+    if self.use_pallas:  # the kernel reads the selected documents' chunks in place
+      tables = pallas_kernels.per_sample_memory_to_bank(mem.k, mem.v, mem.chunks, indices,
+                                                        selected)
+      # The prompt is right-padded: padding keys are the slots >= its length.
+      own = attention.OwnSlots.prefill(token_mask.sum(1))
+      out = _kernel_attention(q, k, v, own, tables, sees_memory, max_doc_chunks=c)
+    else:  # gather the selected documents' chunks: [B, K*C, J, D]
+      b, kk = indices.shape
+
+      def gather(a):
+        picked = jnp.take_along_axis(a, indices.reshape((b, kk) + (1,) * (a.ndim - 2)), axis=1)
+        return picked.reshape((b, kk * c) + a.shape[3:])
+
+      mem_mask = sees_memory[:, :, None] & (gather(mem.chunks)
+                                            & jnp.repeat(selected, c, axis=1))[:, None, :]
+      out = attention.dot_product_attention(q, k, v, self_mask,
+                                            memory=(gather(mem.k), gather(mem.v), mem_mask))
     route = Route(doc_scores=scores, chunk_scores=chunk_scores, indices=indices,
                   selected=selected)
     return doc_out, self.output(_pad_query_rows(out, token_mask)), route
@@ -274,7 +323,8 @@ class MSADecoderLayer(nn.Module):
   """Pre-norm block applied to both streams: h = x + attn(norm(x)); out = h + mlp(norm(h)).
 
   `__call__` is the training forward; `docs`, `routing_queries` and `prompt` are its parts
-  for the inference engine (same parameters, same math).
+  for the inference engine (same parameters, same math), `backbone` the plain block (the
+  backbone `Transformer`'s layers are these with `is_router=False`).
   """
 
   config: ModelConfig
@@ -310,15 +360,23 @@ class MSADecoderLayer(nn.Module):
     doc_y, mem = self.attn.doc_attention(self.attn_norm(docs), doc_positions, doc_lengths)
     return self._doc_mlp(docs, doc_y), mem
 
+  def input_norm(self, x):
+    """The attention input norm of the states entering this layer (a router's input)."""
+    return self.attn_norm(x)
+
   def routing_queries(self, x, positions):
     """Routing queries [B, T, H, D] of the prompt hidden states entering this layer."""
     return self.attn.routing_queries(self.attn_norm(x), positions)
 
-  def prompt(self, x, positions, mask, memory_k=None, memory_v=None, memory_mask=None,
-             cache=None, cache_index=None):
-    """Prompt stream only, over given memory chunks; see `MSAAttention.prompt_attention`."""
-    y, cache = self.attn.prompt_attention(self.attn_norm(x), positions, mask, memory_k,
-                                          memory_v, memory_mask, cache, cache_index)
+  def prompt(self, x, positions, own, memory=None, memory_visible=None, cache=None, slot=None):
+    """Prompt stream only, over given routed blocks; see `MSAAttention.prompt_attention`."""
+    y, cache = self.attn.prompt_attention(self.attn_norm(x), positions, own, memory,
+                                          memory_visible, cache, slot)
+    return self._prompt_mlp(x, y), cache
+
+  def backbone(self, x, positions, mask, cache=None, cache_index=None):
+    """The plain block over a [B or 1, T, S] mask and an optional `Attention` cache."""
+    y, cache = self.attn.attend(self.attn_norm(x), positions, mask, cache, cache_index)
     return self._prompt_mlp(x, y), cache
 
   def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,
@@ -329,13 +387,128 @@ class MSADecoderLayer(nn.Module):
     return self._doc_mlp(docs, doc_y), self._prompt_mlp(x, y), route
 
 
-class MSATransformer(nn.Module):
+def prefill_cache(kv: attention.KVCache, num_slots: int) -> attention.KVCache:
+  """A prompt's own k, v [B, T, J, D] as a heads-first decode cache of `num_slots` slots."""
+  pad = ((0, 0), (0, 0), (0, num_slots - kv.k.shape[1]), (0, 0))
+  return attention.KVCache(*(jnp.pad(a.transpose(0, 2, 1, 3), pad) for a in kv))
+
+
+class LayerStack(nn.Module):
+  """What the backbone and the MSA model share: embedding, a list of `MSADecoderLayer`s
+  (`layers_{i}`), final norm and LM head (subclasses build them in `setup`), and the staged
+  methods that inference calls with `model.apply(variables, ..., method=...)`:
+  `embed_tokens`, `prompt_layers` (the prompt stream through a range of layers, over routed
+  blocks, with a decode cache), `head` and `decode_step` (one program step of the single
+  KV-cached decode loop, `msa_jax.inference.decode`). Every loop over layers is
+  `_layer_range`, so a scan over layers can replace it in one place.
+  """
+
+  def _layer_range(self, start: int, stop: int, fn, carry, per_layer=None):
+    """carry, out_i = fn(i, layer i, carry, per_layer[i]) for layers start..stop-1 in order;
+    returns (carry, [out_i])."""
+    outs = []
+    for i in range(start, stop):
+      carry, out = fn(i, self.layers[i], carry, None if per_layer is None else per_layer[i])
+      outs.append(out)
+    return carry, outs
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    """Token ids [..., T] -> embeddings [..., T, E] in the compute dtype."""
+    return self.embed.encode(tokens)
+
+  def _logits(self, x):
+    if self.config.tie_embeddings:
+      out = self.embed.decode(x)
+    else:
+      out = self.lm_head("BTE,EV->BTV", x)
+    return out.astype(jnp.promote_types(self.dtype, jnp.float32))
+
+  def head(self, x: jax.Array) -> jax.Array:
+    """Hidden states [B, T, E] leaving the last layer -> logits [B, T, V] (float32 or wider)."""
+    return self._logits(self.final_norm(x))
+
+  def prompt_layers(self, start: int, stop: int, x, positions, own: attention.OwnSlots,
+                    memory: dict[int, RoutedBlocks] | None = None, memory_visible=None,
+                    cache=None, slot=None):
+    """The prompt stream through layers start..stop-1, router layers over `memory[i]`.
+
+    Args:
+      x: [B, T, E] hidden states entering layer `start`, at `positions` [B, T].
+      own, memory_visible: see `MSAAttention.prompt_attention`.
+      memory: {router layer: RoutedBlocks} (a layer missing from it reads no memory).
+      cache: None, or the whole decode cache (one heads-first KVCache per layer, see
+        `prefill_cache`) with the shared write `slot`.
+
+    Returns:
+      (hidden states leaving layer stop-1, the layers' updated caches, or without a cache
+      each layer's (k, v) [B, T, J, D] of the T tokens).
+    """
+    memory = memory or {}
+
+    def step(i, layer, x, layer_cache):
+      return layer.prompt(x, positions, own, memory.get(i), memory_visible, layer_cache, slot)
+
+    return self._layer_range(start, stop, step, x, cache)
+
+  def document_states(self, doc_tokens, doc_lengths, doc_positions,
+                      layer_ids: tuple[int, ...]) -> dict[int, jax.Array]:
+    """{i: attn_norm_i(h_i) [b, G, E]}: the normed document states entering layers
+    `layer_ids` (what a router's key projection reads) of b documents [b, G]."""
+    last = max(layer_ids)
+
+    def step(i, layer, docs, _):
+      state = layer.input_norm(docs[0]) if i in layer_ids else None
+      if i < last:
+        docs, _ = layer.docs(docs, doc_positions[None], doc_lengths[None])
+      return docs, state
+
+    _, states = self._layer_range(0, last + 1, step, self.embed_tokens(doc_tokens)[None])
+    return {i: x for i, x in enumerate(states) if x is not None}
+
+  def prompt_states(self, tokens, positions, mask,
+                    layer_ids: tuple[int, ...]) -> dict[int, jax.Array]:
+    """{i: attn_norm_i(h_i) [B, T, E]}: the normed prompt states entering layers `layer_ids`
+    without memory, the tokens seeing each other under `mask` [B or 1, T, T]."""
+    last = max(layer_ids)
+
+    def step(i, layer, x, _):
+      state = layer.input_norm(x) if i in layer_ids else None
+      if i < last:
+        x, _ = layer.backbone(x, positions, mask)
+      return x, state
+
+    _, states = self._layer_range(0, last + 1, step, self.embed_tokens(tokens))
+    return {i: x for i, x in enumerate(states) if x is not None}
+
+  def decode_step(self, tokens, positions, own: attention.OwnSlots, cache, slot,
+                  memory: dict[int, RoutedBlocks] | None = None, memory_visible=None):
+    """T new tokens [B, T] at `positions` through every layer with a decode cache ->
+    (final hidden states [B, T, E] before the final norm, updated cache)."""
+    x, cache = self.prompt_layers(0, self.config.num_layers, self.embed_tokens(tokens),
+                                  positions, own, memory, memory_visible, cache, slot)
+    return x, tuple(cache)
+
+  def _build(self, layer_msa: MSAConfig, router_ids):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embed = layers.Embedder(cfg.vocab_size, cfg.embed_dim, **kw)
+    block = nn.remat(MSADecoderLayer, prevent_cse=True) if layer_msa.remat else MSADecoderLayer
+    self.layers = [block(cfg, layer_msa, i in router_ids, **kw) for i in range(cfg.num_layers)]
+    self.final_norm = layers.RMSNorm(cfg.norm_eps, **kw)
+    if not cfg.tie_embeddings:
+      self.lm_head = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), **kw)
+
+
+class MSATransformer(LayerStack):
   """The MSA model: `MSABatch` -> `MSAOutput` (see the module docstring).
 
   Parameter paths are the backbone's (`embed`, `layers_{i}/...`, `final_norm`, `lm_head`) plus
   `layers_{i}/attn/router_{q,k}_proj` (kernel, and bias with `router_bias`) in router layers
-  (decoupled mode) and `aux_bias` for the
-  BCE aux loss, so a backbone checkpoint loads into it unchanged.
+  (decoupled mode) and `aux_bias` for the BCE aux loss, so a backbone checkpoint loads into it
+  unchanged.
+
+  `__call__` is the training forward. The inference engine runs the same layers in stages
+  (`LayerStack`'s methods plus `document_memory`, stage 1, and `routing_queries`).
   """
 
   config: ModelConfig
@@ -343,14 +516,33 @@ class MSATransformer(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def setup(self):
+    self._build(self.msa, self.msa.router_layer_ids(self.config.num_layers))
+    if self.msa.aux_loss == "bce":
+      self.aux_bias = self.param("aux_bias", nn.with_logical_partitioning(
+          nn.initializers.constant(self.msa.bce_bias_init), ()), (), jnp.float32)
+
   def example_inputs(self) -> tuple[MSABatch]:
     """The smallest inputs `init` accepts (parameters do not depend on their shape)."""
     return (example_batch(),)
 
-  @nn.compact
+  def document_memory(self, doc_tokens, doc_lengths, doc_positions) -> dict[int, MemoryBlocks]:
+    """Stage 1: b documents [b, G] (lengths [b], RoPE positions [b, G]) through the document
+    stream up to the last router layer -> {router layer: MemoryBlocks [b, C, ...]}."""
+    last = max(self.msa.router_layer_ids(self.config.num_layers))
+
+    def step(i, layer, docs, _):
+      return layer.docs(docs, doc_positions[None], doc_lengths[None])
+
+    _, mems = self._layer_range(0, last + 1, step, self.embed_tokens(doc_tokens)[None])
+    return {i: jax.tree.map(lambda a: a[0], m) for i, m in enumerate(mems) if m is not None}
+
+  def routing_queries(self, layer: int, x, positions) -> jax.Array:
+    """Router layer `layer`'s routing queries [B, T, H, D] of the prompt states x [B, T, E]
+    entering it."""
+    return self.layers[layer].routing_queries(x, positions)
+
   def __call__(self, batch: MSABatch, doc_logits: bool = False) -> MSAOutput:
-    cfg, msa = self.config, self.msa
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, n, g, t = batch.shape
     doc_positions = batch.doc_positions
     if doc_positions is None:
@@ -360,39 +552,23 @@ class MSATransformer(nn.Module):
     doc_lengths = batch.doc_lengths.astype(jnp.int32)
     memory_index = batch.memory_index.astype(jnp.int32)
 
-    embedder = layers.Embedder(cfg.vocab_size, cfg.embed_dim, name="embed", **kw)
-    docs = embedder.encode(batch.doc_tokens)
-    x = embedder.encode(batch.tokens)
-    block = MSADecoderLayer
-    if msa.remat:
-      block = nn.remat(MSADecoderLayer, prevent_cse=True)
-    router_ids = msa.router_layer_ids(cfg.num_layers)
-    routes = {}
-    for i in range(cfg.num_layers):
-      docs, x, route = block(cfg, msa, i in router_ids, name=f"layers_{i}", **kw)(
-          docs, doc_positions, doc_lengths, x, batch.positions,
-          token_mask, query_mask, memory_index)
-      if route is not None:
-        routes[i] = route
-    final_norm = layers.RMSNorm(cfg.norm_eps, name="final_norm", **kw)
-    docs, x = final_norm(docs), final_norm(x)
-    if cfg.tie_embeddings:
-      head = embedder.decode
-    else:
-      lm_head = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
-                              name="lm_head", **kw)
-      head = functools.partial(lm_head, "BTE,EV->BTV")
-    out_dtype = jnp.promote_types(self.dtype, jnp.float32)
-    logits = head(x).astype(out_dtype)
+    def step(i, layer, carry, _):
+      docs, x = carry
+      docs, x, route = layer(docs, doc_positions, doc_lengths, x, batch.positions, token_mask,
+                             query_mask, memory_index)
+      return (docs, x), route
+
+    (docs, x), routes = self._layer_range(
+        0, self.config.num_layers, step,
+        (self.embed_tokens(batch.doc_tokens), self.embed_tokens(batch.tokens)))
+    docs, x = self.final_norm(docs), self.final_norm(x)
+    logits = self._logits(x)
     d_logits = None
     if doc_logits:
-      d_logits = head(docs.reshape(b * n, g, -1)).reshape(b, n, g, -1).astype(out_dtype)
-    aux_bias = None
-    if msa.aux_loss == "bce":
-      aux_bias = self.param("aux_bias", nn.with_logical_partitioning(
-          nn.initializers.constant(msa.bce_bias_init), ()), (), jnp.float32)
-    return MSAOutput(logits=logits, routes=routes, hidden=x, doc_hidden=docs, doc_logits=d_logits,
-                     aux_bias=aux_bias)
+      d_logits = self._logits(docs.reshape(b * n, g, -1)).reshape(b, n, g, -1)
+    return MSAOutput(logits=logits, routes={i: r for i, r in enumerate(routes) if r is not None},
+                     hidden=x, doc_hidden=docs, doc_logits=d_logits,
+                     aux_bias=self.aux_bias if self.msa.aux_loss == "bce" else None)
 
 
 def example_batch(batch: int = 1, num_docs: int = 1, doc_len: int = 1,
@@ -444,3 +620,28 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
   total = msa.lm_weight * lm + msa.aux_weight * aux + msa.answer_weight * answer
   metrics.update(loss=total, lm_loss=lm, aux_loss=aux, answer_loss=answer)
   return total, metrics
+
+
+def layer_params(params, i: int):
+  """Layer i's parameters in a model tree (for a jitted program of one `MSADecoderLayer`
+  that every layer of the same kind shares, compiled once)."""
+  return params[f"layers_{i}"]
+
+
+def router_params(params, layer_ids) -> dict:
+  """{layer: {"router_q_proj": {...}, "router_k_proj": {...}}} taken from a model tree."""
+  return {i: {name: dict(params[f"layers_{i}"]["attn"][name])
+              for name in ("router_q_proj", "router_k_proj")} for i in layer_ids}
+
+
+def with_routers(params, routers: dict) -> dict:
+  """The model tree `params` with the router projections replaced by `routers`."""
+  flat = flax.traverse_util.flatten_dict(dict(params))
+  for i, layer in routers.items():
+    for name, leaves in layer.items():
+      for leaf, value in leaves.items():
+        path = (f"layers_{i}", "attn", name, leaf)
+        if path not in flat:
+          raise KeyError(f"the model has no parameter {'/'.join(path)}")
+        flat[path] = jnp.asarray(value, flat[path].dtype)
+  return flax.traverse_util.unflatten_dict(flat)

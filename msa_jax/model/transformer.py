@@ -1,4 +1,4 @@
-"""The decoder-only backbone (Qwen3 / Llama) and helpers to initialise it."""
+"""The decoder-only backbone (Qwen3 / Llama) and helpers to initialise any model."""
 
 from __future__ import annotations
 
@@ -10,37 +10,18 @@ import jax
 import jax.numpy as jnp
 
 from msa_jax.model import attention
-from msa_jax.model import layers
-from msa_jax.model.config import ModelConfig
+from msa_jax.model import msa
+from msa_jax.model.config import ModelConfig, MSAConfig
 
 Dtype = Any
 Cache = tuple[attention.KVCache, ...]
 
 
-class DecoderLayer(nn.Module):
-  """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h))."""
-
-  config: ModelConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, positions, mask, cache=None, cache_index=None):
-    cfg = self.config
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    y, cache = attention.Attention(
-        embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim,
-        rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, name="attn",
-        **kw)(layers.RMSNorm(cfg.norm_eps, name="attn_norm", **kw)(x), positions, mask, cache,
-              cache_index)
-    x = x + y
-    x = x + layers.MLP(cfg.mlp_dim, name="mlp", **kw)(
-        layers.RMSNorm(cfg.norm_eps, name="mlp_norm", **kw)(x))
-    return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+# The backbone's layers are MSA layers without a router; their MSA settings are never read.
+_NO_MSA = MSAConfig(kernel_impl="xla")
 
 
-class Transformer(nn.Module):
+class Transformer(msa.LayerStack):
   """Token ids -> next-token logits.
 
   Call with either
@@ -50,18 +31,22 @@ class Transformer(nn.Module):
       cache_index[b] + 0..T-1 and attend to every earlier slot (prefill and decode alike).
 
   Returns (logits [B, T, V] in float32 (or wider dtype), updated cache or None).
+
+  Its layers are `MSADecoderLayer`s without a router (the same block as the MSA model's), and
+  it has `LayerStack`'s staged methods, which generation (`msa_jax.inference.decode`) runs.
   """
 
   config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self._build(_NO_MSA, ())
+
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, cache: Cache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     cfg = self.config
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, t = tokens.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t), (b, t))
@@ -76,21 +61,12 @@ class Transformer(nn.Module):
         raise ValueError("segment_ids are not supported together with a KV cache")
       mask = attention.cache_mask(cache_index, t, cache[0].k.shape[1])
 
-    embedder = layers.Embedder(cfg.vocab_size, cfg.embed_dim, name="embed", **kw)
-    x = nn.with_logical_constraint(embedder.encode(tokens), ("batch", "length", "embed"))
-    new_cache = []
-    for i in range(cfg.num_layers):
-      x, layer_cache = DecoderLayer(cfg, name=f"layers_{i}", **kw)(
-          x, positions, mask, None if cache is None else cache[i], cache_index)
-      new_cache.append(layer_cache)
-    x = layers.RMSNorm(cfg.norm_eps, name="final_norm", **kw)(x)
-    if cfg.tie_embeddings:
-      logits = embedder.decode(x)
-    else:
-      logits = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
-                             name="lm_head", **kw)("BTE,EV->BTV", x)
-    logits = logits.astype(jnp.promote_types(self.dtype, jnp.float32))
-    return logits, (None if cache is None else tuple(new_cache))
+    def step(i, layer, x, layer_cache):
+      return layer.backbone(x, positions, mask, layer_cache, cache_index)
+
+    x = nn.with_logical_constraint(self.embed_tokens(tokens), ("batch", "length", "embed"))
+    x, new_cache = self._layer_range(0, cfg.num_layers, step, x, cache)
+    return self.head(x), (None if cache is None else tuple(new_cache))
 
   def example_inputs(self) -> tuple[jax.Array]:
     """The smallest inputs `init` accepts (parameters do not depend on their shape)."""

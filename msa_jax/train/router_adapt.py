@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -55,6 +54,7 @@ from msa_jax.evaluation import run as run_lib
 from msa_jax.memory import routing as bank_routing
 from msa_jax.model import routing
 from msa_jax.model.config import MSAConfig
+from msa_jax.model.msa import router_params, with_routers  # the tree layout lives in model/
 from msa_jax.checkpoint import orbax as ckpt_lib
 from msa_jax.train import metrics as train_metrics
 from msa_jax.train import optimizer as optim_lib
@@ -86,25 +86,6 @@ def make_task(config: ml_collections.ConfigDict, tokenizer, splits) -> retrieval
 # --------------------------------------------------------------------------------------------
 # Router parameters and scores
 # --------------------------------------------------------------------------------------------
-
-
-def router_params(params, layer_ids) -> dict:
-  """{layer: {"router_q_proj": {...}, "router_k_proj": {...}}} taken from a model tree."""
-  return {i: {name: dict(params[f"layers_{i}"]["attn"][name])
-              for name in ("router_q_proj", "router_k_proj")} for i in layer_ids}
-
-
-def with_routers(params, routers: dict) -> dict:
-  """The model tree `params` with the router projections replaced by `routers`."""
-  flat = flax.traverse_util.flatten_dict(dict(params))
-  for i, layer in routers.items():
-    for name, leaves in layer.items():
-      for leaf, value in leaves.items():
-        path = (f"layers_{i}", "attn", name, leaf)
-        if path not in flat:
-          raise KeyError(f"the model has no parameter {'/'.join(path)}")
-        flat[path] = jnp.asarray(value, flat[path].dtype)
-  return flax.traverse_util.unflatten_dict(flat)
 
 
 def _project(p: dict, x: jax.Array, eqn: str) -> jax.Array:

@@ -39,10 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from msa_jax.model import attention
-from msa_jax.model import layers
 from msa_jax.model import routing
-from msa_jax.model.config import ModelConfig, MSAConfig
-from msa_jax.model.msa import MSADecoderLayer
+from msa_jax.model.config import ModelConfig
+from msa_jax.model.transformer import Transformer
 from msa_jax.loading.pretrained import is_fresh
 
 FORMAT = 1
@@ -114,36 +113,18 @@ def _tokens_digest(*arrays) -> str:
   return h.hexdigest()
 
 
-def _backbone(layer_params):
-  """A layer's parameters without the router projections (a non-router layer's tree)."""
-  attn = {k: v for k, v in layer_params["attn"].items() if not is_fresh((k,))}
-  return {**layer_params, "attn": attn}
-
-
-def _normed(cfg: ModelConfig, params, i: int, h, dtype):
-  return layers.RMSNorm(cfg.norm_eps, dtype=dtype).apply(
-      {"params": params[f"layers_{i}"]["attn_norm"]}, h)
-
-
 @functools.lru_cache(maxsize=8)
 def _doc_fn(cfg: ModelConfig, layer_ids: tuple[int, ...], chunk_size: int, dtype):
   """jit(params, tokens [b, G], lengths [b]) -> {layer: chunk means [b, C, E] float32}."""
-  plain = MSADecoderLayer(cfg, MSAConfig(), False, dtype=dtype)
+  backbone = Transformer(cfg, dtype=dtype)  # router projections in params are not read
 
   def run(params, tokens, lengths):
     b, g = tokens.shape
-    docs = layers.Embedder(cfg.vocab_size, cfg.embed_dim, dtype=dtype).apply(
-        {"params": params["embed"]}, tokens, method="encode")[None]
-    positions = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (1, b, g))
-    out = {}
-    for i in range(max(layer_ids) + 1):
-      if i in layer_ids:
-        x = _normed(cfg, params, i, docs[0], dtype)
-        out[i] = routing.chunk_mean(x.astype(jnp.float32), lengths, chunk_size)
-      if i < max(layer_ids):
-        docs, _ = plain.apply({"params": _backbone(params[f"layers_{i}"])}, docs, positions,
-                              lengths[None], method="docs")
-    return out
+    positions = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b, g))
+    states = backbone.apply({"params": params}, tokens, lengths, positions, layer_ids,
+                            method="document_states")
+    return {i: routing.chunk_mean(x.astype(jnp.float32), lengths, chunk_size)
+            for i, x in states.items()}
 
   return jax.jit(run)
 
@@ -151,21 +132,13 @@ def _doc_fn(cfg: ModelConfig, layer_ids: tuple[int, ...], chunk_size: int, dtype
 @functools.lru_cache(maxsize=8)
 def _query_fn(cfg: ModelConfig, layer_ids: tuple[int, ...], dtype):
   """jit(params, tokens [q, T], token_mask, positions) -> {layer: attn_norm(h) [q, T, E]}."""
-  plain = MSADecoderLayer(cfg, MSAConfig(), False, dtype=dtype)
+  backbone = Transformer(cfg, dtype=dtype)
 
   def run(params, tokens, token_mask, positions):
-    q, t = tokens.shape
-    x = layers.Embedder(cfg.vocab_size, cfg.embed_dim, dtype=dtype).apply(
-        {"params": params["embed"]}, tokens, method="encode")
-    mask = attention.cache_mask(jnp.zeros((q,), jnp.int32), t, t) & token_mask[:, None, :]
-    out = {}
-    for i in range(max(layer_ids) + 1):
-      if i in layer_ids:
-        out[i] = _normed(cfg, params, i, x, dtype).astype(jnp.float32)
-      if i < max(layer_ids):
-        x, _ = plain.apply({"params": _backbone(params[f"layers_{i}"])}, x, positions, mask,
-                           method="prompt")
-    return out
+    mask = attention.causal_mask(tokens.shape[1]) & token_mask[:, None, :]
+    states = backbone.apply({"params": params}, tokens, positions, mask, layer_ids,
+                            method="prompt_states")
+    return {i: x.astype(jnp.float32) for i, x in states.items()}
 
   return jax.jit(run)
 

@@ -85,12 +85,13 @@ def _online_step(carry, q, k_tile, v_tile, visible, scale, precision):
   return m_new, l, alpha[:, None] * acc + pv
 
 
-def _attention_kernel(q_ref, end_ref, mem_ref, k_ref, v_ref, bank_k_ref, bank_v_ref, first_ref,
-                      count_ref, *out_refs, num_slots: int, max_doc_chunks: int, block_c: int,
-                      block_k: int, num_splits: int, scale: float, precision):
+def _attention_kernel(q_ref, end_ref, mem_ref, hide_lo_ref, hide_hi_ref, k_ref, v_ref, bank_k_ref,
+                      bank_v_ref, first_ref, count_ref, *out_refs, num_slots: int,
+                      max_doc_chunks: int, block_c: int, block_k: int, num_splits: int, scale: float, precision):
   """One (b, j, row block, split) program.
 
-  Refs: q_ref [rows, D], end_ref/mem_ref [rows] int32, k_ref/v_ref [S, D] (this row's own kv
+  Refs: q_ref [rows, D], end_ref/mem_ref/hide_lo_ref/hide_hi_ref [rows] int32 (own slots
+  hide_lo <= s < hide_hi are hidden), k_ref/v_ref [S, D] (this row's own kv
   for kv head j), bank_k_ref/bank_v_ref [C, D] (kv head j of the bank), first_ref/count_ref [K]
   int32. Outputs: o_ref [rows, D] (q dtype) when num_splits == 1; else this split's partial
   o [rows, D] f32 (normalised by its own sum), running max m [rows] and sum l [rows].
@@ -100,6 +101,7 @@ def _attention_kernel(q_ref, end_ref, mem_ref, k_ref, v_ref, bank_k_ref, bank_v_
   bank_chunks = bank_k_ref.shape[0]
   q = q_ref[...]
   end = end_ref[...]
+  hide_lo, hide_hi = hide_lo_ref[...], hide_hi_ref[...]
   mem = mem_ref[...] > 0
   split = pl.program_id(3) if num_splits > 1 else 0
   carry = (jnp.full((rows,), _common.NEG, jnp.float32), jnp.zeros((rows,), jnp.float32),
@@ -136,7 +138,8 @@ def _attention_kernel(q_ref, end_ref, mem_ref, k_ref, v_ref, bank_k_ref, bank_v_
     ok2 = jnp.broadcast_to((slot < stop)[:, None], (block_k, d))
     kt = _common.masked_load(k_ref.at[pl.ds(off, block_k), :], ok2)
     vt = _common.masked_load(v_ref.at[pl.ds(off, block_k), :], ok2)
-    return step(carry, k_tile=kt, v_tile=vt, visible=slot[None, :] < end[:, None])
+    hidden = (slot[None, :] >= hide_lo[:, None]) & (slot[None, :] < hide_hi[:, None])
+    return step(carry, k_tile=kt, v_tile=vt, visible=(slot[None, :] < end[:, None]) & ~hidden)
 
   own_tiles = jnp.maximum(pl.cdiv(stop, block_k) - split, 0)
   m, l, acc = lax.fori_loop(0, pl.cdiv(own_tiles, num_splits), own_body, carry)
@@ -166,10 +169,11 @@ def _row_layout(t: int, r: int, block: SparseAttentionBlockSizes) -> tuple[int, 
 
 
 def _forward(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_visible,
-             q_offset, kv_len, *, max_doc_chunks, scale, block, interpret, debug):
+             q_offset, kv_len, hidden_start, hidden_stop, *, max_doc_chunks, scale,
+             kv_heads_first, block, interpret, debug):
   """The Pallas forward on validated, defaulted inputs."""
   b, t, h, d = q.shape
-  s_len, j = k.shape[1], k.shape[2]
+  s_len, j = (k.shape[2], k.shape[1]) if kv_heads_first else (k.shape[1], k.shape[2])
   c = bank_k.shape[0]
   num_slots = doc_first_chunk.shape[1]
   splits = block.kv_splits
@@ -184,12 +188,17 @@ def _forward(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_vi
   pad = ((0, 0), (0, rows_pad - t * r))
   end = jnp.pad(jnp.repeat(end, r, axis=1), pad)
   mem = jnp.pad(jnp.repeat(memory_visible.astype(jnp.int32), r, axis=1), pad)
+  hide_lo, hide_hi = (jnp.broadcast_to(x.astype(jnp.int32)[:, None], end.shape)
+                      for x in (hidden_start, hidden_stop))
   kernel = functools.partial(
       _attention_kernel, num_slots=num_slots, max_doc_chunks=max_doc_chunks,
       block_c=block.block_c, block_k=block.block_k, num_splits=splits, scale=scale,
       precision=_common.dot_precision(q.dtype))
   row_spec = pl.BlockSpec((None, rows), lambda bi, ji, i, p: (bi, i))
-  own_spec = pl.BlockSpec((None, s_len, None, d), lambda bi, ji, i, p: (bi, 0, ji, 0))
+  if kv_heads_first:
+    own_spec = pl.BlockSpec((None, None, s_len, d), lambda bi, ji, i, p: (bi, ji, 0, 0))
+  else:
+    own_spec = pl.BlockSpec((None, s_len, None, d), lambda bi, ji, i, p: (bi, 0, ji, 0))
   bank_spec = pl.BlockSpec((c, None, d), lambda bi, ji, i, p: (0, ji, 0))
   table_spec = pl.BlockSpec((None, num_slots), lambda bi, ji, i, p: (bi, 0))
   o_spec = pl.BlockSpec((None, None, rows, d), lambda bi, ji, i, p: (bi, ji, i, 0))
@@ -211,7 +220,8 @@ def _forward(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_vi
       grid=(b, j, rows_pad // rows, splits),
       in_specs=[
           pl.BlockSpec((None, None, rows, d), lambda bi, ji, i, p: (bi, ji, i, 0)),
-          row_spec, row_spec, own_spec, own_spec, bank_spec, bank_spec, table_spec, table_spec,
+          row_spec, row_spec, row_spec, row_spec, own_spec, own_spec, bank_spec, bank_spec,
+          table_spec, table_spec,
       ],
       out_specs=out_specs,
       out_shape=out_shape,
@@ -219,7 +229,7 @@ def _forward(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_vi
       interpret=interpret,
       debug=debug,
       name="msa_sparse_attention",
-  )(qr, end, mem, k, v, bank_k, bank_v, doc_first_chunk.astype(jnp.int32),
+  )(qr, end, mem, hide_lo, hide_hi, k, v, bank_k, bank_v, doc_first_chunk.astype(jnp.int32),
     doc_num_chunks.astype(jnp.int32))
   if splits > 1:
     out = _merge_splits(*out).astype(q.dtype)
@@ -229,9 +239,9 @@ def _forward(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_vi
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attend(static, q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_visible,
-            q_offset, kv_len):
+            q_offset, kv_len, hidden_start, hidden_stop):
   return _forward(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_visible,
-                  q_offset, kv_len, **dict(static))
+                  q_offset, kv_len, hidden_start, hidden_stop, **dict(static))
 
 
 def _attend_fwd(static, q, k, v, bank_k, bank_v, *meta):
@@ -246,17 +256,18 @@ def _attend_bwd(static, residuals, g):
   def ref(q, k, v, bank_k, bank_v):
     return sparse_attention_reference(q, k, v, bank_k, bank_v, *meta,
                                       max_doc_chunks=opts["max_doc_chunks"],
-                                      scale=opts["scale"])
+                                      scale=opts["scale"],
+                                      kv_heads_first=opts["kv_heads_first"])
 
   _, vjp = jax.vjp(ref, q, k, v, bank_k, bank_v)
-  return (*vjp(g), None, None, None, None, None)
+  return (*vjp(g), None, None, None, None, None, None, None)
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("max_doc_chunks", "scale", "block", "interpret",
-                                             "debug"))
+@functools.partial(jax.jit, static_argnames=("max_doc_chunks", "scale", "kv_heads_first", "block",
+                                             "interpret", "debug"))
 def sparse_attention(
     q: jax.Array,
     k: jax.Array,
@@ -268,9 +279,12 @@ def sparse_attention(
     memory_visible: jax.Array | None = None,
     q_offset: jax.Array | None = None,
     kv_len: jax.Array | None = None,
+    hidden_start: jax.Array | None = None,
+    hidden_stop: jax.Array | None = None,
     *,
     max_doc_chunks: int,
     scale: float | None = None,
+    kv_heads_first: bool = False,
     block: SparseAttentionBlockSizes | None = None,
     interpret: bool = False,
     debug: bool = False,
@@ -289,8 +303,11 @@ def sparse_attention(
     memory_visible: [B, T] bool, tokens that see the memory (None: all).
     q_offset: [B] int, own slot of query token 0 (None: 0).
     kv_len: [B] int, valid own slots (None: S).
+    hidden_start, hidden_stop: [B] int, own slots hidden_start <= s < hidden_stop are not
+      seen (None: none; the padding between a right-padded prompt and its decoded tokens).
     max_doc_chunks: static bound on the chunks per document (the reference's gather size).
     scale: logit scale (None: 1/sqrt(D)).
+    kv_heads_first: k and v are [B, J, S, D] (a decode cache's layout), read in place.
     block: tiling and launch parameters (`SparseAttentionBlockSizes()` when None).
     interpret: run the kernel in Pallas interpret mode (any backend, e.g. CPU).
     debug: print the kernel's jaxpr and lowered module.
@@ -299,15 +316,19 @@ def sparse_attention(
     [B, T, H, D] in q's dtype; 0 for a query that sees nothing. Differentiable w.r.t. q, k,
     v, bank_k, bank_v (backward in XLA via the reference, see the module docstring).
   """
-  memory_visible, q_offset, kv_len = fill_defaults(q, k, memory_visible, q_offset, kv_len)
+  memory_visible, q_offset, kv_len, hidden_start, hidden_stop = fill_defaults(
+      q, k, memory_visible, q_offset, kv_len, hidden_start, hidden_stop, kv_heads_first)
   check_inputs(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_visible,
-               q_offset, kv_len, max_doc_chunks, scale)
+               q_offset, kv_len, max_doc_chunks, scale, hidden_start, hidden_stop,
+               kv_heads_first)
   d = q.shape[-1]
   if not _common.is_power_of_two(d) or d < 16:
     raise ValueError(f"head dim D={d} must be a power of two >= 16 for the kernel "
                      f"(q.shape={q.shape})")
   block = SparseAttentionBlockSizes() if block is None else block
   static = (("max_doc_chunks", max_doc_chunks), ("scale", default_scale(d, scale)),
-            ("block", block), ("interpret", interpret), ("debug", debug))
+            ("kv_heads_first", kv_heads_first), ("block", block), ("interpret", interpret),
+            ("debug", debug))
   return _attend(static, q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks,
-                 memory_visible, q_offset.astype(jnp.int32), kv_len.astype(jnp.int32))
+                 memory_visible, q_offset.astype(jnp.int32), kv_len.astype(jnp.int32),
+                 hidden_start.astype(jnp.int32), hidden_stop.astype(jnp.int32))

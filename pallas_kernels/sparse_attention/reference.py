@@ -7,7 +7,9 @@ Memory Sparse Attention lets the query tokens of a router layer attend, with one
   `doc_first_chunk[b, i] + c` for `0 <= c < min(doc_num_chunks[b, i], max_doc_chunks)`
   (a count of 0 marks an unused slot; chunk ids outside [0, C) are skipped), and
 * their own causal context k, v [B, S, J, D]: query t of row b sits at slot
-  `q_offset[b] + t` and sees own slots `s <= q_offset[b] + t` with `s < kv_len[b]`.
+  `q_offset[b] + t` and sees own slots `s <= q_offset[b] + t` with `s < kv_len[b]`, except
+  slots in `[hidden_start[b], hidden_stop[b])` (a decode cache's padding after a right-padded
+  prompt). A decode cache may be passed heads first, [B, J, S, D] (`kv_heads_first`).
 
 `memory_visible[b, t]` says whether query token t sees the memory at all (prompt tokens placed
 before the memory see none). Query head h uses kv head h // R (GQA, R = H / J). Logits and the
@@ -71,16 +73,18 @@ def _check_int(name: str, x: jax.Array, shape: tuple[int, ...]) -> None:
 
 
 def check_inputs(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_visible,
-                 q_offset, kv_len, max_doc_chunks, scale) -> None:
+                 q_offset, kv_len, max_doc_chunks, scale, hidden_start=None, hidden_stop=None,
+                 kv_heads_first=False) -> None:
   """Raises ValueError naming the bad value; shared by the kernel and the reference."""
   if q.ndim != 4:
     raise ValueError(f"q.shape={q.shape} must be [B, T, H, D]")
   b, t, h, d = q.shape
+  layout = "[B, J, S, D]" if kv_heads_first else "[B, S, J, D]"
   if k.ndim != 4 or k.shape[0] != b or k.shape[3] != d:
-    raise ValueError(f"k.shape={k.shape} must be [B, S, J, D] with B={b}, D={d}")
+    raise ValueError(f"k.shape={k.shape} must be {layout} with B={b}, D={d}")
   if v.shape != k.shape:
     raise ValueError(f"v.shape={v.shape} must equal k.shape={k.shape}")
-  j = k.shape[2]
+  s_len, j = (k.shape[2], k.shape[1]) if kv_heads_first else (k.shape[1], k.shape[2])
   if h % j:
     raise ValueError(f"H={h} query heads must be a multiple of J={j} kv heads "
                      f"(q.shape={q.shape}, k.shape={k.shape})")
@@ -94,7 +98,7 @@ def check_inputs(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memor
                      f"{[str(x.dtype) for x in (q, k, v, bank_k, bank_v)]}")
   if doc_first_chunk.ndim != 2 or doc_first_chunk.shape[0] != b:
     raise ValueError(f"doc_first_chunk.shape={doc_first_chunk.shape} must be [B, K] with B={b}")
-  if min(b, t, k.shape[1], bank_k.shape[0], doc_first_chunk.shape[1]) < 1:
+  if min(b, t, s_len, bank_k.shape[0], doc_first_chunk.shape[1]) < 1:
     raise ValueError(f"empty input: q.shape={q.shape}, k.shape={k.shape}, "
                      f"bank_k.shape={bank_k.shape}, doc_first_chunk.shape={doc_first_chunk.shape}")
   _check_int("doc_first_chunk", doc_first_chunk, doc_first_chunk.shape)
@@ -104,30 +108,39 @@ def check_inputs(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memor
                      f"dtype={memory_visible.dtype}) must be bool [B, T]={(b, t)}")
   _check_int("q_offset", q_offset, (b,))
   _check_int("kv_len", kv_len, (b,))
+  for name, x in (("hidden_start", hidden_start), ("hidden_stop", hidden_stop)):
+    if x is not None:
+      _check_int(name, x, (b,))
   if not isinstance(max_doc_chunks, int) or isinstance(max_doc_chunks, bool) or max_doc_chunks < 1:
     raise ValueError(f"max_doc_chunks={max_doc_chunks!r} must be a static int >= 1")
   if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
     raise ValueError(f"scale={scale!r} must be a Python float or None")
 
 
-def fill_defaults(q, k, memory_visible, q_offset, kv_len):
-  """None -> all tokens see the memory, q_offset 0, kv_len S (a plain causal prefill)."""
+def fill_defaults(q, k, memory_visible, q_offset, kv_len, hidden_start=None, hidden_stop=None,
+                  kv_heads_first=False):
+  """None -> all tokens see the memory, q_offset 0, kv_len S, no hidden slots (a plain causal
+  prefill). Returns (memory_visible, q_offset, kv_len, hidden_start, hidden_stop)."""
   b, t = q.shape[:2]
   if memory_visible is None:
     memory_visible = jnp.ones((b, t), jnp.bool_)
   if q_offset is None:
     q_offset = jnp.zeros((b,), jnp.int32)
   if kv_len is None:
-    kv_len = jnp.full((b,), k.shape[1], jnp.int32)
-  return memory_visible, q_offset, kv_len
+    kv_len = jnp.full((b,), k.shape[2 if kv_heads_first else 1], jnp.int32)
+  if hidden_start is None:
+    hidden_start = jnp.zeros((b,), jnp.int32)
+  if hidden_stop is None:
+    hidden_stop = jnp.zeros((b,), jnp.int32)
+  return memory_visible, q_offset, kv_len, hidden_start, hidden_stop
 
 
 def default_scale(d: int, scale: float | None) -> float:
   return 1.0 / math.sqrt(d) if scale is None else float(scale)
 
 
-@functools.partial(jax.jit, static_argnames=("max_doc_chunks", "scale", "block", "interpret",
-                                             "debug"))
+@functools.partial(jax.jit, static_argnames=("max_doc_chunks", "scale", "kv_heads_first", "block",
+                                             "interpret", "debug"))
 def sparse_attention_reference(
     q: jax.Array,
     k: jax.Array,
@@ -139,9 +152,12 @@ def sparse_attention_reference(
     memory_visible: jax.Array | None = None,
     q_offset: jax.Array | None = None,
     kv_len: jax.Array | None = None,
+    hidden_start: jax.Array | None = None,
+    hidden_stop: jax.Array | None = None,
     *,
     max_doc_chunks: int,
     scale: float | None = None,
+    kv_heads_first: bool = False,
     block: SparseAttentionBlockSizes | None = None,
     interpret: bool = False,
     debug: bool = False,
@@ -160,8 +176,11 @@ def sparse_attention_reference(
     memory_visible: [B, T] bool, tokens that see the memory (None: all).
     q_offset: [B] int, own slot of query token 0 (None: 0).
     kv_len: [B] int, valid own slots (None: S).
+    hidden_start, hidden_stop: [B] int, own slots hidden_start <= s < hidden_stop are not
+      seen (None: none; the padding between a right-padded prompt and its decoded tokens).
     max_doc_chunks: static bound on the chunks per document (Cd).
     scale: logit scale (None: 1/sqrt(D)).
+    kv_heads_first: k and v are [B, J, S, D] (a decode cache's layout).
     block: ignored (the kernel's tiling); accepted so the two are interchangeable.
     interpret: ignored, as `block`.
     debug: ignored, as `block`.
@@ -170,9 +189,13 @@ def sparse_attention_reference(
     [B, T, H, D] in q's dtype; 0 for a query that sees nothing.
   """
   del block, interpret, debug
-  memory_visible, q_offset, kv_len = fill_defaults(q, k, memory_visible, q_offset, kv_len)
+  memory_visible, q_offset, kv_len, hidden_start, hidden_stop = fill_defaults(
+      q, k, memory_visible, q_offset, kv_len, hidden_start, hidden_stop, kv_heads_first)
   check_inputs(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_visible,
-               q_offset, kv_len, max_doc_chunks, scale)
+               q_offset, kv_len, max_doc_chunks, scale, hidden_start, hidden_stop,
+               kv_heads_first)
+  if kv_heads_first:
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   b, t, h, d = q.shape
   s_len, j = k.shape[1], k.shape[2]
   c = bank_k.shape[0]
@@ -187,7 +210,8 @@ def sparse_attention_reference(
   values = jnp.concatenate([bank_v[idx], v], axis=1)
   own = jnp.arange(s_len)[None, None, :]
   pos = q_offset[:, None, None] + jnp.arange(t)[None, :, None]
-  own_valid = (own <= pos) & (own < kv_len[:, None, None])  # [B, T, S]
+  hidden = (own >= hidden_start[:, None, None]) & (own < hidden_stop[:, None, None])
+  own_valid = (own <= pos) & (own < kv_len[:, None, None]) & ~hidden  # [B, T, S]
   mem_valid = memory_visible[:, :, None] & mem_valid[:, None, :]  # [B, T, K*Cd]
   valid = jnp.concatenate([mem_valid, own_valid], axis=2)[:, :, None, None, :]
   qg = q.reshape(b, t, j, h // j, d)
