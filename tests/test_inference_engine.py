@@ -72,6 +72,7 @@ MSA_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MSA_CASES))
 def test_prefill_matches_training_forward(tmp_path, name):
   msa = MSA_CASES[name]
@@ -96,6 +97,7 @@ def test_prefill_matches_training_forward(tmp_path, name):
         atol=1e-6)
 
 
+@pytest.mark.slow
 def test_greedy_decoding_matches_training_argmax(tmp_path):
   msa = MSA_CASES["decoupled"]
   params, docs, g, bank = _setup(tmp_path, msa)

@@ -70,6 +70,7 @@ def test_router_and_aux_layer_selection():
     MSAConfig(chunk_size=0)
 
 
+@pytest.mark.slow
 def test_params_are_the_backbones_plus_router_projections():
   batch = make_batch()
   params = init(MSATransformer(CFG, MSA), batch)
@@ -99,6 +100,7 @@ def test_chunk_mean_handles_partial_chunks():
       routing.chunk_mask(jnp.asarray(lengths), 7, 3), [[True] * 3, [True, True, False]])
 
 
+@pytest.mark.slow
 def test_padding_changes_nothing():
   """More padding (documents, document length, prompt length) gives identical results."""
   batch = make_batch()
@@ -129,6 +131,7 @@ def test_padding_changes_nothing():
                              compute_losses(out, batch, CFG, MSA)[0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_memory_reaches_prompt_only_in_router_layers_and_after_memory_index():
   batch = make_batch()
   model = MSATransformer(CFG, MSA.replace(router_layers=(3,)))
@@ -174,6 +177,7 @@ def test_document_positions_default_to_document_wise_rope():
   np.testing.assert_array_equal(prompt_positions(6, 2, 16), [0, 1, 18, 19, 20, 21])
 
 
+@pytest.mark.slow
 def test_forward_and_grad_trace_once_per_shape():
   model = MSATransformer(CFG, MSA)
   batch = make_batch()
@@ -191,6 +195,7 @@ def test_forward_and_grad_trace_once_per_shape():
   chex.clear_trace_counter()
 
 
+@pytest.mark.slow
 def test_bf16_compute_with_fp32_params():
   batch = make_batch()
   ref_model = MSATransformer(CFG, MSA)
@@ -212,6 +217,7 @@ def test_bf16_compute_with_fp32_params():
              for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_loss_and_gradients():
   batch = make_batch()
   msa = MSA.replace(aux_loss="bce")
@@ -243,6 +249,7 @@ def test_abstract_init_of_msa_presets():
       "embed", "q_heads", "head_dim")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decouple", [True, False])
 def test_pallas_kernel_switch_gives_the_same_model(decouple):
   """kernel_impl="pallas" (both kernels, interpret mode on CPU) vs "xla": same outputs,

@@ -78,6 +78,7 @@ def test_missing_checkpoint_names_the_field(tmp_path):
     pretrained.checkpoint_path(tmp_path / "nope.gguf")
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_config_and_tokenizer():
   cfg = pretrained.checkpoint_config("smollm2")
   # GGUF stores norm_eps as float32.

@@ -54,6 +54,7 @@ def _prompts():
                                               length=12)
 
 
+@pytest.mark.slow
 def test_cached_states_bank_and_full_model_agree(tmp_path):
   params = _params()
   docs, prompts = _docs(), _prompts()
