@@ -146,6 +146,7 @@ def write_gguf(path, hf_model, arch: str) -> None:
   writer.close()
 
 
+@pytest.mark.slow
 def test_qwen3_gguf_matches_transformers(tmp_path):
   """A random Qwen3 written as Q8_0 GGUF: our import vs transformers' import of the same file.
 

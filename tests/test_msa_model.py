@@ -152,6 +152,7 @@ def test_memory_reaches_prompt_only_in_router_layers_and_after_memory_index():
   np.testing.assert_array_equal(layer2_prompt(other_docs), layer2_prompt(batch))
 
 
+@pytest.mark.slow
 def test_top_k_larger_than_documents_selects_them_all():
   batch = make_batch()
   model = MSATransformer(CFG, MSA.replace(top_k=10))
@@ -162,6 +163,7 @@ def test_top_k_larger_than_documents_selects_them_all():
   assert sorted(np.asarray(route.indices[1, :2]).tolist()) == [0, 1]
 
 
+@pytest.mark.slow
 def test_document_positions_default_to_document_wise_rope():
   batch = make_batch()
   model = MSATransformer(CFG, MSA)
@@ -235,6 +237,7 @@ def test_remat_gives_the_same_loss_and_gradients():
   assert float(np.abs(g0["layers_3"]["attn"]["router_q_proj"]["kernel"]).max()) > 0.0
 
 
+@pytest.mark.slow
 def test_abstract_init_of_msa_presets():
   """Qwen3-4B with MSA on its upper half: shapes only, no allocation."""
   from msa_jax.model import abstract_params, count_params, get_preset, param_logical_axes

@@ -85,6 +85,7 @@ def test_evaluate_niah_is_deterministic_and_scored(model, tmp_path):
   assert wide["rows"][0]["recall_any"] == 1.0
 
 
+@pytest.mark.slow
 def test_write_results(model, tmp_path):
   results = niah_eval.evaluate_niah(model, niah_eval.NiahEvalSettings(
       variants=("single",), base_tokens=96, num_scales=2, factor=4, doc_tokens=32, bm25=True),

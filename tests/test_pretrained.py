@@ -31,6 +31,7 @@ def _flat(params):
   return flax.traverse_util.flatten_dict(jax.device_get(params))
 
 
+@pytest.mark.slow
 def test_backbone_from_checkpoint_routers_fresh(tmp_path):
   donor = _state(1).params  # the "pretrained" model: another init
   hf.save_hf_checkpoint(tmp_path / "ckpt", CFG, donor)
