@@ -14,8 +14,8 @@ from tests.paths import REPO
 
 def run_on_fake_devices(script: str, devices: int = 8, timeout: int = 300) -> dict:
   """Runs `script` with `devices` fake CPU devices; returns the last stdout line as JSON."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")  # keeps conftest's flags
   env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
   proc = subprocess.run([sys.executable, os.path.abspath(script)], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=timeout)

@@ -256,6 +256,7 @@ def test_synthetic_run_reads_the_builder(tmp_path):
     make_data(config)
 
 
+@pytest.mark.slow
 def test_beir_config_reads_through_tfds_and_grain(tmp_path):
   config = beir.get_config("smoke")
   config.data.data_dir = str(tmp_path)

@@ -61,6 +61,7 @@ def test_run_rejects_empty_prompts():
     generate.run(config, prompts=["  "])
 
 
+@pytest.mark.slow
 def test_generate_cli_answers_a_factual_prompt(smollm2_gguf):
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   result = subprocess.run(

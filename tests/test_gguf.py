@@ -42,6 +42,7 @@ def theirs(smollm2_gguf):
       attn_implementation="eager").eval()
 
 
+@pytest.mark.slow
 def test_dequantised_tensors_equal_transformers_conversion(ours, smollm2_gguf):
   from transformers import modeling_gguf_pytorch_utils as hf_gguf
   cfg, params, _ = ours
@@ -57,6 +58,7 @@ def test_dequantised_tensors_equal_transformers_conversion(ours, smollm2_gguf):
     assert np.array_equal(x, want[name].numpy()), name
 
 
+@pytest.mark.slow
 def test_config_is_the_smollm2_preset(ours):
   cfg, _, tokenizer = ours
   assert cfg.norm_eps == pytest.approx(1e-5)  # stored as float32 in the file
@@ -64,6 +66,7 @@ def test_config_is_the_smollm2_preset(ours):
   assert tokenizer.vocab_size == cfg.vocab_size
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_gguf_loading(ours, theirs):
   cfg, params, tokenizer = ours
   ids = [tokenizer.encode(p) for p in PROMPTS]
@@ -85,6 +88,7 @@ def test_logits_match_transformers_gguf_loading(ours, theirs):
   assert (got[valid].argmax(-1) == want[valid].argmax(-1)).all()
 
 
+@pytest.mark.slow
 def test_greedy_continuation_is_sensible_and_matches_transformers(ours, theirs):
   cfg, params, tokenizer = ours
   sampling = SamplingConfig(max_new_tokens=8, stop_tokens=tokenizer.stop_ids,
@@ -142,6 +146,7 @@ def write_gguf(path, hf_model, arch: str) -> None:
   writer.close()
 
 
+@pytest.mark.slow
 def test_qwen3_gguf_matches_transformers(tmp_path):
   """A random Qwen3 written as Q8_0 GGUF: our import vs transformers' import of the same file.
 

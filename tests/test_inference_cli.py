@@ -67,6 +67,7 @@ def test_encode_records_the_model_and_texts(tiny_bank):
   assert meta["max_doc_tokens"] == 16 and meta["corpus"] == str(corpus.resolve())
 
 
+@pytest.mark.slow
 def test_ask_prints_routing_and_answer(tiny_bank, capsys):
   _, _, bank = tiny_bank
   code, out, err = _run([ASK, f"--config.bank={bank}", "--question=k3 k4", "--question=k7",
@@ -226,6 +227,7 @@ class _Calls:
     return self.real(spec)
 
 
+@pytest.mark.slow
 def test_ask_questions_file_and_stdin_with_one_model_load(tiny_bank, tmp_path, capsys,
                                                           monkeypatch):
   _, _, bank = tiny_bank
@@ -298,6 +300,7 @@ def test_questions_file_errors_name_file_and_line(tiny_bank, tmp_path, capsys, m
   assert code == 2 and "holds no questions" in err
 
 
+@pytest.mark.slow
 def test_long_question_is_cut_with_a_warning(tiny_bank, capsys):
   _, _, bank = tiny_bank
   words = " ".join(["k1"] * 3000)  # 3000 tokens; the tiny model has 2048 positions

@@ -72,6 +72,7 @@ MSA_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MSA_CASES))
 def test_prefill_matches_training_forward(tmp_path, name):
   msa = MSA_CASES[name]
@@ -96,6 +97,7 @@ def test_prefill_matches_training_forward(tmp_path, name):
         atol=1e-6)
 
 
+@pytest.mark.slow
 def test_greedy_decoding_matches_training_argmax(tmp_path):
   msa = MSA_CASES["decoupled"]
   params, docs, g, bank = _setup(tmp_path, msa)
@@ -126,6 +128,7 @@ def test_greedy_decoding_matches_training_argmax(tmp_path):
     np.testing.assert_array_equal(tokens[r], want)
 
 
+@pytest.mark.slow
 def test_top_k_larger_than_bank_uses_every_document(tmp_path):
   msa = MSAConfig(top_k=8, chunk_size=4)
   docs, _ = _docs(m=3)
@@ -141,6 +144,7 @@ def test_top_k_larger_than_bank_uses_every_document(tmp_path):
   assert all(sorted(row) == ["d0", "d1", "d2"] for row in ids)
 
 
+@pytest.mark.slow
 def test_bf16_bank_stays_close(tmp_path):
   msa = MSA_CASES["decoupled"]
   params, docs, g, bank = _setup(tmp_path, msa, bank_dtype="bfloat16")

@@ -83,10 +83,12 @@ def worker_result():
   return run_on_fake_devices(__file__)
 
 
+@pytest.mark.slow
 def test_worker_sees_eight_devices(worker_result):
   assert worker_result["devices"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 @pytest.mark.parametrize("case", MSA_CASES)
 def test_sharded_engine_equals_single_device(worker_result, mesh, case):

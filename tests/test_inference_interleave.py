@@ -87,6 +87,7 @@ def test_random_model_runs_to_a_defined_status(engine):
         assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_scripted_rounds_known_unknown_repeated_empty_answer(engine):
   script = {
       "k1 k2": ["[ 0 0 0 3 ]", "[ 0 0 0 5 ] [ 9 9 9 9 ]", "v1 v2"],

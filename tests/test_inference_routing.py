@@ -365,10 +365,12 @@ def worker_result():
   return run_on_fake_devices(__file__)
 
 
+@pytest.mark.slow
 def test_worker_sees_eight_devices(worker_result):
   assert worker_result["devices"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 @pytest.mark.parametrize("case", SHARDED_CASES, ids=lambda c: str(c))
 def test_route_sharded_equals_route(worker_result, mesh, case):
@@ -382,6 +384,7 @@ def test_route_sharded_equals_route(worker_result, mesh, case):
   assert r["tie_adjacent"], r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_route_sharded_with_the_kernel(worker_result, mesh):
   """Each shard scores its chunks with the routing-score kernel: the XLA path's selection."""

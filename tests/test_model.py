@@ -22,6 +22,7 @@ def test_every_parameter_has_logical_axis_names(name):
     assert len(x.names) == len(x.value.shape) and set(x.names) <= LOGICAL_AXES, x
 
 
+@pytest.mark.slow
 def test_bf16_compute_with_fp32_storage_tracks_fp32():
   cfg = get_preset("tiny")
   params = init_params(Transformer(cfg), jax.random.key(0))

@@ -142,6 +142,7 @@ def test_forward_matches_official(case):
   err.report()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_gradients_match_official(case):
   cfg, msa, params, _, batch, _ = load_case(case)

@@ -70,6 +70,7 @@ def test_router_and_aux_layer_selection():
     MSAConfig(chunk_size=0)
 
 
+@pytest.mark.slow
 def test_params_are_the_backbones_plus_router_projections():
   batch = make_batch()
   params = init(MSATransformer(CFG, MSA), batch)
@@ -99,6 +100,7 @@ def test_chunk_mean_handles_partial_chunks():
       routing.chunk_mask(jnp.asarray(lengths), 7, 3), [[True] * 3, [True, True, False]])
 
 
+@pytest.mark.slow
 def test_padding_changes_nothing():
   """More padding (documents, document length, prompt length) gives identical results."""
   batch = make_batch()
@@ -129,6 +131,7 @@ def test_padding_changes_nothing():
                              compute_losses(out, batch, CFG, MSA)[0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_memory_reaches_prompt_only_in_router_layers_and_after_memory_index():
   batch = make_batch()
   model = MSATransformer(CFG, MSA.replace(router_layers=(3,)))
@@ -149,6 +152,7 @@ def test_memory_reaches_prompt_only_in_router_layers_and_after_memory_index():
   np.testing.assert_array_equal(layer2_prompt(other_docs), layer2_prompt(batch))
 
 
+@pytest.mark.slow
 def test_top_k_larger_than_documents_selects_them_all():
   batch = make_batch()
   model = MSATransformer(CFG, MSA.replace(top_k=10))
@@ -159,6 +163,7 @@ def test_top_k_larger_than_documents_selects_them_all():
   assert sorted(np.asarray(route.indices[1, :2]).tolist()) == [0, 1]
 
 
+@pytest.mark.slow
 def test_document_positions_default_to_document_wise_rope():
   batch = make_batch()
   model = MSATransformer(CFG, MSA)
@@ -174,6 +179,7 @@ def test_document_positions_default_to_document_wise_rope():
   np.testing.assert_array_equal(prompt_positions(6, 2, 16), [0, 1, 18, 19, 20, 21])
 
 
+@pytest.mark.slow
 def test_forward_and_grad_trace_once_per_shape():
   model = MSATransformer(CFG, MSA)
   batch = make_batch()
@@ -191,6 +197,7 @@ def test_forward_and_grad_trace_once_per_shape():
   chex.clear_trace_counter()
 
 
+@pytest.mark.slow
 def test_bf16_compute_with_fp32_params():
   batch = make_batch()
   ref_model = MSATransformer(CFG, MSA)
@@ -212,6 +219,7 @@ def test_bf16_compute_with_fp32_params():
              for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_loss_and_gradients():
   batch = make_batch()
   msa = MSA.replace(aux_loss="bce")
@@ -229,6 +237,7 @@ def test_remat_gives_the_same_loss_and_gradients():
   assert float(np.abs(g0["layers_3"]["attn"]["router_q_proj"]["kernel"]).max()) > 0.0
 
 
+@pytest.mark.slow
 def test_abstract_init_of_msa_presets():
   """Qwen3-4B with MSA on its upper half: shapes only, no allocation."""
   from msa_jax.model import abstract_params, count_params, get_preset, param_logical_axes
@@ -243,6 +252,7 @@ def test_abstract_init_of_msa_presets():
       "embed", "q_heads", "head_dim")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decouple", [True, False])
 def test_pallas_kernel_switch_gives_the_same_model(decouple):
   """kernel_impl="pallas" (both kernels, interpret mode on CPU) vs "xla": same outputs,

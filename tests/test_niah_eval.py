@@ -56,6 +56,7 @@ def test_identifiers_are_limited():
     niah_eval.document_identifiers(11, 1, 0)
 
 
+@pytest.mark.slow
 def test_evaluate_niah_is_deterministic_and_scored(model, tmp_path):
   results = niah_eval.evaluate_niah(model, SETTINGS, progress=None)
   again = niah_eval.evaluate_niah(model, SETTINGS, bank_dir=tmp_path, progress=None)
@@ -84,6 +85,7 @@ def test_evaluate_niah_is_deterministic_and_scored(model, tmp_path):
   assert wide["rows"][0]["recall_any"] == 1.0
 
 
+@pytest.mark.slow
 def test_write_results(model, tmp_path):
   results = niah_eval.evaluate_niah(model, niah_eval.NiahEvalSettings(
       variants=("single",), base_tokens=96, num_scales=2, factor=4, doc_tokens=32, bm25=True),
@@ -96,6 +98,7 @@ def test_write_results(model, tmp_path):
   assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_cli_random_model(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   cmd = [sys.executable, "-m", "msa_jax.niah", "--config=configs/niah.py",

@@ -21,9 +21,12 @@ def test_there_are_notebooks():
   assert NOTEBOOKS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, smollm2_gguf):
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def test_notebook_runs(path, smollm2_gguf, tmp_path):
+  # MSA_DEMO_WORKDIR: niah_scaling.ipynb would load a trained demo run left in /tmp/msa_demo.
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             MSA_DEMO_WORKDIR=str(tmp_path / "no_demo_run"))
   result = subprocess.run([sys.executable, "-c", notebook_source(path)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, f"{path.name} failed:\n{result.stdout}\n{result.stderr[-4000:]}"

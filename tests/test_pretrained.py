@@ -35,6 +35,7 @@ def _mesh():
   return sharding_lib.make_mesh(dict(data=-1, fsdp=1, tensor=1))
 
 
+@pytest.mark.slow
 def test_backbone_from_checkpoint_routers_fresh(tmp_path):
   donor = _state(1).params  # the "pretrained" model: another init
   hf.save_hf_checkpoint(tmp_path / "ckpt", CFG, donor)
@@ -107,6 +108,7 @@ def test_missing_checkpoint_names_the_field(tmp_path):
     pretrained.checkpoint_path(tmp_path / "nope.gguf")
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_config_and_tokenizer():
   cfg = pretrained.checkpoint_config("smollm2")
   # GGUF stores norm_eps as float32.

@@ -54,6 +54,7 @@ def _prompts():
                                               length=12)
 
 
+@pytest.mark.slow
 def test_cached_states_bank_and_full_model_agree(tmp_path):
   params = _params()
   docs, prompts = _docs(), _prompts()
@@ -99,6 +100,7 @@ def test_cached_states_bank_and_full_model_agree(tmp_path):
   np.testing.assert_allclose(ours, routed[first].doc_scores, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_general_score_path_matches_the_full_model(tmp_path):
   """Per-token scores (any head / query reduce, as the bank routing computes them)."""
   params, docs, prompts = _params(), _docs(), _prompts()

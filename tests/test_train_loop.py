@@ -17,6 +17,7 @@ from msa_jax.train.metrics import read_metrics
 from tests.paths import REPO
 
 
+@pytest.mark.slow
 def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
   config = demo.get_config("smoke")
   straight = train_and_evaluate(config, tmp_path / "straight")
@@ -46,6 +47,7 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
   assert (tmp_path / "straight" / "checkpoints" / "6").is_dir()
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(REPO)}
   out = subprocess.run(

@@ -136,6 +136,7 @@ def test_weight_decay_mask_skips_norms_and_vectors():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, expected)
 
 
+@pytest.mark.slow
 def test_train_step_applies_phase_weights():
   """One jitted train step of a tiny MSA model reports the phase's weights and a finite loss."""
   from msa_jax.model import ModelConfig, MSAConfig, MSATransformer

@@ -93,10 +93,12 @@ def worker_result():
   return run_on_fake_devices(__file__)
 
 
+@pytest.mark.slow
 def test_worker_sees_eight_devices(worker_result):
   assert worker_result["devices"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_sharded_losses_match_single_device(worker_result, mesh):
   single = np.asarray(worker_result["single"])
@@ -107,6 +109,7 @@ def test_sharded_losses_match_single_device(worker_result, mesh):
   assert worker_result[mesh]["step"] == STEPS
 
 
+@pytest.mark.slow
 def test_params_and_optimizer_state_are_sharded(worker_result):
   fsdp = worker_result["dp4_fsdp2"]
   # q_proj kernel [embed, q_heads, head_dim]: embed over fsdp, heads over tensor (size 1 here).
