@@ -128,10 +128,37 @@ def _top4(c: ml_collections.ConfigDict) -> None:
   c.msa.top_k = 4
 
 
+def _keys192(c: ml_collections.ConfigDict) -> None:
+  """The demo's task scaled to 1M held-out tokens: 2-word keys of 192 key words (36,864 keys),
+  5-digit identifiers, the same 4,000 training documents; table up to 2000x."""
+  c.data.update(num_key_words=192, id_digits=5, fact_span=8)
+  c.extrapolation.multipliers = (1, 10, 100, 2000)
+
+
+def _lastq(c: ml_collections.ConfigDict) -> None:
+  """Routes with the last routing-query token only (it has read the whole key), instead of the
+  best-scoring one (which may be a single key word)."""
+  c.msa.query_reduce = "last"
+
+
+def _batchneg(c: ml_collections.ConfigDict) -> None:
+  """The routing loss ranks each positive against all 64 documents of the batch (the other
+  samples' documents are encoded anyway): 63 negatives instead of 7, at no encoding cost."""
+  c.msa.batch_negatives = True
+
+
+def _hardneg(c: ml_collections.ConfigDict) -> None:
+  """3 of the 7 negatives are key confusers (the same key word at the same position) once the
+  router warm-up is over."""
+  c.data.update(hard_negatives=3, hard_negatives_after=c.optim.phases[0]["steps"])
+
+
 def _global_rope(c: ml_collections.ConfigDict) -> None:
   """The ablation: documents and prompt on one running position axis."""
   c.data.rope = "global"
 
 
-VARIANTS = {"smoke": _smoke, "onem": _onem, "scale": _scale, "top4": _top4,
+VARIANTS = {"smoke": _smoke, "onem": _onem, "scale": _scale, "top4": _top4, "hardneg": _hardneg,
+            "keys192": _keys192, "lastq": _lastq,
+            "batchneg": _batchneg,
             "global_rope": _global_rope}
