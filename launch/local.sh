@@ -2,7 +2,7 @@
 # N JAX processes on this machine (CPU by default), e.g. to check multi-host code paths:
 #   bash launch/local.sh 2 python -m msa_jax.train --config=configs/demo.py --workdir=/tmp/run
 # Each process gets JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, which
-# msa_jax.train.distributed.initialize() reads. Logs: <workdir or .>/process_<i>.log.
+# msa_jax.runtime.distributed.initialize() reads. Logs: <workdir or .>/process_<i>.log.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: bash launch/local.sh NUM_PROCESSES COMMAND..." >&2

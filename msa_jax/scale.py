@@ -47,9 +47,10 @@ from ml_collections import config_flags
 from msa_jax import runtime, validation
 
 from msa_jax.data import synthetic
-from msa_jax.evaluation import niah
+from msa_jax.data import niah
+from msa_jax.loading import restore
 from msa_jax.inference import engine as engine_lib
-from msa_jax.inference.bank import MemoryBank, fingerprint_diff
+from msa_jax.memory.bank import MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
 
 TASKS = ("demo", "single", "multikey", "multivalue", "multiquery")
@@ -408,7 +409,6 @@ def plot(rows: Sequence[dict], path: Path, route_k: int, title: str) -> None:
 def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Validates the config and the checkpoint's recorded config (no model is loaded); returns
   the checkpoint's training config. Raises ScaleError naming the bad value."""
-  from msa_jax.train import restore  # pylint: disable=import-outside-toplevel
   for name in ("checkpoint_workdir", "workdir"):
     if not config.get(name):
       raise ScaleError(f"--config.{name} is required")
@@ -458,7 +458,6 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 def run(config: ml_collections.ConfigDict) -> list[dict]:
   """The whole scale run (see the module docstring); returns the table's rows."""
   trained_config = check_config(config)
-  from msa_jax.train import restore  # pylint: disable=import-outside-toplevel
   out = Path(config.workdir)
   out.mkdir(parents=True, exist_ok=True)
   _log(f"[scale] restoring the checkpoint of {config.checkpoint_workdir}")

@@ -4,7 +4,7 @@ is loaded, and how a user error ends a command (one `error: ...` line on stderr,
 The absl apps (`python -m msa_jax.train`, `msa_jax.evaluate`, `msa_jax.generate`,
 `msa_jax.evaluation.niah_eval`) start through `run_app(main)`: flag parsing errors (an unknown
 flag, `--config.train.stepz=5`, a value of the wrong type) and `UserError`s raised by `main` are
-reported in one line; `--verbose` shows the traceback instead. `msa_jax.inference.cli` uses the
+reported in one line; `--verbose` shows the traceback instead. `msa_jax.bank` uses the
 same `UserError`, `report` and input readers.
 
 Library callers get `UserError`, a `ValueError`, from the `check_*` functions.
@@ -321,3 +321,13 @@ def run_app(main: Callable[[list[str]], Any]) -> None:
       sys.exit(report(e, flags.FLAGS.verbose))
 
   app.run(wrapped, flags_parser=parse_flags)
+
+
+def format_duration(seconds: float) -> str:
+  """`42s`, `3m05s`, `2h07m`."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

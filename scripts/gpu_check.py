@@ -164,7 +164,7 @@ def part_engine(smoke: bool) -> dict:
   import jax.numpy as jnp
   import numpy as np
   from msa_jax.inference import engine as engine_lib
-  from msa_jax.inference.bank import MemoryBank
+  from msa_jax.memory.bank import MemoryBank
   from msa_jax.inference.sampling import SamplingConfig
   from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
   preset = "tiny" if smoke else "qwen3_0_6b"

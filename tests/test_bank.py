@@ -14,8 +14,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from msa_jax.inference import bank as bank_lib
-from msa_jax.inference.bank import BankError, FingerprintMismatchError, MemoryBank
+from msa_jax.memory import bank as bank_lib
+from msa_jax.memory.bank import BankError, FingerprintMismatchError, MemoryBank
 
 LAYERS = (3, 5)
 J, D, P = 2, 4, 4
@@ -391,7 +391,7 @@ def test_failed_commit_keeps_previous_bank(tmp_path, monkeypatch):
   # The in-memory handle is unchanged too, and its next commit deletes the orphans.
   check_against(bank, expected_content(docs))
   # A failure while writing shards removes what it wrote at once.
-  monkeypatch.setattr(bank_lib, "_write_json_file", fail)
+  monkeypatch.setattr(bank_lib.store, "write_json_file", fail)
   with pytest.raises(OSError, match="simulated"):
     bank.add(*make_docs(1, seed=14))
   monkeypatch.undo()
@@ -410,13 +410,13 @@ _CHILD = textwrap.dedent("""
       docs = pickle.load(f)
     kill = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
     if mode == "mid_shards":  # Killed after a few array files of the new shards.
-      write, calls = bank_lib._write_npy, []
+      write, calls = bank_lib.store.write_npy, []
       def write_then_die(*args):
         calls.append(1)
         if len(calls) == 4:
           kill()
         return write(*args)
-      bank_lib._write_npy = write_then_die
+      bank_lib.store.write_npy = write_then_die
     else:  # Killed with the new manifest written to its temp file, before os.replace.
       bank_lib.os.replace = kill
     bank = bank_lib.MemoryBank.open(path)

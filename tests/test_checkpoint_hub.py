@@ -59,7 +59,7 @@ _OFFLINE = """
 import sys
 import numpy as np
 from msa_jax.checkpoint import load_checkpoint
-from msa_jax.train import pretrained
+from msa_jax.loading import pretrained
 repo_id, plain = sys.argv[1], sys.argv[2]
 cfg, params, tok = load_checkpoint(repo_id)
 want_cfg, want, want_tok = load_checkpoint(plain)
@@ -107,7 +107,7 @@ def test_bank_cli_model_by_repo_id(hub_cache, tmp_path):
                             for i in range(3)))
   env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_CACHE": str(cache),
          "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
-  command = [sys.executable, "-m", "msa_jax.inference.cli", "encode", f"--corpus={corpus}",
+  command = [sys.executable, "-m", "msa_jax.bank", "encode", f"--corpus={corpus}",
              f"--bank={tmp_path / 'bank'}", f"--model={REPO_ID}", "--msa.top_k=1",
              "--msa.chunk_size=2", "--max_doc_tokens=4", "--doc_template={text}"]
   out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -115,7 +115,7 @@ def test_bank_cli_model_by_repo_id(hub_cache, tmp_path):
   manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
   assert manifest["metadata"]["model"]["repo"] == REPO_ID
   asked = subprocess.run(  # rebuilds the model from the repo id the bank records
-      [sys.executable, "-m", "msa_jax.inference.cli", "ask", f"--bank={tmp_path / 'bank'}",
+      [sys.executable, "-m", "msa_jax.bank", "ask", f"--bank={tmp_path / 'bank'}",
        "--question=w11 w21", "--max_new_tokens=2", "--json"],
       env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
   assert asked.returncode == 0, asked.stderr[-3000:]

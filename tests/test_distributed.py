@@ -12,7 +12,7 @@ import pytest
 
 from configs import demo
 from msa_jax.train import data as data_lib
-from msa_jax.train import distributed
+from msa_jax.runtime import distributed
 from msa_jax.train.loop import train_and_evaluate
 from msa_jax.train.metrics import read_metrics
 from tests.paths import REPO
@@ -20,7 +20,7 @@ from tests.paths import REPO
 SCRIPT = """
 import jax, jax.numpy as jnp
 from jax.experimental import multihost_utils
-from msa_jax.train import distributed
+from msa_jax.runtime import distributed
 assert distributed.initialize()
 ids = multihost_utils.process_allgather(jnp.array([jax.process_index()]))
 print("PROCESS", jax.process_index(), jax.process_count(), ids.ravel().tolist())

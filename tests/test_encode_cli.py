@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msa_jax.inference import cli
-from msa_jax.inference.bank import MANIFEST, STAGED_MANIFEST, MemoryBank
+from msa_jax import bank as cli
+from msa_jax.memory.bank import MANIFEST, STAGED_MANIFEST, MemoryBank
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model=tiny", "--tokenizer=synthetic", "--seed=3", "--msa.chunk_size=4",
@@ -63,11 +63,11 @@ def _staged_docs(bank: Path) -> int:
 
 
 def _kill_after_commits(argv: list[str], bank: Path, min_docs: int) -> None:
-  """Runs `python -m msa_jax.inference.cli argv` and SIGKILLs it once its staged bank has
+  """Runs `python -m msa_jax.bank argv` and SIGKILLs it once its staged bank has
   committed `min_docs` documents (fails if it finishes first)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.Popen([sys.executable, "-m", "msa_jax.inference.cli", *argv], cwd=ROOT,
+  proc = subprocess.Popen([sys.executable, "-m", "msa_jax.bank", *argv], cwd=ROOT,
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   deadline = time.monotonic() + 240
   try:

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from msa_jax.evaluation import bm25, metrics
+from msa_jax.data import bm25
+from msa_jax.evaluation import metrics
 from tests.paths import SHARED
 
 NFCORPUS = SHARED / "data" / "beir" / "nfcorpus"

@@ -18,12 +18,13 @@ import pytest
 from configs import beir, nq320k
 from configs import evaluate as evaluate_config
 from msa_jax.data import retrieval
-from msa_jax.evaluation import bm25, metrics
+from msa_jax.data import bm25
+from msa_jax.evaluation import metrics
 from msa_jax.evaluation import run
 from msa_jax.inference import engine as engine_lib
-from msa_jax.inference.bank import BankError, MemoryBank
+from msa_jax.memory.bank import BankError, MemoryBank
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
-from msa_jax.train import restore
+from msa_jax.loading import restore
 from msa_jax.train.loop import train_and_evaluate
 from tests.paths import REPO, SHARED
 

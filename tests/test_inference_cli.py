@@ -1,4 +1,4 @@
-"""The bank command line (`python -m msa_jax.inference.cli encode / ask`).
+"""The bank command line (`python -m msa_jax.bank encode / ask`).
 
 Encodes a small jsonl corpus with a random tiny model (SmolLM2's tokenizer) and a 30-document
 slice of NFCorpus with SmolLM2's first two layers under fresh routers, asks questions against
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msa_jax.inference import cli
+from msa_jax import bank as cli
 from tests import paths
 
 # In the synthetic task's vocabulary (the tiny model's tokenizer here; loads instantly).
@@ -192,7 +192,7 @@ def test_module_entry_point(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   root = Path(__file__).resolve().parents[1]
   env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, "-m", "msa_jax.inference.cli", "ask",
+  proc = subprocess.run([sys.executable, "-m", "msa_jax.bank", "ask",
                          f"--bank={tmp_path / 'none'}", "--question=x"], env=env, cwd=root,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stderr.strip().endswith("create it with `encode`)")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from msa_jax.inference import engine as engine_lib
-from msa_jax.inference.bank import BankError
+from msa_jax.memory.bank import BankError
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.model import MSABatch, MSAConfig, MSATransformer, get_preset, init_params
 

@@ -26,7 +26,7 @@ def _worker() -> None:
   jax.config.update("jax_default_matmul_precision", "highest")
   from msa_jax.inference import engine as engine_lib
   from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
-  from msa_jax.train.sharding import make_mesh
+  from msa_jax.runtime.sharding import make_mesh
 
   cfg = get_preset("tiny").replace(vocab_size=64, embed_dim=32, mlp_dim=64, num_layers=3,
                                    num_heads=4, num_kv_heads=2, head_dim=8)

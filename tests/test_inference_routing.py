@@ -1,4 +1,4 @@
-"""Bank routing (`msa_jax.inference.routing`) against the training path's routing math.
+"""Bank routing (`msa_jax.memory.routing`) against the training path's routing math.
 
 `route` streams a flat bank [C, J, D] in tiles; the oracle lays the same documents out as the
 training batch [B, N, C_doc, J, D] and runs `routing.chunk_scores` -> `doc_scores` ->
@@ -79,7 +79,7 @@ def max_finite_diff(a, b) -> float:
 
 
 def check_against_training(bank, questions, num_docs, top_k, mode, tile, scale=0.7):
-  from msa_jax.inference.routing import route
+  from msa_jax.memory.routing import route
   keys, chunk_doc = bank
   rq, mask = questions
   h, q, c = mode
@@ -117,7 +117,7 @@ def test_tile_size_does_not_change_the_result(tile, head_reduce):
   bank = random_bank(1, RAGGED)
   out = check_against_training(bank, random_questions(1), len(RAGGED), 3,
                                (head_reduce, "max", "mean"), tile)
-  from msa_jax.inference.routing import route
+  from msa_jax.memory.routing import route
   ref = route(*random_questions(1), *bank, len(RAGGED), top_k=3, scale=0.7,
               head_reduce=head_reduce, chunk_reduce="mean", tile_chunks=28)
   np.testing.assert_allclose(np.asarray(out.doc_scores), np.asarray(ref.doc_scores), rtol=1e-6,
@@ -155,7 +155,7 @@ def test_top_k_larger_than_the_bank():
 
 def test_padding_rows_and_bfloat16():
   import jax.numpy as jnp
-  from msa_jax.inference.routing import route
+  from msa_jax.memory.routing import route
   keys, chunk_doc = random_bank(4, RAGGED)
   rq, mask = random_questions(4)
   pad_keys = np.concatenate([keys[:9], np.ones_like(keys[:3]), keys[9:], keys[:2]])
@@ -172,7 +172,7 @@ def test_padding_rows_and_bfloat16():
 
 
 def test_bad_arguments_are_named():
-  from msa_jax.inference.routing import layout_bank, route
+  from msa_jax.memory.routing import layout_bank, route
   keys, chunk_doc = random_bank(5, (2, 3))
   rq, mask = random_questions(5)
   with pytest.raises(ValueError, match="top_k=0"):
@@ -186,7 +186,7 @@ def test_bad_arguments_are_named():
 
 
 def test_layout_bank_keeps_documents_whole():
-  from msa_jax.inference.routing import check_no_straddling, layout_bank
+  from msa_jax.memory.routing import check_no_straddling, layout_bank
   keys, chunk_doc = random_bank(6, (1, 9, 2, 2, 0, 3, 1))  # 18 chunks: doc 1 > 18 / 4
   out_keys, out_doc = layout_bank(keys, chunk_doc, 4, tile_chunks=4)
   length = out_doc.shape[0] // 4
@@ -239,8 +239,8 @@ def _worker() -> None:
   """Routes on each mesh, compares with single-device `route`; prints one JSON line."""
   import jax
   jax.config.update("jax_default_matmul_precision", "highest")
-  from msa_jax.inference.routing import layout_bank, route, route_sharded, shard_bank
-  from msa_jax.train.sharding import make_mesh
+  from msa_jax.memory.routing import layout_bank, route, route_sharded, shard_bank
+  from msa_jax.runtime.sharding import make_mesh
 
   keys, chunk_doc = random_bank(7, SHARDED_DOCS, dup=(2, 8))
   num_docs = len(SHARDED_DOCS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from msa_jax.data.synthetic import FACT, SyntheticTokenizer
-from msa_jax.evaluation import niah
+from msa_jax.data import niah
 
 TOK = SyntheticTokenizer(num_filler_words=32, num_key_words=16, num_value_words=8)
 

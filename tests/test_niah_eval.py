@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from msa_jax.data import synthetic
-from msa_jax.evaluation import niah
+from msa_jax.data import niah
 from msa_jax.evaluation import niah_eval
 from tests.paths import REPO
 

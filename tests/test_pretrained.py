@@ -1,4 +1,4 @@
-"""A pretrained backbone under fresh routers: msa_jax.train.pretrained."""
+"""A pretrained backbone under fresh routers: msa_jax.loading.pretrained."""
 
 import functools
 
@@ -10,8 +10,8 @@ import pytest
 from msa_jax.checkpoint import hf
 from msa_jax.model import MSAConfig, MSATransformer, get_preset
 from msa_jax.train import optimizer as optim_lib
-from msa_jax.train import pretrained
-from msa_jax.train import sharding as sharding_lib
+from msa_jax.loading import pretrained
+from msa_jax.runtime import sharding as sharding_lib
 from msa_jax.train import step as step_lib
 
 CFG = get_preset("tiny").replace(num_layers=4)

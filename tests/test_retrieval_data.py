@@ -7,7 +7,7 @@ import pytest
 
 from msa_jax.checkpoint import smollm2_path
 from msa_jax.data import retrieval
-from msa_jax.data.tokenizer import Tokenizer
+from msa_jax.checkpoint.tokenizer import Tokenizer
 from msa_jax.model import check_batch
 from tests.paths import REPO, SHARED
 

@@ -19,8 +19,8 @@ from configs import scale as scale_config
 from msa_jax import scale
 from msa_jax.data import synthetic
 from msa_jax.inference import engine as engine_lib
-from msa_jax.inference.bank import STAGED_MANIFEST, MemoryBank
-from msa_jax.train import restore
+from msa_jax.memory.bank import STAGED_MANIFEST, MemoryBank
+from msa_jax.loading import restore
 from msa_jax.train.loop import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

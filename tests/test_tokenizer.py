@@ -27,7 +27,7 @@ import pytest
 from tokenizers import pre_tokenizers
 
 from msa_jax.data import Tokenizer, read_gguf_metadata
-from msa_jax.data import tokenizer as tokenizer_lib
+from msa_jax.checkpoint import tokenizer as tokenizer_lib
 from tests.paths import SHARED
 
 CORPUS = SHARED / "data" / "beir" / "nfcorpus" / "corpus.jsonl"

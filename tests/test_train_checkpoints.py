@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msa_jax.train.checkpoints import Checkpointer
+from msa_jax.checkpoint.orbax import Checkpointer
 
 
 def state_at(step):

@@ -23,6 +23,11 @@ import time
 import jax
 import numpy as np
 
+from msa_jax.checkpoint import smollm2_path
+from msa_jax.inference import engine
+from msa_jax.loading.pretrained import load_backbone, merge_backbone
+from msa_jax.model import MSAConfig, MSATransformer, init_params
+
 G, BATCH = 128, 16
 FULL = dict(docs=32, layers=None, iters=3)
 QUICK = dict(docs=16, layers=2, iters=2)
@@ -52,13 +57,9 @@ def run(quick: bool) -> list[dict]:
   try:
     import torch
     import transformers  # noqa: F401
-    from msa_jax.checkpoint import smollm2_path
     path = smollm2_path()
   except (ImportError, FileNotFoundError):
     return []
-  from msa_jax.inference import engine
-  from msa_jax.model import MSAConfig, MSATransformer, init_params
-  from msa_jax.train.pretrained import load_backbone, merge_backbone
 
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   sizes = QUICK if quick else FULL

@@ -22,6 +22,10 @@ import time
 import jax
 import numpy as np
 
+from msa_jax import runtime
+from msa_jax.checkpoint import load_gguf, smollm2_path
+from msa_jax.inference import SamplingConfig, generate_text
+from msa_jax.model import Transformer
 from msa_jax.model.config import ModelConfig
 
 BATCH_PROMPTS = (
@@ -81,9 +85,6 @@ def compare(batch: int, new_tokens: int, repeats: int, models=None) -> dict:
   """One row: ours vs HF at `batch` prompts of BATCH_PROMPTS, `new_tokens` greedy tokens,
   medians of `repeats` interleaved timings after one untimed call each. `models` reuses the
   (config, params, tokenizer, HF model) of `load_models()`."""
-  from msa_jax.inference import SamplingConfig, generate_text
-  from msa_jax.model import Transformer
-
   cfg, params, tokenizer, hf = models or load_models()
   model = Transformer(cfg)
   sampling = SamplingConfig(max_new_tokens=new_tokens, pad_id=tokenizer.pad_id or 0)
@@ -113,7 +114,6 @@ def compare(batch: int, new_tokens: int, repeats: int, models=None) -> dict:
 
 def load_models():
   """(config, params, tokenizer) of our SmolLM2 GGUF load and HF's model of the same file."""
-  from msa_jax.checkpoint import load_gguf, smollm2_path
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   path = smollm2_path()
   return (*load_gguf(path), _hf_model(path))
@@ -127,7 +127,6 @@ def run(quick: bool) -> list[dict]:
   """
   try:
     import transformers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    from msa_jax.checkpoint import smollm2_path  # pylint: disable=import-outside-toplevel
     smollm2_path()
   except (ImportError, FileNotFoundError):
     return []
@@ -137,7 +136,6 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-  from msa_jax import runtime  # pylint: disable=ungrouped-imports
   runtime.enable_compilation_cache()
   for r in run(quick=False):
     print(f"{r['case']}: ours {r['ours_s']:.3f} s, HF {r['baseline_s']:.3f} s, "

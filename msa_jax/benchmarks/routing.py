@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from msa_jax.benchmarks.blas import Worker
-from msa_jax.inference import routing
+from msa_jax.memory import routing
 
 T, H, J, D, P, DOC_TOKENS, TOP_K = 16, 4, 2, 64, 64, 512, 16
 FULL = dict(tokens=(1_000_000, 10_000_000), batches=(1, 8), iters=11)

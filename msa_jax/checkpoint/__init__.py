@@ -10,7 +10,7 @@ from msa_jax.checkpoint import hub
 from msa_jax.checkpoint.gguf import load_gguf, smollm2_path
 from msa_jax.checkpoint.hf import (CheckpointError, config_from_hf, config_to_hf, hf_to_params,
                                    load_hf_checkpoint, params_to_hf, save_hf_checkpoint)
-from msa_jax.data.tokenizer import Tokenizer
+from msa_jax.checkpoint.tokenizer import Tokenizer
 
 
 def load_checkpoint(path: str | os.PathLike | None, dtype=None):

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from msa_jax.checkpoint import hf
-from msa_jax.data.tokenizer import Tokenizer, read_gguf_metadata
+from msa_jax.checkpoint.tokenizer import Tokenizer, read_gguf_metadata
 from msa_jax.model.config import ModelConfig
 
 _ARCHS = ("llama", "qwen3")

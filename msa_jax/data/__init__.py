@@ -15,7 +15,7 @@ from msa_jax.data.synthetic import (
     grain_dataset,
     whole_memory_batch,
 )
-from msa_jax.data.tokenizer import Tokenizer, read_gguf_metadata
+from msa_jax.checkpoint.tokenizer import Tokenizer, read_gguf_metadata
 
 __all__ = [
     "BatchSpec",

@@ -5,7 +5,7 @@ but that the qrels do not judge relevant.
   negatives["PLAIN-4"]  # corpus indices, BM25 order, judged documents removed
 
 Retrieval models learn much more from such near misses than from random documents (which a
-router separates after a few hundred steps). Mining uses the BM25 of `msa_jax.evaluation.bm25`
+router separates after a few hundred steps). Mining uses the BM25 of `msa_jax.data.bm25`
 over `title + text` of the whole corpus; it needs only the training split's queries and qrels,
 so the test queries stay unseen. Any `RetrievalData` works (BEIR, NQ320k).
 """
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from msa_jax.data.retrieval import RetrievalData
-from msa_jax.evaluation import bm25 as bm25_lib
+from msa_jax.data import bm25 as bm25_lib
 
 
 def bm25_negatives(data: RetrievalData, split: str, *, depth: int = 100,

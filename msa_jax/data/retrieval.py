@@ -55,7 +55,7 @@ NQ320K_HOWTO = (
 
 
 class Tokenizer(Protocol):
-  """What the batches need from a tokenizer (e.g. `msa_jax.data.tokenizer.Tokenizer`)."""
+  """What the batches need from a tokenizer (e.g. `msa_jax.checkpoint.tokenizer.Tokenizer`)."""
   bos_id: int | None
   eos_id: int | None
   pad_id: int | None

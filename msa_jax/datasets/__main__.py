@@ -37,8 +37,7 @@ def builders(config, data_dir: str | None) -> list[Any]:
   if d.kind in retrieval.BUILDERS:
     return [retrieval.BUILDERS[d.kind](d.path, data_dir)]
   if d.kind == "synthetic":
-    from msa_jax.train.data import synthetic_corpora  # pylint: disable=import-outside-toplevel
-    return [synthetic.builder(args, data_dir) for args in synthetic_corpora(d).values()]
+    return [synthetic.builder(args, data_dir) for args in synthetic.corpora(d).values()]
   raise ValueError(f"data.kind={d.kind!r} has no tfds builder; known: "
                    f"{sorted([*retrieval.BUILDERS, 'synthetic'])}")
 

@@ -1,5 +1,5 @@
 """tfds builder of needle-in-a-haystack tasks (`msa_niah`): the memory documents, needles and
-questions of a `msa_jax.evaluation.niah.build_niah` call, to inspect or share what an
+questions of a `msa_jax.data.niah.build_niah` call, to inspect or share what an
 evaluation asked.
 
 One config per set of arguments (tokenizer sizes, the variant, sizes, seed), named after the
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from msa_jax.data import synthetic
+from msa_jax.data import niah, synthetic
 from msa_jax.datasets import core
 
 DOCUMENTS, NEEDLES, QUESTIONS = "documents", "needles", "questions"
@@ -43,7 +43,7 @@ class MsaNiah(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=(
             "A RULER-style needle-in-a-haystack task over the synthetic vocabulary "
-            "(msa_jax.evaluation.niah): filler sentences with `<fact> key value` needles, "
+            "(msa_jax.data.niah): filler sentences with `<fact> key value` needles, "
             "split into memory documents; a question names a key and expects its values. "
             "Features: `text` (document, needle sentence or query), `num_tokens` (of a "
             "document), `key`, `values`, `depth` (of a needle; -1 elsewhere), `docs` (the "
@@ -94,7 +94,6 @@ class MsaNiah(tfds.core.GeneratorBasedBuilder):
 def build(arguments: Mapping[str, Any]):
   """`niah.build_niah` of the arguments (tokenizer sizes, `spec`: a preset name, and its
   keywords)."""
-  from msa_jax.evaluation import niah  # pylint: disable=import-outside-toplevel
   args = dict(arguments)
   tok = synthetic.SyntheticTokenizer(*(args.pop(k) for k in TOKENIZER_ARGS))
   return niah.build_niah(tok, args.pop("spec"), **args)

@@ -136,3 +136,15 @@ def load_corpus(arguments: Mapping[str, Any], data_dir: str | os.PathLike | None
       key_doc=np.array([q["doc"] for q in questions], np.int32),
       key_offset=np.array([q["offset"] for q in questions], np.int32),
       seed=int(args.get("seed", 0)), doc_index=np.array([d["doc"] for d in docs], np.int64))
+
+
+def corpora(d: Any) -> dict[str, dict[str, Any]]:
+  """For a `data` config section, the generator arguments (`generate`) of the synthetic task's
+  training corpus ("train": documents [0, num_docs)) and held-out evaluation corpus ("eval":
+  the documents after the training ones, with other keys and identifiers, never seen)."""
+  common = dict(num_filler_words=d.num_filler_words, num_key_words=d.num_key_words,
+                num_value_words=d.num_value_words, doc_length=d.doc_length,
+                facts_per_doc=d.facts_per_doc, key_length=d.key_length,
+                id_digits=d.id_digits, fact_span=d.get("fact_span"))
+  return {"train": dict(common, num_docs=d.num_docs, seed=d.seed),
+          "eval": dict(common, num_docs=d.eval_docs, seed=d.seed, first_doc=d.num_docs)}

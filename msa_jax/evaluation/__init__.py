@@ -1,2 +1,3 @@
-"""Evaluation: retrieval metrics (`metrics`), a BM25 baseline (`bm25`, needs bm25s) and
-needle-in-a-haystack tasks over the synthetic vocabulary (`niah`)."""
+"""Evaluation: retrieval metrics (`metrics`), the train-short/infer-long table
+(`extrapolation`), the `python -m msa_jax.evaluate` runner (`run`) and the NIAH runner
+(`niah_eval`)."""

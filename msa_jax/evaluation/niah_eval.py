@@ -55,12 +55,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msa_jax import runtime
+from msa_jax import runtime, validation
+from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import synthetic
-from msa_jax.evaluation import niah
+from msa_jax.data import bm25, niah
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference.sampling import SamplingConfig
-from msa_jax.model import MSAConfig, MSATransformer, ModelConfig, get_preset, init_params
+from msa_jax.loading import restore
+from msa_jax.model import PRESETS, MSAConfig, MSATransformer, ModelConfig, get_preset, init_params
+from msa_jax.validation import format_duration
 
 RESULTS_FILE = "niah_results.json"
 TABLE_FILE = "niah_table.txt"
@@ -162,8 +165,6 @@ def trained_model(workdir, step: int | None = None) -> NiahModel:
   Raises:
     ValueError: the run did not train on the synthetic task (its vocabulary is not NIAH's).
   """
-  from msa_jax.checkpoint.hf import dtype_from_name  # pylint: disable=import-outside-toplevel
-  from msa_jax.train import restore  # pylint: disable=import-outside-toplevel
   config = restore.load_config(workdir)
   if config.data.kind != "synthetic":
     raise ValueError(f"{workdir} trained on data.kind={config.data.kind!r}; NIAH needs a model "
@@ -264,7 +265,6 @@ def chance_recall(question: niah.NiahQuestion, num_docs: int, top_k: int) -> flo
 def _bm25_routed(task: niah.NiahTask, k: int) -> list[list[int]]:
   """Each question's k best documents by BM25 on its key words (no stopwords, no stemming)."""
   import bm25s  # pylint: disable=import-outside-toplevel,unused-import
-  from msa_jax.evaluation import bm25  # pylint: disable=import-outside-toplevel
   pylogging.getLogger("bm25s").setLevel(pylogging.WARNING)  # else a line per index
   retriever = bm25.BM25Retriever(dict(enumerate(task.documents)), stopwords=None)
   return [[int(d) for d in retriever.search(q.key, k)] for q in task.questions]
@@ -326,7 +326,6 @@ def evaluate_task(model: NiahModel, task: niah.NiahTask, bank_path, *, settings:
 
 def _eta(done_tokens: int, total_tokens: int, began: float) -> str:
   """`ETA 3m05s` at the time per memory token so far (a task's time grows with its memory)."""
-  from msa_jax.train.metrics import format_duration  # pylint: disable=import-outside-toplevel
   if done_tokens >= total_tokens:
     return "done"
   rate = (time.perf_counter() - began) / max(done_tokens, 1)
@@ -524,8 +523,6 @@ def check_flags(f) -> None:
   Raises:
     UserError: a bad size, an unknown variant or preset, a missing model, a bad workdir.
   """
-  from msa_jax import validation  # pylint: disable=import-outside-toplevel
-  from msa_jax.model import PRESETS  # pylint: disable=import-outside-toplevel
   validation.check_output_dir(f.workdir)
   if bool(f.checkpoint_workdir) == bool(f.random_model):
     raise validation.UserError("give exactly one of --checkpoint_workdir, --random_model")
@@ -554,7 +551,6 @@ def check_flags(f) -> None:
 
 def main(argv: Sequence[str]) -> None:
   from absl import flags, logging  # pylint: disable=import-outside-toplevel
-  from msa_jax import validation  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise validation.UserError(f"unexpected arguments: {argv[1:]}")
   runtime.enable_compilation_cache()
@@ -573,6 +569,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from msa_jax import validation  # pylint: disable=import-outside-toplevel
   define_flags()
   validation.run_app(main)

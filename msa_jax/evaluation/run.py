@@ -19,7 +19,7 @@ Behind `python -m msa_jax.evaluate --config=configs/evaluate.py --workdir=...`. 
      * `msa_generative` (models trained to answer `[m]`): the greedily generated identifier
        (stopped at EOS or `]`) mapped back to its document; an unparsable identifier or one
        outside the memory is a miss. Only Hit@1 is meaningful (one document is generated).
-   plus `bm25` on the same memory (title + text, `msa_jax.evaluation.bm25`).
+   plus `bm25` on the same memory (title + text, `msa_jax.data.bm25`).
 4. Memory-size scaling: the same questions against nested memories of growing size: the
    smallest holds every relevant document of the evaluated queries plus `scaling.base_docs`
    sampled distractors, then `factor` times more each step, up to the whole memory (or
@@ -54,14 +54,14 @@ from msa_jax import datasets
 from msa_jax import validation
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import retrieval
-from msa_jax.evaluation import bm25 as bm25_lib
+from msa_jax.data import bm25 as bm25_lib
 from msa_jax.evaluation import metrics as metrics_lib
 from msa_jax.inference import engine as engine_lib
-from msa_jax.inference import routing as bank_routing
-from msa_jax.inference.bank import BankError, MemoryBank, fingerprint_diff
+from msa_jax.memory import routing as bank_routing
+from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
-from msa_jax.train import restore
-from msa_jax.train.metrics import format_duration
+from msa_jax.loading import restore
+from msa_jax.validation import format_duration
 
 METRICS = metrics_lib.DEFAULT_METRICS
 GENERATIVE_METRICS = ("hit@1",)

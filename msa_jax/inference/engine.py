@@ -32,14 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msa_jax.inference import routing as bank_routing
-from msa_jax.inference.bank import BankError, MemoryBank, fingerprint_diff
+from msa_jax.memory import routing as bank_routing
+from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig, sample_logits
 from msa_jax.model import attention
 from msa_jax.model import layers
 from msa_jax.model.batch import prompt_positions
 from msa_jax.model.config import ModelConfig, MSAConfig
 from msa_jax.model.msa import MSADecoderLayer
+from msa_jax.validation import format_duration
 
 Dtype = Any
 
@@ -139,14 +140,6 @@ def bank_fingerprint(cfg: ModelConfig, msa: MSAConfig, params, dtype: Dtype) -> 
   return dict(model=model, router_layers=list(router_ids), chunk_size=msa.chunk_size,
               decouple_router=msa.decouple_router, normalize_routing=msa.normalize_routing,
               compute_dtype=jnp.dtype(dtype).name, params=digest.hexdigest())
-
-
-def format_duration(seconds: float) -> str:
-  """'1h02m', '3m05s' or '12s'."""
-  seconds = max(0, int(round(seconds)))
-  h, rest = divmod(seconds, 3600)
-  m, s = divmod(rest, 60)
-  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def progress_line(what: str, done: int, total: int | None, tokens: int, elapsed: float,

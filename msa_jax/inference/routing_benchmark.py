@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from msa_jax import runtime
-from msa_jax.inference import routing
-from msa_jax.train.sharding import make_mesh
+from msa_jax.memory import routing
+from msa_jax.runtime.sharding import make_mesh
 from pallas_kernels.routing_scores.reference import CHUNK_REDUCES, HEAD_REDUCES, QUERY_REDUCES
 
 SMALL = dict(tokens="2048,8192", questions=2, query_tokens=4, heads=4, kv_heads=2, dim=16,

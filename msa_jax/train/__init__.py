@@ -2,7 +2,7 @@
 
 from msa_jax.train.optimizer import (make_loss_weights, make_lr_schedule, make_optimizer,
                                      weight_decay_mask)
-from msa_jax.train.sharding import (DEFAULT_RULES, logical_to_shardings, make_mesh, make_rules,
+from msa_jax.runtime.sharding import (DEFAULT_RULES, logical_to_shardings, make_mesh, make_rules,
                                     shard_batch)
 from msa_jax.train.step import (TrainState, init_train_state, make_eval_step, make_train_step,
                                 state_shardings)

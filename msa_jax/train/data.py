@@ -40,7 +40,7 @@ import numpy as np
 from msa_jax.data import retrieval, synthetic
 from msa_jax.datasets import retrieval as datasets_retrieval
 from msa_jax.datasets import synthetic as datasets_synthetic
-from msa_jax.train import pretrained
+from msa_jax.loading import pretrained
 
 LOADERS = ("python", "grain")
 # Grain reads with one thread a few batches ahead: batch building overlaps the train step.
@@ -127,18 +127,6 @@ def _make_iterator(d: ml_collections.ConfigDict, default: str, python, grain_dat
 SYNTHETIC_SOURCES = ("generate", "tfds")
 
 
-def synthetic_corpora(d: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
-  """The generator arguments (`msa_jax.datasets.synthetic.generate`) of the synthetic task's
-  training corpus ("train": documents [0, num_docs)) and held-out evaluation corpus ("eval":
-  the documents after the training ones, with other keys and identifiers, never seen)."""
-  common = dict(num_filler_words=d.num_filler_words, num_key_words=d.num_key_words,
-                num_value_words=d.num_value_words, doc_length=d.doc_length,
-                facts_per_doc=d.facts_per_doc, key_length=d.key_length,
-                id_digits=d.id_digits, fact_span=d.get("fact_span"))
-  return {"train": dict(common, num_docs=d.num_docs, seed=d.seed),
-          "eval": dict(common, num_docs=d.eval_docs, seed=d.seed, first_doc=d.num_docs)}
-
-
 def _synthetic_data(cfg: ml_collections.ConfigDict):
   """(tokenizer, train iterator, eval batches) for the synthetic memory task."""
   d = cfg.data
@@ -148,9 +136,9 @@ def _synthetic_data(cfg: ml_collections.ConfigDict):
     raise ValueError(f"data.source={source!r} is not supported; known: {SYNTHETIC_SOURCES}")
   if source == "tfds":  # materialised by the msa_synthetic builder, read back
     corpora = {k: datasets_synthetic.load_corpus(args, d.get("data_dir"))
-               for k, args in synthetic_corpora(d).items()}
+               for k, args in datasets_synthetic.corpora(d).items()}
   else:
-    corpora = {k: datasets_synthetic.generate(args) for k, args in synthetic_corpora(d).items()}
+    corpora = {k: datasets_synthetic.generate(args) for k, args in datasets_synthetic.corpora(d).items()}
   corpus, held_out = corpora["train"], corpora["eval"]
   spec = synthetic.BatchSpec(
       batch_size=cfg.train.batch_size, docs_per_sample=d.docs_per_sample,

@@ -28,37 +28,24 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from msa_jax import validation
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.evaluation import extrapolation
-from msa_jax.model import MSAConfig, MSATransformer, check_batch, get_preset
-from msa_jax.train import checkpoints as ckpt_lib
+from msa_jax.model import check_batch
+from msa_jax.checkpoint import orbax as ckpt_lib
 from msa_jax.train import data as data_lib
-from msa_jax.train import distributed
+from msa_jax.runtime import distributed
 from msa_jax.train import metrics as metrics_lib
 from msa_jax.train import optimizer as optim_lib
-from msa_jax.train import pretrained
-from msa_jax.train import sharding as sharding_lib
+from msa_jax.train import router_adapt
+from msa_jax.loading import pretrained
+from msa_jax.loading.build import build_model
+from msa_jax.runtime import sharding as sharding_lib
 from msa_jax.train import step as step_lib
 from msa_jax.train import workdir as workdir_lib
-
-
-def build_model(cfg: ml_collections.ConfigDict, vocab_size: int):
-  """(model config, MSA config, MSATransformer) of a training config (the backbone config from
-  `model.checkpoint` when set, else the preset with `model.overrides`)."""
-  checkpoint = cfg.model.get("checkpoint")
-  if checkpoint:  # the backbone's config comes from the checkpoint (see train/pretrained.py)
-    model_cfg = pretrained.checkpoint_config(checkpoint, cfg.model.get("num_layers"))
-  else:
-    model_cfg = get_preset(cfg.model.preset).replace(
-        vocab_size=vocab_size, **cfg.model.get("overrides", {}).to_dict())
-  msa = MSAConfig(**cfg.msa.to_dict())
-  dtype = dtype_from_name(cfg.dtype)
-  return model_cfg, msa, MSATransformer(model_cfg, msa, dtype=dtype, param_dtype=jnp.float32)
 
 
 def _logged_metrics(workdir: Path, step: int) -> dict[str, float]:
@@ -87,7 +74,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       (`msa_jax.train.workdir`); checked before anything is loaded.
   """
   if config.get("mode", "") == "router_adapt":  # frozen backbone, cached states, routers only
-    from msa_jax.train import router_adapt  # pylint: disable=import-outside-toplevel
     return router_adapt.train(config, validation.check_output_dir(workdir))
   validation.check_train_config(config)
   workdir = validation.check_output_dir(workdir)

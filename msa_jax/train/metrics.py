@@ -21,6 +21,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from msa_jax.validation import format_duration
+
 try:  # TensorBoard event files without TensorFlow
   from tensorboardX import SummaryWriter
 except ImportError:  # pragma: no cover - tensorboardX is a dependency; keep jsonl working
@@ -91,16 +93,6 @@ class MetricsWriter:
 
 
 SHOWN = ("loss", "aux_loss", "recall@1")  # the fields of the printed line
-
-
-def format_duration(seconds: float) -> str:
-  """`42s`, `3m05s`, `2h07m`."""
-  seconds = max(0, int(round(seconds)))
-  if seconds < 60:
-    return f"{seconds}s"
-  if seconds < 3600:
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def format_line(split: str, step: int, values: Mapping[str, float], total: int | None = None,

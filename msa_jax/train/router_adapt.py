@@ -51,13 +51,15 @@ from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import hard_negatives
 from msa_jax.data import retrieval
 from msa_jax.evaluation import metrics as metrics_lib
-from msa_jax.inference import routing as bank_routing
+from msa_jax.evaluation import run as run_lib
+from msa_jax.memory import routing as bank_routing
 from msa_jax.model import routing
 from msa_jax.model.config import MSAConfig
-from msa_jax.train import checkpoints as ckpt_lib
+from msa_jax.checkpoint import orbax as ckpt_lib
 from msa_jax.train import metrics as train_metrics
 from msa_jax.train import optimizer as optim_lib
-from msa_jax.train import pretrained
+from msa_jax.loading import pretrained
+from msa_jax.loading.build import build_model
 from msa_jax.train import state_cache
 from msa_jax.train import step as step_lib
 
@@ -275,8 +277,6 @@ def _centre(p_all: dict, docs: state_cache.DocStates, queries: state_cache.Query
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Runs the mode (module docstring); returns the final validation metrics."""
-  from msa_jax.evaluation import run as run_lib  # pylint: disable=import-outside-toplevel
-  from msa_jax.train import loop  # pylint: disable=import-outside-toplevel
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -291,7 +291,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
   if not config.model.get("checkpoint"):
     raise ValueError("mode=router_adapt adapts a pretrained backbone: set model.checkpoint")
   tokenizer = pretrained.checkpoint_tokenizer(config.model.checkpoint)
-  model_cfg, msa, model = loop.build_model(config, tokenizer.vocab_size)
+  model_cfg, msa, model = build_model(config, tokenizer.vocab_size)
   if not msa.decouple_router:
     raise ValueError("mode=router_adapt trains router projections: msa.decouple_router must be "
                      "True")

@@ -43,7 +43,7 @@ from msa_jax.model import layers
 from msa_jax.model import routing
 from msa_jax.model.config import ModelConfig, MSAConfig
 from msa_jax.model.msa import MSADecoderLayer
-from msa_jax.train.pretrained import is_fresh
+from msa_jax.loading.pretrained import is_fresh
 
 FORMAT = 1
 

@@ -26,7 +26,7 @@ from msa_jax.model.batch import MSABatch
 from msa_jax.model.config import ModelConfig, MSAConfig
 from msa_jax.model.msa import compute_losses
 from msa_jax.model.transformer import abstract_params
-from msa_jax.train import sharding as sharding_lib
+from msa_jax.runtime import sharding as sharding_lib
 
 LossWeightsFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 Metrics = dict[str, jax.Array]

@@ -15,7 +15,7 @@ How:
   k_j>, so the wrapper pre-sums each kv group's R query heads in float32 (a cheap pass over q)
   and the kernel does J dots instead of H. Those J dots into one float32 accumulator are the
   K-loop of ONE GEMM [rows, J*D] x [J*D, block_c] per tile, tiled along K by kv head (the
-  same shape `msa_jax.inference.routing` gives XLA), which keeps a [rows, D] slice of q and
+  same shape `msa_jax.memory.routing` gives XLA), which keeps a [rows, D] slice of q and
   a [block_c, D] slice of keys live rather than J*D-wide operands. Head max does the H dots
   and a running max (exact: the max is not linear).
 * The query reduce (max | mean | last) is fused: the wrapper turns q_mask into per-row weights

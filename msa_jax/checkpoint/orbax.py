@@ -78,6 +78,20 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**args))
     return restored[STATE], (restored[DATA] if has_data else None)
 
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+    """(params, step) of checkpoint `step` (default: the latest), laid out like
+    `abstract_params`; the optimiser state and the data state are not read."""
+    step = self.latest_step if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                          {"params": abstract_params, "step": jax.ShapeDtypeStruct((), "int32")})
+    restore = ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{STATE: restore}))
+    return restored[STATE]["params"], int(restored[STATE]["step"])
+
   def wait(self) -> None:
     """Blocks until pending (asynchronous) saves are on disk."""
     self._manager.wait_until_finished()

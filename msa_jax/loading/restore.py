@@ -4,8 +4,8 @@
   trained.model.apply({"params": trained.params}, batch)
 
 The workdir's `config.json` rebuilds the model and tokenizer exactly as the training run did;
-the parameters are restored from the orbax checkpoint into an abstract train state (nothing
-is initialised first), then the optimiser state is dropped.
+only the parameters are read from the orbax checkpoint, into their abstract shapes (nothing is
+initialised, the optimiser state is not read).
 """
 
 from __future__ import annotations
@@ -16,16 +16,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
+import flax.linen as nn
 import ml_collections
 
+from msa_jax.checkpoint import orbax as ckpt_lib
 from msa_jax.data import synthetic
-from msa_jax.model import ModelConfig, MSAConfig, MSATransformer
-from msa_jax.train import checkpoints as ckpt_lib
-from msa_jax.train import loop
-from msa_jax.train import optimizer as optim_lib
-from msa_jax.train import pretrained
-from msa_jax.train import step as step_lib
+from msa_jax.loading import pretrained
+from msa_jax.loading.build import build_model
+from msa_jax.model import ModelConfig, MSAConfig, MSATransformer, abstract_params
 
 
 @dataclasses.dataclass
@@ -65,13 +63,11 @@ def load_trained(workdir: str | os.PathLike, step: int | None = None) -> Trained
   """The model and parameters of the workdir's checkpoint `step` (default: the latest)."""
   config = load_config(workdir)
   tokenizer = make_tokenizer(config)
-  model_cfg, msa, model = loop.build_model(config, tokenizer.vocab_size)
-  tx = optim_lib.make_optimizer(config.optim.to_dict())
-  abstract = jax.eval_shape(step_lib.init_fn(model, tx), jax.random.key(0))
+  model_cfg, msa, model = build_model(config, tokenizer.vocab_size)
   checkpointer = ckpt_lib.Checkpointer(Path(workdir) / "checkpoints", every=None)
   if checkpointer.latest_step is None:
     raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
-  state, _ = checkpointer.restore(abstract, step)
+  params, step = checkpointer.restore_params(nn.unbox(abstract_params(model)), step)
   checkpointer.close()
   return TrainedModel(config=config, model_config=model_cfg, msa=msa, model=model,
-                      params=state.params, tokenizer=tokenizer, step=int(state.step))
+                      params=params, tokenizer=tokenizer, step=step)

@@ -25,7 +25,7 @@ import numpy as np
 
 from msa_jax.checkpoint import hf, hub
 from msa_jax.checkpoint.gguf import config_from_metadata, load_gguf, smollm2_path
-from msa_jax.data.tokenizer import Tokenizer, read_gguf_metadata
+from msa_jax.checkpoint.tokenizer import Tokenizer, read_gguf_metadata
 from msa_jax.model.config import ModelConfig
 
 SMOLLM2 = "smollm2"

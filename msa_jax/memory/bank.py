@@ -4,7 +4,8 @@ Stage 1 encodes every memory document once and keeps, for each router layer, thr
 all C chunks of all M documents: the pooled routing keys K̄^R (`keys`, L2-normalised), and the
 pooled attention keys K̄ (`k`) and values V̄ (`v`), each [C, J, D]. Stage 2 scans every routing
 key (`layer_arrays`); stage 3 reads the content blocks of the selected documents only (`gather`).
-This module is storage only (numpy and the filesystem); the encoder that fills it lives elsewhere.
+This module is storage only (numpy and the filesystem, through the shard store in store.py); the
+encoder that fills it lives elsewhere.
 
 On-disk format, version 1 (one directory):
 
@@ -41,29 +42,24 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import numbers
 import os
-import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
 
-try:
-  import fcntl
-except ImportError:  # Not POSIX: writers are not locked against each other.
-  fcntl = None
+from msa_jax.memory import store
+
 
 FORMAT = "msa_jax.memory_bank"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STAGED_MANIFEST = "manifest.next.json"
-LOCK_FILE = ".lock"
+LOCK_FILE = store.LOCK_FILE
 DOCS_FILE = "docs.json"
 ARRAY_NAMES = ("keys", "k", "v")
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -71,9 +67,6 @@ STORAGE_DTYPES = {"float32": np.dtype("<f4"), "bfloat16": np.dtype("<u2")}
 # How far from 1 the norm of a stored routing key may be (all-zero keys are allowed too).
 KEY_NORM_TOLERANCE = {"float32": 1e-3, "bfloat16": 1e-2}
 
-_TMP_PREFIX = MANIFEST + ".tmp-"
-_SHARD_RE = re.compile(r"^shard-\d{6,}-[0-9a-f]{8}$")
-_BLOCK_BYTES = 16 << 20
 _MANIFEST_FIELDS = {
     "format": str, "format_version": int, "generation": int, "next_shard": int,
     "fingerprint": dict, "metadata": (dict, list, str, int, float, bool, type(None)),
@@ -82,7 +75,7 @@ _MANIFEST_FIELDS = {
 }
 
 
-class BankError(ValueError):
+class BankError(store.StoreError):
   """A memory bank on disk is corrupt, incompatible, or not what the caller expects."""
 
 
@@ -323,130 +316,6 @@ def _slice_segments(segments: Sequence[tuple[int, np.ndarray]],
   return parts
 
 
-# --- files ----------------------------------------------------------------------------------------
-
-
-class _HashingWriter:
-  """A write-only file wrapper that counts and hashes what goes through it."""
-
-  def __init__(self, file):
-    self._file = file
-    self.sha256 = hashlib.sha256()
-    self.size = 0
-
-  def write(self, data) -> int:
-    self._file.write(data)
-    self.sha256.update(data)
-    self.size += len(data)
-    return len(data)
-
-  def entry(self) -> dict:
-    return {"bytes": self.size, "sha256": self.sha256.hexdigest()}
-
-
-def _fsync_dir(path: Path) -> None:
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
-def _write_new_file(path: Path, write: Callable[[_HashingWriter], None]) -> dict:
-  """Creates `path` (never overwrites), fills it, fsyncs; returns {'bytes', 'sha256'}."""
-  with open(path, "xb") as f:
-    writer = _HashingWriter(f)
-    write(writer)
-    f.flush()
-    os.fsync(f.fileno())
-  return writer.entry()
-
-
-def _write_npy(path: Path, parts: Sequence[np.ndarray], shape: tuple[int, ...],
-               storage: np.dtype) -> dict:
-  """Writes the concatenation of `parts` as one .npy file, streaming (no concatenated copy)."""
-  if sum(len(p) for p in parts) != shape[0]:
-    raise AssertionError(f"parts hold {sum(len(p) for p in parts)} rows, expected {shape[0]}")
-
-  def write(f):
-    header = {"descr": np.lib.format.dtype_to_descr(storage), "fortran_order": False,
-              "shape": tuple(shape)}
-    np.lib.format.write_array_header_1_0(f, header)
-    for part in parts:
-      rows = max(1, _BLOCK_BYTES // max(1, part[:1].nbytes))
-      for i in range(0, len(part), rows):
-        f.write(np.ascontiguousarray(part[i:i + rows], dtype=storage).tobytes())
-
-  return _write_new_file(path, write)
-
-
-def _write_json_file(path: Path, value: Any) -> dict:
-  data = json.dumps(value).encode("ascii")  # ensure_ascii: any str round-trips exactly.
-  return _write_new_file(path, lambda f: f.write(data))
-
-
-def _replace_manifest(path: Path, data: bytes) -> None:
-  """Atomically makes `data` the content of `path`: temp file, fsync, os.replace, dir fsync."""
-  tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex[:8]}")
-  _write_new_file(tmp, lambda f: f.write(data))
-  os.replace(tmp, path)
-  _fsync_dir(path.parent)
-
-
-def _sha256_file(path: Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(_BLOCK_BYTES), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def _check_file(path: Path, entry: Mapping, verify: bool) -> None:
-  """Raises BankError naming `path` if it is missing, of the wrong size, or (verify) corrupt."""
-  try:
-    size = path.stat().st_size
-  except FileNotFoundError:
-    raise BankError(f"memory bank file {path} is missing") from None
-  if size != entry["bytes"]:
-    raise BankError(f"memory bank file {path} has {size} bytes, the manifest says "
-                    f"{entry['bytes']} (truncated or overwritten)")
-  if verify and _sha256_file(path) != entry["sha256"]:
-    raise BankError(f"memory bank file {path} is corrupt: its sha256 differs from the manifest's")
-
-
-def _is_leftover(name: str) -> bool:
-  """Names this module writes: a directory made only of them is safe to (re)create a bank in."""
-  return (name in (LOCK_FILE, STAGED_MANIFEST) or name.startswith(_TMP_PREFIX)
-          or bool(_SHARD_RE.match(name)))
-
-
-def _live_shards(bank_dir: Path, manifest: Mapping, other: str) -> set[str] | None:
-  """Shards `manifest` and the manifest file `other` (the published or the staged one) refer
-  to; None when `other` exists but cannot be read (then nothing may be deleted)."""
-  live = {shard["name"] for shard in manifest["shards"]}
-  try:
-    data = json.loads((bank_dir / other).read_bytes())
-    live |= {shard["name"] for shard in data["shards"]}
-  except FileNotFoundError:
-    pass
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
-  return live
-
-
-def _remove_orphans(bank_dir: Path, live: set[str] | None) -> None:
-  """Best effort: deletes shard directories not in `live` and temp manifests (nothing when
-  `live` is None)."""
-  if live is None:
-    return
-  for entry in os.scandir(bank_dir):
-    if _SHARD_RE.match(entry.name) and entry.name not in live:
-      shutil.rmtree(entry.path, ignore_errors=True)
-    elif entry.name.startswith(_TMP_PREFIX):
-      with contextlib.suppress(OSError):
-        os.unlink(entry.path)
-
-
 def _check_manifest(manifest: Any, path: Path) -> None:
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
     raise BankError(f"{path} is not a memory bank manifest (format "
@@ -469,7 +338,7 @@ def _check_manifest(manifest: Any, path: Path) -> None:
                     f"{sizes}, layer_ids {layer_ids!r})")
   for shard in manifest["shards"]:
     if not (isinstance(shard, dict) and isinstance(shard.get("name"), str)
-            and _SHARD_RE.match(shard["name"]) and isinstance(shard.get("files"), dict)
+            and store.is_shard_name(shard["name"]) and isinstance(shard.get("files"), dict)
             and _is_int(shard.get("num_docs")) and _is_int(shard.get("num_chunks"))):
       raise BankError(f"{path}: malformed shard entry {shard!r}")
     want = set(shard_files(manifest["layer_ids"]))
@@ -521,7 +390,7 @@ def check_bank_dir(path) -> None:
   if path.exists() and not path.is_dir():
     raise FileExistsError(f"{path} exists and is not a directory")
   if path.is_dir():
-    others = [n for n in os.listdir(path) if n != MANIFEST and not _is_leftover(n)]
+    others = [n for n in os.listdir(path) if n != MANIFEST and not store.is_leftover(n, STAGED_MANIFEST)]
     if others:
       raise FileExistsError(f"{path} holds files that are not a memory bank's "
                             f"({_preview(sorted(others))}); refusing to write there")
@@ -662,7 +531,7 @@ class MemoryBank:
     for shard in manifest["shards"]:
       shard_dir = path / shard["name"]
       for name, entry in shard["files"].items():
-        _check_file(shard_dir / name, entry, verify)
+        store.check_file(shard_dir / name, entry, verify, "memory bank file", BankError)
       docs_path = shard_dir / DOCS_FILE
       try:
         docs = json.loads(docs_path.read_bytes())
@@ -904,15 +773,7 @@ class MemoryBank:
   @contextlib.contextmanager
   def _writer(self, check_stale: bool = True):
     """Holds the bank's writer lock; refuses if the manifest changed since this bank read it."""
-    self._path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self._path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      if fcntl is not None:
-        try:
-          fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-          raise BankError(f"memory bank {self._path} is being written by another "
-                          f"process") from None
+    with store.exclusive_lock(self._path, f"memory bank {self._path}", BankError):
       if check_stale:
         try:
           on_disk = (self._path / self._manifest_name).read_bytes()
@@ -922,8 +783,6 @@ class MemoryBank:
           raise BankError(f"memory bank {self._path} changed on disk since it was opened; "
                           f"open it again before changing it")
       yield
-    finally:
-      os.close(fd)
 
   def _commit(self, manifest: dict, shard_docs: list[dict]) -> None:
     """Makes `manifest` the bank's (atomically), adopts it, then deletes unreferenced files."""
@@ -931,10 +790,10 @@ class MemoryBank:
                     num_docs=sum(s["num_docs"] for s in manifest["shards"]),
                     num_chunks=sum(s["num_chunks"] for s in manifest["shards"]))
     data = json.dumps(manifest, indent=1).encode("ascii")
-    _replace_manifest(self._path / self._manifest_name, data)
+    store.replace_file(self._path / self._manifest_name, data)
     self._set_state(manifest, data, shard_docs)
     other = MANIFEST if self._staged else STAGED_MANIFEST
-    _remove_orphans(self._path, _live_shards(self._path, manifest, other))
+    store.remove_orphans(self._path, store.live_shards(self._path, manifest, other))
 
   def publish(self) -> None:
     """Makes this staged bank the published bank at its path: one atomic `os.replace` of its
@@ -943,9 +802,9 @@ class MemoryBank:
       raise BankError(f"memory bank {self._path} is already published")
     with self._writer():
       os.replace(self._path / STAGED_MANIFEST, self._path / MANIFEST)
-      _fsync_dir(self._path)
+      store.fsync_dir(self._path)
       self._staged = False
-      _remove_orphans(self._path, _live_shards(self._path, self._manifest, STAGED_MANIFEST))
+      store.remove_orphans(self._path, store.live_shards(self._path, self._manifest, STAGED_MANIFEST))
 
   def _write_shards(self, groups: Sequence[tuple[dict, list[tuple[int, int]]]],
                     segments: Callable[[int, str], Sequence[tuple[int, np.ndarray]]]
@@ -961,23 +820,23 @@ class MemoryBank:
     storage = STORAGE_DTYPES[self._manifest["dtype"]]
     try:
       for docs, ranges in groups:
-        name = f"shard-{seq:06d}-{uuid.uuid4().hex[:8]}"
+        name = store.new_shard_name(seq)
         seq += 1
         shard_dir = self._path / name
         shard_dir.mkdir()
         written.append(shard_dir)
         num_chunks = sum(hi - lo for lo, hi in ranges)
-        files = {DOCS_FILE: _write_json_file(shard_dir / DOCS_FILE, docs)}
+        files = {DOCS_FILE: store.write_json_file(shard_dir / DOCS_FILE, docs)}
         for layer_id in self._manifest["layer_ids"]:
           for array_name in ARRAY_NAMES:
             parts = _slice_segments(segments(layer_id, array_name), ranges)
-            files[array_file(layer_id, array_name)] = _write_npy(
+            files[array_file(layer_id, array_name)] = store.write_npy(
                 shard_dir / array_file(layer_id, array_name), parts,
                 (num_chunks, self.num_kv_heads, self.head_dim), storage)
-        _fsync_dir(shard_dir)
+        store.fsync_dir(shard_dir)
         entries.append({"name": name, "num_docs": len(docs["ids"]), "num_chunks": num_chunks,
                         "files": files})
-      _fsync_dir(self._path)
+      store.fsync_dir(self._path)
     except BaseException:
       for shard_dir in written:
         shutil.rmtree(shard_dir, ignore_errors=True)

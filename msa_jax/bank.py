@@ -2,7 +2,7 @@
 
 Encode (stage 1) a corpus into a bank:
 
-  python -m msa_jax.inference.cli encode --corpus=../shared/data/beir/nfcorpus --bank=/tmp/nf \
+  python -m msa_jax.bank encode --corpus=../shared/data/beir/nfcorpus --bank=/tmp/nf \
       --model=smollm2 --num_layers=4 --msa.top_k=4 --msa.chunk_size=16 --seed=0 \
       --max_doc_tokens=128 --limit=1000
 
@@ -36,7 +36,7 @@ the bank directory are all checked before the model is built.
 The bank's metadata records how to rebuild the model (the workdir and step, or model + seed +
 MSA fields + layers + tokenizer) and the prompt template, so asking needs only the bank:
 
-  python -m msa_jax.inference.cli ask --bank=/tmp/nf --question="Do statins help?" \
+  python -m msa_jax.bank ask --bank=/tmp/nf --question="Do statins help?" \
       [--question=...] [--questions_file=FILE] [--interactive] [--top_k=8] \
       [--max_new_tokens=32] [--interleave [--max_rounds=3]] [--all_layers]
 
@@ -76,11 +76,13 @@ import numpy as np
 from msa_jax import runtime, validation
 from msa_jax.checkpoint import hub
 from msa_jax.data import retrieval
+from msa_jax.data.synthetic import SyntheticTokenizer
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference import interleave as interleave_lib
-from msa_jax.inference import bank as bank_lib
-from msa_jax.inference.bank import BankError, MemoryBank, fingerprint_diff
+from msa_jax.memory import bank as bank_lib
+from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
+from msa_jax.loading import pretrained, restore
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
 
 MODELS = ("smollm2", "tiny")
@@ -213,10 +215,8 @@ def parse_msa_flags(pairs: list[str]) -> dict[str, Any]:
 def _tokenizer(name: str):
   """The named tokenizer (cached: SmolLM2's takes seconds to read from its GGUF file)."""
   if name == "smollm2":
-    from msa_jax.train import pretrained  # pylint: disable=import-outside-toplevel
     return pretrained.checkpoint_tokenizer(pretrained.SMOLLM2)
   if name == "synthetic":
-    from msa_jax.data.synthetic import SyntheticTokenizer  # pylint: disable=import-outside-toplevel
     return SyntheticTokenizer()
   raise CliError(f"--tokenizer={name!r} is unknown; known: {list(TOKENIZERS)}")
 
@@ -229,7 +229,6 @@ def build_model(spec: dict) -> Model:
   """
   kind = spec.get("kind")
   if kind == "workdir":
-    from msa_jax.train import restore  # pylint: disable=import-outside-toplevel
     _log(f"[model] restoring the checkpoint of {spec['workdir']}")
     try:
       trained = restore.load_trained(spec["workdir"], spec.get("step"))
@@ -249,7 +248,6 @@ def build_model(spec: dict) -> Model:
                      for k, v in spec.get("msa", {}).items()})
   seed = int(spec.get("seed", 0))
   if kind in ("smollm2", "hf"):
-    from msa_jax.train import pretrained  # pylint: disable=import-outside-toplevel
     name = spec["repo"] if kind == "hf" else pretrained.SMOLLM2
     _log(f"[model] reading the {name} tokenizer")
     tokenizer = (pretrained.checkpoint_tokenizer(name) if kind == "hf"
@@ -499,7 +497,7 @@ def open_bank(path: str) -> MemoryBank:
   meta = bank.metadata
   if not isinstance(meta, dict) or "model" not in meta:
     raise CliError(f"bank {path} has no model record in its metadata (it was not written by "
-                   "`msa_jax.inference.cli encode`)")
+                   "`msa_jax.bank encode`)")
   return bank
 
 
@@ -739,7 +737,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m msa_jax.inference.cli", allow_abbrev=False,
+  parser = _Parser(prog="python -m msa_jax.bank", allow_abbrev=False,
                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--compilation_cache", help=runtime.FLAG_HELP)
   sub = parser.add_subparsers(dest="command", required=True)
