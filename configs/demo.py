@@ -27,6 +27,13 @@ yet. Runs on the 2-core CPU shared with 6 other jobs (load average 10-14, ~24 mi
     recall@1 0.5-0.75 at step 1,600; stopped).
   B (7-digit identifiers, hard negatives from step 0, 500 warm-up steps at 1e-3): in-batch
     recall@1 0.375-0.5 at step 1,100, LM at chance (stopped).
+  F `:hardneg` (the demo + 3 hard negatives after the warm-up: documents whose key has one of
+    the question's key words at the same place), to 700x: recall@1 / answer 1.000 / 0.930,
+    0.914 / 0.844, 0.633 / 0.609, 0.484 / 0.477 (G without: 0.992, 0.977, 0.727, 0.406 recall@1).
+    Of its 66 recall@1 misses at 700x (5,600 documents, ~87 share a key word with each
+    question) only 25 lose to such a key confuser; routing with the last query token of F's
+    model instead of the best one: 15 of 68. So most misses at scale are generic score noise
+    of a router trained against 7 negatives, not the partial-key confusers hard negatives fix.
 What mattered: router warm-up on the routing loss alone before the LM loss joins (the LM loss
 from the start teaches the model to ignore a memory the untrained router fills with wrong
 documents); the fact inside the identifier's chunk (`fact_span`: pooled memory keeps no token
