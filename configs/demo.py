@@ -12,7 +12,7 @@ against memories of 1x to 2000x the 512-token training memory (16,000 documents 
 tokens) through the inference engine (bank, routing over the whole bank, generation).
 
 Measured, recall@1 / answer at 1x / 10x / 100x / 2000x (512 to 1,024,000 tokens), all on the
-2-core CPU shared with 6 other jobs (load average 7-19; a run took 20-30 min there, ~4 min
+2-core CPU shared with 6 other jobs (load average 4-19; a run took 13-30 min there, ~4 min
 solo). The default is run H:
   H (routing loss over all 64 documents of the batch, `msa.batch_negatives`; routing with the
     last query token, `msa.query_reduce="last"`; the 2-of-192-word / 5-digit task; 3,000
@@ -25,6 +25,9 @@ solo). The default is run H:
     recall@1 1.000 / 1.000 / 0.969 / 0.766, answer 0.922 / 0.930 / 0.914 / 0.680: no
     better; 29 of its 30 misses at 2000x still lose to a key holding a question word at the
     other position (the hard negatives are 3 of the 63 negatives of the batch loss).
+  J `:top4` (H routing 4 documents; 13 min at load ~4-7): recall@1 1.000 / 1.000 / 0.992 /
+    0.789 (recall@5 1.000), answer 0.016 / 0.016 / 0.000 / 0.008: the LM never learned which
+    of the 4 routed documents to copy from, as with 2 before (below); top_k >= 4 is not met.
   F (G + 3 hard negatives sharing a key word at the same position, after the warm-up; to
     700x): recall@1 / answer 1.000 / 0.930, 0.914 / 0.844, 0.633 / 0.609, 0.484 / 0.477 (G:
     0.992, 0.977, 0.727, 0.406 recall@1). Of its 66 misses at 700x (~87 documents share a key
@@ -46,15 +49,16 @@ What mattered: ranking each positive against every document of the batch (H vs G
 16,000 documents vs 0.406 at 5,600, same training cost); router warm-up on the routing loss
 alone before the LM loss joins (the LM loss from the start teaches the model to ignore a memory
 the untrained router fills with wrong documents); the fact inside the identifier's chunk
-(`fact_span`: pooled memory keeps no token order across chunks); top_k 1 (with two routed
-documents the LM never learned which one to copy from); 4,000 training documents (with 20,000,
-B-E, the LM never copied). What failed: hard negatives from step 0 (C: stall); hard negatives
-at the same key position (E, F: the router already separates those) or at any position (I). Issue 13's bars (>= 0.95
-recall@1 and answer at 1M tokens, <= 9 % loss) are NOT met: the identifier copy (0.88 at 1x)
-and the bag-of-words router are the gaps. Not run for lack of CPU time: `:top4` (top_k 4) and
-`:global_rope` on this task. Variants combine with commas (`:hardneg,top4`); `:scale` is run E's
-task with 7-digit identifiers (3-word keys of 128 words, for 10M/100M-token memories); `:smoke`
-is a few steps for tests. Rerunning the same command resumes from the workdir.
+(`fact_span`: pooled memory keeps no token order across chunks); top_k 1 (with 2 or 4 routed
+documents, J, the LM never learned which one to copy from); 4,000 training documents (with
+20,000, B-E, the LM never copied). What failed: hard negatives from step 0 (C: stall); hard
+negatives at the same key position (E, F: the router already separates those) or at any
+position (I). Issue 13's bars (>= 0.95 recall@1 and answer at 1M tokens, <= 9 % loss, top_k 1
+and >= 4) are NOT met: the bag-of-words router, the identifier copy (0.88-0.92 at 1x) and
+copying from one of several routed documents are the gaps. Variants combine with commas
+(`:hardneg,top4`); `:scale` is run E's task with 7-digit identifiers (3-word keys of 128 words,
+for 10M/100M-token memories); `:smoke` is a few steps for tests. Rerunning the same command
+resumes from the workdir.
 """
 
 import ml_collections
