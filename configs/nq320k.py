@@ -5,8 +5,10 @@ queries, the target is the identifier of the page that answers the question.
       --config.data.path=/path/to/NCI/Data_process/NQ_dataset
 
 `data.path` is the folder with the NCI preprocessing's NQ_doc_content.tsv,
-nq_train_doc_newid.tsv and nq_dev_doc_newid.tsv (see `msa_jax.data.retrieval.load_nq320k`);
-without them the run stops at once with how to obtain the data. The files are prepared once
+nq_train_doc_newid.tsv and nq_dev_doc_newid.tsv (see `msa_jax.data.retrieval.load_nq320k`), or
+a tfds data dir holding `natural_questions` prepared as ArrayRecord (see
+`msa_jax.datasets.retrieval.load_natural_questions`); without either the run stops at once with
+how to obtain the data. The files are prepared once
 into the `msa_nq320k` tfds dataset under `data.data_dir` (default ~/.cache/msa_jax/tfds) and
 read through `tfds.data_source` and grain.
 Backbone: the SmolLM2-135M GGUF; a Qwen3 HF directory instead with

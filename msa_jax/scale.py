@@ -48,6 +48,7 @@ from msa_jax import runtime, validation
 
 from msa_jax.data import synthetic
 from msa_jax.data import niah
+from msa_jax.evaluation import report
 from msa_jax.loading import restore
 from msa_jax.inference import engine as engine_lib
 from msa_jax.memory.bank import MemoryBank, fingerprint_diff
@@ -372,17 +373,12 @@ def format_table(rows: Sequence[dict], route_k: int) -> str:
             f"{r['encode_tokens_per_s']:,.0f}", f"{r['route_ms_per_question']:.1f}",
             str(r["questions"]), f"{r['recall@1']:.3f}", f"{r['recall@k']:.3f}",
             f"{r['accuracy']:.3f}"] for r in rows]
-  widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
-            for i, h in enumerate(header)]
-  fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-  return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines])
+  return report.format_columns(header, lines)
 
 
 def plot(rows: Sequence[dict], path: Path, route_k: int, title: str) -> None:
   """Recall and answer accuracy against memory tokens (log scale), one line per task."""
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  fig = Figure(figsize=(10, 4), layout="constrained")
-  ax_route, ax_answer = fig.subplots(1, 2, sharex=True)
+  fig, (ax_route, ax_answer) = report.memory_figure(2, title)
   for n, task in enumerate(dict.fromkeys(r["task"] for r in rows)):
     mine = [r for r in rows if r["task"] == task]
     x = [r["memory_tokens"] for r in mine]
@@ -390,14 +386,8 @@ def plot(rows: Sequence[dict], path: Path, route_k: int, title: str) -> None:
     ax_route.plot(x, [r["recall@k"] for r in mine], "x--", color=f"C{n}", alpha=0.6,
                   label=f"{task} @{route_k}")
     ax_answer.plot(x, [r["accuracy"] for r in mine], "o-", color=f"C{n}", label=task)
-  for ax, label in ((ax_route, "routing recall"), (ax_answer, "answer accuracy")):
-    ax.set_xscale("log")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("memory size (tokens)")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.suptitle(title)
+  report.style_memory_axis(ax_route, "routing recall")
+  report.style_memory_axis(ax_answer, "answer accuracy")
   fig.savefig(path, dpi=120)
 
 

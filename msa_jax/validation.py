@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,22 +211,31 @@ def check_workdir_of_training(path: str | os.PathLike | None,
   return p
 
 
-def read_utf8_lines(path: str | os.PathLike, flag: str) -> list[tuple[int, str]]:
-  """(line number, text) of a UTF-8 text file; an undecodable line is reported as file:line."""
-  p = Path(path)
-  if not p.is_file():
-    raise UserError(f"{flag}={path} does not exist" if not p.exists()
-                    else f"{flag}={path} is not a file")
-  out = []
-  with p.open("rb") as f:
+def utf8_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+  """(line number, text without its line break) of each line of a UTF-8 text file, read one
+  at a time.
+
+  Raises:
+    UserError: `path:line` of the first line that is not UTF-8 (byte and column).
+  """
+  with open(path, "rb") as f:
     for number, raw in enumerate(f, 1):
       try:
         text = raw.decode("utf-8")
       except UnicodeDecodeError as e:
         raise UserError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
                         f"column {e.start + 1})") from None
-      out.append((number, text.rstrip("\r\n")))
-  return out
+      yield number, text.rstrip("\r\n")
+
+
+def read_utf8_lines(path: str | os.PathLike, flag: str) -> list[tuple[int, str]]:
+  """`utf8_lines` of the file the flag `flag` names; a missing path or a folder is reported
+  with the flag."""
+  p = Path(path)
+  if not p.is_file():
+    raise UserError(f"{flag}={path} does not exist" if not p.exists()
+                    else f"{flag}={path} is not a file")
+  return list(utf8_lines(p))
 
 
 def truncate_tokens(ids: Sequence[int], limit: int, what: str, reason: str,

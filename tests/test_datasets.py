@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.features import feature as tfds_feature
 
 from configs import beir, demo
 from msa_jax import datasets
@@ -99,6 +100,115 @@ def test_nq320k_fixture_through_the_builder(tmp_path):
     datasets.nq320k_builder(tmp_path / "missing", tmp_path)
 
 
+def _nq_line(example_id, title, question, words):
+  """One example of Natural Questions v1.0 (the raw JSON lines tfds' builder parses): a page
+  of `words` in an <H1> title and a <P> paragraph."""
+  tokens = ["<H1>", *title.split(), "</H1>", "<P>", *words.split(), "</P>"]
+  return json.dumps({
+      "example_id": example_id, "document_title": title, "document_url": f"https://w/{title}",
+      "document_html": " ".join(tokens),
+      "document_tokens": [{"token": t, "html_token": t.startswith("<"), "start_byte": 0,
+                           "end_byte": 0} for t in tokens],
+      "question_text": question, "question_tokens": question.split(),
+      "annotations": [{"annotation_id": example_id + 7, "yes_no_answer": "NONE",
+                       "long_answer": {"start_token": 3, "end_token": len(tokens),
+                                       "start_byte": 0, "end_byte": 0, "candidate_index": 0},
+                       "short_answers": [{"start_token": 4, "end_token": 5, "start_byte": 0,
+                                          "end_byte": 0}]}],
+      "long_answer_candidates": []})
+
+
+NQ_LINES = {
+    "train": [
+        _nq_line(101, "Romeo and Juliet", "who wrote romeo and juliet",
+                 "Romeo and Juliet is a tragedy by William Shakespeare"),
+        _nq_line(102, "Moon", "how far away is the moon", "The Moon orbits the Earth"),
+        _nq_line(103, "romeo and Juliet", "when was romeo and juliet written",
+                 "a second copy of the page"),
+    ],
+    "validation": [
+        _nq_line(201, "Moon", "what is the moon made of", "another copy"),
+        _nq_line(202, "Python (language)", "who created python", "Guido van Rossum made it"),
+    ],
+}
+
+
+class _NaturalQuestions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """tfds' own natural_questions (config default: its feature spec and example parser) over
+  the raw lines of NQ_LINES, in record order: what a user's prepared copy holds."""
+
+  name = "natural_questions"
+  VERSION = tfds.core.Version("0.1.0")
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="default")]
+  REAL = tfds.builder_cls("natural_questions")
+
+  def _info(self):
+    (config,) = [c for c in self.REAL.BUILDER_CONFIGS if c.name == "default"]
+    return tfds.core.DatasetInfo(builder=self, features=config.features, disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(lines) for split, lines in NQ_LINES.items()}
+
+  def _generate_examples(self, lines):
+    for line in lines:
+      yield self.REAL._parse_example_default(line)  # pylint: disable=protected-access
+
+
+def _prepare_natural_questions(data_dir, monkeypatch):
+  """Prepares _NaturalQuestions as ArrayRecord in `data_dir`; returns its version folder."""
+  with monkeypatch.context() as m:
+    # tfds 4.9.10 writes nested sequences (annotations/short_answers) through TensorInfo.dtype,
+    # a TensorFlow dtype; its numpy dtype serialises the same without TensorFlow. Reading
+    # (the code under test) is left unpatched.
+    m.setattr(tfds_feature.TensorInfo, "dtype", property(lambda self: self.np_dtype))
+    _NaturalQuestions(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  return data_dir / "natural_questions" / "default" / "0.1.0"
+
+
+def test_nq320k_from_prepared_natural_questions(tmp_path, monkeypatch):
+  nq = tmp_path / "nq"
+  folder = _prepare_natural_questions(nq, monkeypatch)
+  data = datasets.load_retrieval("nq320k", nq, ["train", "dev"], tmp_path / "tfds")
+  # Pages deduplicated by lower-cased title, first seen (train before validation) numbered.
+  assert data.doc_ids == ("0", "1", "2")
+  assert list(data.titles) == ["Romeo and Juliet", "Moon", "Python (language)"]
+  assert list(data.texts) == [  # the page's non-HTML tokens, from its first record
+      "Romeo and Juliet Romeo and Juliet is a tragedy by William Shakespeare",
+      "Moon The Moon orbits the Earth", "Python (language) Guido van Rossum made it"]
+  # What the builder was made from: the same, page texts read from natural_questions.
+  direct = datasets.retrieval.load_natural_questions(nq)
+  assert direct.doc_ids == data.doc_ids and direct.qrels == data.qrels
+  assert direct.queries == data.queries and direct.titles == tuple(data.titles)
+  for texts in (direct.texts, data.texts):
+    assert texts[-2:] == list(data.texts)[1:] and texts[-3] == data.texts[0]
+    with pytest.raises(IndexError, match=r"index 3 out of range \(3 items\)"):
+      texts[3]  # pylint: disable=pointless-statement
+  assert data.qrels == {"train": {"101": {"0": 1}, "102": {"1": 1}, "103": {"0": 1}},
+                        "dev": {"201": {"1": 1}, "202": {"2": 1}}}
+  assert data.queries["103"] == "when was romeo and juliet written"
+  assert data.queries["202"] == "who created python" and len(data.queries) == 5
+  builder = datasets.nq320k_builder(nq, tmp_path / "tfds")
+  assert builder.builder_config.name.startswith("natural_questions-")
+  assert builder.info.metadata["source"] == str(nq.resolve())
+  assert builder.info.splits["train"].num_examples == 3
+  # A copy only TensorFlow could read is refused with how to convert it.
+  tfrecord = tmp_path / "tfrecord"
+  copy = tfrecord / "natural_questions" / "default" / "0.1.0"
+  copy.mkdir(parents=True)
+  info = json.loads((folder / "dataset_info.json").read_text())
+  (copy / "dataset_info.json").write_text(json.dumps(dict(info, fileFormat="tfrecord")))
+  with pytest.raises(FileNotFoundError, match=r"prepared as tfrecord, which only TensorFlow "
+                                              r"reads; .*tfds convert_format --dataset_version"):
+    datasets.load_retrieval("nq320k", tfrecord, ["train"], tmp_path / "tfds")
+  # Another config only: not NQ320k's; the message says both ways to get it.
+  (copy.parents[1] / "longt5" / "0.1.0").mkdir(parents=True)
+  (copy.parents[1] / "default").rename(copy.parents[1] / "old")
+  with pytest.raises(FileNotFoundError, match=r"(?s)no prepared natural_questions/default in "
+                                              r".*configs found: \['longt5', 'old'\].*NCI.*"
+                                              r"file_format=array_record"):
+    datasets.nq320k_builder(tfrecord, tmp_path / "tfds")
+
+
 def _demo_arguments(**changes):
   d = demo.get_config("smoke").data
   args = dict(num_filler_words=d.num_filler_words, num_key_words=d.num_key_words,
@@ -171,6 +281,8 @@ from msa_jax.datasets import core
 tmp = Path(sys.argv[1])
 data = datasets.load_retrieval("nq320k", sys.argv[2], ["train", "dev"], tmp)
 assert data.texts[3] and len(data.qrels["dev"]) == 4
+nq = datasets.load_retrieval("nq320k", sys.argv[3], ["train", "dev"], tmp)
+assert nq.texts[2] == "Python (language) Guido van Rossum made it", list(nq.texts)
 args = dict(num_filler_words=8, num_key_words=8, num_value_words=4, num_docs=4, doc_length=16,
             id_digits=2, seed=0)
 assert datasets.synthetic.load_corpus(args, tmp).num_docs == 4
@@ -182,12 +294,45 @@ print(importlib.util.find_spec("tensorflow") is None, loaded, "tensorflow_datase
 """
 
 
-def test_no_tensorflow_installed_or_imported(tmp_path):
-  out = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, str(tmp_path), str(NQ_FIXTURE)],
+def test_no_tensorflow_installed_or_imported(tmp_path, monkeypatch):
+  natural_questions = tmp_path / "natural_questions_data"
+  _prepare_natural_questions(natural_questions, monkeypatch)
+  out = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, str(tmp_path), str(NQ_FIXTURE),
+                        str(natural_questions)],
                        capture_output=True, text=True, timeout=300, cwd=REPO,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.split("\n")[-2] == "True [] True", out.stdout[-2000:]
+
+
+_PREPARE_IN_EACH_PROCESS = """
+import sys
+import jax
+from msa_jax import datasets
+from msa_jax.datasets import core
+from msa_jax.runtime import distributed
+assert distributed.initialize()
+builder = datasets.nq320k_builder(sys.argv[1], sys.argv[2])
+built = []
+build = builder.download_and_prepare
+builder.download_and_prepare = lambda **kw: built.append(kw) or build(**kw)
+sources = core.prepare(builder)
+dev = [core.text(r["id"]) for r in core.read_all(sources["dev"])]
+print("PROCESS", jax.process_index(), len(built), len(sources["corpus"]), dev)
+"""
+
+
+@pytest.mark.multiprocess
+def test_two_processes_prepare_once(tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_DIR": str(tmp_path / "logs")}
+  subprocess.run(["bash", str(REPO / "launch" / "local.sh"), "2", sys.executable, "-c",
+                  _PREPARE_IN_EACH_PROCESS, str(NQ_FIXTURE), str(tmp_path / "tfds")],
+                 check=True, env=env, timeout=300, cwd=REPO)
+  logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+  dev = sorted(retrieval.load_nq320k(NQ_FIXTURE).qrels["dev"])
+  # Process 0 builds; process 1 waits for it at the barrier, then reads the same files.
+  for i, log in enumerate(logs):
+    assert f"PROCESS {i} {1 - i} 8 {dev}" in log, log[-3000:]
 
 
 def test_default_data_dir(tfds_data_dir, monkeypatch):

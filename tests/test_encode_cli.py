@@ -167,7 +167,7 @@ def test_checks_before_the_model_is_built(small_bank, tmp_path, monkeypatch, cap
   latin = tmp_path / "latin.jsonl"
   latin.write_bytes(b'{"id": "a", "text": "k1"}\n{"id": "b", "text": "caf\xe9"}\n')
   _refused_before_build(monkeypatch, capsys, _encode_args(latin, new),
-                        f"{latin}:2: not UTF-8 (byte 0xe9 at column 25)")
+                        f"{latin}:2: not UTF-8 text (byte 0xe9 at column 25)")
   # A bank of another corpus is neither overwritten nor continued without --overwrite.
   other = _corpus(tmp_path / "other.jsonl", 10, salt=5)
   _refused_before_build(monkeypatch, capsys, _encode_args(other, bank),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from msa_jax import runtime
+from msa_jax import runtime, validation
 
 # Enables the cache as an entry point does (argument "--...": parsed as absl flags, as the absl
 # commands do; else passed as the setting), compiles one program and prints what happened.
@@ -18,7 +18,7 @@ import json, sys
 from absl import flags
 import jax, jax.numpy as jnp
 from jax import monitoring
-from msa_jax import runtime
+from msa_jax import runtime, validation
 events = []
 monitoring.register_event_listener(lambda name, **kw: events.append(name))
 args = sys.argv[1:]
@@ -80,10 +80,16 @@ def test_off_switch(tmp_path, args, env):
 
 
 def test_unwritable_directory_is_a_user_error(tmp_path):
-  blocker = tmp_path / "file"
-  blocker.write_text("not a directory")
-  with pytest.raises(subprocess.CalledProcessError) as e:
-    _run(tmp_path, str(blocker / "cache"))
-  assert e.value.returncode == 2
-  assert e.value.stderr.startswith("error: compilation cache directory")
-  assert str(blocker / "cache") in e.value.stderr
+  (tmp_path / "afile").write_text("x")
+  bad = tmp_path / "afile" / "cache"
+  message = f"compilation cache directory '{bad}' cannot be created: Not a directory"
+  with pytest.raises(validation.UserError, match=message):
+    runtime.enable_compilation_cache(str(bad))
+  # A command reports it in one line, exit status 2, before any work.
+  repo = Path(__file__).parents[1]
+  out = subprocess.run(
+      [sys.executable, "-m", "msa_jax.train", f"--config={repo / 'configs' / 'demo.py'}:smoke",
+       f"--workdir={tmp_path / 'run'}", f"--compilation_cache={bad}"],
+      capture_output=True, text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+  assert out.returncode == 2 and out.stderr.splitlines()[-1] == f"error: {message}", out.stderr
+  assert not (tmp_path / "run").exists()

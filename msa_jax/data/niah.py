@@ -35,7 +35,7 @@ routed document), and `score_task` (their means over a task's questions).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -217,6 +217,60 @@ def _filler(rng: np.random.Generator, spec: NiahSpec, tokens: int,
   return [words[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
+def _checked_arguments(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, memory_tokens: int,
+                       doc_tokens: int, seed: int) -> tuple[NiahSpec, int, int, int]:
+  """(spec, memory_tokens, doc_tokens, seed) of a builder, checked; a preset name resolved."""
+  if isinstance(spec, str):
+    if spec not in PRESETS:
+      raise ValueError(f"unknown NIAH preset {spec!r}; known: {sorted(PRESETS)}")
+    spec = PRESETS[spec]
+  check_spec(spec, tokenizer)
+  return (spec, _check_int("memory_tokens", memory_tokens, 1),
+          _check_int("doc_tokens", doc_tokens, 1), _check_int("seed", seed, 0))
+
+
+def _draw_facts(rng: np.random.Generator, tokenizer: SyntheticTokenizer, spec: NiahSpec,
+                depths: Sequence[float] | None,
+                place: Callable[[float], tuple] | None = None
+                ) -> tuple[list[str], list[tuple]]:
+  """(keys, facts): the needles' depths (drawn uniformly when None, else checked), then
+  `spec.num_keys` distinct keys and, key by key, `spec.num_values` distinct values; a fact is
+  (key, value, depth, *place(depth)), listed key by key (`place`, when given, may draw from
+  `rng` too).
+
+  Raises:
+    ValueError: depths of the wrong number or outside [0, 1].
+  """
+  if depths is None:
+    depths = rng.uniform(0.0, 1.0, size=spec.num_needles).tolist()
+  depths = [float(d) for d in depths]
+  if len(depths) != spec.num_needles or not all(0.0 <= d <= 1.0 for d in depths):
+    raise ValueError(f"depths={depths} must be {spec.num_needles} numbers in [0, 1]")
+  keys = _words("k", rng.choice(tokenizer.num_key_words ** spec.key_length, spec.num_keys,
+                                replace=False), tokenizer.num_key_words, spec.key_length)
+  facts = []
+  for key in keys:
+    codes = rng.choice(tokenizer.num_value_words ** spec.value_length, spec.num_values,
+                       replace=False)
+    for value in _words("v", codes, tokenizer.num_value_words, spec.value_length):
+      depth = depths[len(facts)]
+      facts.append((key, value, depth, *(place(depth) if place else ())))
+  return keys, facts
+
+
+def _questions(keys: Sequence[str], facts: Sequence[tuple], index_of: dict[int, int],
+               needles: Sequence[Needle | PlacedNeedle]) -> tuple[NiahQuestion, ...]:
+  """One question per key of `keys`: its values in haystack order (`index_of`: fact -> its
+  needle's index in `needles`)."""
+  questions = []
+  for key in keys:
+    mine = sorted(index_of[f] for f, fact in enumerate(facts) if fact[0] == key)
+    questions.append(NiahQuestion(
+        query=f"{QUERY} {key}", key=key, values=tuple(needles[i].value for i in mine),
+        needles=tuple(mine), needle_docs=tuple(needles[i].docs for i in mine)))
+  return tuple(questions)
+
+
 def build_niah(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *, memory_tokens: int,
                doc_tokens: int, seed: int = 0, depths: Sequence[float] | None = None,
                overlap: int = 0) -> NiahTask:
@@ -237,14 +291,8 @@ def build_niah(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *, memory_to
     ValueError: an unknown preset, a bad spec, sizes that cannot hold the needles, or depths of
       the wrong number or outside [0, 1].
   """
-  if isinstance(spec, str):
-    if spec not in PRESETS:
-      raise ValueError(f"unknown NIAH preset {spec!r}; known: {sorted(PRESETS)}")
-    spec = PRESETS[spec]
-  check_spec(spec, tokenizer)
-  memory_tokens = _check_int("memory_tokens", memory_tokens, 1)
-  doc_tokens = _check_int("doc_tokens", doc_tokens, 1)
-  seed = _check_int("seed", seed, 0)
+  spec, memory_tokens, doc_tokens, seed = _checked_arguments(tokenizer, spec, memory_tokens,
+                                                             doc_tokens, seed)
   needle_total = spec.num_needles * spec.needle_tokens
   if memory_tokens < needle_total:
     raise ValueError(f"memory_tokens={memory_tokens} cannot hold {spec.num_needles} needles of "
@@ -252,20 +300,7 @@ def build_niah(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *, memory_to
   if doc_tokens < spec.needle_tokens:
     raise ValueError(f"doc_tokens={doc_tokens} cannot hold a {spec.needle_tokens}-token needle")
   rng = np.random.default_rng(seed)
-  if depths is None:
-    depths = rng.uniform(0.0, 1.0, size=spec.num_needles).tolist()
-  depths = [float(d) for d in depths]
-  if len(depths) != spec.num_needles or not all(0.0 <= d <= 1.0 for d in depths):
-    raise ValueError(f"depths={depths} must be {spec.num_needles} numbers in [0, 1]")
-
-  keys = _words("k", rng.choice(tokenizer.num_key_words ** spec.key_length, spec.num_keys,
-                                replace=False), tokenizer.num_key_words, spec.key_length)
-  facts = []  # (key, value, depth), key by key
-  for key in keys:
-    codes = rng.choice(tokenizer.num_value_words ** spec.value_length, spec.num_values,
-                       replace=False)
-    for value in _words("v", codes, tokenizer.num_value_words, spec.value_length):
-      facts.append((key, value, depths[len(facts)]))
+  keys, facts = _draw_facts(rng, tokenizer, spec, depths)  # (key, value, depth), key by key
 
   filler_tokens = memory_tokens - needle_total
   sentences = _filler(rng, spec, filler_tokens, tokenizer.num_filler_words)
@@ -312,15 +347,9 @@ def build_niah(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *, memory_to
     index_of[f] = len(needles)
     needles.append(Needle(key=facts[f][0], value=facts[f][1], depth=facts[f][2], start=start,
                           end=end, docs=docs))
-  questions = []
-  for key in keys[:spec.num_queries]:
-    mine = [index_of[f] for f in range(len(facts)) if facts[f][0] == key]
-    mine.sort()
-    questions.append(NiahQuestion(
-        query=f"{QUERY} {key}", key=key, values=tuple(needles[i].value for i in mine),
-        needles=tuple(mine), needle_docs=tuple(needles[i].docs for i in mine)))
+  questions = _questions(keys[:spec.num_queries], facts, index_of, needles)
   return NiahTask(text=text, segments=segments, needles=tuple(needles),
-                  questions=tuple(questions), memory_tokens=memory_tokens,
+                  questions=questions, memory_tokens=memory_tokens,
                   doc_tokens=doc_tokens, spec=spec, seed=seed)
 
 
@@ -442,6 +471,11 @@ class PlacedNeedle:
   doc: int
   offset: int
 
+  @property
+  def docs(self) -> tuple[int, ...]:
+    """The documents holding it (one), as `Needle.docs`."""
+    return (self.doc,)
+
 
 @dataclasses.dataclass(frozen=True)
 class StreamedNiah:
@@ -553,14 +587,8 @@ def build_streamed_niah(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *,
     ValueError: an unknown preset, a bad spec, fewer documents than needles, documents too
       short for the prefix and a needle, too many documents for `id_digits`, or bad depths.
   """
-  if isinstance(spec, str):
-    if spec not in PRESETS:
-      raise ValueError(f"unknown NIAH preset {spec!r}; known: {sorted(PRESETS)}")
-    spec = PRESETS[spec]
-  check_spec(spec, tokenizer)
-  memory_tokens = _check_int("memory_tokens", memory_tokens, 1)
-  doc_tokens = _check_int("doc_tokens", doc_tokens, 1)
-  seed = _check_int("seed", seed, 0)
+  spec, memory_tokens, doc_tokens, seed = _checked_arguments(tokenizer, spec, memory_tokens,
+                                                             doc_tokens, seed)
   prefix = 0 if id_digits is None else 3 + _check_int("id_digits", id_digits, 1)
   room = doc_tokens - prefix - spec.needle_tokens  # last allowed offset after the prefix
   if room < 0:
@@ -577,33 +605,21 @@ def build_streamed_niah(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *,
     raise ValueError(f"{num_docs} documents need distinct identifiers but id_digits={id_digits} "
                      f"gives only {10 ** id_digits}")
   rng = np.random.default_rng([seed, 1])
-  if depths is None:
-    depths = rng.uniform(0.0, 1.0, size=spec.num_needles).tolist()
-  depths = [float(d) for d in depths]
-  if len(depths) != spec.num_needles or not all(0.0 <= d <= 1.0 for d in depths):
-    raise ValueError(f"depths={depths} must be {spec.num_needles} numbers in [0, 1]")
-  keys = _words("k", rng.choice(tokenizer.num_key_words ** spec.key_length, spec.num_keys,
-                                replace=False), tokenizer.num_key_words, spec.key_length)
-  facts, taken = [], set()  # (key, value, depth, doc, offset), key by key
-  for key in keys:
-    codes = rng.choice(tokenizer.num_value_words ** spec.value_length, spec.num_values,
-                       replace=False)
-    for value in _words("v", codes, tokenizer.num_value_words, spec.value_length):
-      depth = depths[len(facts)]
-      doc = int(round(depth * (num_docs - 1)))
-      while doc in taken:
-        doc = (doc + 1) % num_docs
-      taken.add(doc)
-      facts.append((key, value, depth, doc, prefix + int(rng.integers(0, room + 1))))
+  taken = set()
+
+  def place(depth: float) -> tuple[int, int]:
+    """(document, offset) of a needle: the nearest free document, a random offset."""
+    doc = int(round(depth * (num_docs - 1)))
+    while doc in taken:
+      doc = (doc + 1) % num_docs
+    taken.add(doc)
+    return doc, prefix + int(rng.integers(0, room + 1))
+
+  # (key, value, depth, doc, offset), key by key
+  keys, facts = _draw_facts(rng, tokenizer, spec, depths, place)
   order = sorted(range(len(facts)), key=lambda f: facts[f][3])
   needles = tuple(PlacedNeedle(*facts[f]) for f in order)
   index_of = {f: i for i, f in enumerate(order)}
-  questions = []
-  for key in keys[:spec.num_queries]:
-    mine = sorted(index_of[f] for f in range(len(facts)) if facts[f][0] == key)
-    questions.append(NiahQuestion(
-        query=f"{QUERY} {key}", key=key, values=tuple(needles[i].value for i in mine),
-        needles=tuple(mine), needle_docs=tuple((needles[i].doc,) for i in mine)))
   return StreamedNiah(tokenizer=tokenizer, spec=spec, num_docs=num_docs, doc_tokens=doc_tokens,
                       seed=seed, id_digits=id_digits, needles=needles,
-                      questions=tuple(questions))
+                      questions=_questions(keys[:spec.num_queries], facts, index_of, needles))

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from msa_jax import validation
 from msa_jax.data.iterator import IndexedBatchIterator
 from msa_jax.data.iterator import positive_int as _positive_int
 from msa_jax.model.batch import IGNORE, MSABatch, prompt_positions
@@ -47,11 +48,14 @@ from msa_jax.model.batch import IGNORE, MSABatch, prompt_positions
 NQ320K_FILES = {"corpus": "NQ_doc_content.tsv", "train": "nq_train_doc_newid.tsv",
                 "dev": "nq_dev_doc_newid.tsv"}
 NQ320K_HOWTO = (
-    "NQ320k is not shipped (it is derived from Natural Questions, ~40 GB raw): run the NCI "
-    "preprocessing (github.com/solidsea98/Neural-Corpus-Indexer-NLP, "
+    "NQ320k is not shipped (it is derived from Natural Questions, ~40 GB raw). Either (a) run "
+    "the NCI preprocessing (github.com/solidsea98/Neural-Corpus-Indexer-NLP, "
     "Data_process/NQ_dataset/NQ_dataset_Process.ipynb) on NQ v1.0 simplified "
     "(ai.google.com/research/NaturalQuestions/download) and point --config.data.path at the "
-    f"folder holding {', '.join(NQ320K_FILES.values())}.")
+    f"folder holding {', '.join(NQ320K_FILES.values())}; or (b) prepare tfds' "
+    "natural_questions as ArrayRecord (`tfds build natural_questions --data_dir=DIR "
+    "--file_format=array_record`, once, where TensorFlow and apache-beam are installed; "
+    "reading it needs neither) and point --config.data.path at DIR.")
 
 
 class Tokenizer(Protocol):
@@ -135,28 +139,22 @@ def read_jsonl(path: Path, fields: Sequence[str],
   """The JSON objects of a .jsonl file, blank lines skipped.
 
   Raises:
-    ValueError: `path:line` of a line that is not UTF-8, or not a JSON object holding every
-      field of `fields`, with the fields of `strings` holding strings.
+    ValueError: `path:line` of a line that is not UTF-8 (`validation.utf8_lines`), or not a
+      JSON object holding every field of `fields`, with the fields of `strings` holding strings.
   """
-  with open(path, "rb") as f:
-    for line_no, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                         f"{e.start + 1})") from None
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
-      if (not isinstance(row, dict) or any(k not in row for k in fields)
-          or any(not isinstance(row.get(k), str) for k in strings)):
-        kinds = f" ({', '.join(map(repr, strings))} strings)" if strings else ""
-        raise ValueError(f"{path}:{line_no}: expected a JSON object with fields "
-                         f"{list(fields)}{kinds}")
-      yield row
+  for line_no, line in validation.utf8_lines(path):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
+    if (not isinstance(row, dict) or any(k not in row for k in fields)
+        or any(not isinstance(row.get(k), str) for k in strings)):
+      kinds = f" ({', '.join(map(repr, strings))} strings)" if strings else ""
+      raise ValueError(f"{path}:{line_no}: expected a JSON object with fields "
+                       f"{list(fields)}{kinds}")
+    yield row
 
 
 def _read_beir_qrels(path: Path, queries: Mapping[str, str],

@@ -2,7 +2,8 @@
 `tfds.data_source` (ArrayRecord files) and grain, without TensorFlow.
 
   msa_beir       any BEIR-format folder (one config per folder): corpus, queries, judgements
-  msa_nq320k     NQ320k from the NCI files: corpus, queries, train, dev
+  msa_nq320k     NQ320k from the NCI files or a prepared tfds natural_questions: corpus,
+                 queries, train, dev
   msa_synthetic  the synthetic memory task's documents and questions (one config per
                  generator arguments)
   msa_niah       a needle-in-a-haystack task's memory documents, needles and questions

@@ -102,7 +102,25 @@ def read_all(source: Any, chunk: int = 4096) -> Iterable[Mapping[str, Any]]:
     yield from source.__getitems__(list(range(start, min(start + chunk, len(source)))))
 
 
-class Column(Sequence):
+class OnDemand(Sequence):
+  """A read-only sequence of str whose items are read when asked (`_read(i)`, 0 <= i < len);
+  indexing from the end and slices (lists) as for a tuple."""
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def _read(self, i: int) -> str:
+    raise NotImplementedError
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    if not -len(self) <= i < len(self):
+      raise IndexError(f"{type(self).__name__} index {i} out of range ({len(self)} items)")
+    return self._read(i % len(self))
+
+
+class Column(OnDemand):
   """One Text feature of a data source as a read-only sequence of str, read on demand.
 
   Args:
@@ -117,12 +135,8 @@ class Column(Sequence):
   def __len__(self) -> int:
     return len(self.source)
 
-  def __getitem__(self, i):
-    if isinstance(i, slice):
-      return [self[j] for j in range(*i.indices(len(self)))]
-    if not -len(self) <= i < len(self):
-      raise IndexError(f"{self.feature} {i} out of range ({len(self)} records)")
-    return text(self.source[i % len(self)][self.feature])
+  def _read(self, i: int) -> str:
+    return text(self.source[i][self.feature])
 
   def __iter__(self):
     return (text(r[self.feature]) for r in read_all(self.source))

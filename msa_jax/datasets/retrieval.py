@@ -1,5 +1,6 @@
-"""tfds builders of the retrieval datasets: any BEIR-format folder (`msa_beir`) and NQ320k from the
-NCI files (`msa_nq320k`), and `load_retrieval`, which training reads them through.
+"""tfds builders of the retrieval datasets: any BEIR-format folder (`msa_beir`) and NQ320k
+(`msa_nq320k`) from the NCI files or from a prepared tfds `natural_questions`, and
+`load_retrieval`, which training reads them through.
 
 Both builders have one config per source folder, named after the folder and a fingerprint of
 its files (e.g. `msa_beir/nfcorpus-1a2b3c4d`), and the same splits and features:
@@ -12,13 +13,16 @@ its files (e.g. `msa_beir/nfcorpus-1a2b3c4d`), and the same splits and features:
 
 Ids are the dataset's own (BEIR `_id`, NCI docid / query id), so records are stable across
 rebuilds; the corpus order (document m is the m-th record) is the one of the source files. The
-parsing is `msa_jax.data.retrieval`'s `load_beir` / `load_nq320k`.
+parsing is `msa_jax.data.retrieval`'s `load_beir` / `load_nq320k`, and `load_natural_questions`
+here for a tfds `natural_questions` prepared as ArrayRecord (read with `tfds.data_source`, no
+TensorFlow).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +106,138 @@ class MsaBeir(_RetrievalBuilder):
 
 
 class MsaNq320k(_RetrievalBuilder):
-  """NQ320k as the NCI preprocessing writes it, as a tfds dataset (splits train and dev)."""
+  """NQ320k as a tfds dataset (splits train and dev), from the files the NCI preprocessing
+  writes or from a prepared tfds `natural_questions` (see `nq320k_builder`)."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "NQ320k from the NCI files: 109,739 Wikipedia pages, train and "
                             "dev questions each judged relevant to the page answering it."}
   DESCRIPTION = ("NQ320k (Natural Questions over Wikipedia pages, as preprocessed by NCI, Wang "
                  "et al., 2022): pages as documents, each question judged relevant (grade 1) "
-                 "to its page.")
+                 "to its page; from the NCI files or a prepared tfds natural_questions.")
 
   def _load(self) -> retrieval.RetrievalData:
-    return retrieval.load_nq320k(self.builder_config.source)
+    source = self.builder_config.source
+    if natural_questions_dir(source) is not None:
+      return load_natural_questions(source)
+    return retrieval.load_nq320k(source)
+
+
+# --------------------------------------------------------------------------------------------
+# NQ320k from tfds' natural_questions
+# --------------------------------------------------------------------------------------------
+
+NATURAL_QUESTIONS = "natural_questions"
+NATURAL_QUESTIONS_SPLITS = {"train": "train", "dev": "validation"}  # ours -> tfds'
+
+
+def natural_questions_dir(path: str | os.PathLike) -> Path | None:
+  """The version folder (`path/natural_questions/default/<version>`, the newest) of a prepared
+  tfds `natural_questions` under the tfds data dir `path`; None when `path` holds none."""
+  root = Path(path) / NATURAL_QUESTIONS / "default"
+  infos = root.glob(f"*/{tfds.core.constants.DATASET_INFO_FILENAME}") if root.is_dir() else []
+  versions = {f.parent.name: f.parent for f in infos if tfds.core.Version.is_valid(f.parent.name)}
+  if not versions:
+    return None
+  return versions[str(max(tfds.core.Version(v) for v in versions))]
+
+
+def _prepared_natural_questions(path: str | os.PathLike) -> Path:
+  """`natural_questions_dir(path)`, checked to be readable without TensorFlow.
+
+  Raises:
+    FileNotFoundError: nothing prepared under `path`, or prepared as TFRecord (which only
+      TensorFlow reads); the message says how to prepare or convert it.
+  """
+  folder = natural_questions_dir(path)
+  if folder is None:
+    other = Path(path) / NATURAL_QUESTIONS
+    found = sorted(p.name for p in other.iterdir() if p.is_dir()) if other.is_dir() else []
+    raise FileNotFoundError(f"no prepared {NATURAL_QUESTIONS}/default in tfds data dir {path} "
+                            f"(configs found: {found or 'none'}).\n{retrieval.NQ320K_HOWTO}")
+  info = json.loads((folder / tfds.core.constants.DATASET_INFO_FILENAME).read_text())
+  file_format = info.get("fileFormat") or "tfrecord"  # tfds leaves it out for TFRecord
+  if file_format != core.FILE_FORMAT:
+    raise FileNotFoundError(
+        f"{folder} is prepared as {file_format}, which only TensorFlow reads; convert it once "
+        f"to ArrayRecord where TensorFlow is installed: `tfds convert_format "
+        f"--dataset_version_dir={folder} --out_file_format={core.FILE_FORMAT}` (it writes "
+        f"next to the {file_format} files), then point --config.data.path at {path} again.")
+  return folder
+
+
+class _PageTexts(core.OnDemand):
+  """The texts of the NQ320k pages, read on demand: page m's is `page_text` of the record
+  `where[m]` of natural_questions.
+
+  Args:
+    sources: tfds split -> data source.
+    where: [M] (tfds split, record index) of each page's first question.
+  """
+
+  def __init__(self, sources: Mapping[str, Any], where: Sequence[tuple[str, int]]):
+    self.sources = sources
+    self.where = where
+
+  def __len__(self) -> int:
+    return len(self.where)
+
+  def _read(self, i: int) -> str:
+    split, record = self.where[i]
+    return page_text(self.sources[split][record]["document"]["tokens"])
+
+
+def page_text(tokens: Mapping[str, Sequence[Any]]) -> str:
+  """A natural_questions page's text: its non-HTML tokens (`document/tokens`), joined by
+  spaces."""
+  return " ".join(core.text(t) for t, html in zip(tokens["token"], tokens["is_html"])
+                  if not html)
+
+
+def load_natural_questions(path: str | os.PathLike) -> retrieval.RetrievalData:
+  """NQ320k from the tfds `natural_questions` (config `default`) prepared as ArrayRecord in the
+  tfds data dir `path`, read with `tfds.data_source` (no TensorFlow, no download).
+
+  As NCI builds NQ320k: every question of the train and validation splits (ours: train and
+  dev) is judged relevant (grade 1) to its Wikipedia page; pages are deduplicated by title,
+  compared in lower case (the first record with a title, train before validation, gives the
+  page), numbered in that order (ids "0", "1", ...); a page's text is its non-HTML tokens
+  (`page_text`), read on demand. Question ids are NQ's example ids.
+
+  Raises:
+    FileNotFoundError: no ArrayRecord `natural_questions` under `path` (see
+      `_prepared_natural_questions`).
+    ValueError: a split without records.
+  """
+  folder = _prepared_natural_questions(path)
+  name = f"{NATURAL_QUESTIONS}/default:{folder.name}"
+  sources = tfds.data_source(name, data_dir=str(path))
+  titles: list[str] = []
+  where: list[tuple[str, int]] = []
+  by_title: dict[str, str] = {}
+  queries: dict[str, str] = {}
+  qrels: dict[str, dict[str, dict[str, int]]] = {}
+  for ours, theirs in NATURAL_QUESTIONS_SPLITS.items():
+    source = sources[theirs]
+    if not len(source):
+      raise ValueError(f"{folder}: split {theirs!r} has no records")
+    judged: dict[str, dict[str, int]] = {}
+    records = core.read_all(source, chunk=256)
+    for i, r in enumerate(tfds.core.utils.tqdm(records, total=len(source), unit=" questions",
+                                               desc=f"indexing {name} {theirs}")):
+      title = core.text(r["document"]["title"])
+      key = title.lower()
+      if key not in by_title:
+        by_title[key] = str(len(titles))
+        titles.append(title)
+        where.append((theirs, i))
+      qid = core.text(r["id"])
+      queries[qid] = core.text(r["question"]["text"])
+      judged.setdefault(qid, {})[by_title[key]] = 1
+    qrels[ours] = judged
+  doc_ids = tuple(str(m) for m in range(len(titles)))
+  return retrieval.RetrievalData(doc_ids, tuple(titles), _PageTexts(sources, where), queries,
+                                 qrels, name=f"{name} in {path}")
 
 
 def _config(path: str | os.PathLike, files: Sequence[Path]) -> core.SourceConfig:
@@ -135,13 +260,23 @@ def beir_builder(path: str | os.PathLike, data_dir: str | os.PathLike | None = N
 
 def nq320k_builder(path: str | os.PathLike, data_dir: str | os.PathLike | None = None
                    ) -> MsaNq320k:
-  """The `msa_nq320k` builder of the NCI files in `path`, in `data_dir`.
+  """The `msa_nq320k` builder of `path`, in `data_dir`: `path` holds the NCI files (see
+  `retrieval.load_nq320k`) or is a tfds data dir with `natural_questions` prepared as
+  ArrayRecord (see `load_natural_questions`).
 
   Raises:
-    FileNotFoundError: a missing file; the message says how to obtain NQ320k.
+    FileNotFoundError: neither (the message says how to obtain NQ320k), or a
+      `natural_questions` TensorFlow would have to read (the message says how to convert it).
   """
-  files = retrieval.nq320k_files(path)
-  return MsaNq320k(config=_config(path, files), data_dir=str(core.data_dir_of(data_dir)),
+  if (Path(path) / NATURAL_QUESTIONS).is_dir():
+    folder = _prepared_natural_questions(path)
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    config = core.SourceConfig(
+        name=core.config_name(NATURAL_QUESTIONS, core.files_fingerprint(files)),
+        source=str(Path(path).resolve()), description=f"built from {folder}")
+  else:
+    config = _config(path, retrieval.nq320k_files(path))
+  return MsaNq320k(config=config, data_dir=str(core.data_dir_of(data_dir)),
                    file_format=core.FILE_FORMAT)
 
 

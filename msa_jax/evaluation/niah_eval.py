@@ -59,6 +59,7 @@ from msa_jax import runtime, validation
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import synthetic
 from msa_jax.data import bm25, niah
+from msa_jax.evaluation import report
 from msa_jax.inference import engine as engine_lib
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.loading import restore
@@ -418,9 +419,7 @@ def format_table(rows: Sequence[dict]) -> str:
   header = ["variant", "memory", "docs"] + metric_names
   lines = [[r["variant"], str(r["memory_tokens"]), f"{r['num_docs']:.0f}"]
            + [f"{r[m]:.3f}" for m in metric_names] for r in rows]
-  widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-  fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-  return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines])
+  return report.format_columns(header, lines)
 
 
 def plot_scaling(rows: Sequence[dict], title: str = "NIAH vs memory size"):
@@ -429,9 +428,7 @@ def plot_scaling(rows: Sequence[dict], title: str = "NIAH vs memory size"):
   Built with `matplotlib.figure.Figure` (no pyplot, no display backend needed): save it with
   `fig.savefig(path)`, or show it in a notebook by returning it from a cell.
   """
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  fig = Figure(figsize=(10, 4), layout="constrained")
-  ax_route, ax_answer = fig.subplots(1, 2, sharex=True)
+  fig, (ax_route, ax_answer) = report.memory_figure(2, title)
   variants = list(dict.fromkeys(r["variant"] for r in rows))
   for n, variant in enumerate(variants):
     mine = [r for r in rows if r["variant"] == variant]
@@ -449,15 +446,8 @@ def plot_scaling(rows: Sequence[dict], title: str = "NIAH vs memory size"):
                      label=f"{variant} identifier")
     ax_answer.plot(x, [r["exact_match"] for r in mine], "s--", color=color,
                    label=f"{variant} value EM")
-  for ax, label in ((ax_route, "routing recall (any router layer; dotted: per layer)"),
-                    (ax_answer, "answer accuracy")):
-    ax.set_xscale("log")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("memory size (tokens)")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.suptitle(title)
+  report.style_memory_axis(ax_route, "routing recall (any router layer; dotted: per layer)")
+  report.style_memory_axis(ax_answer, "answer accuracy")
   return fig
 
 

@@ -56,6 +56,7 @@ from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import retrieval
 from msa_jax.data import bm25 as bm25_lib
 from msa_jax.evaluation import metrics as metrics_lib
+from msa_jax.evaluation import report
 from msa_jax.inference import engine as engine_lib
 from msa_jax.memory import routing as bank_routing
 from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
@@ -430,24 +431,13 @@ def plot_scaling(path: Path, split: str, sizes: Sequence[int],
                  methods: Mapping[str, Sequence[Mapping[str, float]]],
                  metrics: Sequence[str]) -> None:
   """One panel per metric: each method's value against the memory size (log x)."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
-  for ax, metric in zip(axes[0], metrics):
+  fig, axes = report.memory_figure(len(metrics), f"memory-size scaling, split {split}")
+  for ax, metric in zip(axes, metrics):
     for name, rows in methods.items():
       if rows and metric in rows[0]:
         ax.plot(sizes, [r[metric] for r in rows], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("memory size (documents)")
-    ax.set_ylabel(metric)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle(f"memory-size scaling, split {split}")
-  fig.tight_layout()
+    report.style_memory_axis(ax, metric, xlabel="memory size (documents)", unit_range=False)
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------

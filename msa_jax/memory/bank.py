@@ -542,28 +542,46 @@ class MemoryBank:
     return cls(path, manifest, data, shard_docs, mmap=mmap, staged=staged)
 
   def _set_state(self, manifest: dict, manifest_bytes: bytes, shard_docs: list[dict]) -> None:
+    """Adopts a manifest and its shards' document tables. When `shard_docs` extends the current
+    tables (an `add`), only the new shards' documents are indexed, so a commit costs the size
+    of what it adds, not of the whole bank."""
+    old = getattr(self, "_shard_docs", None)
+    appended = (old is not None and len(shard_docs) >= len(old)
+                and all(a is b for a, b in zip(old, shard_docs)))
+    new = shard_docs[len(old):] if appended else shard_docs
+    ids = [i for docs in new for i in docs["ids"]]
+    texts = [t for docs in new for t in docs["texts"]]
+    lengths = np.asarray([l for d in new for l in d["lengths"]], np.int64)
+    counts = np.asarray([c for d in new for c in d["num_chunks"]], np.int64)
+    sizes = np.asarray([len(d["ids"]) for d in new], np.int64)
+    if appended:
+      base, index = len(self._ids), self._index
+      ids, texts = self._ids + ids, self._texts + texts
+      lengths = np.concatenate([self._lengths, lengths])
+      counts = np.concatenate([self._counts, counts])
+      sizes = np.concatenate([np.diff(np.append(self._shard_first_doc, base)), sizes])
+    else:
+      base, index = 0, {}
+    added = {doc_id: i for i, doc_id in enumerate(ids[base:], base)}
+    if len(added) != len(ids) - base or any(doc_id in index for doc_id in added):
+      dups = sorted({d for d in ids if ids.count(d) > 1})
+      raise BankError(f"memory bank {self._path} holds duplicate document ids {_preview(dups)}")
+    index.update(added)
     self._manifest = manifest
     self._manifest_bytes = manifest_bytes
     self._shard_docs = shard_docs
-    self._ids = [i for docs in shard_docs for i in docs["ids"]]
-    self._texts = [t for docs in shard_docs for t in docs["texts"]]
-    self._index = {doc_id: i for i, doc_id in enumerate(self._ids)}
-    if len(self._index) != len(self._ids):
-      dups = sorted({i for i in self._ids if self._ids.count(i) > 1})
-      raise BankError(f"memory bank {self._path} holds duplicate document ids {_preview(dups)}")
-    self._lengths = np.asarray([l for d in shard_docs for l in d["lengths"]], np.int64)
-    self._counts = np.asarray([c for d in shard_docs for c in d["num_chunks"]], np.int64)
-    self._first = np.cumsum(self._counts) - self._counts
-    shard_sizes = np.asarray([len(d["ids"]) for d in shard_docs], np.int64)
-    self._doc_shard = np.repeat(np.arange(len(shard_docs)), shard_sizes)
-    self._shard_first_doc = np.cumsum(shard_sizes) - shard_sizes
+    self._ids, self._texts, self._index = ids, texts, index
+    self._lengths, self._counts = lengths, counts
+    self._first = np.cumsum(counts) - counts
+    self._doc_shard = np.repeat(np.arange(len(shard_docs)), sizes)
+    self._shard_first_doc = np.cumsum(sizes) - sizes
     shard_chunks = np.asarray([s["num_chunks"] for s in manifest["shards"]], np.int64)
     self._shard_first_chunk = np.cumsum(shard_chunks) - shard_chunks
-    total = int(self._counts.sum())
-    if (len(self._ids), total) != (manifest["num_docs"], manifest["num_chunks"]):
+    total = int(counts.sum())
+    if (len(ids), total) != (manifest["num_docs"], manifest["num_chunks"]):
       raise BankError(f"memory bank {self._path}: manifest totals ({manifest['num_docs']} docs, "
                       f"{manifest['num_chunks']} chunks) differ from its shards "
-                      f"({len(self._ids)}, {total})")
+                      f"({len(ids)}, {total})")
     self._layers: dict[int, list[dict[str, np.ndarray]]] = {}
 
   # --- properties ---

@@ -10,11 +10,12 @@ names another directory, and the value `off` disables it. The flag wins over the
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from absl import flags
 import jax
+
+from msa_jax import validation
 
 CACHE_ENV = "MSA_JAX_COMPILATION_CACHE"
 OFF = "off"
@@ -59,7 +60,9 @@ def enable_compilation_cache(setting: str | None = None) -> Path | None:
   Returns:
     The cache directory, or None when the cache is off.
 
-  A directory that cannot be created is a user error: `error: ...` and exit status 2.
+  Raises:
+    validation.UserError: the directory cannot be created (commands report it as one
+      `error: ...` line with exit status 2).
   """
   path = cache_dir(setting if setting is not None else _flag_value())
   if path is None:
@@ -68,9 +71,8 @@ def enable_compilation_cache(setting: str | None = None) -> Path | None:
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    print(f"error: compilation cache directory {str(path)!r} cannot be created: {e.strerror}",
-          file=sys.stderr)
-    sys.exit(2)
+    raise validation.UserError(f"compilation cache directory {str(path)!r} cannot be created: "
+                               f"{e.strerror}") from None
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", str(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
