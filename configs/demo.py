@@ -28,6 +28,10 @@ solo). The default is run H:
   J `:top4` (H routing 4 documents; 13 min at load ~4-7): recall@1 1.000 / 1.000 / 0.992 /
     0.789 (recall@5 1.000), answer 0.016 / 0.016 / 0.000 / 0.008: the LM never learned which
     of the 4 routed documents to copy from, as with 2 before (below); top_k >= 4 is not met.
+  K `:global_rope` (H with documents and prompt on one running position axis; 8 min at load
+    ~7): recall@1 1.000 / 1.000 / 0.984 / 0.766 (routing keys carry no RoPE), answer 0.977 /
+    0.000 / 0.000 / 0.000: it copies at the trained size and never beyond, where the memory's
+    positions are ones it never saw; document-wise RoPE (H) keeps 0.70-0.91 at every size.
   F (G + 3 hard negatives sharing a key word at the same position, after the warm-up; to
     700x): recall@1 / answer 1.000 / 0.930, 0.914 / 0.844, 0.633 / 0.609, 0.484 / 0.477 (G:
     0.992, 0.977, 0.727, 0.406 recall@1). Of its 66 misses at 700x (~87 documents share a key
