@@ -276,3 +276,42 @@ def test_pallas_kernel_switch_gives_the_same_model(decouple):
   assert MSAConfig().kernel_impl == "auto"
   with pytest.raises(ValueError, match="kernel_impl='triton'"):
     MSAConfig(kernel_impl="triton")
+
+
+def test_batch_negatives_rank_each_positive_against_the_whole_batch():
+  """Batch scores: diagonal blocks are the per-sample scores, off-diagonal blocks what the
+  query scores against the other sample's documents (checked by swapping the samples'
+  documents); the loss is InfoNCE over B * N documents
+  with copies of a sample's positive left out."""
+  msa = MSA.replace(batch_negatives=True, aux_weight=1.0, lm_weight=0.0)
+  batch = make_batch(lengths=((7, 5, 2), (4, 7, 3)))
+  # Sample 1's slot 2 holds a copy of sample 0's positive (slot 1): left out of sample 0's
+  # ranking, an ordinary negative of sample 1.
+  tokens = batch.doc_tokens.at[1, 2].set(batch.doc_tokens[0, 1])
+  batch = batch.replace(doc_tokens=tokens, doc_lengths=batch.doc_lengths.at[1, 2].set(5))
+  model = MSATransformer(CFG, msa)
+  params = init(model, batch)
+  out = forward(model, params, batch)
+  swapped = batch.replace(doc_tokens=batch.doc_tokens[::-1], doc_lengths=batch.doc_lengths[::-1])
+  out_swapped = forward(MSATransformer(CFG, MSA), params, swapped)
+  temperature = msa.temperature
+  expected = []
+  for layer in (2, 3):
+    scores = np.asarray(out.routes[layer].batch_scores)
+    assert scores.shape == (2, 6)
+    np.testing.assert_allclose(scores[0, :3], out.routes[layer].doc_scores[0], atol=1e-6)
+    np.testing.assert_allclose(scores[1, 3:], out.routes[layer].doc_scores[1], atol=1e-6)
+    if layer == 2:  # the first router layer's queries do not depend on the memory read
+      np.testing.assert_allclose(scores[0, 3:], out_swapped.routes[layer].doc_scores[0],
+                                 atol=1e-5)
+      np.testing.assert_allclose(scores[1, :3], out_swapped.routes[layer].doc_scores[1],
+                                 atol=1e-5)
+    for row, positive, keep in ((0, 1, [0, 1, 2, 3, 4]), (1, 3, [0, 1, 2, 3, 4, 5])):
+      z = scores[row, keep] / temperature
+      expected.append(np.log(np.exp(z - z.max()).sum()) + z.max() - scores[row, positive] /
+                      temperature)
+  _, metrics = compute_losses(out, batch, CFG, msa)
+  np.testing.assert_allclose(metrics["aux_loss"], np.mean(expected), rtol=1e-5)
+  _, per_sample = compute_losses(out, batch, CFG, MSA.replace(aux_weight=1.0, lm_weight=0.0))
+  assert abs(float(per_sample["aux_loss"]) - float(metrics["aux_loss"])) > 1e-3
+  assert metrics["recall@1"] == per_sample["recall@1"]

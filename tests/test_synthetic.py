@@ -323,11 +323,12 @@ def test_hard_negatives_share_key_words_with_the_positive():
     docs = [int(np.flatnonzero((corpus.doc_tokens == row).all(1))[0])
             for row in batch.doc_tokens[i, :, :24]]
     assert len(set(docs)) == 6 and docs[int(np.argmax(batch.route_labels[i]))] == corpus.key_doc[q]
-    shared = sorted(((key_at[d] == key).sum() for d in docs if d != corpus.key_doc[q]),
-                    reverse=True)
+    def common(other):  # the question's key words found anywhere in `other`
+      return int(np.isin(key, other).sum())
+    shared = sorted((common(key_at[d]) for d in docs if d != corpus.key_doc[q]), reverse=True)
     # The 3 hard negatives share as many key words as the corpus' 3 nearest other keys.
-    best = sorted(((corpus.keys == key).sum(1)[corpus.key_doc != corpus.key_doc[q]]),
-                  reverse=True)[:3]
+    best = sorted((common(corpus.keys[j]) for j in range(corpus.num_questions)
+                   if corpus.key_doc[j] != corpus.key_doc[q]), reverse=True)[:3]
     assert shared[:3] == best
   # The curriculum: random negatives before batch `hard_negatives_after`, hard ones from it.
   late = BatchSpec(**{**spec.__dict__, "hard_negatives_after": 5})

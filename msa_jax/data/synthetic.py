@@ -480,10 +480,10 @@ class BatchSpec:
       len(head) + n * doc_length + 0..G-1 (the documents run on one after the other) and the
       prompt after the head continues after all of them (`position_offset` is then unused).
       False (the MSA default): every document at 0..G-1.
-    hard_negatives: how many of the N - 1 negatives are documents whose key shares the most key
-      words (at the same position) with the positive's key (`hard_negative_docs`), the rest
-      being random. In a memory of millions of documents the router's confusers are keys that
-      differ in one word; random negatives almost never do.
+    hard_negatives: how many of the N - 1 negatives are documents whose key holds the most of
+      the positive's key words, at any position (`hard_negative_docs`), the rest being random.
+      In a memory of millions of documents the router's confusers are keys sharing a word with
+      the question's, mostly at the other position; random negatives almost never do.
     hard_negatives_after: batches of `SyntheticBatchSource` before this index use random
       negatives only (a curriculum: from the first step, hard negatives slow the router's
       learning; see configs/demo.py). `build_batch` itself always uses `hard_negatives`.
@@ -563,10 +563,15 @@ def _padded_docs(corpus: SyntheticCorpus, docs: np.ndarray, g: int) -> np.ndarra
 
 def hard_negative_docs(corpus: SyntheticCorpus, question: int, count: int,
                        rng: np.random.Generator) -> np.ndarray:
-  """Up to `count` documents (not the question's own) whose keys share the most words, at the
-  same positions, with the question's key; ties are broken at random by `rng`."""
+  """Up to `count` documents (not the question's own) whose keys hold the most of the question's
+  key words, at any position; ties are broken at random by `rng`.
+
+  Any position: a router trained on random negatives reads a key as a bag of words, and its
+  misses at 1M tokens are keys holding a question's word at the OTHER place (`k12 k40` for
+  `k5 k12`; configs/demo.py, run H)."""
   key, own = corpus.keys[question], corpus.key_doc[question]
-  shared = (corpus.keys == key).sum(axis=1)  # [Q] words in common, position by position
+  # [Q] positions of the question's key whose word occurs anywhere in the other key.
+  shared = (corpus.keys[:, None, :] == key[:, None]).any(-1).sum(axis=1)
   shared[corpus.key_doc == own] = 0
   candidates = np.flatnonzero(shared)
   order = np.lexsort((rng.random(candidates.size), -shared[candidates]))

@@ -124,6 +124,10 @@ class MSAConfig:
     temperature: InfoNCE temperature, a constant (clamped to [0.001, 0.5] as officially).
     focal_gamma: exponent of the focal variants' (1 - p)^gamma weight.
     bce_bias_init: initial value of the BCE variant's learned score bias.
+    batch_negatives: the routing loss of each sample ranks its positive against every document
+      of the batch (B * N - 1 negatives; the other samples' documents are encoded anyway), not
+      only against its own N - 1. Copies of a sample's positive elsewhere in the batch are
+      left out of its ranking. Routing recall metrics stay per sample.
     lm_weight, aux_weight, answer_weight: weights of the total loss
       lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer.
     remat: rematerialise each layer in the backward pass (saves activation memory).
@@ -142,6 +146,7 @@ class MSAConfig:
   query_reduce: str = "max"
   chunk_reduce: str = "max"
   cosine_routing: bool | None = None
+  batch_negatives: bool = False
   aux_loss: str = "infonce"
   aux_layers: str | tuple[int, ...] = "upper_half"
   temperature: float = 0.05

@@ -43,12 +43,15 @@ class Route:
     chunk_scores: [B, N, C] float32 per-chunk scores (after the head and query reductions).
     indices: [B, K] selected document slots, by descending score.
     selected: [B, K] bool, slot i is used (i < min(top_k, documents present)).
+    batch_scores: [B, B * N] float32 scores of each sample's routing query against every
+      document of the batch (sample-major), with `MSAConfig.batch_negatives`; else None.
   """
 
   doc_scores: jax.Array
   chunk_scores: jax.Array
   indices: jax.Array
   selected: jax.Array
+  batch_scores: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -144,6 +147,19 @@ def routed_attention(q, k, v, own: attention.OwnSlots, memory: RoutedBlocks | No
     mem = (memory.k.astype(q.dtype), memory.v.astype(q.dtype), mem_mask)
   return attention.dot_product_attention(q, k, v, own.mask(t, s), heads_first=heads_first,
                                          memory=mem)
+
+
+def _batch_scores(rq, query_mask, keys, chunks, msa: MSAConfig, head_dim: int) -> jax.Array:
+  """[B, B * N] document scores of every sample's routing query against all documents of the
+  batch: keys [B, N, C, J, D] and chunks [B, N, C] flattened to one memory of B * N."""
+  b, n = chunks.shape[:2]
+  flat = lambda x: jnp.broadcast_to(x.reshape((1, b * n) + x.shape[2:]),
+                                    (b, b * n) + x.shape[2:])
+  all_chunks = flat(chunks)
+  s = routing.chunk_scores(rq, query_mask, flat(keys), all_chunks,
+                           scale=msa.routing_scale(head_dim), head_reduce=msa.head_reduce,
+                           query_reduce=msa.query_reduce)
+  return routing.doc_scores(s, all_chunks, msa.chunk_reduce)
 
 
 def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, query_reduce):
@@ -314,8 +330,12 @@ class MSAAttention(attention.Attention):
                                             & jnp.repeat(selected, c, axis=1))[:, None, :]
       out = attention.dot_product_attention(q, k, v, self_mask,
                                             memory=(gather(mem.k), gather(mem.v), mem_mask))
+    batch_scores = None
+    if self.msa.batch_negatives:
+      batch_scores = _batch_scores(rq, query_mask & token_mask, mem.keys, mem.chunks, self.msa,
+                                   self.head_dim)
     route = Route(doc_scores=scores, chunk_scores=chunk_scores, indices=indices,
-                  selected=selected)
+                  selected=selected, batch_scores=batch_scores)
     return doc_out, self.output(_pad_query_rows(out, token_mask)), route
 
 
@@ -582,6 +602,26 @@ def example_batch(batch: int = 1, num_docs: int = 1, doc_len: int = 1,
       memory_index=jnp.zeros((b,), jnp.int32))
 
 
+def batch_negative_targets(batch: MSABatch) -> tuple[jax.Array, jax.Array]:
+  """(documents [B, B * N] bool, labels [B, B * N]) of the batch-negative routing loss.
+
+  Sample b's labels are its own route labels in its own block of N slots and 0 elsewhere; a
+  slot of another sample holding a copy of one of b's positives (the same tokens and length)
+  is left out (False in documents), so it counts neither as a positive nor as a negative.
+  """
+  b, n, g = batch.doc_tokens.shape
+  present = (batch.doc_lengths > 0).reshape(1, b * n)
+  own = jnp.eye(b, dtype=bool)[:, :, None]  # [B, B, 1]: sample b's own block
+  labels = jnp.where(own, batch.route_labels[None, :, :], 0).reshape(b, b * n)
+  flat_tokens = batch.doc_tokens.reshape(b * n, g)
+  flat_lengths = batch.doc_lengths.reshape(b * n)
+  same = ((batch.doc_tokens[:, :, None, :] == flat_tokens[None, None]).all(-1)
+          & (batch.doc_lengths[:, :, None] == flat_lengths[None, None]))  # [B, N, B * N]
+  copy_of_positive = (same & (batch.route_labels[:, :, None] > 0)).any(1)  # [B, B * N]
+  docs = present & ~(copy_of_positive & (labels == 0))
+  return docs, labels
+
+
 def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
                    msa: MSAConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The weighted total loss and its parts (official `MSAForCausalLM.forward`, training).
@@ -607,11 +647,18 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
   if batch.route_labels is not None and aux_ids:
     per_layer = []
     recalls = {k: [] for k in (1, 5, 10)}
+    if msa.batch_negatives:
+      batch_docs, batch_labels = batch_negative_targets(batch)
     for i in aux_ids:
       scores = out.routes[i].doc_scores
-      per_layer.append(losses.aux_loss(
-          msa.aux_loss, scores, docs, batch.route_labels, temperature=msa.temperature,
-          gamma=msa.focal_gamma, bias=out.aux_bias))
+      if msa.batch_negatives:
+        per_layer.append(losses.aux_loss(
+            msa.aux_loss, out.routes[i].batch_scores, batch_docs, batch_labels,
+            temperature=msa.temperature, gamma=msa.focal_gamma, bias=out.aux_bias))
+      else:
+        per_layer.append(losses.aux_loss(
+            msa.aux_loss, scores, docs, batch.route_labels, temperature=msa.temperature,
+            gamma=msa.focal_gamma, bias=out.aux_bias))
       for k in recalls:
         recalls[k].append(losses.routing_recall(scores, docs, batch.route_labels, k))
     aux = jnp.mean(jnp.stack(per_layer))
