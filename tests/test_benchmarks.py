@@ -82,7 +82,7 @@ def test_bad_stage_is_a_one_line_error():
                         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, check=False)
   assert proc.returncode == 2 and proc.stdout == ""
   assert proc.stderr == ("error: --config.stages=routing,nope: unknown stage 'nope'; expected "
-                         "some of routing,encoding,generation\n")
+                         "some of routing,encoding,generation,compile\n")
 
 
 @pytest.mark.slow

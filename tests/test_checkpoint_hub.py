@@ -107,16 +107,18 @@ def test_bank_cli_model_by_repo_id(hub_cache, tmp_path):
                             for i in range(3)))
   env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_CACHE": str(cache),
          "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
-  command = [sys.executable, "-m", "msa_jax.bank", "encode", f"--corpus={corpus}",
-             f"--bank={tmp_path / 'bank'}", f"--model={REPO_ID}", "--msa.top_k=1",
-             "--msa.chunk_size=2", "--max_doc_tokens=4", "--doc_template={text}"]
+  command = [sys.executable, "-m", "msa_jax.bank", "--config=configs/bank.py:encode",
+             f"--config.corpus={corpus}", f"--config.bank={tmp_path / 'bank'}",
+             f"--config.model={REPO_ID}", "--config.msa.top_k=1", "--config.msa.chunk_size=2",
+             "--config.max_doc_tokens=4", "--config.doc_template={text}"]
   out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
   assert out.returncode == 0, out.stderr[-3000:]
   manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
   assert manifest["metadata"]["model"]["repo"] == REPO_ID
   asked = subprocess.run(  # rebuilds the model from the repo id the bank records
-      [sys.executable, "-m", "msa_jax.bank", "ask", f"--bank={tmp_path / 'bank'}",
-       "--question=w11 w21", "--max_new_tokens=2", "--json"],
+      [sys.executable, "-m", "msa_jax.bank", "--config=configs/bank.py:ask",
+       f"--config.bank={tmp_path / 'bank'}", "--question=w11 w21",
+       "--config.max_new_tokens=2", "--config.json=True"],
       env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
   assert asked.returncode == 0, asked.stderr[-3000:]
   assert json.loads(asked.stdout.strip().split("\n")[-1])
@@ -125,4 +127,4 @@ def test_bank_cli_model_by_repo_id(hub_cache, tmp_path):
                            cwd=REPO)
   assert missing.returncode == 2  # a user error: one line, status 2
   assert missing.stderr.strip().split("\n")[-1].startswith(
-      "error: --model='tiny-org/absent' is not in the Hugging Face cache")
+      "error: --config.model='tiny-org/absent' is not in the Hugging Face cache")

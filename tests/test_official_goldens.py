@@ -49,12 +49,13 @@ def test_backbone_matches_official_goldens(case):
       {"params": params}, jnp.asarray(g["input_ids"], jnp.int32),
       positions=jnp.asarray(g["position_ids"], jnp.int32),
       segment_ids=jnp.asarray(segments, jnp.int32),
-      capture_intermediates=True, mutable=["intermediates"])
+      capture_intermediates=lambda _, method: method in ("__call__", "backbone"),
+      mutable=["intermediates"])
   inter = state["intermediates"]
   docs = valid & (doc_ids > 0)
   checks = {
-      "layer 0 output": (inter["layers_0"]["__call__"][0][0], g["hf_hidden_states_1"], valid),
-      "layer 1 output": (inter["layers_1"]["__call__"][0][0], g["hf_hidden_states_2"], valid),
+      "layer 0 output": (inter["layers_0"]["backbone"][0][0], g["hf_hidden_states_1"], valid),
+      "layer 1 output": (inter["layers_1"]["backbone"][0][0], g["hf_hidden_states_2"], valid),
       "final hidden (documents)": (inter["final_norm"]["__call__"][0], g["final_hidden"], docs),
       "logits (documents)": (logits, g["logits"], docs),
   }
