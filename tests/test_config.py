@@ -90,6 +90,7 @@ def test_train_refuses_a_bad_model_config_before_loading_data(tmp_path, monkeypa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_cosine_routing_is_explicit_routing_math():
   """Unset, cosine routing follows the official rule (InfoNCE family: cosine; BCE: dot
   products). Set, the loss no longer changes how documents are scored at inference."""

@@ -183,6 +183,7 @@ def test_encode_documents_rejects_bad_input():
     engine_lib.encode_documents(CFG, msa, params, [[1, 2]], max_tokens=0, progress=None)
 
 
+@pytest.mark.slow
 def test_kernels_forced_on_equal_kernels_off(tmp_path):
   """kernel_impl="pallas" (the block-sparse attention kernel in interpret mode on CPU, over
   the routed blocks and the decode cache in place) vs "xla": the same selections, prefill

@@ -59,7 +59,8 @@ def test_backbone_from_checkpoint_routers_fresh(tmp_path):
 
 
 @pytest.mark.parametrize("msa", [
-    MSAConfig(top_k=2, chunk_size=8, aux_loss="bce", router_bias=True, remat=True),
+    pytest.param(MSAConfig(top_k=2, chunk_size=8, aux_loss="bce", router_bias=True, remat=True),
+                 marks=pytest.mark.slow),
     MSAConfig(top_k=2, chunk_size=8, router_layers=(0, 3)),
 ])
 def test_init_missing_equals_init(msa):

@@ -169,6 +169,7 @@ def test_train_step_applies_phase_weights():
   assert np.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow
 def test_eval_step_reads_the_train_steps_weights_under_accumulation():
   """With grad_accum_steps=2, the eval step at micro-step s uses the weights the train step
   uses at s (those of optimiser step s // 2), not those of optimiser step s."""
