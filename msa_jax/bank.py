@@ -71,7 +71,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from msa_jax import runtime, tasks, validation
-from msa_jax.checkpoint import hub
+from msa_jax.checkpoint import SMOLLM2, checkpoint_tokenizer, hub
 from msa_jax.data import retrieval
 from msa_jax.data.synthetic import SyntheticTokenizer
 from msa_jax.inference import engine as engine_lib
@@ -198,7 +198,7 @@ def msa_fields(section) -> dict[str, Any]:
 def _tokenizer(name: str):
   """The named tokenizer (cached: SmolLM2's takes seconds to read from its GGUF file)."""
   if name == "smollm2":
-    return pretrained.checkpoint_tokenizer(pretrained.SMOLLM2)
+    return checkpoint_tokenizer(SMOLLM2)
   if name == "synthetic":
     return SyntheticTokenizer()
   raise CliError(f"--config.tokenizer={name!r} is unknown; known: {list(TOKENIZERS)}")
@@ -229,9 +229,9 @@ def build_model(spec: dict) -> Model:
                      for k, v in spec.get("msa", {}).items()})
   seed = int(spec.get("seed", 0))
   if kind in ("smollm2", "hf"):
-    name = spec["repo"] if kind == "hf" else pretrained.SMOLLM2
+    name = spec["repo"] if kind == "hf" else SMOLLM2
     _log(f"[model] reading the {name} tokenizer")
-    tokenizer = (pretrained.checkpoint_tokenizer(name) if kind == "hf"
+    tokenizer = (checkpoint_tokenizer(name) if kind == "hf"
                  else _tokenizer("smollm2"))
     _log(f"[model] reading the {name} backbone weights")
     cfg, backbone = pretrained.load_backbone(name, spec.get("num_layers"))

@@ -58,7 +58,7 @@ def test_is_repo_id(tmp_path, monkeypatch):
 _OFFLINE = """
 import sys
 import numpy as np
-from msa_jax.checkpoint import load_checkpoint
+from msa_jax.checkpoint import checkpoint_path, load_checkpoint
 from msa_jax.loading import pretrained
 repo_id, plain = sys.argv[1], sys.argv[2]
 cfg, params, tok = load_checkpoint(repo_id)
@@ -72,7 +72,7 @@ for k in a:
   np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
 assert tok.encode("w5 w9 w200") == want_tok.encode("w5 w9 w200") == [5, 9, 200]
 assert pretrained.checkpoint_config(repo_id, num_layers=1).num_layers == 1
-print("loaded", len(a), "tensors from", pretrained.checkpoint_path(repo_id))
+print("loaded", len(a), "tensors from", checkpoint_path(repo_id))
 for bad in ("tiny-org/absent", "Qwen/Qwen3-0.6B"):
   try:
     load_checkpoint(bad)

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from msa_jax import checkpoint
 from msa_jax.checkpoint import hf
 from msa_jax.model import MSAConfig, MSATransformer, get_preset
 from msa_jax.train import optimizer as optim_lib
@@ -106,7 +107,7 @@ def test_mismatch_is_reported():
 
 def test_missing_checkpoint_names_the_field(tmp_path):
   with pytest.raises(FileNotFoundError, match="model.checkpoint="):
-    pretrained.checkpoint_path(tmp_path / "nope.gguf")
+    checkpoint.checkpoint_path(tmp_path / "nope.gguf")
 
 
 @pytest.mark.slow
@@ -115,4 +116,4 @@ def test_smollm2_gguf_config_and_tokenizer():
   # GGUF stores norm_eps as float32.
   assert cfg == get_preset("smollm2_135m").replace(norm_eps=cfg.norm_eps)
   assert cfg.norm_eps == pytest.approx(1e-5)
-  assert pretrained.checkpoint_tokenizer("smollm2").vocab_size == cfg.vocab_size
+  assert checkpoint.checkpoint_tokenizer("smollm2").vocab_size == cfg.vocab_size

@@ -27,7 +27,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
-from msa_jax.checkpoint import smollm2_path
+from msa_jax.checkpoint import SMOLLM2, checkpoint_tokenizer, smollm2_path
 from msa_jax.inference import engine
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.loading import pretrained
@@ -71,8 +71,8 @@ def train_step_compile(preset: str, num_layers: int | None = None) -> tuple[floa
 def load_smollm2(num_layers: int | None, full_init: bool):
   """(config, msa, params, tokenizer) of SmolLM2 under fresh routers; `full_init`: the former
   way (initialise everything, then overwrite the backbone)."""
-  tokenizer = pretrained.checkpoint_tokenizer(pretrained.SMOLLM2)
-  cfg, backbone = pretrained.load_backbone(pretrained.SMOLLM2, num_layers)
+  tokenizer = checkpoint_tokenizer(SMOLLM2)
+  cfg, backbone = pretrained.load_backbone(SMOLLM2, num_layers)
   msa = MSAConfig()
   model = MSATransformer(cfg, msa)
   if full_init:
@@ -134,7 +134,7 @@ def _rows(quick: bool) -> list[dict]:
   except FileNotFoundError:
     return rows
   smol_layers = 2 if quick else None
-  pretrained.load_backbone(pretrained.SMOLLM2, smol_layers)  # both read a warm file cache
+  pretrained.load_backbone(SMOLLM2, smol_layers)  # both read a warm file cache
   _, before_s = _timed(load_smollm2, smol_layers, True)
   loaded, load_s = _timed(load_smollm2, smol_layers, False)
   rows.append(dict(stage="compile", case="smollm2-msa load", ours_s=load_s,

@@ -25,10 +25,7 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-# SMOLLM2 and checkpoint_tokenizer live in msa_jax.checkpoint (below the tasks, which need the
-# tokenizer); they stay importable from here.
-from msa_jax.checkpoint import (SMOLLM2, checkpoint_path, checkpoint_tokenizer,  # noqa: F401
-                                hf)
+from msa_jax.checkpoint import checkpoint_path, hf
 from msa_jax.checkpoint.gguf import config_from_metadata, load_gguf
 from msa_jax.checkpoint.tokenizer import read_gguf_metadata
 from msa_jax.model.config import ModelConfig

@@ -46,6 +46,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from msa_jax.checkpoint import checkpoint_tokenizer
 from msa_jax.checkpoint.hf import dtype_from_name
 from msa_jax.data import hard_negatives
 from msa_jax.data import retrieval
@@ -271,7 +272,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
   start = time.perf_counter()
   if not config.model.get("checkpoint"):
     raise ValueError("mode=router_adapt adapts a pretrained backbone: set model.checkpoint")
-  tokenizer = pretrained.checkpoint_tokenizer(config.model.checkpoint)
+  tokenizer = checkpoint_tokenizer(config.model.checkpoint)
   model_cfg, msa, model = build_model(config, tokenizer.vocab_size)
   if not msa.decouple_router:
     raise ValueError("mode=router_adapt trains router projections: msa.decouple_router must be "
