@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pallas_kernels._common import IMPLS, check_impl, default_impl
+from pallas_kernels._common import IMPLS, check_impl, default_impl, resolves_to_pallas
 from pallas_kernels.routing_scores import (RoutingBlockSizes, routing_chunk_scores,
                                            routing_chunk_scores_reference, routing_doc_scores,
                                            routing_doc_scores_reference)
@@ -46,7 +46,7 @@ def implementation(name: str, impl: str | None = None) -> Callable:
 
 __all__ = [
     "IMPLS", "RoutingBlockSizes", "SparseAttentionBlockSizes", "default_impl", "implementation",
-    "per_sample_memory_to_bank", "routing_chunk_scores", "routing_chunk_scores_reference",
+    "per_sample_memory_to_bank", "resolves_to_pallas", "routing_chunk_scores", "routing_chunk_scores_reference",
     "routing_doc_scores", "routing_doc_scores_reference", "sparse_attention",
     "sparse_attention_reference",
 ]

@@ -84,6 +84,15 @@ def default_impl() -> str:
   return "pallas" if has_gpu() else "xla"
 
 
+def resolves_to_pallas(kernel_impl: str, head_dim: int) -> bool:
+  """Whether a `kernel_impl` setting ("auto" | "xla" | "pallas") runs the Pallas kernels for
+  this head dim: "pallas" always; "auto" on a GPU when the kernels take the head dim (a power
+  of two >= 16)."""
+  takes = is_power_of_two(head_dim) and head_dim >= 16
+  return kernel_impl == "pallas" or (kernel_impl == "auto" and jax.default_backend() == "gpu"
+                                     and takes)
+
+
 def check_impl(impl: str) -> str:
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r}; expected one of {IMPLS}")

@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pallas_kernels import _common
+import pallas_kernels
 from pallas_kernels.routing_scores.kernel import routing_doc_scores
 from pallas_kernels.routing_scores.xla import check_inputs, query_operand, tile_chunk_scores
 
@@ -170,19 +170,11 @@ def _finish_docs(acc: jax.Array, count: jax.Array, chunk_reduce: str) -> jax.Arr
   return jnp.where(count > 0, acc / jnp.maximum(count, 1), NEG_INF)
 
 
-def uses_kernel(kernel_impl: str, head_dim: int) -> bool:
-  """Whether routing with `kernel_impl` runs the Pallas routing-score kernel: "pallas" always,
-  "auto" on a GPU when the kernel takes the head dim (a power of two >= 16)."""
-  takes = _common.is_power_of_two(head_dim) and head_dim >= 16
-  return kernel_impl == "pallas" or (kernel_impl == "auto" and jax.default_backend() == "gpu"
-                                     and takes)
-
-
 def _bank_doc_scores(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_reduce,
                      query_reduce, chunk_reduce, tile_chunks, kernel_impl):
   """(document scores [B, M], chunks per document [M]) of a (local) bank, either scorer."""
   count = _chunk_counts(chunk_doc, num_docs)
-  if uses_kernel(kernel_impl, rq.shape[-1]):
+  if pallas_kernels.resolves_to_pallas(kernel_impl, rq.shape[-1]):
     if keys.dtype == BITS:
       keys = jax.lax.bitcast_convert_type(keys, rq.dtype)
     doc_scores = routing_doc_scores(

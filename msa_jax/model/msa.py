@@ -80,12 +80,6 @@ def _pad_query_rows(out: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.where(valid[..., None, None], out, 0).astype(out.dtype)
 
 
-def _use_pallas(impl: str, head_dim: int) -> bool:
-  """"auto" takes the kernel on GPU when it supports the head dim (a power of two >= 16)."""
-  supported = head_dim >= 16 and head_dim & (head_dim - 1) == 0
-  return impl == "pallas" or (impl == "auto" and jax.default_backend() == "gpu" and supported)
-
-
 @flax.struct.dataclass
 class RoutedBlocks:
   """The pooled K/V blocks of the K documents routed to each of B prompts, laid out per prompt.
@@ -230,7 +224,7 @@ class MSAAttention(attention.Attention):
 
   @property
   def use_pallas(self) -> bool:
-    return _use_pallas(self.msa.kernel_impl, self.head_dim)
+    return pallas_kernels.resolves_to_pallas(self.msa.kernel_impl, self.head_dim)
 
   def doc_attention(self, docs, doc_positions, doc_lengths):
     """Documents [B, N, G, E] -> (output [B, N, G, E], MemoryBlocks [B, N, C, ...] or None)."""
