@@ -75,6 +75,7 @@ from msa_jax.checkpoint import SMOLLM2, checkpoint_tokenizer, hub
 from msa_jax.data import retrieval
 from msa_jax.data.synthetic import SyntheticTokenizer
 from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.inference import interleave as interleave_lib
 from msa_jax.memory import bank as bank_lib
 from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
@@ -403,7 +404,7 @@ def encode(config) -> MemoryBank | None:
   bank = None
   if plan == "continue":
     bank = MemoryBank.open(path, staged=True, verify=False)
-    diff = fingerprint_diff(bank.fingerprint, json.loads(json.dumps(engine_lib.bank_fingerprint(
+    diff = fingerprint_diff(bank.fingerprint, json.loads(json.dumps(encode_lib.bank_fingerprint(
         model.config, model.msa, model.params, jnp.float32))))
     if diff and not config.overwrite:
       raise CliError(f"--config.bank={path}: its unfinished encoding was made with other "
@@ -415,10 +416,10 @@ def encode(config) -> MemoryBank | None:
       _log(f"[encode] continuing the unfinished encoding in {path}: {bank.num_docs} of "
            f"{len(corpus.ids)} documents are committed")
   if bank is None:
-    bank = engine_lib.create_bank(path, model.config, model.msa, model.params,
+    bank = encode_lib.create_bank(path, model.config, model.msa, model.params,
                                   overwrite=True, metadata=metadata, staged=True)
   done = bank.num_docs
-  stats = engine_lib.encode_corpus(
+  stats = encode_lib.encode_corpus(
       bank, model.config, model.msa, model.params, corpus.ids[done:], tokens[done:],
       texts[done:], max_tokens=g, batch_size=config.batch_size, commit_every=config.commit_every,
       commit_seconds=config.commit_seconds, progress=sys.stderr)

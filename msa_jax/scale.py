@@ -51,6 +51,7 @@ from msa_jax.data import niah
 from msa_jax.evaluation import report
 from msa_jax.loading import restore
 from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.memory.bank import MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
 
@@ -222,7 +223,7 @@ def ensure_bank(path: Path, trained, memory: Memory, config: ml_collections.Conf
   """
   cfg, msa, params = trained.model_config, trained.msa, trained.params
   dtype = jnp.dtype(config.dtype)
-  fingerprint = json.loads(json.dumps(engine_lib.bank_fingerprint(cfg, msa, params, dtype)))
+  fingerprint = json.loads(json.dumps(encode_lib.bank_fingerprint(cfg, msa, params, dtype)))
 
   def matches(bank: MemoryBank) -> bool:
     meta = bank.metadata if isinstance(bank.metadata, dict) else {}
@@ -243,13 +244,13 @@ def ensure_bank(path: Path, trained, memory: Memory, config: ml_collections.Conf
     else:
       bank = None
   if bank is None:
-    bank = engine_lib.create_bank(path, cfg, msa, params, dtype=dtype,
+    bank = encode_lib.create_bank(path, cfg, msa, params, dtype=dtype,
                                   bank_dtype=config.bank_dtype, overwrite=True, staged=True,
                                   metadata={"memory": memory.record})
   done = bank.num_docs
   _log(f"[scale] encoding {memory.num_docs - done:,} documents "
        f"({(memory.num_docs - done) * memory.doc_tokens:,} tokens) into {path}")
-  stats = engine_lib.encode_corpus(
+  stats = encode_lib.encode_corpus(
       bank, cfg, msa, params, memory.doc_ids(done), memory.tokens(done), None,
       max_tokens=memory.doc_tokens, batch_size=config.encode_batch,
       commit_every=config.commit_every, commit_seconds=config.commit_seconds,
@@ -271,9 +272,9 @@ class TimedEngine(engine_lib.MSAEngine):
 
   route_seconds = 0.0
 
-  def route(self, layer, rq, query_mask):
+  def route(self, layer, rq, query_mask, doc_mask=None):
     start = time.perf_counter()
-    result = super().route(layer, rq, query_mask)
+    result = super().route(layer, rq, query_mask, doc_mask)
     jax.block_until_ready(result.indices)
     self.route_seconds += time.perf_counter() - start
     return result
@@ -344,8 +345,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
 def encode_flops_per_token(trained, config, doc_tokens: int) -> float:
   """FLOPs of one document-stream token, from XLA's cost analysis of the encode program."""
   cfg, msa = trained.model_config, trained.msa
-  fn = engine_lib._encode_fn(cfg, msa, jnp.dtype(config.dtype),  # pylint: disable=protected-access
-                             jnp.dtype(config.bank_dtype))
+  fn = encode_lib.encode_fn(cfg, msa, jnp.dtype(config.dtype), jnp.dtype(config.bank_dtype))
   b = config.encode_batch
   shapes = (jax.ShapeDtypeStruct((b, doc_tokens), jnp.int32),
             jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((b, doc_tokens), jnp.int32))

@@ -167,6 +167,7 @@ def part_engine(smoke: bool) -> dict:
   import jax.numpy as jnp
   import numpy as np
   from msa_jax.inference import decode, engine as engine_lib
+  from msa_jax.memory import encode as encode_lib
   from msa_jax.memory.bank import MemoryBank
   from msa_jax.inference.sampling import SamplingConfig
   from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
@@ -182,7 +183,7 @@ def part_engine(smoke: bool) -> dict:
   chunks = docs * per_doc
   rng = np.random.default_rng(0)
   with tempfile.TemporaryDirectory() as tmp:
-    bank = engine_lib.create_bank(os.path.join(tmp, "bank"), cfg, msa, params, dtype=dtype,
+    bank = encode_lib.create_bank(os.path.join(tmp, "bank"), cfg, msa, params, dtype=dtype,
                                   bank_dtype="bfloat16")
     shape = (chunks, cfg.num_kv_heads, cfg.head_dim)
     keys = rng.standard_normal(shape, dtype=np.float32)

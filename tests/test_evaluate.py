@@ -22,6 +22,7 @@ from msa_jax.data import bm25
 from msa_jax.evaluation import metrics
 from msa_jax.evaluation import run
 from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.memory.bank import BankError, MemoryBank
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
 from msa_jax.loading import restore
@@ -165,7 +166,7 @@ def test_router_rankings_agree_with_the_engine(first_run, checkpoint, data_slice
   task = run.make_task(data, trained.tokenizer, trained.config)
   bank = MemoryBank.open(workdir / "bank")
   model = (trained.model_config, trained.msa, trained.params, bank)
-  eng = run.ScoringEngine(*model)
+  eng = engine_lib.MSAEngine(*model)
   qids = sorted(data.split("test"))
   rankings, _ = run.run_queries(eng, task, qids, bank.doc_ids, None, top=100, sampling=None,
                                 batch_size=4)
@@ -177,8 +178,7 @@ def test_router_rankings_agree_with_the_engine(first_run, checkpoint, data_slice
   members = np.zeros(bank.num_docs, bool)
   members[::3] = True
   kept = {bank.doc_ids[i] for i in np.flatnonzero(members)}
-  eng.members = members
-  pre = eng.prefill(run.question_prompts(task, qids))
+  pre = eng.prefill(run.question_prompts(task, qids), doc_mask=members)
   for mem in pre.memory.values():
     assert all(set(row) <= kept for row in engine_lib.routed_doc_ids(bank, mem))
   rankings, _ = run.run_queries(eng, task, qids, bank.doc_ids, members, top=100,
@@ -228,7 +228,7 @@ def test_data_defaults_to_the_training_run(tmp_path):
 def test_bank_from_another_model(checkpoint, data_slice, tmp_path):
   cfg = get_preset("tiny").replace(vocab_size=64, num_layers=2)
   msa = MSAConfig(top_k=2, chunk_size=16)
-  other = engine_lib.create_bank(tmp_path / "other", cfg, msa,
+  other = encode_lib.create_bank(tmp_path / "other", cfg, msa,
                                  init_params(MSATransformer(cfg, msa), jax.random.key(0)))
   c = eval_config(checkpoint, data_slice, bank_path=str(tmp_path / "other"))
   with pytest.raises(BankError, match="another model"):
@@ -245,9 +245,9 @@ def test_bank_from_another_model(checkpoint, data_slice, tmp_path):
   # A bank cut short (an interrupted encoding) is completed.
   path = tmp_path / "partial"
   meta = {"documents": run.documents_digest(ids, tokens), "num_docs": 3, "doc_tokens": 32}
-  partial = engine_lib.create_bank(path, trained.model_config, trained.msa, trained.params,
+  partial = encode_lib.create_bank(path, trained.model_config, trained.msa, trained.params,
                                    metadata=meta)
-  engine_lib.encode_corpus(partial, trained.model_config, trained.msa, trained.params,
+  encode_lib.encode_corpus(partial, trained.model_config, trained.msa, trained.params,
                            ids[:1], tokens[:1], max_tokens=32, progress=None)
   bank, status = run.prepare_bank(path, True, trained, np.float32, ids, tokens, max_tokens=32)
   assert status == "completed" and bank.doc_ids == ids

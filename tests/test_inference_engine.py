@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.memory.bank import BankError
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.model import MSABatch, MSAConfig, MSATransformer, get_preset, init_params
@@ -56,8 +57,8 @@ def _setup(tmp_path, msa, seed=0, docs=None, bank_dtype="float32"):
     docs, g = _docs()
   else:
     g = max(map(len, docs))
-  bank = engine_lib.create_bank(tmp_path / "bank", CFG, msa, params, bank_dtype=bank_dtype)
-  engine_lib.encode_corpus(bank, CFG, msa, params, [f"d{i}" for i in range(len(docs))], docs,
+  bank = encode_lib.create_bank(tmp_path / "bank", CFG, msa, params, bank_dtype=bank_dtype)
+  encode_lib.encode_corpus(bank, CFG, msa, params, [f"d{i}" for i in range(len(docs))], docs,
                            [f"text {i}" for i in range(len(docs))], max_tokens=g,
                            batch_size=4, commit_every=5, progress=None)
   return params, docs, g, bank
@@ -168,7 +169,7 @@ def test_bank_from_another_model_is_refused(tmp_path):
 def test_empty_bank_is_refused_at_routing(tmp_path):
   msa = MSA_CASES["decoupled"]
   params = init_params(MSATransformer(CFG, msa), jax.random.key(0))
-  bank = engine_lib.create_bank(tmp_path / "bank", CFG, msa, params)
+  bank = encode_lib.create_bank(tmp_path / "bank", CFG, msa, params)
   eng = engine_lib.MSAEngine(CFG, msa, params, bank)
   with pytest.raises(BankError, match="empty"):
     eng.prefill(_prompts(msa))
@@ -178,9 +179,9 @@ def test_encode_documents_rejects_bad_input():
   msa = MSA_CASES["decoupled"]
   params = init_params(MSATransformer(CFG, msa), jax.random.key(0))
   with pytest.raises(ValueError, match="document 1 has no tokens"):
-    engine_lib.encode_documents(CFG, msa, params, [[1, 2], []], max_tokens=4, progress=None)
+    encode_lib.encode_documents(CFG, msa, params, [[1, 2], []], max_tokens=4, progress=None)
   with pytest.raises(ValueError, match="max_tokens=0"):
-    engine_lib.encode_documents(CFG, msa, params, [[1, 2]], max_tokens=0, progress=None)
+    encode_lib.encode_documents(CFG, msa, params, [[1, 2]], max_tokens=0, progress=None)
 
 
 @pytest.mark.slow

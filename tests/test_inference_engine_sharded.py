@@ -25,6 +25,7 @@ def _worker() -> None:
   import jax
   jax.config.update("jax_default_matmul_precision", "highest")
   from msa_jax.inference import engine as engine_lib
+  from msa_jax.memory import encode as encode_lib
   from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
   from msa_jax.runtime.sharding import make_mesh
 
@@ -44,8 +45,8 @@ def _worker() -> None:
   for name, msa in cases.items():
     params = init_params(MSATransformer(cfg, msa), jax.random.key(0))
     with tempfile.TemporaryDirectory() as tmp:
-      bank = engine_lib.create_bank(f"{tmp}/bank", cfg, msa, params)
-      engine_lib.encode_corpus(bank, cfg, msa, params, [f"d{i}" for i in range(len(docs))],
+      bank = encode_lib.create_bank(f"{tmp}/bank", cfg, msa, params)
+      encode_lib.encode_corpus(bank, cfg, msa, params, [f"d{i}" for i in range(len(docs))],
                                docs, max_tokens=16, batch_size=8, progress=None)
       chunk_doc = bank.chunk_doc()
       base = engine_lib.MSAEngine(cfg, msa, params, bank, tile_chunks=4).prefill(prompts)

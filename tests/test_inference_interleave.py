@@ -11,6 +11,7 @@ import pytest
 
 from msa_jax.data.synthetic import SyntheticTokenizer
 from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.inference import interleave as il
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
 
@@ -31,11 +32,11 @@ def _doc_text(m: int) -> str:
 def engine(tmp_path_factory):
   params = init_params(MSATransformer(CFG, MSA), jax.random.key(0))
   path = tmp_path_factory.mktemp("interleave") / "bank"
-  bank = engine_lib.create_bank(path, CFG, MSA, params)
+  bank = encode_lib.create_bank(path, CFG, MSA, params)
   texts = [_doc_text(m) for m in range(NUM_DOCS)]
   texts[6] = None  # stored without text
   tokens = [TOK.encode(_doc_text(m)) for m in range(NUM_DOCS)]
-  engine_lib.encode_corpus(bank, CFG, MSA, params, [f"{m:04d}" for m in range(NUM_DOCS)],
+  encode_lib.encode_corpus(bank, CFG, MSA, params, [f"{m:04d}" for m in range(NUM_DOCS)],
                            tokens, texts, max_tokens=16, batch_size=4, progress=None)
   return engine_lib.MSAEngine(CFG, MSA, params, bank)
 

@@ -50,8 +50,9 @@ def random_questions(seed: int, b: int = 3, t: int = 4, h: int = 4, d: int = 8):
 
 
 def training_route(rq, mask, keys, chunk_doc, num_docs, top_k, head_reduce, query_reduce,
-                   chunk_reduce, scale):
-  """The oracle: the bank as a training batch through `msa_jax.model.routing`."""
+                   chunk_reduce, scale, doc_mask=None):
+  """The oracle: the bank as a training batch through `msa_jax.model.routing` (`doc_mask` [B,
+  M]: only those documents are in each question's batch; the others score -inf)."""
   import jax.numpy as jnp
   from msa_jax.model import routing
   b = rq.shape[0]
@@ -66,7 +67,11 @@ def training_route(rq, mask, keys, chunk_doc, num_docs, top_k, head_reduce, quer
   cs = routing.chunk_scores(jnp.asarray(rq), jnp.asarray(mask), docs_b, chunks_b, scale=scale,
                             head_reduce=head_reduce, query_reduce=query_reduce)
   ds = routing.doc_scores(cs, chunks_b, chunk_reduce)
-  idx, sel = routing.select_top_k(ds, jnp.broadcast_to(counts > 0, (b, num_docs)), top_k)
+  present = jnp.broadcast_to(counts > 0, (b, num_docs))
+  if doc_mask is not None:
+    present = present & jnp.asarray(doc_mask)
+    ds = jnp.where(jnp.asarray(doc_mask), ds, -jnp.inf)
+  idx, sel = routing.select_top_k(ds, present, top_k)
   return np.asarray(ds), np.asarray(idx), np.asarray(sel)
 
 
@@ -181,6 +186,60 @@ def test_top_k_larger_than_the_bank():
   assert out.indices.shape == (3, 3)
   assert np.asarray(out.selected).tolist() == [[True, True, False]] * 3
   assert np.asarray(out.indices)[0, 2] == 1 and np.isneginf(np.asarray(out.scores)[:, 2]).all()
+
+
+@pytest.mark.parametrize("kernel_impl", ["xla", "pallas"])
+@pytest.mark.parametrize("per_question", [False, True], ids=["shared_mask", "per_question"])
+def test_doc_mask_routes_as_if_the_documents_were_removed(kernel_impl, per_question):
+  """`doc_mask`: a masked document is never in a valid slot and scores -inf; the valid slots,
+  their scores and every document score equal routing over the bank with the masked documents'
+  chunks removed (made padding rows), and the training path's selection over the kept ones.
+
+  The last question has no routing token (every score -inf, a tie of all): there the valid
+  slots are the first kept documents by index, where the bank without the documents would
+  list removed (now absent) ones too, so it is only checked for never selecting a masked one.
+  """
+  from msa_jax.memory.routing import route
+  keys, chunk_doc = random_bank(11, RAGGED, d=16, dup=(2, 6))
+  rq, mask = random_questions(11, b=4, d=16)
+  m, b = len(RAGGED), rq.shape[0]
+  rng = np.random.default_rng(11)
+  doc_mask = rng.random((b, m) if per_question else (m,)) < 0.6
+  doc_mask[..., [2, 6]] = True  # keep the tie
+  doc_mask[..., 0] = False  # a long document
+  rows = np.broadcast_to(doc_mask, (b, m))
+  kw = dict(top_k=5, scale=0.7, chunk_reduce="mean", tile_chunks=4, kernel_impl=kernel_impl)
+  out = route(rq, mask, keys, chunk_doc, m, doc_mask=doc_mask, **kw)
+  idx, sel = np.asarray(out.indices), np.asarray(out.selected)
+  ds, scores = np.asarray(out.doc_scores), np.asarray(out.scores)
+  for q in range(b):
+    assert rows[q][idx[q][sel[q]]].all(), (q, idx[q], sel[q])
+    assert np.isneginf(ds[q][~rows[q]]).all()
+    assert sel[q].sum() == min(5, np.sum(rows[q] & (np.asarray(RAGGED) > 0)))
+  for q in range(b - 1):
+    removed = np.where(rows[q][chunk_doc], chunk_doc, -1).astype(np.int32)
+    ref = route(rq, mask, keys, removed, m, **kw)  # the same batch: the same GEMM shapes
+    np.testing.assert_array_equal(sel[q], np.asarray(ref.selected)[q])
+    np.testing.assert_array_equal(idx[q][sel[q]], np.asarray(ref.indices)[q][sel[q]])
+    np.testing.assert_array_equal(scores[q][sel[q]], np.asarray(ref.scores)[q][sel[q]])
+    np.testing.assert_array_equal(ds[q], np.asarray(ref.doc_scores)[q])
+  t_ds, t_idx, t_sel = training_route(rq, mask, keys, chunk_doc, m, 5, "mean", "max", "mean",
+                                      0.7, doc_mask=rows)
+  np.testing.assert_allclose(ds[:-1], t_ds[:-1], rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(sel, t_sel)
+  for q in range(b - 1):
+    np.testing.assert_array_equal(idx[q][sel[q]], t_idx[q][t_sel[q]])
+
+
+def test_doc_mask_must_name_the_bank_documents():
+  from msa_jax.memory.routing import route
+  keys, chunk_doc = random_bank(5, (2, 3))
+  rq, mask = random_questions(5)
+  with pytest.raises(ValueError, match=r"doc_mask must be bool \[2\] or \[3, 2\] .*; got "
+                                       r"bool \(3,\)"):
+    route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, doc_mask=np.ones(3, bool))
+  with pytest.raises(ValueError, match=r"got float32 \(2,\)"):
+    route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, doc_mask=np.ones(2, np.float32))
 
 
 def test_padding_rows_and_bfloat16():
@@ -332,6 +391,18 @@ def _worker() -> None:
           "tie_adjacent": all(list(r).index(2) + 1 == list(r).index(8)
                               for r in np.asarray(got.indices)[:3] if 2 in r and 8 in r),
       }
+    doc_mask = np.random.default_rng(3).random((4, num_docs)) < 0.5  # per question
+    kw = dict(top_k=4, scale=0.5, chunk_reduce="mean", tile_chunks=2)
+    got = route_sharded(mesh, rq, mask, *shard_bank(mesh, keys, chunk_doc, tile_chunks=2),
+                        num_docs, doc_mask=doc_mask, **kw)
+    same_bank = route(rq, mask, *layout_bank(keys, chunk_doc, shards, tile_chunks=2), num_docs,
+                      doc_mask=doc_mask, **kw)
+    result[f"{name}/doc_mask"] = {
+        "bitwise": all(np.array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(
+            same_bank, f))) for f in got._fields),
+        "masked_never_selected": all(
+            doc_mask[q][np.asarray(got.indices)[q][np.asarray(got.selected)[q]]].all()
+            for q in range(4))}
     k16, d16 = random_bank(7, SHARDED_DOCS, d=16, dup=(2, 8))
     q16 = random_questions(7, b=4, d=16)
     kw = dict(top_k=4, scale=0.5, chunk_reduce="mean", tile_chunks=2)
@@ -390,6 +461,14 @@ def test_route_sharded_with_the_kernel(worker_result, mesh):
   """Each shard scores its chunks with the routing-score kernel: the XLA path's selection."""
   r = worker_result[f"{mesh}/pallas"]
   assert r["indices_equal_flat"] and r["max_diff_flat"] <= 1e-6, r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_route_sharded_with_a_doc_mask(worker_result, mesh):
+  """A per-question `doc_mask` over a sharded bank: bitwise `route` on the same laid-out bank."""
+  r = worker_result[f"{mesh}/doc_mask"]
+  assert r["bitwise"] and r["masked_never_selected"], r
 
 
 @pytest.mark.parametrize("mesh", sorted(MESHES))

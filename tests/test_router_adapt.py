@@ -15,6 +15,7 @@ from msa_jax.checkpoint import msa as msa_ckpt
 from msa_jax.data import hard_negatives
 from msa_jax.data.retrieval import RetrievalData
 from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.model import MSAConfig, MSATransformer, get_preset
 from msa_jax.model.batch import MSABatch
 from msa_jax.train import router_adapt
@@ -67,7 +68,7 @@ def test_cached_states_bank_and_full_model_agree(tmp_path):
   routers = router_adapt.router_params(params, layers)
 
   # The bank that stage-1 encoding builds holds the routing keys computed from the cache.
-  lengths, num_chunks, arrays = engine_lib.encode_documents(CFG, MSA, params, docs,
+  lengths, num_chunks, arrays = encode_lib.encode_documents(CFG, MSA, params, docs,
                                                             max_tokens=G, batch_size=2,
                                                             progress=None)
   np.testing.assert_array_equal(num_chunks, states.num_chunks)
@@ -92,8 +93,8 @@ def test_cached_states_bank_and_full_model_agree(tmp_path):
                    memory_index=prompts.memory_index)
   full = MSATransformer(CFG, MSA).apply({"params": params}, batch)
   np.testing.assert_allclose(ours, full.routes[first].doc_scores, atol=2e-5)
-  bank = engine_lib.create_bank(tmp_path / "bank", CFG, MSA, params)
-  engine_lib.encode_corpus(bank, CFG, MSA, params, [f"d{n}" for n in range(N)], docs,
+  bank = encode_lib.create_bank(tmp_path / "bank", CFG, MSA, params)
+  encode_lib.encode_corpus(bank, CFG, MSA, params, [f"d{n}" for n in range(N)], docs,
                            max_tokens=G, batch_size=2, progress=None)
   engine = engine_lib.MSAEngine(CFG, MSA, params, bank)
   routed = engine.prefill(prompts, keep_scores=True).memory

@@ -18,7 +18,7 @@ from configs import demo
 from configs import scale as scale_config
 from msa_jax import scale
 from msa_jax.data import synthetic
-from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.memory.bank import STAGED_MANIFEST, MemoryBank
 from msa_jax.loading import restore
 from msa_jax.train.loop import train_and_evaluate
@@ -80,7 +80,7 @@ def test_scale_run_end_to_end(checkpoint, tmp_path, capsys):
   held_out = synthetic.document_range(trained.tokenizer, scale.corpus_spec(data), first,
                                       first + memory.num_docs)
   np.testing.assert_array_equal(tokens, held_out.doc_tokens)
-  _, _, want = engine_lib.encode_documents(trained.model_config, trained.msa, trained.params,
+  _, _, want = encode_lib.encode_documents(trained.model_config, trained.msa, trained.params,
                                            list(tokens), max_tokens=64, progress=None)
   for layer in bank.layer_ids:
     for name, array in zip(("keys", "k", "v"), bank.layer_arrays(layer)):

@@ -9,7 +9,7 @@ the start of the run with numpy in a process that runs the host's native OpenBLA
 
   routing     `memory.routing.route` vs the equal-work GEMM, in numpy and in XLA (1M and 10M
               tokens, B=1, 8; a row per baseline)
-  encoding    stage-1 `engine.encode_documents` vs HF transformers' backbone (SmolLM2-135M)
+  encoding    stage-1 `encode.encode_documents` vs HF transformers' backbone (SmolLM2-135M)
   generation  greedy generation vs HF `generate` (SmolLM2-135M, B=1, 8)
   compile     lowering + compile of a qwen3_4b MSA train step (abstract shapes), SmolLM2-MSA's
               load (vs initialising the whole model) and first question (no baseline: "-")

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from msa_jax.checkpoint import SMOLLM2, checkpoint_tokenizer, smollm2_path
 from msa_jax.inference import engine
+from msa_jax.memory import encode as encode_lib
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.loading import pretrained
 from msa_jax.memory.bank import MemoryBank
@@ -91,9 +92,9 @@ def first_question(cfg, msa, params, tokenizer, directory) -> str:
   """Encodes DOCS short documents into a bank, asks one question; returns the answer."""
   texts = [f"Document {i}: the secret number of box {i} is {i * 7 + 3}." for i in range(DOCS)]
   tokens = [tokenizer.encode(t) for t in texts]
-  bank = engine.create_bank(os.path.join(directory, "bank"), cfg, msa, params, staged=True)
-  engine.encode_corpus(bank, cfg, msa, params, [str(i) for i in range(DOCS)], tokens, texts,
-                       max_tokens=max(map(len, tokens)), batch_size=DOCS, progress=None)
+  bank = encode_lib.create_bank(os.path.join(directory, "bank"), cfg, msa, params, staged=True)
+  encode_lib.encode_corpus(bank, cfg, msa, params, [str(i) for i in range(DOCS)], tokens,
+                           texts, max_tokens=max(map(len, tokens)), batch_size=DOCS, progress=None)
   bank.publish()
   bank = MemoryBank.open(os.path.join(directory, "bank"))
   question = tokenizer.encode("What is the secret number of box 5?")

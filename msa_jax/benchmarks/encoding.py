@@ -2,13 +2,13 @@
 
 SmolLM2-135M-Instruct (the GGUF of `msa_jax.checkpoint.smollm2_path()`, float32) under fresh
 MSA routers (`MSAConfig()`: router layers = the upper half). Ours is
-`engine.encode_documents` over M documents of G=128 tokens, 16 per forward: every layer up to
-the last router layer, the pooled routing keys and K/V of each router layer, fetched to the
-host. The baseline is HF transformers' backbone (`model.model`, no LM head, no cache) over the
-same token batches, loaded from the same GGUF file; both run the same layers. The two are timed
-in interleaved repeats after a warm-up each (our compile is not timed). `flops` counts the
-backbone's matmuls and causal attention over the documents (routing projections and pooling,
-under 1 %, are left out).
+`msa_jax.memory.encode.encode_documents` over M documents of G=128 tokens, 16 per forward:
+every layer up to the last router layer, the pooled routing keys and K/V of each router layer,
+fetched to the host. The baseline is HF transformers' backbone (`model.model`, no LM head, no
+cache) over the same token batches, loaded from the same GGUF file; both run the same layers.
+The two are timed in interleaved repeats after a warm-up each (our compile is not timed).
+`flops` counts the backbone's matmuls and causal attention over the documents (routing
+projections and pooling, under 1 %, are left out).
 
 --quick keeps the first 2 layers (router layer 1) and 16 documents.
 """
@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from msa_jax.checkpoint import smollm2_path
-from msa_jax.inference import engine
+from msa_jax.memory import encode as encode_lib
 from msa_jax.loading.pretrained import load_backbone, load_params
 from msa_jax.model import MSAConfig, MSATransformer
 
@@ -72,8 +72,8 @@ def run(quick: bool) -> list[dict]:
   docs = rng.integers(0, cfg.vocab_size, (sizes["docs"], G))
 
   def ours():
-    return engine.encode_documents(cfg, msa, params, [list(d) for d in docs], max_tokens=G,
-                                   batch_size=BATCH, progress=None)
+    return encode_lib.encode_documents(cfg, msa, params, [list(d) for d in docs], max_tokens=G,
+                                       batch_size=BATCH, progress=None)
 
   def theirs():
     with torch.no_grad():

@@ -32,6 +32,7 @@ import numpy as np
 
 from msa_jax.data import synthetic
 from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.model import ModelConfig, MSAConfig
 
@@ -78,12 +79,12 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
   c = -(-length // msa.chunk_size)
   docs = slice(first_doc, first_doc + num_docs)
   if global_positions and first_doc:  # positions restart at the memory's first document
-    _, _, arrays = engine_lib.encode_documents(
+    _, _, arrays = encode_lib.encode_documents(
         cfg, msa, params, list(corpus.doc_tokens[docs]), max_tokens=length, batch_size=256,
         dtype=dtype, position_starts=len(head) + np.arange(num_docs) * length, progress=None)
     docs = slice(0, num_docs)
   rows = slice(docs.start * c, docs.stop * c)
-  bank = engine_lib.create_bank(bank_dir, cfg, msa, params, dtype=dtype, overwrite=True)
+  bank = encode_lib.create_bank(bank_dir, cfg, msa, params, dtype=dtype, overwrite=True)
   bank.add([str(i) for i in range(num_docs)], None, np.full(num_docs, length),
            np.full(num_docs, c), {i: {k: v[rows] for k, v in a.items()}
                                   for i, a in arrays.items()})
@@ -146,7 +147,7 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
   head = [tokenizer.bos_id]
   starts = (len(head) + np.arange(corpus.num_docs) * doc_length) if global_positions else None
   start = time.perf_counter()
-  _, _, arrays = engine_lib.encode_documents(
+  _, _, arrays = encode_lib.encode_documents(
       cfg, msa, params, list(corpus.doc_tokens), max_tokens=doc_length, batch_size=256,
       dtype=dtype, position_starts=starts, progress=None)
   print(f"[extrapolation] encoded {corpus.num_docs} held-out documents in "

@@ -61,6 +61,7 @@ from msa_jax.data import synthetic
 from msa_jax.data import bm25, niah
 from msa_jax.evaluation import report
 from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.loading import restore
 from msa_jax.model import MSAConfig, MSATransformer, ModelConfig, get_preset, init_params
@@ -286,10 +287,10 @@ def evaluate_task(model: NiahModel, task: niah.NiahTask, bank_path, *, settings:
   ids = (document_identifiers(len(task.segments), model.id_digits, task.seed)
          if settings.id_prefix else None)
   docs = memory_documents(task, tok, ids, model.id_digits)
-  bank = engine_lib.create_bank(bank_path, model.config, model.msa, model.params,
+  bank = encode_lib.create_bank(bank_path, model.config, model.msa, model.params,
                                 dtype=model.dtype, overwrite=True)
   texts = [tok.decode(d) for d in docs]
-  engine_lib.encode_corpus(bank, model.config, model.msa, model.params,
+  encode_lib.encode_corpus(bank, model.config, model.msa, model.params,
                            [str(i) for i in range(len(docs))], docs, texts,
                            max_tokens=settings.doc_tokens, batch_size=settings.encode_batch,
                            dtype=model.dtype, progress=None)

@@ -24,7 +24,7 @@ Behind `python -m msa_jax.evaluate --config=configs/evaluate.py --workdir=...`. 
    smallest holds every relevant document of the evaluated queries plus `scaling.base_docs`
    sampled distractors, then `factor` times more each step, up to the whole memory (or
    `scaling.max_docs`). A smaller memory is the bank with the other documents masked out of
-   routing, which equals a bank of only those documents: a document's routing score depends on
+   routing (the engine's `doc_mask`, `memory.routing.route`), which equals a bank of only those documents: a document's routing score depends on
    its own chunks alone. Distractors are added in one seeded order, so each memory contains
    the smaller ones.
 
@@ -45,8 +45,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -59,7 +57,7 @@ from msa_jax.data import bm25 as bm25_lib
 from msa_jax.evaluation import metrics as metrics_lib
 from msa_jax.evaluation import report
 from msa_jax.inference import engine as engine_lib
-from msa_jax.memory import routing as bank_routing
+from msa_jax.memory import encode as encode_lib
 from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.loading import restore
@@ -220,7 +218,7 @@ def prepare_bank(path: Path, managed: bool, trained: restore.TrainedModel, dtype
     BankError: an unmanaged bank from another model, or holding other documents.
   """
   cfg, msa, params = trained.model_config, trained.msa, trained.params
-  fingerprint = engine_lib.bank_fingerprint(cfg, msa, params, dtype)
+  fingerprint = encode_lib.bank_fingerprint(cfg, msa, params, dtype)
   metadata = {"documents": documents_digest(doc_ids, tokens), "num_docs": len(doc_ids),
               "doc_tokens": max_tokens}
   try:
@@ -244,12 +242,12 @@ def prepare_bank(path: Path, managed: bool, trained: restore.TrainedModel, dtype
     else:
       done = len(ids)
   if bank is None:
-    bank = engine_lib.create_bank(path, cfg, msa, params, dtype=dtype, bank_dtype=bank_dtype,
+    bank = encode_lib.create_bank(path, cfg, msa, params, dtype=dtype, bank_dtype=bank_dtype,
                                   overwrite=True, metadata=metadata)
   status = "reused" if done == len(doc_ids) else "completed" if done else "encoded"
   if done < len(doc_ids):
     _log(f"encoding {len(doc_ids) - done} documents into {path}")
-    engine_lib.encode_corpus(bank, cfg, msa, params, list(doc_ids[done:]), tokens[done:],
+    encode_lib.encode_corpus(bank, cfg, msa, params, list(doc_ids[done:]), tokens[done:],
                              max_tokens=max_tokens, batch_size=batch_size,
                              commit_every=commit_every, dtype=dtype, progress=sys.stdout)
   return bank, status
@@ -258,32 +256,6 @@ def prepare_bank(path: Path, managed: bool, trained: restore.TrainedModel, dtype
 # --------------------------------------------------------------------------------------------
 # Routing and generation
 # --------------------------------------------------------------------------------------------
-
-
-class ScoringEngine(engine_lib.MSAEngine):
-  """An `MSAEngine` that keeps every router layer's document scores [Q, M] of the last call,
-  and can restrict routing to a subset of the bank (`members`, a [M] bool mask, or None)."""
-
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.members: np.ndarray | None = None
-    self.doc_scores: dict[int, np.ndarray] = {}
-
-  def route(self, layer: int, rq: jax.Array, query_mask: jax.Array
-            ) -> bank_routing.RouteResult:
-    result = super().route(layer, rq, query_mask)
-    scores = result.doc_scores
-    if self.members is not None and not self.members.all():
-      scores = jnp.where(jnp.asarray(self.members)[None], scores, -jnp.inf)
-      k = min(self.msa.top_k, int(self.members.sum()))
-      keys = jnp.where(jnp.asarray(self.members)[None], bank_routing.sort_keys(scores),
-                       jnp.iinfo(jnp.int32).min)
-      _, idx = jax.lax.top_k(keys, k)  # ties: the lower index first, as `route`
-      result = bank_routing.RouteResult(
-          scores, idx.astype(jnp.int32), jnp.take_along_axis(scores, idx, axis=-1),
-          jnp.ones(idx.shape, bool))
-    self.doc_scores[layer] = np.asarray(scores, np.float32)
-    return result
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
@@ -333,17 +305,18 @@ def question_prompts(task: retrieval.RetrievalTask, qids: Sequence[str]
       length=task.spec.prompt_tokens)
 
 
-def run_queries(engine: ScoringEngine, task: retrieval.RetrievalTask, qids: Sequence[str],
-                bank_doc_ids: Sequence[str], members: np.ndarray | None, *, top: int,
-                sampling: SamplingConfig | None, batch_size: int, label: str = ""
+def run_queries(engine: engine_lib.MSAEngine, task: retrieval.RetrievalTask,
+                qids: Sequence[str], bank_doc_ids: Sequence[str], members: np.ndarray | None,
+                *, top: int, sampling: SamplingConfig | None, batch_size: int, label: str = ""
                 ) -> tuple[dict[str, dict[str, list[str]]], dict[str, str]]:
-  """Routes (and generates for) the queries against the bank restricted to `members`.
+  """Routes (and generates for) the queries against the bank restricted to `members` ([M]
+  bool in bank order, the engine's `doc_mask`; None: the whole bank); the rankings come from
+  every router layer's document scores [Q, M] (-inf outside `members`).
 
   Returns:
     ({ranking name: {qid: doc ids, best first}}, {qid: generated text} (empty without
     `sampling`)). Ranking names: `msa_router_layer{i}` and `msa_router_sum`.
   """
-  engine.members = members
   rankings: dict[str, dict[str, list[str]]] = {}
   generated: dict[str, str] = {}
   start = time.perf_counter()
@@ -352,12 +325,14 @@ def run_queries(engine: ScoringEngine, task: retrieval.RetrievalTask, qids: Sequ
     padded = batch + [batch[-1]] * (batch_size - len(batch))  # one compiled shape
     prompts = question_prompts(task, padded)
     if sampling is None:
-      engine.prefill(prompts)
+      pre = engine.prefill(prompts, keep_scores=True, doc_mask=members)
     else:
-      tokens, lengths, _ = engine.generate(prompts, sampling)
+      tokens, lengths, pre = engine.generate(prompts, sampling, keep_scores=True,
+                                             doc_mask=members)
       for r, qid in enumerate(batch):
         generated[qid] = task.tokenizer.decode(tokens[r, :lengths[r]].tolist())
-    per_layer = {i: engine.doc_scores[i][:len(batch)] for i in engine.router_ids}
+    per_layer = {i: np.asarray(pre.memory[i].doc_scores, np.float32)[:len(batch)]
+                 for i in engine.router_ids}
     per_layer["sum"] = np.sum([per_layer[i] for i in engine.router_ids], axis=0)
     for name, scores in per_layer.items():
       key = f"msa_router_layer{name}" if name != "sum" else "msa_router_sum"
@@ -458,7 +433,7 @@ def _score(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[st
   return metrics_lib.evaluate(rankings, qrels, metrics).mean
 
 
-def evaluate_split(engine: ScoringEngine, task: retrieval.RetrievalTask, split: str,
+def evaluate_split(engine: engine_lib.MSAEngine, task: retrieval.RetrievalTask, split: str,
                    qids: Sequence[str], memory: np.ndarray, relevant: set[int],
                    config: ml_collections.ConfigDict, sampling: SamplingConfig | None,
                    bank_doc_ids: Sequence[str]) -> dict[str, Any]:
@@ -543,7 +518,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   timing["bank_s"] = time.perf_counter() - t0
   _log(f"memory bank {bank_path}: {bank.num_docs} documents ({bank_status})")
 
-  engine = ScoringEngine(trained.model_config, trained.msa, trained.params, bank, dtype=dtype)
+  engine = engine_lib.MSAEngine(trained.model_config, trained.msa, trained.params, bank, dtype=dtype)
   sampling = None
   if generative:
     longest = len(task.identifier_ids(data.num_docs - 1)) + 1

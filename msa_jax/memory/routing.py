@@ -11,7 +11,12 @@ O(Q * tile * T * H + Q * M) whatever C is:
                              scattered into per-document running max / sum [Q, M]
   documents:                 max, or sum / number of chunks (-inf with no chunk)
   selection:                 top K = min(top_k, M) documents; slot i valid iff i < documents
-                             present; ties go to the lower document index.
+                             present (and not masked out); ties go to the lower document index.
+
+`doc_mask` ([M] or [B, M] bool, True = may be selected) restricts each question to a subset of
+the bank (a memory-size sweep, or per-question exclusions) without re-laying it out: a masked
+document scores -inf, ranks below every unmasked one and never fills a valid slot, so the
+valid slots and document scores equal routing over the bank with those documents removed.
 
 A tile is scored by one GEMM (`pallas_kernels.routing_scores.xla`, the op's home): with
 head_reduce="mean" each kv group's R query heads are summed before the dot (the mean is
@@ -87,7 +92,7 @@ class RouteResult(NamedTuple):
 
 
 def _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
-                      query_reduce, chunk_reduce, tile_chunks, kernel_impl) -> None:
+                      query_reduce, chunk_reduce, tile_chunks, kernel_impl, doc_mask) -> None:
   if keys.dtype == BITS and jnp.dtype(rq.dtype).itemsize != 2:
     raise ValueError(f"keys.dtype=uint16 (a 16-bit float bank's bit patterns, `host_keys`) "
                      f"needs 16-bit float queries; got rq.dtype={rq.dtype}")
@@ -98,6 +103,18 @@ def _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, h
   for name, value in (("top_k", top_k), ("tile_chunks", tile_chunks)):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"{name}={value!r} must be a static int >= 1")
+  if doc_mask is not None and (jnp.dtype(doc_mask.dtype) != jnp.bool_ or doc_mask.shape not in (
+      (num_docs,), (rq.shape[0], num_docs))):
+    raise ValueError(f"doc_mask must be bool [{num_docs}] or [{rq.shape[0]}, {num_docs}] "
+                     f"(documents, or questions x documents); got {doc_mask.dtype} "
+                     f"{tuple(doc_mask.shape)}")
+
+
+def _allowed(doc_mask, b: int, num_docs: int) -> jax.Array:
+  """[B, M] bool: the documents each question may select (`doc_mask` broadcast; all if None)."""
+  if doc_mask is None:
+    return jnp.ones((b, num_docs), jnp.bool_)
+  return jnp.broadcast_to(jnp.asarray(doc_mask, jnp.bool_), (b, num_docs))
 
 
 def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_reduce,
@@ -196,7 +213,8 @@ def sort_keys(scores: jax.Array) -> jax.Array:
 
 
 def _top_k(doc_scores: jax.Array, owned: jax.Array, k: int):
-  """Top k owned documents by (score desc, index asc): (sort keys, indices, scores) [B, k].
+  """Top k owned documents (`owned` [B, M] or [M]) by (score desc, index asc): (sort keys,
+  indices, scores) [B, k].
 
   Selected by a float32 `lax.top_k` (equal values: lower index first), XLA:CPU's fast top-k
   (an int32 one sorts every row: 100x slower at 20k documents). Its rank puts an owned -inf
@@ -218,7 +236,8 @@ def _top_k(doc_scores: jax.Array, owned: jax.Array, k: int):
 def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.Array,
           num_docs: int, *, top_k: int, scale: float, head_reduce: str = "mean",
           query_reduce: str = "max", chunk_reduce: str = "max",
-          tile_chunks: int = DEFAULT_TILE_CHUNKS, kernel_impl: str = "xla") -> RouteResult:
+          tile_chunks: int = DEFAULT_TILE_CHUNKS, kernel_impl: str = "xla",
+          doc_mask: jax.Array | None = None) -> RouteResult:
   """Routes B questions against a whole bank of one router layer (single device).
 
   Args:
@@ -236,22 +255,27 @@ def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.
     tile_chunks: chunks scored per step; peak memory grows with it, not with C.
     kernel_impl: "xla" (tiled GEMMs), "pallas" (the routing-score kernel; interpret mode
       without a GPU) or "auto" (the kernel on a GPU); see the module docstring.
+    doc_mask: [M] or [B, M] bool, the documents each question may select (None: all). A
+      masked document's score is -inf and it never fills a valid slot.
 
   Returns:
     A `RouteResult`; equal to `routing.select_top_k(routing.doc_scores(routing.chunk_scores(
-    ...)))` of the training path on the same documents.
+    ...)))` of the training path on the same documents (with `doc_mask`: on the documents it
+    keeps).
   """
   _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
-                    query_reduce, chunk_reduce, tile_chunks, kernel_impl)
+                    query_reduce, chunk_reduce, tile_chunks, kernel_impl, doc_mask)
   doc_scores, count = _bank_doc_scores(
       rq, query_mask, keys, chunk_doc, num_docs, scale=scale, head_reduce=head_reduce,
       query_reduce=query_reduce, chunk_reduce=chunk_reduce, tile_chunks=tile_chunks,
       kernel_impl=kernel_impl)
   k = min(top_k, num_docs)
-  owned = jnp.ones((num_docs,), jnp.bool_)
-  _, indices, scores = _top_k(doc_scores, owned, k)
-  selected = jnp.arange(k)[None, :] < jnp.sum(count > 0)
-  return RouteResult(doc_scores, indices, scores, jnp.broadcast_to(selected, indices.shape))
+  allowed = _allowed(doc_mask, rq.shape[0], num_docs)
+  doc_scores = jnp.where(allowed, doc_scores, NEG_INF)
+  _, indices, scores = _top_k(doc_scores, allowed, k)
+  present = jnp.sum((count > 0) & allowed, axis=-1)
+  selected = jnp.arange(k)[None, :] < present[:, None]
+  return RouteResult(doc_scores, indices, scores, selected)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,7 +378,7 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
                   head_reduce: str = "mean", query_reduce: str = "max",
                   chunk_reduce: str = "max", tile_chunks: int = DEFAULT_TILE_CHUNKS,
                   axis_name: str = "memory", return_doc_scores: bool = True,
-                  kernel_impl: str = "xla") -> RouteResult:
+                  kernel_impl: str = "xla", doc_mask: jax.Array | None = None) -> RouteResult:
   """`route` with the bank's chunks sharded over the mesh axis `axis_name` (Memory Parallel).
 
   The bank must be laid out with no document straddling shards (`shard_bank` / `layout_bank`
@@ -367,8 +391,8 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
   Args:
     mesh: a mesh with an axis `axis_name` (other axes replicate the work).
     rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce, query_reduce,
-      chunk_reduce, tile_chunks, kernel_impl: as in `route`; C must be a multiple of the axis
-      size.
+      chunk_reduce, tile_chunks, kernel_impl, doc_mask: as in `route` (the mask indexes the
+      bank's documents, replicated); C must be a multiple of the axis size.
     axis_name: the memory axis.
     return_doc_scores: also all-reduce the [B, M] document scores (else `doc_scores` is None).
 
@@ -376,7 +400,7 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
     A `RouteResult`, replicated over the mesh.
   """
   _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
-                    query_reduce, chunk_reduce, tile_chunks, kernel_impl)
+                    query_reduce, chunk_reduce, tile_chunks, kernel_impl, doc_mask)
   _check_axis(mesh, axis_name)
   shards = mesh.shape[axis_name]
   if keys.shape[0] % shards:
@@ -385,8 +409,9 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
   host_doc = _host_value(chunk_doc)
   if host_doc is not None:
     check_no_straddling(host_doc, shards)
+  allowed = _allowed(doc_mask, rq.shape[0], num_docs)
   return _route_sharded(
-      mesh, rq, query_mask, keys, chunk_doc, num_docs, top_k=top_k, scale=float(scale),
+      mesh, rq, query_mask, keys, chunk_doc, allowed, num_docs, top_k=top_k, scale=float(scale),
       head_reduce=head_reduce, query_reduce=query_reduce, chunk_reduce=chunk_reduce,
       tile_chunks=tile_chunks, axis_name=axis_name, return_doc_scores=return_doc_scores,
       kernel_impl=kernel_impl)
@@ -395,29 +420,32 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
 @functools.partial(jax.jit, static_argnames=(
     "mesh", "num_docs", "top_k", "scale", "head_reduce", "query_reduce", "chunk_reduce",
     "tile_chunks", "axis_name", "return_doc_scores", "kernel_impl"))
-def _route_sharded(mesh, rq, query_mask, keys, chunk_doc, num_docs, *, top_k, scale,
+def _route_sharded(mesh, rq, query_mask, keys, chunk_doc, allowed, num_docs, *, top_k, scale,
                    head_reduce, query_reduce, chunk_reduce, tile_chunks, axis_name,
                    return_doc_scores, kernel_impl):
   k = min(top_k, num_docs)
 
-  def local(rq, query_mask, keys, chunk_doc):
+  def local(rq, query_mask, keys, chunk_doc, allowed):
     doc_scores, count = _bank_doc_scores(
         rq, query_mask, keys, chunk_doc, num_docs, scale=scale, head_reduce=head_reduce,
         query_reduce=query_reduce, chunk_reduce=chunk_reduce, tile_chunks=tile_chunks,
         kernel_impl=kernel_impl)
+    doc_scores = jnp.where(allowed, doc_scores, NEG_INF)
     total = jax.lax.psum(count, axis_name)
     first = jax.lax.axis_index(axis_name) == 0
-    owned = (count > 0) | ((total == 0) & first)
+    owned = ((count > 0) | ((total == 0) & first)) & allowed
     top, idx, scores = _top_k(doc_scores, owned, k)
     gather = lambda x: jnp.moveaxis(jax.lax.all_gather(x, axis_name), 0, 1).reshape(
         x.shape[0], -1)
     indices, scores = _merge(gather(top), gather(idx), gather(scores), k)
-    selected = jnp.broadcast_to(jnp.arange(k)[None, :] < jnp.sum(total > 0), indices.shape)
+    present = jnp.sum((total > 0) & allowed, axis=-1)
+    selected = jnp.arange(k)[None, :] < present[:, None]
     docs = jax.lax.pmax(doc_scores, axis_name) if return_doc_scores else None
     return RouteResult(docs, indices, scores, selected)
 
   # check_vma=False: all_gather's result is the same on every shard, but the replication
   # checker types it as varying (and the per-shard running max / sum carry with it).
   out_specs = RouteResult(P() if return_doc_scores else None, P(), P(), P())
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis_name), P(axis_name)),
-                       out_specs=out_specs, check_vma=False)(rq, query_mask, keys, chunk_doc)
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis_name), P(axis_name), P()),
+                       out_specs=out_specs, check_vma=False)(rq, query_mask, keys, chunk_doc,
+                                                             allowed)

@@ -11,9 +11,10 @@ So a router is trained on
   * `DocStates`: per router layer, the chunk means of attn_norm(h_i) of every document
     ([sum of chunk counts, E], each document's chunks contiguous, as in a `MemoryBank`);
   * `QueryStates`: per router layer, attn_norm(h_i) of every routing-query token of every prompt.
-Documents run through the document stream exactly as `engine.encode_documents` runs them. Prompts
-run through the prompt stream without memory: exact for the first router layer; at inference a
-later router layer's queries have also read the memory routed by earlier router layers.
+Documents run through the document stream exactly as `memory.encode.encode_documents` runs
+them. Prompts run through the prompt stream without memory: exact for the first router layer;
+at inference a later router layer's queries have also read the memory routed by earlier router
+layers.
 
 Each layer's states are stored under `<cache_dir>/<kind>-<key>/` (`states.npz` + `meta.json`,
 written to a temporary folder and renamed, so an interrupted run leaves nothing half-written),
