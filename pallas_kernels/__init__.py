@@ -6,47 +6,32 @@
   of their top-k documents (gathered by index from the flat bank, no copy) and to their own
   causal kv; decode and prefill shapes, GQA, a custom VJP (XLA backward).
 
-Each package has `kernel.py` (the public wrapper around a `pallas_call`), `reference.py` (the
-same signature in plain jnp; sparse_attention's also holds its block sizes and input checks,
-routing_scores keeps its block sizes in `kernel.py` and the op's definitions in `xla.py`), and
-`benchmark.py` (`python -m pallas_kernels.<name>.benchmark [--small]`). The kernels use the
-Pallas Triton lowering (see the kernel modules' docstrings for why) and run anywhere with
-`interpret=True`. `implementation(name, impl)` maps a config switch ("xla" | "pallas") to
-the function; `default_impl()` is "pallas" where a GPU is visible, "xla" elsewhere.
+Each package has `kernel.py` (the public wrapper around a `pallas_call`, its block-size
+dataclass and its custom VJP, whose backward is the reference's in XLA), `reference.py` (the
+same signature in plain jnp, the tests' oracle), the op's shared definitions (routing_scores:
+`xla.py`, its checks, reductions and the one-GEMM-per-tile XLA math bank routing runs;
+sparse_attention: `inputs.py`, its checks and defaults) and `benchmark.py` (an absl app:
+`python -m pallas_kernels.<name>.benchmark --config=configs/kernel_benchmarks.py[:small]`).
+The kernels use the Pallas Triton lowering (see the kernel modules' docstrings for why) and
+run anywhere with `interpret=True`.
+
+`resolves_to_pallas(kernel_impl, head_dim)` is the one rule that maps the config switch
+`kernel_impl` ("auto" | "xla" | "pallas") onto the kernels; the model and bank routing call a
+kernel where it says so and run their own XLA math otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from pallas_kernels._common import IMPLS, check_impl, default_impl, resolves_to_pallas
+from pallas_kernels._common import resolves_to_pallas
 from pallas_kernels.routing_scores import (RoutingBlockSizes, routing_chunk_scores,
                                            routing_chunk_scores_reference, routing_doc_scores,
                                            routing_doc_scores_reference)
 from pallas_kernels.sparse_attention import (SparseAttentionBlockSizes, per_sample_memory_to_bank,
                                              sparse_attention, sparse_attention_reference)
 
-_IMPLEMENTATIONS = {
-    "routing_doc_scores": {"xla": routing_doc_scores_reference, "pallas": routing_doc_scores},
-    "routing_chunk_scores": {"xla": routing_chunk_scores_reference,
-                             "pallas": routing_chunk_scores},
-    "sparse_attention": {"xla": sparse_attention_reference, "pallas": sparse_attention},
-}
-
-
-def implementation(name: str, impl: str | None = None) -> Callable:
-  """The function behind kernel `name` for `impl` ("xla" | "pallas"; None: `default_impl()`).
-
-  Both have the same signature; pass `interpret=True` to run "pallas" without a GPU.
-  """
-  if name not in _IMPLEMENTATIONS:
-    raise ValueError(f"name={name!r}; expected one of {sorted(_IMPLEMENTATIONS)}")
-  return _IMPLEMENTATIONS[name][check_impl(default_impl() if impl is None else impl)]
-
-
 __all__ = [
-    "IMPLS", "RoutingBlockSizes", "SparseAttentionBlockSizes", "default_impl", "implementation",
-    "per_sample_memory_to_bank", "resolves_to_pallas", "routing_chunk_scores", "routing_chunk_scores_reference",
+    "RoutingBlockSizes", "SparseAttentionBlockSizes", "per_sample_memory_to_bank",
+    "resolves_to_pallas", "routing_chunk_scores", "routing_chunk_scores_reference",
     "routing_doc_scores", "routing_doc_scores_reference", "sparse_attention",
     "sparse_attention_reference",
 ]

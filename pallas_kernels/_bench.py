@@ -1,13 +1,19 @@
-"""Micro-benchmark helpers shared by the kernels' `benchmark` modules."""
+"""Micro-benchmark helpers shared by the kernels' `benchmark` modules (absl apps reading
+configs/kernel_benchmarks.py)."""
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
+import ml_collections
+from absl import flags
+
+from msa_jax import validation
+
+CONFIG = "configs/kernel_benchmarks.py"
 
 # Assumed peaks (dense, per GPU), from the vendor data sheets: (HBM bytes/s, bf16 FLOP/s).
 # H100 SXM: 3.35 TB/s, 989 TFLOP/s; H100 PCIe: 2.0 TB/s, 756 TFLOP/s; H200: 4.8 TB/s, 989.
@@ -45,22 +51,39 @@ def fraction(value: float, peak: float | None) -> str:
   return "n/a" if peak is None else f"{100 * value / peak:.1f}%"
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
-  """The options every kernel benchmark shares (reference, timing, interpret mode)."""
-  p.add_argument("--no-reference", action="store_true", help="skip the XLA reference")
-  p.add_argument("--iters", type=int, default=20)
-  p.add_argument("--warmup", type=int, default=3)
-  p.add_argument("--interpret", action="store_true", help="Pallas interpret mode")
+def kernel_args(config: ml_collections.ConfigDict, name: str, *, positive: Sequence[str],
+                choices: Mapping[str, Sequence[str]]) -> ml_collections.ConfigDict:
+  """The shared fields of a kernel-benchmark config and section `name`'s, as one flat,
+  writable ConfigDict (what a benchmark reads), after checking them.
 
-
-def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None,
-          small: Mapping[str, object]) -> argparse.Namespace:
-  """Parses argv; with --small, options left at their defaults take the `small` values and
-  the kernel runs in interpret mode (a few seconds on CPU)."""
-  args = p.parse_args(argv)
-  if args.small:
-    for key, value in small.items():
-      if p.get_default(key) == getattr(args, key):
-        setattr(args, key, value)
-    args.interpret = True
+  Raises:
+    UserError: a field of `positive` < 1, iters < 1 or warmup < 0, a value not in its
+      `choices` (each named as its --config flag).
+  """
+  shared = {k: v for k, v in config.items() if not isinstance(v, ml_collections.ConfigDict)}
+  args = ml_collections.ConfigDict({**shared, **config[name].to_dict()})
+  validation.check_at_least("--config.iters", args.iters, 1)
+  validation.check_at_least("--config.warmup", args.warmup, 0)
+  for field in positive:
+    validation.check_at_least(f"--config.{name}.{field}", args[field], 1)
+  for field, allowed in choices.items():
+    validation.check_choice(f"--config.{name}.{field}", args[field], allowed)
+  if args.heads % args.kv_heads:
+    raise validation.UserError(f"--config.{name}.heads={args.heads} must be a multiple of "
+                               f"--config.{name}.kv_heads={args.kv_heads}")
   return args
+
+
+def run_app(run: Callable[[ml_collections.ConfigDict], object]) -> None:
+  """Starts a kernel benchmark as an absl app: `--config` (defined by the benchmark's
+  `__main__` block, so that --help lists it and importing the module defines no flag) is
+  required; `run(config)` does the work."""
+
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise validation.UserError(f"unexpected arguments: {argv[1:]}")
+    if flags.FLAGS.config is None:
+      raise validation.UserError(f"--config is required (e.g. --config={CONFIG})")
+    run(flags.FLAGS.config)
+
+  validation.run_app(main)

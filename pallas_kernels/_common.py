@@ -11,9 +11,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental.pallas import triton as pltriton
 
-# Implementations a caller can pick between (a config switch maps onto these names).
-IMPLS = ("xla", "pallas")
-
 # A finite "minus infinity" for online softmax state: exp(NEG - NEG) stays finite, so masked
 # entries are removed with explicit `where`s rather than by relying on inf arithmetic.
 NEG = -1e30
@@ -79,11 +76,6 @@ def has_gpu() -> bool:
     return False
 
 
-def default_impl() -> str:
-  """"pallas" where a GPU is visible, "xla" elsewhere (the Pallas kernels are GPU kernels)."""
-  return "pallas" if has_gpu() else "xla"
-
-
 def resolves_to_pallas(kernel_impl: str, head_dim: int) -> bool:
   """Whether a `kernel_impl` setting ("auto" | "xla" | "pallas") runs the Pallas kernels for
   this head dim: "pallas" always; "auto" on a GPU when the kernels take the head dim (a power
@@ -91,9 +83,3 @@ def resolves_to_pallas(kernel_impl: str, head_dim: int) -> bool:
   takes = is_power_of_two(head_dim) and head_dim >= 16
   return kernel_impl == "pallas" or (kernel_impl == "auto" and jax.default_backend() == "gpu"
                                      and takes)
-
-
-def check_impl(impl: str) -> str:
-  if impl not in IMPLS:
-    raise ValueError(f"impl={impl!r}; expected one of {IMPLS}")
-  return impl

@@ -74,19 +74,29 @@ def part_kernel_tests(smoke: bool) -> dict:
               summary=lines[-1] if lines else "")
 
 
+def _kernel_config(smoke: bool):
+  from configs import kernel_benchmarks
+  config = kernel_benchmarks.get_config("small" if smoke else None)
+  if not smoke:
+    config.update(iters=5, warmup=2)
+  return config
+
+
 def part_routing_kernel(smoke: bool) -> dict:
   from pallas_kernels.routing_scores import benchmark
-  argv = ["--small"] if smoke else ["--chunks=1048576,10485760", "--iters=5", "--warmup=2"]
-  rows = benchmark.main(argv)
+  config = _kernel_config(smoke)
+  if not smoke:
+    config.routing_scores.chunks = "1048576,10485760"
+  rows = benchmark.run(config)
   for r in rows:
     r["fraction_of_4.8TB/s"] = r["gbps"] * 1e9 / H200_HBM_BYTES_S
-  return dict(argv=argv, rows=rows)
+  return dict(config=config.to_dict(), rows=rows)
 
 
 def part_sparse_attention(smoke: bool) -> dict:
   from pallas_kernels.sparse_attention import benchmark
-  argv = ["--small"] if smoke else ["--iters=5", "--warmup=2"]
-  return dict(argv=argv, rows=benchmark.main(argv))
+  config = _kernel_config(smoke)
+  return dict(config=config.to_dict(), rows=benchmark.run(config))
 
 
 def part_bank_routing(smoke: bool) -> dict:

@@ -4,14 +4,17 @@ The jnp reference is itself pinned to a naive float64 numpy loop. Printed errors
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.routing_scores import (RoutingBlockSizes, benchmark, routing_doc_scores,
-                                           routing_doc_scores_reference)
+from configs import kernel_benchmarks
+from pallas_kernels.routing_scores import (RoutingBlockSizes, benchmark, chunks_to_docs,
+                                           routing_chunk_scores, routing_chunk_scores_reference,
+                                           routing_doc_scores, routing_doc_scores_reference)
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
@@ -204,9 +207,53 @@ def test_kernel_needs_power_of_two_head_dim():
     routing_doc_scores(q, mask, keys, chunk_doc, 8, scale=1.0, interpret=True)
 
 
+@pytest.mark.parametrize("head_reduce,query_reduce", [("mean", "max"), ("max", "mean"),
+                                                      ("mean", "last")])
+def test_gradients_are_the_references(head_reduce, query_reduce):
+  """`routing_chunk_scores` has a custom VJP (XLA backward): its gradients w.r.t. q and keys,
+  through a segment reduce to documents, are the reference's; padding chunks get none."""
+  case = Case(b=3, head_reduce=head_reduce, query_reduce=query_reduce)
+  q, mask, keys, chunk_doc = make_inputs(case)
+  kw = dict(scale=0.7, head_reduce=head_reduce, query_reduce=query_reduce)
+  w = jnp.asarray(np.random.default_rng(3).normal(size=(case.b, case.num_docs)), jnp.float32)
+
+  def loss(fn):
+    def f(q, keys):
+      docs = chunks_to_docs(fn(q, mask, keys, chunk_doc, **kw), chunk_doc, case.num_docs, "max")
+      return jnp.sum(jnp.where(jnp.isfinite(docs), docs * w, 0.0))
+    return jax.grad(f, argnums=(0, 1))(q, keys)
+
+  got = loss(functools.partial(routing_chunk_scores, block=case.block, interpret=True))
+  want = loss(routing_chunk_scores_reference)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(got[1])).sum() > 0
+  assert (np.asarray(got[1])[np.asarray(chunk_doc) < 0] == 0).all()
+
+
 def test_benchmark_small_mode_runs():
-  results = benchmark.main(["--small"])
+  results = benchmark.run(kernel_benchmarks.get_config("small"))
   assert len(results) == 1 and results[0]["max_abs_err"] < 1e-5 and results[0]["gbps"] > 0
+
+
+def test_benchmark_config_defaults_are_the_kernels_and_bad_fields_are_named():
+  config = kernel_benchmarks.get_config()
+  blocks = {f: config.routing_scores[f] for f in ("block_c", "block_rows", "num_warps",
+                                                  "num_stages")}
+  assert RoutingBlockSizes(**blocks) == RoutingBlockSizes()
+  config.routing_scores.head_reduce = "sum"
+  with pytest.raises(ValueError, match=r"--config.routing_scores.head_reduce='sum' must be one "
+                                       r"of \['mean', 'max'\]"):
+    benchmark.run(config)
+  config = kernel_benchmarks.get_config()
+  config.routing_scores.chunks = "1e6"
+  with pytest.raises(ValueError, match=r"--config.routing_scores.chunks='1e6'"):
+    benchmark.run(config)
+  config = kernel_benchmarks.get_config()
+  config.routing_scores.heads = 6
+  with pytest.raises(ValueError, match=r"heads=6 must be a multiple of "
+                                       r"--config.routing_scores.kv_heads=8"):
+    benchmark.run(config)
 
 
 GPU_CASES = {

@@ -6,6 +6,9 @@ The jnp reference is itself pinned to a naive float64 numpy loop. Printed errors
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +16,11 @@ import numpy as np
 import pytest
 
 import pallas_kernels
+from configs import kernel_benchmarks
 from pallas_kernels.sparse_attention import (SparseAttentionBlockSizes, benchmark,
                                              per_sample_memory_to_bank, sparse_attention,
                                              sparse_attention_reference)
+from tests.paths import REPO
 
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 3e-2}
 
@@ -281,15 +286,16 @@ def test_bad_block_sizes(kw, match):
     SparseAttentionBlockSizes(**kw)
 
 
-def test_implementation_switch():
-  assert pallas_kernels.implementation("sparse_attention", "xla") is sparse_attention_reference
-  assert pallas_kernels.implementation("sparse_attention", "pallas") is sparse_attention
-  assert pallas_kernels.default_impl() == ("pallas" if jax.devices()[0].platform == "gpu"
-                                           else "xla")
-  with pytest.raises(ValueError, match=r"impl='triton'"):
-    pallas_kernels.implementation("sparse_attention", "triton")
-  with pytest.raises(ValueError, match=r"name='attention'"):
-    pallas_kernels.implementation("attention", "xla")
+def test_kernel_impl_resolution():
+  """`resolves_to_pallas`, the one kernel_impl rule: "pallas" always (the kernel then checks the
+  head dim), "xla" never, "auto" on a GPU for head dims the kernels take."""
+  gpu = jax.default_backend() == "gpu"
+  assert pallas_kernels.resolves_to_pallas("pallas", 64)
+  assert pallas_kernels.resolves_to_pallas("pallas", 24)
+  assert not pallas_kernels.resolves_to_pallas("xla", 64)
+  assert pallas_kernels.resolves_to_pallas("auto", 64) == gpu
+  assert not pallas_kernels.resolves_to_pallas("auto", 24)
+  assert not pallas_kernels.resolves_to_pallas("auto", 8)
 
 
 def test_kernel_needs_power_of_two_head_dim():
@@ -300,13 +306,42 @@ def test_kernel_needs_power_of_two_head_dim():
 
 def test_benchmark_small_mode_runs():
   # Decode only (each mode compiles the kernel and the reference); prefill's inputs below.
-  [result] = benchmark.main(["--small", "--ragged", "--modes=decode"])
+  config = kernel_benchmarks.get_config("small")
+  config.sparse_attention.update(ragged=True, modes="decode")
+  [result] = benchmark.run(config)
   assert result["max_abs_err"] < 1e-5 and result["tflops"] > 0 and result["kv_splits"] > 1
-  args = benchmark.parse_args(["--small"])
+  args = benchmark.parse_config(kernel_benchmarks.get_config("small"))
   x = benchmark.make_inputs("prefill", args)
   flops, nbytes = benchmark.work(x, args)
   t, full = args.prefill_tokens, args.top_k * args.doc_chunks
   assert flops == 4 * args.dim * args.heads * (t * full + t * (t + 1) // 2) and nbytes > 0
+
+
+def test_benchmark_config_defaults_are_the_kernels_and_bad_fields_are_named():
+  config = kernel_benchmarks.get_config()
+  blocks = {f: config.sparse_attention[f] for f in ("block_q", "block_c", "block_k", "num_warps",
+                                                    "num_stages")}
+  assert SparseAttentionBlockSizes(**blocks) == SparseAttentionBlockSizes()
+  config.sparse_attention.modes = "decode,train"
+  with pytest.raises(ValueError, match=r"--config.sparse_attention.modes='decode,train'"):
+    benchmark.run(config)
+  config = kernel_benchmarks.get_config()
+  config.sparse_attention.top_k = 0
+  with pytest.raises(ValueError, match=r"--config.sparse_attention.top_k=0"):
+    benchmark.run(config)
+
+
+@pytest.mark.slow
+def test_benchmark_help_names_the_config_file():
+  """Both kernel benchmarks are absl apps: --help names configs/kernel_benchmarks.py."""
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             JAX_PLATFORMS="cpu")
+  for kernel in ("routing_scores", "sparse_attention"):
+    proc = subprocess.run([sys.executable, "-m", f"pallas_kernels.{kernel}.benchmark",
+                           "--helpshort"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert "configs/kernel_benchmarks.py" in proc.stdout, proc.stderr[-3000:]
+    assert f"{kernel}.dim=" in proc.stdout and "iters=20" in proc.stdout
 
 
 def gpu_case(mode: str, dtype, splits: int = 1) -> Case:

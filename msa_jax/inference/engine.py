@@ -18,7 +18,6 @@ chunk count, J kv heads, D head dim.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any

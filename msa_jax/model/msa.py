@@ -158,32 +158,18 @@ def _batch_scores(rq, query_mask, keys, chunks, msa: MSAConfig, head_dim: int) -
 
 def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, query_reduce):
   """`routing.chunk_scores` through the fused Pallas routing kernel, one sample's documents
-  at a time (vmap); the backward is the jnp function's (the kernel has no VJP of its own)."""
-  b, n, c = chunks.shape
-  kw = dict(scale=scale, head_reduce=head_reduce, query_reduce=query_reduce)
+  at a time (vmap); the kernel's own custom VJP gives the (XLA) backward."""
+  n, c = chunks.shape[1:]
 
-  def kernel(rq, query_mask, keys, chunks):
-    def one(q, m, k, ch):  # one sample: its N*C chunks form the bank
-      chunk_doc = jnp.where(ch, jnp.arange(n)[:, None], -1).reshape(n * c)
-      s = pallas_kernels.routing_chunk_scores(
-          q[None], m[None], k.reshape((n * c,) + k.shape[2:]), chunk_doc,
-          interpret=jax.default_backend() != "gpu", **kw)
-      return s.reshape(n, c)
-    return jax.vmap(one)(rq, query_mask, keys, chunks)
+  def one(q, m, k, ch):  # one sample: its N*C chunks form the bank
+    chunk_doc = jnp.where(ch, jnp.arange(n)[:, None], -1).reshape(n * c)
+    s = pallas_kernels.routing_chunk_scores(
+        q[None], m[None], k.reshape((n * c,) + k.shape[2:]), chunk_doc, scale=scale,
+        head_reduce=head_reduce, query_reduce=query_reduce,
+        interpret=jax.default_backend() != "gpu")
+    return s.reshape(n, c)
 
-  @jax.custom_vjp
-  def scores(rq, keys):
-    return kernel(rq, query_mask, keys, chunks)
-
-  def fwd(rq, keys):
-    return kernel(rq, query_mask, keys, chunks), (rq, keys)
-
-  def bwd(res, g):
-    _, vjp = jax.vjp(lambda q, k: routing.chunk_scores(q, query_mask, k, chunks, **kw), *res)
-    return vjp(g)
-
-  scores.defvjp(fwd, bwd)
-  return scores(rq, keys)
+  return jax.vmap(one)(rq, query_mask, keys, chunks)
 
 
 @flax.struct.dataclass

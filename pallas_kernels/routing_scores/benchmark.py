@@ -1,62 +1,55 @@
 """Micro-benchmark: fused routing-score kernel vs the XLA reference on the same inputs.
 
-    python -m pallas_kernels.routing_scores.benchmark                 # H100/H200 sizes, bf16
-    python -m pallas_kernels.routing_scores.benchmark --chunks=1048576 --sweep
-    python -m pallas_kernels.routing_scores.benchmark --small         # CPU, interpret mode
+    python -m pallas_kernels.routing_scores.benchmark --config=configs/kernel_benchmarks.py
+    python -m pallas_kernels.routing_scores.benchmark --config=configs/kernel_benchmarks.py \
+        --config.routing_scores.chunks=1048576 --config.sweep=True
+    python -m pallas_kernels.routing_scores.benchmark --config=configs/kernel_benchmarks.py:small
 
-The kernel is memory-bound: it prints the achieved bandwidth of the kernel alone (bytes of
-keys + chunk ids + chunk scores + queries over its time) and its fraction of the device's
-assumed peak (H100 SXM 3.35 TB/s, H200 4.8 TB/s; `--peak-gbps` overrides), the time of the
-full document scoring (kernel + segment reduce) and its speed-up over the reference.
+The config's shared fields and its `routing_scores` section set the sizes (default H100/H200
+sizes, bf16; `:small` tiny ones in interpret mode on CPU). The kernel is memory-bound: it
+prints the achieved bandwidth of the kernel alone (bytes of keys + chunk ids + chunk scores +
+queries over its time) and its fraction of the device's assumed peak (H100 SXM 3.35 TB/s,
+H200 4.8 TB/s; `routing_scores.peak_gbps` overrides), the time of the full document scoring
+(kernel + segment reduce) and its speed-up over the reference.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from ml_collections import config_flags
 
+from msa_jax import validation
 from pallas_kernels import _bench, _common
 from pallas_kernels.routing_scores.kernel import (RoutingBlockSizes, routing_chunk_scores,
                                                   routing_doc_scores)
 from pallas_kernels.routing_scores.reference import routing_doc_scores_reference
+from pallas_kernels.routing_scores.xla import CHUNK_REDUCES, HEAD_REDUCES, QUERY_REDUCES
 
-SMALL = dict(chunks="2048", batch=1, tokens=4, heads=4, kv_heads=2, dim=32, dtype="float32",
-             iters=2, warmup=1, block_c=128, block_rows=16)
+KERNEL = "routing_scores"  # the section of configs/kernel_benchmarks.py
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--small", action="store_true",
-                 help="tiny CPU-friendly sizes in interpret mode (a smoke test)")
-  p.add_argument("--chunks", default="1048576,4194304,10485760",
-                 help="comma-separated bank sizes C (chunks)")
-  p.add_argument("--batch", type=int, default=1, help="questions B")
-  p.add_argument("--tokens", type=int, default=16, help="routing tokens per question T")
-  p.add_argument("--heads", type=int, default=32, help="query heads H")
-  p.add_argument("--kv-heads", type=int, default=8, help="kv heads J")
-  p.add_argument("--dim", type=int, default=128, help="head dim D")
-  p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-  p.add_argument("--chunks-per-doc", type=int, default=16)
-  p.add_argument("--head-reduce", default="mean", choices=["mean", "max"],
-                 help="max makes the reference materialise [B, T, C, H] float32 scores")
-  p.add_argument("--query-reduce", default="max", choices=["max", "mean", "last"])
-  p.add_argument("--chunk-reduce", default="max", choices=["max", "mean"])
-  p.add_argument("--block-c", type=int, default=RoutingBlockSizes.block_c)
-  p.add_argument("--block-rows", type=int, default=RoutingBlockSizes.block_rows)
-  p.add_argument("--num-warps", type=int, default=RoutingBlockSizes.num_warps)
-  p.add_argument("--num-stages", type=int, default=RoutingBlockSizes.num_stages)
-  p.add_argument("--sweep", action="store_true",
-                 help="also time block_c x num_warps variants of the kernel alone")
-  p.add_argument("--peak-gbps", type=float, default=None, help="override the assumed peak")
-  _bench.add_common_args(p)
-  return _bench.parse(p, argv, SMALL)
+def parse_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The shared fields and the routing_scores section of a configs/kernel_benchmarks.py config,
+  flat and checked (`_bench.kernel_args`)."""
+  args = _bench.kernel_args(
+      config, KERNEL, positive=("batch", "tokens", "heads", "kv_heads", "dim", "chunks_per_doc"),
+      choices={"dtype": ("bfloat16", "float32"), "head_reduce": HEAD_REDUCES,
+               "query_reduce": QUERY_REDUCES, "chunk_reduce": CHUNK_REDUCES})
+  try:
+    sizes = [int(c) for c in args.chunks.split(",")]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    raise validation.UserError(f"--config.{KERNEL}.chunks={args.chunks!r}: expected "
+                               "comma-separated bank sizes >= 1 (chunks)")
+  return args
 
 
 def make_inputs(key, c: int, args) -> tuple[jax.Array, ...]:
@@ -109,7 +102,7 @@ def run_size(c: int, args, block: RoutingBlockSizes, peak_bw: float | None) -> d
   line = (f"C={c:>10,d}  kernel {t_chunk * 1e3:9.3f} ms  {gbps / 1e9:8.1f} GB/s "
           f"({_bench.fraction(gbps, peak_bw)} of peak)  kernel+segment "
           f"{t_kernel * 1e3:9.3f} ms")
-  if not args.no_reference:
+  if args.reference:
     ref_fn = jax.jit(functools.partial(routing_doc_scores_reference, **doc_opts))
     t_ref = time_it(ref_fn, q, q_mask, keys, chunk_doc)
     got, want = kernel_fn(q, q_mask, keys, chunk_doc), ref_fn(q, q_mask, keys, chunk_doc)
@@ -145,12 +138,14 @@ def sweep(c: int, args, peak_bw: float | None) -> list[dict]:
   return out
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-  args = parse_args(argv)
+def run(config: ml_collections.ConfigDict) -> list[dict]:
+  """Times the kernel at every bank size of a configs/kernel_benchmarks.py config (checked
+  first; its `sweep`: also block-size variants), printing a line each; returns the rows."""
+  args = parse_config(config)
   block = RoutingBlockSizes(block_c=args.block_c, block_rows=args.block_rows,
                             num_warps=args.num_warps, num_stages=args.num_stages)
   kind, peak_bw, _ = _bench.device_peaks()
-  if args.peak_gbps:
+  if args.peak_gbps > 0:
     peak_bw = args.peak_gbps * 1e9
   if not args.interpret and not _common.has_gpu():
     print("no GPU visible: running the kernel in interpret mode", flush=True)
@@ -168,4 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  config_flags.DEFINE_config_file(
+      "config", None, validation.config_help("The routing-score kernel benchmark", _bench.CONFIG),
+      lock_config=True)
+  _bench.run_app(run)

@@ -27,6 +27,9 @@ How:
   the keys (512x for J=8, D=128, bf16), so it adds well under 1 % of the kernel's traffic and
   stays exact and deterministic. Fusing it would need cross-program reductions (documents span
   tiles) via atomics.
+* Gradients (training with the kernel on): `routing_chunk_scores` has a custom VJP whose
+  backward is XLA, the VJP of the reference w.r.t. q and keys (as sparse attention's; a
+  fused Pallas backward is future work).
 
 Backend: Pallas **Triton** lowering, chosen over Mosaic GPU, deliberately:
 
@@ -67,6 +70,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _common
+from pallas_kernels.routing_scores.reference import routing_chunk_scores_reference
 from pallas_kernels.routing_scores.xla import NEG_INF, check_inputs, chunks_to_docs
 
 
@@ -173,15 +177,52 @@ def routing_chunk_scores(
   """Chunk routing scores [B, C] float32 with the fused Pallas kernel (the kernel alone).
 
   The arguments are those of `routing_doc_scores`. Padding chunks (chunk_doc < 0) score -inf.
-  This is the piece to tile over a sharded bank (per-tile top-k, then a merge).
+  This is the piece to tile over a sharded bank (per-tile top-k, then a merge), and the one
+  training differentiates: a custom VJP whose backward is XLA, the VJP of
+  `routing_chunk_scores_reference` (gradients w.r.t. q and keys; none flow to padding chunks).
   """
   check_inputs(q, q_mask, keys, chunk_doc, 1, scale, head_reduce, query_reduce, "max")
   block = RoutingBlockSizes() if block is None else block
-  b, t, h, d = q.shape
-  c, j, _ = keys.shape
+  d = q.shape[-1]
   if not _common.is_power_of_two(d) or d < 16:
     raise ValueError(f"head dim D={d} must be a power of two >= 16 for the kernel "
                      f"(q.shape={q.shape})")
+  static = (("scale", float(scale)), ("head_reduce", head_reduce),
+            ("query_reduce", query_reduce), ("block", block), ("interpret", interpret),
+            ("debug", debug))
+  return _scores(static, q, keys, q_mask, chunk_doc)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scores(static, q, keys, q_mask, chunk_doc):
+  return _forward(q, q_mask, keys, chunk_doc, **dict(static))
+
+
+def _scores_fwd(static, q, keys, q_mask, chunk_doc):
+  return _scores(static, q, keys, q_mask, chunk_doc), (q, keys, q_mask, chunk_doc)
+
+
+def _scores_bwd(static, residuals, g):
+  q, keys, q_mask, chunk_doc = residuals
+  opts = dict(static)
+
+  def ref(q, keys):
+    return routing_chunk_scores_reference(q, q_mask, keys, chunk_doc, scale=opts["scale"],
+                                          head_reduce=opts["head_reduce"],
+                                          query_reduce=opts["query_reduce"])
+
+  _, vjp = jax.vjp(ref, q, keys)
+  return (*vjp(g), None, None)
+
+
+_scores.defvjp(_scores_fwd, _scores_bwd)
+
+
+def _forward(q, q_mask, keys, chunk_doc, *, scale: float, head_reduce: str, query_reduce: str,
+             block: RoutingBlockSizes, interpret: bool, debug: bool) -> jax.Array:
+  """The `pallas_call` of `routing_chunk_scores` (inputs checked)."""
+  b, t, h, d = q.shape
+  c, j, _ = keys.shape
   t_pad, rows, b_pad = _layout(b, t, block)
   r = h // j
   if head_reduce == "mean":  # pre-sum each kv group's heads: J dots per tile instead of H

@@ -21,11 +21,11 @@ form (an einsum over every head), for tests to pin the XLA and Pallas implementa
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.routing_scores.kernel import RoutingBlockSizes
 from pallas_kernels.routing_scores.xla import (NEG_INF, check_inputs, chunks_to_docs,
                                                reduce_queries)
 
@@ -41,7 +41,7 @@ def routing_chunk_scores_reference(
     scale: float,
     head_reduce: str = "mean",
     query_reduce: str = "max",
-    block: RoutingBlockSizes | None = None,
+    block: Any = None,
     interpret: bool = False,
     debug: bool = False,
 ) -> jax.Array:
@@ -79,7 +79,7 @@ def routing_doc_scores_reference(
     query_reduce: str = "max",
     chunk_reduce: str = "max",
     return_chunk_scores: bool = False,
-    block: RoutingBlockSizes | None = None,
+    block: Any = None,
     interpret: bool = False,
     debug: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
@@ -96,7 +96,8 @@ def routing_doc_scores_reference(
     query_reduce: "max" | "mean" over valid tokens, or "last" (the last valid token).
     chunk_reduce: "max" | "mean" over a document's chunks.
     return_chunk_scores: also return the [B, C] chunk scores.
-    block: ignored (the kernel's tiling); accepted so the two are interchangeable.
+    block: ignored (the kernel's `RoutingBlockSizes`); accepted so the two are
+      interchangeable.
     interpret: ignored, as `block`.
     debug: ignored, as `block`.
 

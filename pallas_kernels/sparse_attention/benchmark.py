@@ -1,66 +1,56 @@
 """Micro-benchmark: top-k block-sparse attention kernel vs the XLA reference on the same inputs.
 
-    python -m pallas_kernels.sparse_attention.benchmark                  # decode + prefill
-    python -m pallas_kernels.sparse_attention.benchmark --modes=decode --batch=32
-    python -m pallas_kernels.sparse_attention.benchmark --small          # CPU, interpret mode
+    python -m pallas_kernels.sparse_attention.benchmark --config=configs/kernel_benchmarks.py
+    python -m pallas_kernels.sparse_attention.benchmark --config=configs/kernel_benchmarks.py \
+        --config.sparse_attention.modes=decode --config.sparse_attention.batch=32
+    python -m pallas_kernels.sparse_attention.benchmark --config=configs/kernel_benchmarks.py:small
 
-Prints, per mode, the kernel's time, its achieved TFLOP/s (useful flops only: 4*D per visible
-(query head, entry) pair) and GB/s (q, the selected blocks, the visible own kv, the output),
-the fractions of the device's assumed peaks, and the speed-up over the XLA reference (which
-gathers the selected blocks into a dense copy and runs a masked softmax). `--backward` also
+The config's shared fields and its `sparse_attention` section set the sizes (default decode +
+prefill at Qwen3-4B heads, bf16; `:small` tiny ones in interpret mode on CPU). Prints, per
+mode, the kernel's time, its achieved TFLOP/s (useful flops only: 4*D per visible (query head,
+entry) pair) and GB/s (q, the selected blocks, the visible own kv, the output), the fractions
+of the device's assumed peaks, and the speed-up over the XLA reference (which gathers the
+selected blocks into a dense copy and runs a masked softmax). `sparse_attention.backward` also
 times value-and-grad (the kernel's backward is the reference's, in XLA).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from ml_collections import config_flags
 
+from msa_jax import validation
 from pallas_kernels import _bench, _common
-from pallas_kernels.sparse_attention.kernel import sparse_attention
-from pallas_kernels.sparse_attention.reference import (SparseAttentionBlockSizes,
-                                                       sparse_attention_reference)
+from pallas_kernels.sparse_attention.kernel import SparseAttentionBlockSizes, sparse_attention
+from pallas_kernels.sparse_attention.reference import sparse_attention_reference
 
-SMALL = dict(modes="decode,prefill", batch=2, prefill_tokens=32, cache=64, heads=4, kv_heads=2,
-             dim=32, top_k=3, doc_chunks=20, bank_chunks=256, dtype="float32", iters=2,
-             warmup=1, block_q=16, block_c=16, block_k=16)
+KERNEL = "sparse_attention"  # the section of configs/kernel_benchmarks.py
+MODES = ("decode", "prefill")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--small", action="store_true",
-                 help="tiny CPU-friendly sizes in interpret mode (a smoke test)")
-  p.add_argument("--modes", default="decode,prefill", help="comma-separated: decode, prefill")
-  p.add_argument("--batch", type=int, default=8, help="B (prefill uses max(1, B // 8))")
-  p.add_argument("--prefill-tokens", type=int, default=2048, help="prefill T (= S)")
-  p.add_argument("--cache", type=int, default=4096, help="decode cache slots S")
-  p.add_argument("--heads", type=int, default=32, help="query heads H")
-  p.add_argument("--kv-heads", type=int, default=8, help="kv heads J")
-  p.add_argument("--dim", type=int, default=128, help="head dim D")
-  p.add_argument("--top-k", type=int, default=16, help="selected documents K")
-  p.add_argument("--doc-chunks", type=int, default=64, help="max chunks per document Cd")
-  p.add_argument("--bank-chunks", type=int, default=1 << 20, help="chunks C in the bank")
-  p.add_argument("--ragged", action="store_true",
-                 help="random 1..Cd chunks per document and some unused slots")
-  p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-  p.add_argument("--block-q", type=int, default=SparseAttentionBlockSizes.block_q)
-  p.add_argument("--block-c", type=int, default=SparseAttentionBlockSizes.block_c)
-  p.add_argument("--block-k", type=int, default=SparseAttentionBlockSizes.block_k)
-  p.add_argument("--kv-splits", type=int, default=0,
-                 help="kv splits; 0: 1 for prefill, enough to give ~2 programs per SM in decode")
-  p.add_argument("--sweep", action="store_true", help="also time block-size variants")
-  p.add_argument("--num-warps", type=int, default=SparseAttentionBlockSizes.num_warps)
-  p.add_argument("--num-stages", type=int, default=SparseAttentionBlockSizes.num_stages)
-  p.add_argument("--backward", action="store_true", help="also time value-and-grad")
-  _bench.add_common_args(p)
-  return _bench.parse(p, argv, SMALL)
+def parse_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The shared fields and the sparse_attention section of a configs/kernel_benchmarks.py
+  config, flat and checked (`_bench.kernel_args`)."""
+  args = _bench.kernel_args(
+      config, KERNEL, positive=("batch", "prefill_tokens", "cache", "heads", "kv_heads", "dim",
+                                "top_k", "doc_chunks", "bank_chunks"),
+      choices={"dtype": ("bfloat16", "float32")})
+  modes = args.modes.split(",")
+  if not modes or any(m not in MODES for m in modes):
+    raise validation.UserError(f"--config.{KERNEL}.modes={args.modes!r}: expected "
+                               f"comma-separated modes of {list(MODES)}")
+  validation.check_at_least(f"--config.{KERNEL}.kv_splits", args.kv_splits, 0)
+  if args.doc_chunks > args.bank_chunks:
+    raise validation.UserError(f"--config.{KERNEL}.doc_chunks={args.doc_chunks} must be at "
+                               f"most --config.{KERNEL}.bank_chunks={args.bank_chunks}")
+  return args
 
 
 def make_inputs(mode: str, args, seed: int = 0) -> dict:
@@ -154,7 +144,7 @@ def run_mode(mode: str, args, block, peaks) -> dict:
           f"({_bench.fraction(bw, peak_bw)})")
   ref_fn = jax.jit(functools.partial(sparse_attention_reference,
                                      max_doc_chunks=args.doc_chunks))
-  if not args.no_reference:
+  if args.reference:
     t_ref = time_it(ref_fn, *xs)
     got, want = kernel_fn(*xs), ref_fn(*xs)
     err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32))))
@@ -200,8 +190,10 @@ def sweep(mode: str, xs, inputs, args, block, peaks) -> list[dict]:
   return out
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-  args = parse_args(argv)
+def run(config: ml_collections.ConfigDict) -> list[dict]:
+  """Times the kernel in every mode of a configs/kernel_benchmarks.py config (checked first),
+  printing a line each; returns the rows."""
+  args = parse_config(config)
   block = SparseAttentionBlockSizes(block_q=args.block_q, block_c=args.block_c,
                                     block_k=args.block_k, num_warps=args.num_warps,
                                     num_stages=args.num_stages)
@@ -220,4 +212,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  config_flags.DEFINE_config_file(
+      "config", None,
+      validation.config_help("The block-sparse attention kernel benchmark", _bench.CONFIG),
+      lock_config=True)
+  _bench.run_app(run)

@@ -57,6 +57,7 @@ Backend: Pallas **Triton** lowering, chosen over Mosaic GPU, deliberately:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -65,9 +66,41 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _common
-from pallas_kernels.sparse_attention.reference import (SparseAttentionBlockSizes, check_inputs,
-                                                       default_scale, fill_defaults,
-                                                       sparse_attention_reference)
+from pallas_kernels.sparse_attention.inputs import check_inputs, default_scale, fill_defaults
+from pallas_kernels.sparse_attention.reference import sparse_attention_reference
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseAttentionBlockSizes:
+  """Tiling and launch parameters of the sparse attention kernel.
+
+  Attributes:
+    block_q: query rows per program; a row is one (token, head of the kv group) pair, so a
+      decode step (T = 1) with R heads per kv head fills R rows (padded to >= 16).
+    block_c: memory chunks per step of the online softmax (one tile of a selected document).
+    block_k: own kv slots per step of the online softmax.
+    kv_splits: programs that share one row block's entries (flash-decoding style): split s
+      takes the selected documents i = s and the own tiles = s (mod kv_splits), and the
+      partial softmaxes are merged in XLA. Raise it when B * J * row blocks is too small to
+      fill the GPU (decode).
+    num_warps: Triton warps per program.
+    num_stages: Triton software-pipelining depth of the kv loops.
+  """
+  block_q: int = 64
+  block_c: int = 64
+  block_k: int = 64
+  kv_splits: int = 1
+  num_warps: int = 4
+  num_stages: int = 2
+
+  def __post_init__(self):
+    _common.check_block("block_q", self.block_q)
+    _common.check_block("block_c", self.block_c)
+    _common.check_block("block_k", self.block_k)
+    if not isinstance(self.kv_splits, int) or isinstance(self.kv_splits, bool) or (
+        self.kv_splits < 1):
+      raise ValueError(f"kv_splits={self.kv_splits!r} must be an int >= 1")
+    _common.check_launch(self.num_warps, self.num_stages)
 
 
 def _online_step(carry, q, k_tile, v_tile, visible, scale, precision):

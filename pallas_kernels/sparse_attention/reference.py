@@ -22,121 +22,14 @@ heads, J kv heads, D head dim, C bank chunks, K selected documents, Cd = max_doc
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from pallas_kernels import _common
-
-
-@dataclasses.dataclass(frozen=True)
-class SparseAttentionBlockSizes:
-  """Tiling and launch parameters of the sparse attention kernel.
-
-  Attributes:
-    block_q: query rows per program; a row is one (token, head of the kv group) pair, so a
-      decode step (T = 1) with R heads per kv head fills R rows (padded to >= 16).
-    block_c: memory chunks per step of the online softmax (one tile of a selected document).
-    block_k: own kv slots per step of the online softmax.
-    kv_splits: programs that share one row block's entries (flash-decoding style): split s
-      takes the selected documents i = s and the own tiles = s (mod kv_splits), and the
-      partial softmaxes are merged in XLA. Raise it when B * J * row blocks is too small to
-      fill the GPU (decode).
-    num_warps: Triton warps per program.
-    num_stages: Triton software-pipelining depth of the kv loops.
-  """
-  block_q: int = 64
-  block_c: int = 64
-  block_k: int = 64
-  kv_splits: int = 1
-  num_warps: int = 4
-  num_stages: int = 2
-
-  def __post_init__(self):
-    _common.check_block("block_q", self.block_q)
-    _common.check_block("block_c", self.block_c)
-    _common.check_block("block_k", self.block_k)
-    if not isinstance(self.kv_splits, int) or isinstance(self.kv_splits, bool) or (
-        self.kv_splits < 1):
-      raise ValueError(f"kv_splits={self.kv_splits!r} must be an int >= 1")
-    _common.check_launch(self.num_warps, self.num_stages)
-
-
-def _check_int(name: str, x: jax.Array, shape: tuple[int, ...]) -> None:
-  if x.shape != shape:
-    raise ValueError(f"{name}.shape={x.shape} must be {shape}")
-  if not jnp.issubdtype(x.dtype, jnp.integer):
-    raise ValueError(f"{name}.dtype={x.dtype} must be an integer type")
-
-
-def check_inputs(q, k, v, bank_k, bank_v, doc_first_chunk, doc_num_chunks, memory_visible,
-                 q_offset, kv_len, max_doc_chunks, scale, hidden_start=None, hidden_stop=None,
-                 kv_heads_first=False) -> None:
-  """Raises ValueError naming the bad value; shared by the kernel and the reference."""
-  if q.ndim != 4:
-    raise ValueError(f"q.shape={q.shape} must be [B, T, H, D]")
-  b, t, h, d = q.shape
-  layout = "[B, J, S, D]" if kv_heads_first else "[B, S, J, D]"
-  if k.ndim != 4 or k.shape[0] != b or k.shape[3] != d:
-    raise ValueError(f"k.shape={k.shape} must be {layout} with B={b}, D={d}")
-  if v.shape != k.shape:
-    raise ValueError(f"v.shape={v.shape} must equal k.shape={k.shape}")
-  s_len, j = (k.shape[2], k.shape[1]) if kv_heads_first else (k.shape[1], k.shape[2])
-  if h % j:
-    raise ValueError(f"H={h} query heads must be a multiple of J={j} kv heads "
-                     f"(q.shape={q.shape}, k.shape={k.shape})")
-  if bank_k.ndim != 3 or bank_k.shape[1:] != (j, d):
-    raise ValueError(f"bank_k.shape={bank_k.shape} must be [C, J, D] with J={j}, D={d}")
-  if bank_v.shape != bank_k.shape:
-    raise ValueError(f"bank_v.shape={bank_v.shape} must equal bank_k.shape={bank_k.shape}")
-  dtypes = {x.dtype for x in (q, k, v, bank_k, bank_v)}
-  if len(dtypes) != 1 or not jnp.issubdtype(q.dtype, jnp.floating):
-    raise ValueError(f"q, k, v, bank_k, bank_v must share one float dtype, got "
-                     f"{[str(x.dtype) for x in (q, k, v, bank_k, bank_v)]}")
-  if doc_first_chunk.ndim != 2 or doc_first_chunk.shape[0] != b:
-    raise ValueError(f"doc_first_chunk.shape={doc_first_chunk.shape} must be [B, K] with B={b}")
-  if min(b, t, s_len, bank_k.shape[0], doc_first_chunk.shape[1]) < 1:
-    raise ValueError(f"empty input: q.shape={q.shape}, k.shape={k.shape}, "
-                     f"bank_k.shape={bank_k.shape}, doc_first_chunk.shape={doc_first_chunk.shape}")
-  _check_int("doc_first_chunk", doc_first_chunk, doc_first_chunk.shape)
-  _check_int("doc_num_chunks", doc_num_chunks, doc_first_chunk.shape)
-  if memory_visible.shape != (b, t) or memory_visible.dtype != jnp.bool_:
-    raise ValueError(f"memory_visible (shape={memory_visible.shape}, "
-                     f"dtype={memory_visible.dtype}) must be bool [B, T]={(b, t)}")
-  _check_int("q_offset", q_offset, (b,))
-  _check_int("kv_len", kv_len, (b,))
-  for name, x in (("hidden_start", hidden_start), ("hidden_stop", hidden_stop)):
-    if x is not None:
-      _check_int(name, x, (b,))
-  if not isinstance(max_doc_chunks, int) or isinstance(max_doc_chunks, bool) or max_doc_chunks < 1:
-    raise ValueError(f"max_doc_chunks={max_doc_chunks!r} must be a static int >= 1")
-  if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
-    raise ValueError(f"scale={scale!r} must be a Python float or None")
-
-
-def fill_defaults(q, k, memory_visible, q_offset, kv_len, hidden_start=None, hidden_stop=None,
-                  kv_heads_first=False):
-  """None -> all tokens see the memory, q_offset 0, kv_len S, no hidden slots (a plain causal
-  prefill). Returns (memory_visible, q_offset, kv_len, hidden_start, hidden_stop)."""
-  b, t = q.shape[:2]
-  if memory_visible is None:
-    memory_visible = jnp.ones((b, t), jnp.bool_)
-  if q_offset is None:
-    q_offset = jnp.zeros((b,), jnp.int32)
-  if kv_len is None:
-    kv_len = jnp.full((b,), k.shape[2 if kv_heads_first else 1], jnp.int32)
-  if hidden_start is None:
-    hidden_start = jnp.zeros((b,), jnp.int32)
-  if hidden_stop is None:
-    hidden_stop = jnp.zeros((b,), jnp.int32)
-  return memory_visible, q_offset, kv_len, hidden_start, hidden_stop
-
-
-def default_scale(d: int, scale: float | None) -> float:
-  return 1.0 / math.sqrt(d) if scale is None else float(scale)
+from pallas_kernels.sparse_attention.inputs import check_inputs, default_scale, fill_defaults
 
 
 @functools.partial(jax.jit, static_argnames=("max_doc_chunks", "scale", "kv_heads_first", "block",
@@ -158,7 +51,7 @@ def sparse_attention_reference(
     max_doc_chunks: int,
     scale: float | None = None,
     kv_heads_first: bool = False,
-    block: SparseAttentionBlockSizes | None = None,
+    block: Any = None,
     interpret: bool = False,
     debug: bool = False,
 ) -> jax.Array:
@@ -181,7 +74,8 @@ def sparse_attention_reference(
     max_doc_chunks: static bound on the chunks per document (Cd).
     scale: logit scale (None: 1/sqrt(D)).
     kv_heads_first: k and v are [B, J, S, D] (a decode cache's layout).
-    block: ignored (the kernel's tiling); accepted so the two are interchangeable.
+    block: ignored (the kernel's `SparseAttentionBlockSizes`); accepted so the two are
+      interchangeable.
     interpret: ignored, as `block`.
     debug: ignored, as `block`.
 
