@@ -1,5 +1,6 @@
 """Shared test setup: offline HF, exact fp32 matmuls, the GPU marker, the SmolLM2 GGUF, a
-per-session tfds data dir and JAX compilation cache, and the module order for parallel runs."""
+per-session tfds data dir, one JAX compilation cache per session (shared by the workers, the
+tests and the commands they start), and the module order for parallel runs."""
 
 import collections
 import importlib.util
@@ -88,13 +89,36 @@ def tfds_data_dir(tmp_path_factory):
     os.environ["MSA_JAX_TFDS_DIR"] = previous
 
 
+def shared_session_dir(tmp_path_factory, name: str) -> Path:
+  """`name` under the session's temporary folder, shared by all pytest-xdist workers of the
+  session (a worker's base folder is `popen-gwN` inside the session's), created once."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent
+  path = base / name
+  path.mkdir(exist_ok=True)
+  return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache_dir(tmp_path_factory):
-  """The persistent JAX compilation cache of the commands the tests start (subprocesses
-  inherit it): one folder per session, shared by its tests, never the user's ~/.cache."""
+  """One persistent JAX compilation cache per session, never the user's ~/.cache: used by the
+  pytest processes themselves and by the commands the tests start (subprocesses inherit it),
+  shared by all workers, so a program compiled by one test, worker or command is loaded from
+  disk by the others (the key covers the program, XLA flags, devices and the cache's path: a
+  test that rebuilds an identical model, or a command that reruns a test's step, gets a hit).
+
+  Concurrent use: JAX writes an entry in place without a lock, so a reader can meet an entry
+  another process is still writing, and two processes compiling the same program at once
+  write the same file (their executables differ in some bytes). Such a file fails to
+  decompress (zlib, JAX's compression without `zstandard`, checks a checksum of the whole
+  entry); JAX reports that as a warning and compiles instead. A race needs two processes on
+  one program within the few milliseconds of a write."""
   previous = os.environ.get(runtime.CACHE_ENV)
-  os.environ[runtime.CACHE_ENV] = str(tmp_path_factory.mktemp("jax_cache"))
-  yield Path(os.environ[runtime.CACHE_ENV])
+  path = shared_session_dir(tmp_path_factory, "jax_cache")
+  runtime.enable_compilation_cache(str(path))
+  os.environ[runtime.CACHE_ENV] = str(path)
+  yield path
   if previous is None:
     del os.environ[runtime.CACHE_ENV]
   else:

@@ -28,17 +28,24 @@ def test_flops_match_twice_the_matmul_parameters():
   assert total > 14 * 2 * layer_params + 8 * 2 * e * v
 
 
+def test_run_without_transformers_or_checkpoint_is_empty(monkeypatch):
+  def missing():
+    raise FileNotFoundError("no SmolLM2")
+  monkeypatch.setattr(generation, "smollm2_path", missing)
+  assert generation.run(quick=True) == []
+
+
 @pytest.mark.slow
-def test_quick_run_rows_and_same_tokens_as_the_baseline():
-  rows = generation.run(quick=True)
-  if not rows:
-    pytest.skip("transformers or the SmolLM2 checkpoint is missing")
+def test_quick_run_rows_and_same_tokens_as_the_baseline(smollm2_gguf):
+  pytest.importorskip("transformers")
+  models = generation.load_models()  # once: the rows and the token check share it
+  rows = generation.run(quick=True, models=models)
   assert [r["case"] for r in rows] == ["SmolLM2-135M greedy B=1 8 tokens",
                                        "SmolLM2-135M greedy B=8 8 tokens"]
   for row in rows:
     assert set(row) == KEYS and row["stage"] == "generation"
     assert row["ours_s"] > 0 and row["baseline_s"] > 0 and row["flops"] > 1e9
-  cfg, params, tokenizer, hf = generation.load_models()
+  cfg, params, tokenizer, hf = models
   prompts = list(generation.BATCH_PROMPTS)
   ours = generate_text(Transformer(cfg), params, tokenizer, prompts,
                        SamplingConfig(max_new_tokens=8))

@@ -51,6 +51,11 @@ def _training_batch(docs, g, prompts):
                   query_mask=prompts.query_mask, memory_index=prompts.memory_index)
 
 
+def _training_forward(msa, params, batch):
+  """The training model's forward, jitted (one compile instead of one per op: 3x less CPU)."""
+  return jax.jit(MSATransformer(CFG, msa).apply)({"params": params}, batch)
+
+
 def _setup(tmp_path, msa, seed=0, docs=None, bank_dtype="float32"):
   params = init_params(MSATransformer(CFG, msa), jax.random.key(seed))
   if docs is None:
@@ -79,7 +84,7 @@ def test_prefill_matches_training_forward(tmp_path, name):
   msa = MSA_CASES[name]
   params, docs, g, bank = _setup(tmp_path, msa)
   prompts = _prompts(msa)
-  out = MSATransformer(CFG, msa).apply({"params": params}, _training_batch(docs, g, prompts))
+  out = _training_forward(msa, params, _training_batch(docs, g, prompts))
   eng = engine_lib.MSAEngine(CFG, msa, params, bank, tile_chunks=4)
   pre = eng.prefill(prompts)
   mask = np.asarray(prompts.token_mask)
@@ -122,7 +127,7 @@ def test_greedy_decoding_matches_training_argmax(tmp_path):
       tokens=ext, token_mask=np.arange(t) < (p_len + n)[:, None],
       positions=np.broadcast_to(positions, (4, t)).astype(np.int32), query_mask=qm,
       memory_index=np.asarray(prompts.memory_index))
-  out = MSATransformer(CFG, msa).apply({"params": params}, _training_batch(docs, g, prompts2))
+  out = _training_forward(msa, params, _training_batch(docs, g, prompts2))
   logits = np.asarray(out.logits)
   for r in range(4):
     want = logits[r, p_len[r] - 1:p_len[r] - 1 + n].argmax(-1)
@@ -136,7 +141,7 @@ def test_top_k_larger_than_bank_uses_every_document(tmp_path):
   params, docs, g, bank = _setup(tmp_path, msa, docs=docs)
   prompts = _prompts(msa)
   pre = engine_lib.MSAEngine(CFG, msa, params, bank).prefill(prompts)
-  out = MSATransformer(CFG, msa).apply({"params": params}, _training_batch(docs, g, prompts))
+  out = _training_forward(msa, params, _training_batch(docs, g, prompts))
   for mem in pre.memory.values():
     assert mem.doc_indices.shape == (3, 3) and bool(np.asarray(mem.selected).all())
   err = np.abs(np.asarray(pre.logits) - np.asarray(out.logits))[np.asarray(prompts.token_mask)]
@@ -151,7 +156,7 @@ def test_bf16_bank_stays_close(tmp_path):
   params, docs, g, bank = _setup(tmp_path, msa, bank_dtype="bfloat16")
   prompts = _prompts(msa)
   pre = engine_lib.MSAEngine(CFG, msa, params, bank).prefill(prompts)
-  out = MSATransformer(CFG, msa).apply({"params": params}, _training_batch(docs, g, prompts))
+  out = _training_forward(msa, params, _training_batch(docs, g, prompts))
   err = np.abs(np.asarray(pre.logits) - np.asarray(out.logits))[np.asarray(prompts.token_mask)]
   assert err.max() < 5e-2
 

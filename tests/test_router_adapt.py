@@ -91,7 +91,7 @@ def test_cached_states_bank_and_full_model_agree(tmp_path):
                    tokens=prompts.tokens, token_mask=prompts.token_mask,
                    positions=prompts.positions, query_mask=prompts.query_mask,
                    memory_index=prompts.memory_index)
-  full = MSATransformer(CFG, MSA).apply({"params": params}, batch)
+  full = jax.jit(MSATransformer(CFG, MSA).apply)({"params": params}, batch)  # 1 compile
   np.testing.assert_allclose(ours, full.routes[first].doc_scores, atol=2e-5)
   bank = encode_lib.create_bank(tmp_path / "bank", CFG, MSA, params)
   encode_lib.encode_corpus(bank, CFG, MSA, params, [f"d{n}" for n in range(N)], docs,
@@ -122,7 +122,7 @@ def test_general_score_path_matches_the_full_model(tmp_path):
                    tokens=prompts.tokens, token_mask=prompts.token_mask,
                    positions=prompts.positions, query_mask=prompts.query_mask,
                    memory_index=prompts.memory_index)
-  full = MSATransformer(CFG, msa).apply({"params": params}, batch)
+  full = jax.jit(MSATransformer(CFG, msa).apply)({"params": params}, batch)
   np.testing.assert_allclose(ours, full.routes[1].doc_scores, atol=2e-5)
 
 

@@ -93,3 +93,32 @@ def test_unwritable_directory_is_a_user_error(tmp_path):
       capture_output=True, text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
   assert out.returncode == 2 and out.stderr.splitlines()[-1] == f"error: {message}", out.stderr
   assert not (tmp_path / "run").exists()
+
+
+# Compiles with the cache on, inside `compilation_cache_off()`, then after it; prints the
+# number of cache entries after each.
+_OFF_BLOCK = """
+import json, sys
+import jax, jax.numpy as jnp
+from msa_jax import runtime
+path = runtime.enable_compilation_cache(sys.argv[1])
+entries = lambda: len([p for p in path.iterdir() if p.name.endswith("-cache")])
+jax.jit(jnp.sin)(jnp.ones(3)).block_until_ready()
+counts = [entries()]
+with runtime.compilation_cache_off():
+  jax.jit(jnp.cos)(jnp.ones(3)).block_until_ready()
+  counts.append(entries())
+jax.jit(jnp.tan)(jnp.ones(3)).block_until_ready()
+counts.append(entries())
+print(json.dumps(counts))
+"""
+
+
+def test_cache_off_block_compiles_for_real_then_caches_again(tmp_path):
+  """A process that has already used the cache: the block neither writes (nor reads) it, and
+  the cache works again after the block."""
+  env = {**os.environ, "PYTHONPATH": str(Path.cwd()), "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", _OFF_BLOCK, str(tmp_path / "cache")], env=env,
+                       check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+  first, inside, after = json.loads(out.stdout.strip().splitlines()[-1])
+  assert first >= 1 and inside == first and after == first + 1

@@ -27,6 +27,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
+from msa_jax import runtime
 from msa_jax.checkpoint import SMOLLM2, checkpoint_tokenizer, smollm2_path
 from msa_jax.inference import engine
 from msa_jax.memory import encode as encode_lib
@@ -113,12 +114,8 @@ def _timed(fn, *args):
 
 def run(quick: bool) -> list[dict]:
   """Rows for the train step's lowering and compile, SmolLM2-MSA's load and first question."""
-  cached = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)  # every compile is real
-  try:
+  with runtime.compilation_cache_off():  # every compile is real
     return _rows(quick)
-  finally:
-    jax.config.update("jax_enable_compilation_cache", cached)
 
 
 def _rows(quick: bool) -> list[dict]:

@@ -118,18 +118,20 @@ def load_models():
   return (*load_gguf(path), _hf_model(path))
 
 
-def run(quick: bool) -> list[dict]:
+def run(quick: bool, models=None) -> list[dict]:
   """Ours vs HF generate at batch 1 and 8 (64 new tokens, 5 repeats; quick: 8 tokens, 1 repeat).
 
   Returns rows {"stage", "case", "ours_s", "baseline", "baseline_s", "flops"}; an empty list
-  when transformers or the SmolLM2 checkpoint is missing.
+  when transformers or the SmolLM2 checkpoint is missing. `models`: the result of
+  `load_models()` when the caller has loaded them already (else they are loaded here).
   """
-  try:
-    import transformers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    smollm2_path()
-  except (ImportError, FileNotFoundError):
-    return []
+  if models is None:
+    try:
+      import transformers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+      smollm2_path()
+    except (ImportError, FileNotFoundError):
+      return []
+    models = load_models()
   new_tokens, repeats = (8, 1) if quick else (64, 5)
-  models = load_models()
   return [compare(batch, new_tokens, repeats, models) for batch in (1, 8)]
 

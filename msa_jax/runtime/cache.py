@@ -5,15 +5,18 @@ command loads its XLA executables from disk instead of compiling them again. The
 in `$XDG_CACHE_HOME/msa_jax/jax` (default `~/.cache/msa_jax/jax`); the environment variable
 `MSA_JAX_COMPILATION_CACHE` or the flag `--compilation_cache` (absl commands and the bank CLI)
 names another directory, and the value `off` disables it. The flag wins over the variable.
+`compilation_cache_off()` turns it off for a block (measurements of real compiles).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from absl import flags
 import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from msa_jax import validation
 
@@ -78,3 +81,21 @@ def enable_compilation_cache(setting: str | None = None) -> Path | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
   return path
+
+
+@contextlib.contextmanager
+def compilation_cache_off():
+  """Within the block, every compile is real: the persistent cache is neither read nor written.
+
+  Setting `jax_enable_compilation_cache` alone is not enough once the process has compiled
+  something: JAX decides whether to use the cache once per process, so the block resets that
+  decision on entry and on exit (the cache, if it was on, is used again after the block).
+  """
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  jax_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    jax_cache.reset_cache()
