@@ -51,13 +51,16 @@ def abstract_batch(batch: int, docs: int, doc_len: int, prompt_len: int) -> MSAB
                   route_labels=i32(batch, docs))
 
 
-def train_step_compile(preset: str, num_layers: int | None = None) -> tuple[float, float]:
-  """(lowering s, compile s) of one train step of `preset` with MSA, from abstract shapes."""
+def train_step_compile(preset: str, num_layers: int | None = None,
+                       scan_layers: bool = True) -> tuple[float, float]:
+  """(lowering s, compile s) of one train step of `preset` with MSA, from abstract shapes
+  (`scan_layers=False`: the layers unrolled, the former way)."""
   cfg = get_preset(preset)
   if num_layers:
     cfg = cfg.replace(num_layers=num_layers)
   msa = MSAConfig(top_k=2, chunk_size=32, kernel_impl="xla")
-  model = MSATransformer(cfg, msa, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  model = MSATransformer(cfg, msa, dtype=jnp.bfloat16, param_dtype=jnp.float32,
+                         scan_layers=scan_layers)
   tx = optim_lib.make_optimizer({})
   state = step_lib.abstract_train_state(model, tx)
   train_step = step_lib.make_train_step(model, cfg, msa, tx, donate=False)
