@@ -48,10 +48,12 @@ def test_runs_split_at_every_change_of_kind():
 
 
 @pytest.mark.parametrize("msa", [
-    MSA,  # runs: layers 0-2 plain, 3-5 routers
-    MSA.replace(router_layers=(1, 2, 4), decouple_router=False, batch_negatives=True),
-    MSA.replace(remat=True, aux_loss="bce"),
-], ids=["upper_half", "split_runs", "remat_bce"])
+    pytest.param(MSA, id="upper_half"),  # runs: layers 0-2 plain, 3-5 routers
+    pytest.param(MSA.replace(router_layers=(1, 2, 4), decouple_router=False,
+                             batch_negatives=True), id="split_runs", marks=pytest.mark.slow),
+    pytest.param(MSA.replace(remat=True, aux_loss="bce"), id="remat_bce",
+                 marks=pytest.mark.slow),
+])
 def test_scan_equals_unrolled_forward_routes_and_grads(msa):
   batch = make_batch()
   unrolled, scanned = both(MSATransformer, SIX, msa)

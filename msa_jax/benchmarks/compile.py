@@ -15,6 +15,13 @@ cache off so that every compile is real):
                               answered (8 tokens): the engine's compiles dominate.
 
 --quick uses the `tiny` preset's train step with 2 layers and SmolLM2's first 2 layers.
+
+The model scans runs of alike layers (`LayerStack.scan_layers`); `train_step_compile(...,
+scan_layers=False)` unrolls them, the former way. Before / after on the shared 2-core machine
+at load average 14-19, one fresh process per measurement, interleaved (process CPU seconds of
+lower + compile): qwen3_4b cut to 8 layers 30.6 -> 29.6; all 36 layers 145.0 -> 53.9 (wall 813 -> 289-296 s); SmolLM2-MSA
+first question 16.3, 15.8 -> 9.8 CPU s (wall 105.6, 100.3 -> 69.7, 39.2 s). WORKSPACE.md
+(Benchmarks) has the table.
 """
 
 from __future__ import annotations

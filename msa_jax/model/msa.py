@@ -440,15 +440,19 @@ class LayerStack(nn.Module):
 
   Every loop over layers is `_layer_range`. With `scan_layers` (the subclasses' field, on by
   default) it runs each homogeneous run of two or more layers (the same kind of layer, doing
-  the same thing) as one `jax.lax.scan`, so tracing and compiling cost one layer per run, not
-  one per layer: a model's depth no longer shows in its compile time. Off, it unrolls the layers
-  (the same math; the two are tested equal).
+  the same thing) as one `jax.lax.scan`, so the layers' math is traced and compiled once per
+  run, not once per layer; what still grows with depth is per-parameter work (stacking each
+  layer's weights, an optimizer's update per parameter). Off, it unrolls the layers (the same
+  math; tests/test_scan_layers.py tests the two equal).
 
   Parameter layout: the tree keeps one `layers_{i}` subtree per layer, the checkpoint layout
   (HF, GGUF, official MSA and orbax name the same paths), so nothing outside the model sees
   the scan. Inside a program, a run's parameters are stacked along a leading `layers` axis
   (`stack_layers`, one copy of the run's weights per call, which XLA frees after the scan)
-  and the layer is applied functionally per slice. Per-layer inputs (decode caches, routed
+  and the layer is applied functionally per slice. (Stacked parameters in the tree itself,
+  MaxText's layout, would save that copy but need a stack/unstack at every boundary that
+  names layers: HF, GGUF, official MSA, orbax, the engine's per-layer programs, router
+  training.) Per-layer inputs (decode caches, routed
   blocks) are stacked the same way and per-layer outputs unstacked, so every method keeps its
   per-layer signature. Creating parameters and `capture_intermediates` (which need one module
   per layer) unroll; `remat` checkpoints the scan body (no CSE barrier: the scan is one
@@ -604,7 +608,7 @@ class MSATransformer(LayerStack):
   Parameter paths are the backbone's (`embed`, `layers_{i}/...`, `final_norm`, `lm_head`) plus
   `layers_{i}/attn/router_{q,k}_proj` (kernel, and bias with `router_bias`) in router layers
   (decoupled mode) and `aux_bias` for the BCE aux loss, so a backbone checkpoint loads into it
-  unchanged.
+  unchanged. `scan_layers` scans runs of alike layers (see `LayerStack`); the tree is the same.
 
   `__call__` is the training forward. The inference engine runs the same layers in stages
   (`LayerStack`'s methods plus `document_memory`, stage 1, and `routing_queries`).

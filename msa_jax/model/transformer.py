@@ -34,6 +34,7 @@ class Transformer(msa.LayerStack):
 
   Its layers are `MSADecoderLayer`s without a router (the same block as the MSA model's), and
   it has `LayerStack`'s staged methods, which generation (`msa_jax.inference.decode`) runs.
+  `scan_layers` scans its layers as one run (see `LayerStack`; same parameters, same math).
   """
 
   config: ModelConfig
