@@ -172,19 +172,23 @@ def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, qu
       return s.reshape(n, c)
     return jax.vmap(one)(rq, query_mask, keys, chunks)
 
+  # The masks are arguments, not closed over: under a scan over layers the backward is traced
+  # outside the forward's scope, where a closed-over tracer would have escaped.
   @jax.custom_vjp
-  def scores(rq, keys):
+  def scores(rq, keys, query_mask, chunks):
     return kernel(rq, query_mask, keys, chunks)
 
-  def fwd(rq, keys):
-    return kernel(rq, query_mask, keys, chunks), (rq, keys)
+  def fwd(rq, keys, query_mask, chunks):
+    return kernel(rq, query_mask, keys, chunks), (rq, keys, query_mask, chunks)
 
   def bwd(res, g):
-    _, vjp = jax.vjp(lambda q, k: routing.chunk_scores(q, query_mask, k, chunks, **kw), *res)
-    return vjp(g)
+    rq, keys, query_mask, chunks = res
+    _, vjp = jax.vjp(lambda q, k: routing.chunk_scores(q, query_mask, k, chunks, **kw),
+                     rq, keys)
+    return vjp(g) + (None, None)
 
   scores.defvjp(fwd, bwd)
-  return scores(rq, keys)
+  return scores(rq, keys, query_mask, chunks)
 
 
 @flax.struct.dataclass
@@ -452,9 +456,8 @@ class LayerStack(nn.Module):
   and the layer is applied functionally per slice. (Stacked parameters in the tree itself,
   MaxText's layout, would save that copy but need a stack/unstack at every boundary that
   names layers: HF, GGUF, official MSA, orbax, the engine's per-layer programs, router
-  training.) Per-layer inputs (decode caches, routed
-  blocks) are stacked the same way and per-layer outputs unstacked, so every method keeps its
-  per-layer signature. Creating parameters and `capture_intermediates` (which need one module
+  training.) Per-layer inputs (decode caches, routed blocks) are stacked the same way and
+  per-layer outputs unstacked, so every method keeps its per-layer signature. Creating parameters and `capture_intermediates` (which need one module
   per layer) unroll; `remat` checkpoints the scan body (no CSE barrier: the scan is one
   already).
   """
@@ -502,7 +505,7 @@ class LayerStack(nn.Module):
 
     def body(carry, layer_xs):
       p, x = layer_xs
-      return layer.apply({"params": p}, carry, x, method=lambda m, c, x: fn(m, c, x))
+      return layer.apply({"params": p}, carry, x, method=fn)
 
     if first.msa.remat:
       body = jax.checkpoint(body, prevent_cse=False)
