@@ -22,7 +22,8 @@ def retrieval_config(kind: str, path: str, *, train_split: str, eval_split: str 
       # "smollm2" | a .gguf file | a HF checkpoint dir (e.g. Qwen3-0.6B); None: random init of
       # `preset` (vocab from the tokenizer). With a checkpoint, preset "" takes its architecture
       # (a preset name must match it). num_layers: keep only the first layers (None: all).
-      checkpoint="smollm2", preset="", num_layers=None))
+      # scan_layers: compile one layer per run of alike layers (False: unroll them).
+      checkpoint="smollm2", preset="", num_layers=None, scan_layers=True))
   c.model.num_layers = ml_collections.FieldReference(None, field_type=int)
   c.msa = ml_collections.ConfigDict(dict(
       router_layers="upper_half", top_k=4, chunk_size=32, decouple_router=True,

@@ -15,6 +15,13 @@ cache off so that every compile is real):
                               answered (8 tokens): the engine's compiles dominate.
 
 --quick uses the `tiny` preset's train step with 2 layers and SmolLM2's first 2 layers.
+
+The model scans runs of alike layers (`LayerStack.scan_layers`); `train_step_compile(...,
+scan_layers=False)` unrolls them, the former way. Before / after on the shared 2-core machine
+at load average 14-19, one fresh process per measurement, interleaved (process CPU seconds of
+lower + compile): qwen3_4b cut to 8 layers 30.6 -> 29.6; all 36 layers 145.0 -> 53.9 (wall 813 -> 289-296 s); SmolLM2-MSA
+first question 16.3, 15.8 -> 9.8 CPU s (wall 105.6, 100.3 -> 69.7, 39.2 s). WORKSPACE.md
+(Benchmarks) has the table.
 """
 
 from __future__ import annotations
@@ -53,13 +60,16 @@ def abstract_batch(batch: int, docs: int, doc_len: int, prompt_len: int) -> MSAB
                   route_labels=i32(batch, docs))
 
 
-def train_step_compile(preset: str, num_layers: int | None = None) -> tuple[float, float]:
-  """(lowering s, compile s) of one train step of `preset` with MSA, from abstract shapes."""
+def train_step_compile(preset: str, num_layers: int | None = None,
+                       scan_layers: bool = True) -> tuple[float, float]:
+  """(lowering s, compile s) of one train step of `preset` with MSA, from abstract shapes
+  (`scan_layers=False`: the layers unrolled, the former way)."""
   cfg = get_preset(preset)
   if num_layers:
     cfg = cfg.replace(num_layers=num_layers)
   msa = MSAConfig(top_k=2, chunk_size=32, kernel_impl="xla")
-  model = MSATransformer(cfg, msa, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  model = MSATransformer(cfg, msa, dtype=jnp.bfloat16, param_dtype=jnp.float32,
+                         scan_layers=scan_layers)
   tx = optim_lib.make_optimizer({})
   state = step_lib.abstract_train_state(model, tx)
   train_step = step_lib.make_train_step(model, cfg, msa, tx, donate=False)

@@ -111,8 +111,13 @@ def check_model_config(cfg: ml_collections.ConfigDict) -> None:
 
 def build_model(cfg: ml_collections.ConfigDict, vocab_size: int):
   """(model config, MSA config, MSATransformer) of a training config: compute in `dtype`,
-  parameters in float32."""
+  parameters in float32, layers scanned unless `model.scan_layers` is False (the same math
+  and parameter tree; see `LayerStack`)."""
   model_cfg = model_config(cfg, vocab_size)
   msa = msa_config(cfg, model_cfg.num_layers)
   dtype = dtype_from_name(cfg.dtype)
-  return model_cfg, msa, MSATransformer(model_cfg, msa, dtype=dtype, param_dtype=jnp.float32)
+  scan = cfg.model.get("scan_layers", True)
+  if not isinstance(scan, bool):
+    raise UserError(f"model.scan_layers must be True or False, got {scan!r}")
+  return model_cfg, msa, MSATransformer(model_cfg, msa, dtype=dtype, param_dtype=jnp.float32,
+                                        scan_layers=scan)

@@ -15,6 +15,7 @@ The selection is discrete: routing parameters learn only through the aux loss.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -393,24 +394,104 @@ def prefill_cache(kv: attention.KVCache, num_slots: int) -> attention.KVCache:
   return attention.KVCache(*(jnp.pad(a.transpose(0, 2, 1, 3), pad) for a in kv))
 
 
+def _runs(ids, key) -> list[list[int]]:
+  """`ids` split into maximal runs of consecutive layers with equal `key(i)`."""
+  runs = []
+  for i in ids:
+    if runs and key(runs[-1][-1]) == key(i):
+      runs[-1].append(i)
+    else:
+      runs.append([i])
+  return runs
+
+
+def stack_layers(trees: list):
+  """Per-layer pytrees of one structure -> one pytree, each leaf stacked on a new leading
+  `layers` axis (None leaves stay None)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack_layers(tree, n: int) -> list:
+  """`stack_layers`' inverse: the n per-layer pytrees."""
+  return [jax.tree.map(lambda a: a[j], tree) for j in range(n)]
+
+
 class LayerStack(nn.Module):
   """What the backbone and the MSA model share: embedding, a list of `MSADecoderLayer`s
   (`layers_{i}`), final norm and LM head (subclasses build them in `setup`), and the staged
   methods that inference calls with `model.apply(variables, ..., method=...)`:
   `embed_tokens`, `prompt_layers` (the prompt stream through a range of layers, over routed
   blocks, with a decode cache), `head` and `decode_step` (one program step of the single
-  KV-cached decode loop, `msa_jax.inference.decode`). Every loop over layers is
-  `_layer_range`, so a scan over layers can replace it in one place.
+  KV-cached decode loop, `msa_jax.inference.decode`).
+
+  Every loop over layers is `_layer_range`. With `scan_layers` (the subclasses' field, on by
+  default) it runs each homogeneous run of two or more layers (the same kind of layer, doing
+  the same thing) as one `jax.lax.scan`, so the layers' math is traced and compiled once per
+  run, not once per layer; what still grows with depth is per-parameter work (stacking each
+  layer's weights, an optimizer's update per parameter). Off, it unrolls the layers (the same
+  math; tests/test_scan_layers.py tests the two equal).
+
+  Parameter layout: the tree keeps one `layers_{i}` subtree per layer, the checkpoint layout
+  (HF, GGUF, official MSA and orbax name the same paths), so nothing outside the model sees
+  the scan. Inside a program, a run's parameters are stacked along a leading `layers` axis
+  (`stack_layers`, one copy of the run's weights per call, which XLA frees after the scan)
+  and the layer is applied functionally per slice. (Stacked parameters in the tree itself,
+  MaxText's layout, would save that copy but need a stack/unstack at every boundary that
+  names layers: HF, GGUF, official MSA, orbax, the engine's per-layer programs, router
+  training.) Per-layer inputs (decode caches, routed blocks) are stacked the same way and
+  per-layer outputs unstacked, so every method keeps its per-layer signature. Creating parameters and `capture_intermediates` (which need one module
+  per layer) unroll; `remat` checkpoints the scan body (no CSE barrier: the scan is one
+  already).
   """
 
-  def _layer_range(self, start: int, stop: int, fn, carry, per_layer=None):
-    """carry, out_i = fn(i, layer i, carry, per_layer[i]) for layers start..stop-1 in order;
-    returns (carry, [out_i])."""
+  def _scans(self) -> bool:
+    """Scan unless creating parameters (`init`, or `apply` with "params" mutable, as
+    `loading.pretrained.init_missing` does) or capturing intermediates per layer module."""
+    return (self.scan_layers and not self.is_initializing()
+            and not self.is_mutable_collection("params")
+            and not self.is_mutable_collection("intermediates"))
+
+  def _layer_range(self, start: int, stop: int, fn, carry, per_layer=None, kind=None):
+    """carry, out_i = fn(kind(i), layer i, carry, per_layer(i)) for layers start..stop-1 in
+    order; returns (carry, [out_i]).
+
+    `fn` may depend on the layer index only through the static `kind(i)` (default None) and
+    on its per-layer input `per_layer(i)` (a pytree, default None): consecutive layers of the
+    same kind (router or not, and `kind`) are scanned with `scan_layers`.
+    """
+    kind = kind or (lambda i: None)
+    per_layer = per_layer or (lambda i: None)
     outs = []
-    for i in range(start, stop):
-      carry, out = fn(i, self.layers[i], carry, None if per_layer is None else per_layer[i])
-      outs.append(out)
+    if not self._scans():
+      for i in range(start, stop):
+        carry, out = fn(kind(i), self.layers[i], carry, per_layer(i))
+        outs.append(out)
+      return carry, outs
+    for ids in _runs(range(start, stop), lambda i: (self.layers[i].is_router, kind(i))):
+      if len(ids) == 1:
+        carry, out = fn(kind(ids[0]), self.layers[ids[0]], carry, per_layer(ids[0]))
+        outs.append(out)
+        continue
+      carry, stacked = self._scan_run(ids, functools.partial(fn, kind(ids[0])), carry,
+                                      stack_layers([per_layer(i) for i in ids]))
+      outs += unstack_layers(stacked, len(ids))
     return carry, outs
+
+  def _scan_run(self, ids, fn, carry, xs):
+    """fn(layer, carry, x) over the layers `ids` (all alike) as one scan over their stacked
+    parameters and the stacked per-layer inputs `xs`."""
+    first = self.layers[ids[0]]
+    layer = MSADecoderLayer(first.config, first.msa, first.is_router, dtype=first.dtype,
+                            param_dtype=first.param_dtype, parent=None)
+    params = stack_layers([self.variables["params"][f"layers_{i}"] for i in ids])
+
+    def body(carry, layer_xs):
+      p, x = layer_xs
+      return layer.apply({"params": p}, carry, x, method=fn)
+
+    if first.msa.remat:
+      body = jax.checkpoint(body, prevent_cse=False)
+    return jax.lax.scan(body, carry, (params, xs))
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     """Token ids [..., T] -> embeddings [..., T, E] in the compute dtype."""
@@ -445,10 +526,13 @@ class LayerStack(nn.Module):
     """
     memory = memory or {}
 
-    def step(i, layer, x, layer_cache):
-      return layer.prompt(x, positions, own, memory.get(i), memory_visible, layer_cache, slot)
+    def step(_, layer, x, cache_and_memory):
+      layer_cache, blocks = cache_and_memory
+      return layer.prompt(x, positions, own, blocks, memory_visible, layer_cache, slot)
 
-    return self._layer_range(start, stop, step, x, cache)
+    return self._layer_range(
+        start, stop, step, x, lambda i: (None if cache is None else cache[i], memory.get(i)),
+        kind=lambda i: i in memory)
 
   def document_states(self, doc_tokens, doc_lengths, doc_positions,
                       layer_ids: tuple[int, ...]) -> dict[int, jax.Array]:
@@ -456,13 +540,15 @@ class LayerStack(nn.Module):
     `layer_ids` (what a router's key projection reads) of b documents [b, G]."""
     last = max(layer_ids)
 
-    def step(i, layer, docs, _):
-      state = layer.input_norm(docs[0]) if i in layer_ids else None
-      if i < last:
+    def step(kind, layer, docs, _):
+      wanted, before_last = kind
+      state = layer.input_norm(docs[0]) if wanted else None
+      if before_last:
         docs, _ = layer.docs(docs, doc_positions[None], doc_lengths[None])
       return docs, state
 
-    _, states = self._layer_range(0, last + 1, step, self.embed_tokens(doc_tokens)[None])
+    _, states = self._layer_range(0, last + 1, step, self.embed_tokens(doc_tokens)[None],
+                                  kind=lambda i: (i in layer_ids, i < last))
     return {i: x for i, x in enumerate(states) if x is not None}
 
   def prompt_states(self, tokens, positions, mask,
@@ -471,13 +557,15 @@ class LayerStack(nn.Module):
     without memory, the tokens seeing each other under `mask` [B or 1, T, T]."""
     last = max(layer_ids)
 
-    def step(i, layer, x, _):
-      state = layer.input_norm(x) if i in layer_ids else None
-      if i < last:
+    def step(kind, layer, x, _):
+      wanted, before_last = kind
+      state = layer.input_norm(x) if wanted else None
+      if before_last:
         x, _ = layer.backbone(x, positions, mask)
       return x, state
 
-    _, states = self._layer_range(0, last + 1, step, self.embed_tokens(tokens))
+    _, states = self._layer_range(0, last + 1, step, self.embed_tokens(tokens),
+                                  kind=lambda i: (i in layer_ids, i < last))
     return {i: x for i, x in enumerate(states) if x is not None}
 
   def decode_step(self, tokens, positions, own: attention.OwnSlots, cache, slot,
@@ -505,7 +593,7 @@ class MSATransformer(LayerStack):
   Parameter paths are the backbone's (`embed`, `layers_{i}/...`, `final_norm`, `lm_head`) plus
   `layers_{i}/attn/router_{q,k}_proj` (kernel, and bias with `router_bias`) in router layers
   (decoupled mode) and `aux_bias` for the BCE aux loss, so a backbone checkpoint loads into it
-  unchanged.
+  unchanged. `scan_layers` scans runs of alike layers (see `LayerStack`); the tree is the same.
 
   `__call__` is the training forward. The inference engine runs the same layers in stages
   (`LayerStack`'s methods plus `document_memory`, stage 1, and `routing_queries`).
@@ -515,6 +603,7 @@ class MSATransformer(LayerStack):
   msa: MSAConfig = MSAConfig()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  scan_layers: bool = True
 
   def setup(self):
     self._build(self.msa, self.msa.router_layer_ids(self.config.num_layers))
@@ -531,7 +620,7 @@ class MSATransformer(LayerStack):
     stream up to the last router layer -> {router layer: MemoryBlocks [b, C, ...]}."""
     last = max(self.msa.router_layer_ids(self.config.num_layers))
 
-    def step(i, layer, docs, _):
+    def step(_, layer, docs, __):
       return layer.docs(docs, doc_positions[None], doc_lengths[None])
 
     _, mems = self._layer_range(0, last + 1, step, self.embed_tokens(doc_tokens)[None])
@@ -552,7 +641,7 @@ class MSATransformer(LayerStack):
     doc_lengths = batch.doc_lengths.astype(jnp.int32)
     memory_index = batch.memory_index.astype(jnp.int32)
 
-    def step(i, layer, carry, _):
+    def step(_, layer, carry, __):
       docs, x = carry
       docs, x, route = layer(docs, doc_positions, doc_lengths, x, batch.positions, token_mask,
                              query_mask, memory_index)

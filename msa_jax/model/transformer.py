@@ -34,11 +34,13 @@ class Transformer(msa.LayerStack):
 
   Its layers are `MSADecoderLayer`s without a router (the same block as the MSA model's), and
   it has `LayerStack`'s staged methods, which generation (`msa_jax.inference.decode`) runs.
+  `scan_layers` scans its layers as one run (see `LayerStack`; same parameters, same math).
   """
 
   config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  scan_layers: bool = True
 
   def setup(self):
     self._build(_NO_MSA, ())
@@ -61,11 +63,12 @@ class Transformer(msa.LayerStack):
         raise ValueError("segment_ids are not supported together with a KV cache")
       mask = attention.cache_mask(cache_index, t, cache[0].k.shape[1])
 
-    def step(i, layer, x, layer_cache):
+    def step(_, layer, x, layer_cache):
       return layer.backbone(x, positions, mask, layer_cache, cache_index)
 
     x = nn.with_logical_constraint(self.embed_tokens(tokens), ("batch", "length", "embed"))
-    x, new_cache = self._layer_range(0, cfg.num_layers, step, x, cache)
+    x, new_cache = self._layer_range(0, cfg.num_layers, step, x,
+                                     None if cache is None else lambda i: cache[i])
     return self.head(x), (None if cache is None else tuple(new_cache))
 
   def example_inputs(self) -> tuple[jax.Array]:
