@@ -94,10 +94,10 @@ def test_train_refuses_a_bad_model_config_before_loading_data(tmp_path, monkeypa
 def test_cosine_routing_is_explicit_routing_math():
   """Unset, cosine routing follows the official rule (InfoNCE family: cosine; BCE: dot
   products). Set, the loss no longer changes how documents are scored at inference."""
-  assert MSAConfig(aux_loss="infonce").normalize_routing
-  assert not MSAConfig(aux_loss="bce").normalize_routing
-  assert MSAConfig(aux_loss="bce", cosine_routing=True).normalize_routing
-  assert not MSAConfig(aux_loss="infonce", cosine_routing=False).normalize_routing
+  assert MSAConfig(aux_loss="infonce").arch.cosine_routing
+  assert not MSAConfig(aux_loss="bce").arch.cosine_routing
+  assert MSAConfig(aux_loss="bce", cosine_routing=True).arch.cosine_routing
+  assert not MSAConfig(aux_loss="infonce", cosine_routing=False).arch.cosine_routing
   assert bank.msa_fields({"cosine_routing": False}) == {"cosine_routing": False}
   assert bank.msa_fields({"cosine_routing": None}) == {}
   batch = make_batch()
@@ -110,7 +110,7 @@ def test_cosine_routing_is_explicit_routing_math():
 
   infonce = scores(base)
   same = scores(base.replace(aux_loss="bce", cosine_routing=True))
-  dot = scores(base.replace(aux_loss="bce"))
+  dot = scores(MSAConfig(top_k=2, chunk_size=3, aux_loss="bce"))
   for i in infonce:
     np.testing.assert_array_equal(same[i], infonce[i])
     assert not np.allclose(dot[i], infonce[i])

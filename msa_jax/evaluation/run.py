@@ -113,7 +113,7 @@ def make_task(data: retrieval.RetrievalData, tokenizer, train: ml_collections.Co
   spec = retrieval.RetrievalSpec(
       batch_size=1, docs_per_sample=1, doc_tokens=d.doc_tokens, prompt_tokens=d.prompt_tokens,
       max_positives=1, head=t.head, question_prefix=t.question_prefix,
-      answer_marker=t.answer_marker, position_offset=train.msa.top_k, seed=d.seed)
+      answer_marker=t.answer_marker, position_offset=train.msa.arch.top_k, seed=d.seed)
   return retrieval.RetrievalTask(data, tokenizer, spec)
 
 
@@ -220,7 +220,7 @@ def prepare_bank(path: Path, managed: bool, trained: restore.TrainedModel, dtype
     BankError: an unmanaged bank from another model, or holding other documents.
   """
   cfg, msa, params = trained.model_config, trained.msa, trained.params
-  fingerprint = engine_lib.bank_fingerprint(cfg, msa, params, dtype)
+  fingerprint = engine_lib.bank_fingerprint(cfg, msa.arch, params, dtype)
   metadata = {"documents": documents_digest(doc_ids, tokens), "num_docs": len(doc_ids),
               "doc_tokens": max_tokens}
   try:
@@ -275,7 +275,7 @@ class ScoringEngine(engine_lib.MSAEngine):
     scores = result.doc_scores
     if self.members is not None and not self.members.all():
       scores = jnp.where(jnp.asarray(self.members)[None], scores, -jnp.inf)
-      k = min(self.msa.top_k, int(self.members.sum()))
+      k = min(self.msa.arch.top_k, int(self.members.sum()))
       keys = jnp.where(jnp.asarray(self.members)[None], bank_routing.sort_keys(scores),
                        jnp.iinfo(jnp.int32).min)
       _, idx = jax.lax.top_k(keys, k)  # ties: the lower index first, as `route`

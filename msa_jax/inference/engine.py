@@ -40,7 +40,7 @@ from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
 from msa_jax.model.batch import prompt_positions
-from msa_jax.model.config import ModelConfig, MSAConfig
+from msa_jax.model.config import ModelConfig, MSAArch, MSAConfig
 from msa_jax.model.msa import MSATransformer, RoutedBlocks
 from msa_jax.validation import format_duration
 
@@ -55,8 +55,14 @@ Dtype = Any
 TRACES: collections.Counter = collections.Counter()
 
 
+def inference_msa(msa: MSAConfig) -> MSAConfig:
+  """The parts of `msa` that inference reads: architecture and runtime (the loss part is the
+  default), so a loss setting can neither change inference nor compile another program."""
+  return MSAConfig(arch=msa.arch, runtime=msa.runtime)
+
+
 def _model(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype) -> MSATransformer:
-  return MSATransformer(cfg, msa, dtype=dtype)
+  return MSATransformer(cfg, inference_msa(msa), dtype=dtype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -101,7 +107,7 @@ def _router_layer_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, next_querie
   [(k, v)], the next router layer's routing queries or None): one router layer over its
   memory. Every router layer followed by a router layer (or by none) runs the same program,
   compiled once, where a `_segment_fn` per layer would compile one program per layer."""
-  layer = msa_lib.MSADecoderLayer(cfg, msa, True, dtype=dtype)
+  layer = msa_lib.MSADecoderLayer(cfg, msa.arch, True, msa.runtime.kernel_impl, dtype=dtype)
 
   def run(p, p_next, x, positions, own, memory, sees_memory):
     TRACES["router_layer"] += 1
@@ -144,9 +150,10 @@ def _head_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, num_slots: int):
 # --------------------------------------------------------------------------------------------
 
 
-def bank_fingerprint(cfg: ModelConfig, msa: MSAConfig, params, dtype: Dtype) -> dict:
-  """What a bank's contents depend on: the model and MSA configs and the parameters that the
-  document stream reads (embedding and layers up to the last router layer).
+def bank_fingerprint(cfg: ModelConfig, msa: MSAArch, params, dtype: Dtype) -> dict:
+  """What a bank's contents depend on: the model config, the MSA architecture (`msa.arch`;
+  loss and runtime settings do not change a bank) and the parameters that the document
+  stream reads (embedding and layers up to the last router layer).
 
   The parameter digest hashes every such tensor's shape and up to 65,536 evenly strided
   values, so any other checkpoint (or a fine-tuned one) is told apart at little cost.
@@ -162,8 +169,9 @@ def bank_fingerprint(cfg: ModelConfig, msa: MSAConfig, params, dtype: Dtype) -> 
       digest.update(f"{name}{jax.tree_util.keystr(path)}{leaf.shape}".encode())
       digest.update(np.ascontiguousarray(sample).tobytes())
   model = {k: v for k, v in dataclasses.asdict(cfg).items()}
+  # `normalize_routing` is `cosine_routing` under the name banks written before have recorded.
   return dict(model=model, router_layers=list(router_ids), chunk_size=msa.chunk_size,
-              decouple_router=msa.decouple_router, normalize_routing=msa.normalize_routing,
+              decouple_router=msa.decouple_router, normalize_routing=msa.cosine_routing,
               compute_dtype=jnp.dtype(dtype).name, params=digest.hexdigest())
 
 
@@ -242,14 +250,14 @@ def encode_documents(cfg: ModelConfig, msa: MSAConfig, params, doc_tokens: Seque
   starts = np.zeros(m, np.int64) if position_starts is None else np.asarray(position_starts)
   if starts.shape != (m,):
     raise ValueError(f"position_starts must have shape ({m},), got {starts.shape}")
-  fn = _encode_fn(cfg, msa, jnp.dtype(dtype), jnp.dtype(jnp.float32))
+  fn = _encode_fn(cfg, inference_msa(msa), jnp.dtype(dtype), jnp.dtype(jnp.float32))
   parts, start, tokens = [], time.perf_counter(), 0
   every = max(1, (m // batch_size) // 10) * batch_size
   for lo in range(0, m, batch_size):
     hi = min(lo + batch_size, m)
     parts.append(_encode_batch(fn, params, doc_tokens[lo:hi], starts[lo:hi],
                                max_tokens=max_tokens, batch_size=batch_size,
-                               chunk_size=msa.chunk_size))
+                               chunk_size=msa.arch.chunk_size))
     tokens += int(parts[-1][0].sum())
     if progress is not None and (hi == m or hi % every == 0):
       print(progress_line("encode", hi, m, tokens, time.perf_counter() - start), file=progress,
@@ -258,7 +266,7 @@ def encode_documents(cfg: ModelConfig, msa: MSAConfig, params, doc_tokens: Seque
     shape = (0, cfg.num_kv_heads, cfg.head_dim)
     return (np.zeros(0, np.int64), np.zeros(0, np.int64),
             {i: {n: np.zeros(shape, np.float32) for n in ("keys", "k", "v")}
-             for i in msa.router_layer_ids(cfg.num_layers)})
+             for i in msa.arch.router_layer_ids(cfg.num_layers)})
   return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
           _concat_arrays([p[2] for p in parts]))
 
@@ -269,9 +277,9 @@ def create_bank(path, cfg: ModelConfig, msa: MSAConfig, params, *, dtype: Dtype 
   """An empty bank whose fingerprint ties it to this model (`staged`: built beside the bank at
   `path`, published by `MemoryBank.publish`)."""
   return MemoryBank.create(
-      path, fingerprint=bank_fingerprint(cfg, msa, params, dtype),
-      layer_ids=msa.router_layer_ids(cfg.num_layers), num_kv_heads=cfg.num_kv_heads,
-      head_dim=cfg.head_dim, chunk_size=msa.chunk_size, dtype=bank_dtype, overwrite=overwrite,
+      path, fingerprint=bank_fingerprint(cfg, msa.arch, params, dtype),
+      layer_ids=msa.arch.router_layer_ids(cfg.num_layers), num_kv_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim, chunk_size=msa.arch.chunk_size, dtype=bank_dtype, overwrite=overwrite,
       metadata=metadata, staged=staged)
 
 
@@ -329,7 +337,7 @@ def encode_corpus(bank: MemoryBank, cfg: ModelConfig, msa: MSAConfig, params,
       raise BankError(f"{len(dup)} document ids are already in the bank, e.g. {dup[0]!r}; "
                       "remove them first")
   docs = zip(doc_ids, doc_tokens, itertools.repeat(None) if texts is None else texts)
-  fn = _encode_fn(cfg, msa, jnp.dtype(dtype), jnp.dtype(bank.dtype))
+  fn = _encode_fn(cfg, inference_msa(msa), jnp.dtype(dtype), jnp.dtype(bank.dtype))
   start = last_commit = last_line = time.perf_counter()
   done = tokens = committed = commits = shown = 0
   pending: list[tuple[list, list, tuple]] = []
@@ -354,7 +362,8 @@ def encode_corpus(bank: MemoryBank, cfg: ModelConfig, msa: MSAConfig, params,
     if empty:
       raise ValueError(f"document {empty[0]!r} has no tokens")
     out = _encode_batch(fn, params, [t for _, t, _ in batch], np.zeros(len(batch), np.int64),
-                        max_tokens=max_tokens, batch_size=batch_size, chunk_size=msa.chunk_size)
+                        max_tokens=max_tokens, batch_size=batch_size,
+                        chunk_size=msa.arch.chunk_size)
     pending.append(([d for d, _, _ in batch], [t for _, _, t in batch], out))
     done += len(batch)
     tokens += int(out[0].sum())
@@ -457,12 +466,13 @@ class MSAEngine:
   prefill in one jitted segment per router layer (the layer reading its routed memory, the
   layers up to the next router layer and that layer's routing queries; one program shared by
   every router layer followed by a router layer), with routing against the bank between
-  segments; generation in `decode.decode_loop`. With `msa.kernel_impl`
+  segments; generation in `decode.decode_loop`. With `msa.runtime.kernel_impl`
   resolving to Pallas, router layers attend to their routed blocks with the block-sparse
   kernel (interpret mode off GPU).
 
   Args:
-    config, msa, params: the model (its fingerprint must match the bank's).
+    config, msa, params: the model (its fingerprint must match the bank's). The engine keeps
+      `msa`'s architecture and runtime parts (`inference_msa`) as `self.msa`.
     bank: an opened `MemoryBank`.
     dtype: compute dtype.
     mesh: a mesh with a `memory` axis to shard the routing keys over (Memory Parallel), or
@@ -474,13 +484,14 @@ class MSAEngine:
   def __init__(self, config: ModelConfig, msa: MSAConfig, params, bank: MemoryBank, *,
                dtype: Dtype = jnp.float32, mesh=None, tile_chunks: int = 512,
                check_fingerprint: bool = True):
+    msa = inference_msa(msa)
     self.config, self.msa, self.params, self.bank = config, msa, params, bank
     self.dtype = jnp.dtype(dtype)
     self.mesh = mesh
     self.tile_chunks = tile_chunks
-    self.router_ids = msa.router_layer_ids(config.num_layers)
+    self.router_ids = msa.arch.router_layer_ids(config.num_layers)
     if check_fingerprint:
-      expected = bank_fingerprint(config, msa, params, self.dtype)
+      expected = bank_fingerprint(config, msa.arch, params, self.dtype)
       diff = fingerprint_diff(bank.fingerprint, expected)
       if diff:
         raise BankError(f"bank {bank.path} was encoded with another model or config: "
@@ -510,10 +521,11 @@ class MSAEngine:
     if self.bank.num_docs == 0:
       raise BankError(f"bank {self.bank.path} is empty: add documents before asking questions")
     keys, chunk_doc = self._routing_keys(layer)
-    kw = dict(top_k=self.msa.top_k, scale=self.msa.routing_scale(self.config.head_dim),
-              head_reduce=self.msa.head_reduce, query_reduce=self.msa.query_reduce,
-              chunk_reduce=self.msa.chunk_reduce, tile_chunks=self.tile_chunks,
-              kernel_impl=self.msa.kernel_impl)
+    arch = self.msa.arch
+    kw = dict(top_k=arch.top_k, scale=arch.routing_scale(self.config.head_dim),
+              head_reduce=arch.head_reduce, query_reduce=arch.query_reduce,
+              chunk_reduce=arch.chunk_reduce, tile_chunks=self.tile_chunks,
+              kernel_impl=self.msa.runtime.kernel_impl)
     rq = rq.astype(self.bank.dtype)  # a bfloat16 bank routes in bfloat16
     if self.mesh is not None:
       return bank_routing.route_sharded(self.mesh, rq, query_mask, keys, chunk_doc,
