@@ -113,7 +113,7 @@ def make_task(data: retrieval.RetrievalData, tokenizer, train: ml_collections.Co
   spec = retrieval.RetrievalSpec(
       batch_size=1, docs_per_sample=1, doc_tokens=d.doc_tokens, prompt_tokens=d.prompt_tokens,
       max_positives=1, head=t.head, question_prefix=t.question_prefix,
-      answer_marker=t.answer_marker, position_offset=train.msa.arch.top_k, seed=d.seed)
+      answer_marker=t.answer_marker, position_offset=train.msa.top_k, seed=d.seed)
   return retrieval.RetrievalTask(data, tokenizer, spec)
 
 

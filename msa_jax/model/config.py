@@ -247,6 +247,8 @@ _PARTS = {"arch": MSAArch, "loss": MSALoss, "runtime": MSARuntime}
 # `cosine_routing` may be None ("as the aux loss"); MSAArch holds it resolved.
 FIELD_PARTS: dict[str, str] = {f.name: part for part, cls in _PARTS.items()
                                for f in dataclasses.fields(cls)}
+# The runtime fields: a run may change them on resume (they change neither parameters nor math).
+RUNTIME_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MSARuntime))
 FIELD_DEFAULTS: dict[str, object] = {
     **{f.name: f.default for cls in _PARTS.values() for f in dataclasses.fields(cls)},
     "cosine_routing": None}
