@@ -82,6 +82,7 @@ from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.loading import pretrained, restore
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
+from msa_jax.model.config import FIELD_DEFAULTS, split_msa_fields
 from msa_jax.tasks import synthetic as tasks_synthetic
 
 COMMANDS = ("encode", "ask")
@@ -181,16 +182,20 @@ class Model:
 def msa_fields(section) -> dict[str, Any]:
   """The MSAConfig fields a config's `msa` section sets to other than MSAConfig's defaults
   (what a bank records), router_layers / aux_layers "1,3" as a tuple of layer indices."""
-  defaults = {f.name: f.default for f in dataclasses.fields(MSAConfig)}
   out = {}
   for name, value in section.items():
+    if name not in FIELD_DEFAULTS:
+      try:
+        split_msa_fields({name: value})
+      except ValueError as e:
+        raise CliError(f"--config.msa.{name}: {e}") from None
     if name in ("router_layers", "aux_layers") and value not in ("all", "upper_half"):
       try:
         value = tuple(int(x) for x in str(value).strip("()").split(",") if x.strip())
       except ValueError:
         raise CliError(f"--config.msa.{name}={value!r}: expected 'all', 'upper_half' or layer "
                        "indices like '1,3'") from None
-    if value != defaults[name]:
+    if value != FIELD_DEFAULTS[name]:
       out[name] = value
   return out
 
@@ -391,7 +396,7 @@ def encode(config) -> MemoryBank | None:
   model = build_model(spec)
   _log(f"[encode] model {spec['kind']} ready in {time.perf_counter() - start:.1f}s "
        f"({model.config.num_layers} layers, router layers "
-       f"{list(model.msa.router_layer_ids(model.config.num_layers))})")
+       f"{list(model.msa.arch.router_layer_ids(model.config.num_layers))})")
   g = config.max_doc_tokens
   tokens = []
   for i, text in enumerate(texts):
@@ -405,7 +410,7 @@ def encode(config) -> MemoryBank | None:
   if plan == "continue":
     bank = MemoryBank.open(path, staged=True, verify=False)
     diff = fingerprint_diff(bank.fingerprint, json.loads(json.dumps(encode_lib.bank_fingerprint(
-        model.config, model.msa, model.params, jnp.float32))))
+        model.config, model.msa.arch, model.params, jnp.float32))))
     if diff and not config.overwrite:
       raise CliError(f"--config.bank={path}: its unfinished encoding was made with other "
                      f"parameters ({'; '.join(diff[:4])}); pass --config.overwrite=true to "
@@ -565,7 +570,7 @@ class AskSession:
     for name in ("question_prefix", "answer_marker"):
       if getattr(config, name) is not None:
         template[name] = getattr(config, name)
-    offset = model.msa.top_k  # the layout the model was built / trained with
+    offset = model.msa.arch.top_k  # the layout the model was built / trained with
     msa = model.msa if config.top_k is None else model.msa.replace(top_k=config.top_k)
     engine = engine_lib.MSAEngine(model.config, msa, model.params, bank)
     _log(f"[ask] ready in {time.perf_counter() - start:.1f}s ({bank.num_docs} documents); the "
@@ -626,7 +631,7 @@ class AskSession:
     if self.config.all_layers:
       _print_routed(self.bank, routed, indent)
     else:
-      _print_compact(self.bank, routed, indent, self.engine.msa.top_k)
+      _print_compact(self.bank, routed, indent, self.engine.msa.arch.top_k)
 
   def _plain(self, questions: list[str], first_number: int, real: int) -> list[dict]:
     tok = self.model.tokenizer

@@ -223,7 +223,8 @@ def ensure_bank(path: Path, trained, memory: Memory, config: ml_collections.Conf
   """
   cfg, msa, params = trained.model_config, trained.msa, trained.params
   dtype = jnp.dtype(config.dtype)
-  fingerprint = json.loads(json.dumps(encode_lib.bank_fingerprint(cfg, msa, params, dtype)))
+  fingerprint = json.loads(json.dumps(encode_lib.bank_fingerprint(cfg, msa.arch, params,
+                                                                  dtype)))
 
   def matches(bank: MemoryBank) -> bool:
     meta = bank.metadata if isinstance(bank.metadata, dict) else {}
@@ -473,7 +474,7 @@ def run(config: ml_collections.ConfigDict) -> list[dict]:
       bank, encode = ensure_bank(path, trained, memory, config)
       engine = TimedEngine(trained.model_config, trained.msa, trained.params, bank,
                            dtype=jnp.dtype(config.dtype))
-      answers, route_ms = ask(engine, memory.questions, tok, trained_top_k=trained.msa.top_k,
+      answers, route_ms = ask(engine, memory.questions, tok, trained_top_k=trained.msa.arch.top_k,
                               route_k=config.route_k, batch=config.question_batch,
                               id_digits=data.id_digits)
       for task, stats in summarize(answers).items():

@@ -151,7 +151,7 @@ def part_train_step(smoke: bool) -> dict:
   model = MSATransformer(cfg, msa, dtype=dtype)
   optimizer = make_optimizer({"learning_rate": 1e-4, "warmup_steps": 1, "total_steps": 100})
   state, _ = init_train_state(model, optimizer, jax.random.key(0))
-  step = make_train_step(model, cfg, msa, optimizer)
+  step = make_train_step(model, cfg, msa.loss, optimizer)
   batch = jax.device_put(_random_batch(cfg, b, n, g, t))
   start = time.perf_counter()
   state, metrics = step(state, batch)
@@ -188,7 +188,7 @@ def part_engine(smoke: bool) -> dict:
   q, t, new = (2, 16, 4) if smoke else (8, 512, 64)
   dtype = jnp.float32 if smoke else jnp.bfloat16
   params = init_params(MSATransformer(cfg, msa), jax.random.key(0))
-  per_doc = doc_tokens // msa.chunk_size
+  per_doc = doc_tokens // msa.arch.chunk_size
   docs = bank_tokens // doc_tokens
   chunks = docs * per_doc
   rng = np.random.default_rng(0)
@@ -201,7 +201,7 @@ def part_engine(smoke: bool) -> dict:
     content = rng.standard_normal(shape, dtype=np.float32).astype(bank.dtype)
     # Every router layer gets the same arrays (their values do not change the work).
     layer = {"keys": keys.astype(bank.dtype), "k": content, "v": content}
-    layers = {i: layer for i in msa.router_layer_ids(cfg.num_layers)}
+    layers = {i: layer for i in msa.arch.router_layer_ids(cfg.num_layers)}
     bank.add([f"d{i}" for i in range(docs)], None, [doc_tokens] * docs, [per_doc] * docs, layers)
     del layers, layer, keys, content
     bank = MemoryBank.open(os.path.join(tmp, "bank"))

@@ -128,11 +128,11 @@ def layer_ids(spec, num_layers: int, candidates) -> list:
 
 
 def router_layers(cfg: Any, msa: Any) -> list:
-  return layer_ids(msa.router_layers, cfg.num_layers, range(cfg.num_layers))
+  return layer_ids(msa.arch.router_layers, cfg.num_layers, range(cfg.num_layers))
 
 
 def aux_layers(cfg: Any, msa: Any) -> list:
-  return layer_ids(msa.aux_layers, cfg.num_layers, router_layers(cfg, msa))
+  return layer_ids(msa.loss.aux_layers, cfg.num_layers, router_layers(cfg, msa))
 
 
 # ---------------------------------------------------------------------------------- routing
@@ -153,15 +153,15 @@ def route(p: dict, cfg: Any, msa: Any, x_norm: np.ndarray, q: np.ndarray, querie
   """
   h, d = cfg.num_heads, cfg.head_dim
   rep = h // cfg.num_kv_heads
-  cosine = msa.aux_loss.startswith("infonce")
-  scale = 1.0 if (msa.decouple_router and cosine) else 1.0 / math.sqrt(d)
-  if msa.decouple_router:
+  cosine = msa.loss.aux_loss.startswith("infonce")
+  scale = 1.0 if (msa.arch.decouple_router and cosine) else 1.0 / math.sqrt(d)
+  if msa.arch.decouple_router:
     rq = np.einsum("te,ehd->thd", x_norm, p["router_q_proj"]["kernel"])
     rkeys = [chunk_means(np.einsum("le,ejd->ljd", xn, p["router_k_proj"]["kernel"]),
-                         msa.chunk_size) for xn in doc_norm]
+                         msa.arch.chunk_size) for xn in doc_norm]
   else:
     rq = q
-    rkeys = [chunk_means(k, msa.chunk_size) for k in doc_k]
+    rkeys = [chunk_means(k, msa.arch.chunk_size) for k in doc_k]
   if cosine:
     rq = l2_normalize(rq)
     rkeys = [[l2_normalize(c) for c in chunks] for chunks in rkeys]
@@ -172,14 +172,14 @@ def route(p: dict, cfg: Any, msa: Any, x_norm: np.ndarray, q: np.ndarray, querie
       per_query = []
       for t in queries:
         per_head = [float(rq[t, head] @ key[head // rep]) * scale for head in range(h)]
-        per_query.append(np.mean(per_head) if msa.head_reduce == "mean" else max(per_head))
-      if msa.query_reduce == "max":
+        per_query.append(np.mean(per_head) if msa.arch.head_reduce == "mean" else max(per_head))
+      if msa.arch.query_reduce == "max":
         chunk_scores.append(max(per_query))
-      elif msa.query_reduce == "mean":
+      elif msa.arch.query_reduce == "mean":
         chunk_scores.append(np.mean(per_query))
       else:  # "last": the last routing-query token
         chunk_scores.append(per_query[-1])
-    scores.append(max(chunk_scores) if msa.chunk_reduce == "max" else np.mean(chunk_scores))
+    scores.append(max(chunk_scores) if msa.arch.chunk_reduce == "max" else np.mean(chunk_scores))
   return np.array(scores)
 
 
@@ -244,13 +244,13 @@ def forward_sample(params: dict, cfg: Any, msa: Any, sample: dict,
     mem_k, mem_v = [], []
     if layer in routers:
       scores = route(ap, cfg, msa, xn, q, queries, doc_norm, doc_k)
-      chosen = top_k_docs(scores, msa.top_k)
+      chosen = top_k_docs(scores, msa.arch.top_k)
       if force_selection and layer in force_selection:
         chosen = list(force_selection[layer])
       result.doc_scores[layer], result.selected[layer] = scores, chosen
       for i in chosen:
-        mem_k += chunk_means(doc_k[i], msa.chunk_size)
-        mem_v += chunk_means(doc_v[i], msa.chunk_size)
+        mem_k += chunk_means(doc_k[i], msa.arch.chunk_size)
+        mem_v += chunk_means(doc_v[i], msa.arch.chunk_size)
     out = np.zeros((t_len, cfg.num_heads, cfg.head_dim))
     for t in range(t_len):
       if not real[t]:
@@ -283,21 +283,21 @@ def aux_loss_sample(msa: Any, scores: np.ndarray, labels: np.ndarray,
   """One sample's routing loss from its present documents' scores and 0/1 labels."""
   y = labels.astype(np.float64)
   n = len(scores)
-  method = msa.aux_loss
+  method = msa.loss.aux_loss
   if method == "bce":
     total = 0.0
     for j in range(n):
       sign = 1.0 if y[j] > 0 else -1.0
       total += -math.log(1.0 / (1.0 + math.exp(-(scores[j] + bias) * sign)))
     return total / n
-  tau = min(max(msa.temperature, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1])
+  tau = min(max(msa.loss.temperature, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1])
   z = scores / tau
   if method in ("infonce", "infonce_focal"):
     logp = log_softmax(z)
     total = 0.0
     for j in range(n):
       if y[j] > 0:
-        w = (1.0 - math.exp(logp[j])) ** msa.focal_gamma if method == "infonce_focal" else 1.0
+        w = (1.0 - math.exp(logp[j])) ** msa.loss.focal_gamma if method == "infonce_focal" else 1.0
         total += -w * logp[j] * y[j]
     return total / max(y.sum(), 1.0)
   # Decoupled: each positive competes with the negatives only (max-shifted, +1e-10 in logs).
@@ -311,7 +311,7 @@ def aux_loss_sample(msa: Any, scores: np.ndarray, labels: np.ndarray,
       total += -(z[j] - z.max() - math.log(e[j] + neg + 1e-10)) * y[j]
     else:  # infonce_decouple_focal
       p = e[j] / (e[j] + neg)
-      total += -((1.0 - p) ** msa.focal_gamma) * math.log(p + 1e-10) * y[j]
+      total += -((1.0 - p) ** msa.loss.focal_gamma) * math.log(p + 1e-10) * y[j]
   if method == "infonce_decouple":
     return total / max(y.sum(), 1.0)
   return total / (y.sum() + 1e-6)
@@ -333,7 +333,7 @@ def losses(results: list, samples: list, params: dict, cfg: Any, msa: Any) -> di
       nll += -log_softmax(res.logits[t])[target]
       count += 1
   lm = nll / count if count else 0.0
-  bias = float(params["aux_bias"]) if msa.aux_loss == "bce" else None
+  bias = float(params["aux_bias"]) if msa.loss.aux_loss == "bce" else None
   terms = []
   for layer in aux_layers(cfg, msa):
     for res, s in zip(results, samples):
@@ -341,4 +341,5 @@ def losses(results: list, samples: list, params: dict, cfg: Any, msa: Any) -> di
       terms.append(aux_loss_sample(msa, res.doc_scores[layer],
                                    np.asarray(s["route_labels"][:n]), bias))
   aux = float(np.mean(terms)) if terms else 0.0
-  return {"lm_loss": lm, "aux_loss": aux, "loss": msa.lm_weight * lm + msa.aux_weight * aux}
+  loss = msa.loss.lm_weight * lm + msa.loss.aux_weight * aux
+  return {"lm_loss": lm, "aux_loss": aux, "loss": loss}

@@ -3,7 +3,8 @@
 Model loading (`msa_jax.loading.build`): a preset beside a checkpoint must be its architecture;
 overrides and `num_layers` only where they apply; MSA fields checked against the model's layers
 before any data or weights load. Routing math (`MSAConfig.cosine_routing`) no longer follows
-the training loss once set.
+the training loss once set. `MSAConfig` is split into architecture, loss and runtime parts:
+a loss setting reaches neither inference nor a bank.
 """
 
 import jax
@@ -15,9 +16,13 @@ from configs import demo
 from configs import generate as generate_config
 from msa_jax import bank, generate
 from msa_jax.checkpoint import hf
+from msa_jax.inference import engine as engine_lib
 from msa_jax.loading import build
-from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
+from msa_jax.model import (MSAArch, MSAConfig, MSALoss, MSARuntime, MSATransformer, get_preset,
+                           init_params)
+from msa_jax.model.config import FIELD_DEFAULTS
 from msa_jax.train import loop
+from msa_jax.train import workdir
 from msa_jax.validation import UserError
 from tests.test_msa_model import CFG, make_batch
 
@@ -94,10 +99,10 @@ def test_train_refuses_a_bad_model_config_before_loading_data(tmp_path, monkeypa
 def test_cosine_routing_is_explicit_routing_math():
   """Unset, cosine routing follows the official rule (InfoNCE family: cosine; BCE: dot
   products). Set, the loss no longer changes how documents are scored at inference."""
-  assert MSAConfig(aux_loss="infonce").normalize_routing
-  assert not MSAConfig(aux_loss="bce").normalize_routing
-  assert MSAConfig(aux_loss="bce", cosine_routing=True).normalize_routing
-  assert not MSAConfig(aux_loss="infonce", cosine_routing=False).normalize_routing
+  assert MSAConfig(aux_loss="infonce").arch.cosine_routing
+  assert not MSAConfig(aux_loss="bce").arch.cosine_routing
+  assert MSAConfig(aux_loss="bce", cosine_routing=True).arch.cosine_routing
+  assert not MSAConfig(aux_loss="infonce", cosine_routing=False).arch.cosine_routing
   assert bank.msa_fields({"cosine_routing": False}) == {"cosine_routing": False}
   assert bank.msa_fields({"cosine_routing": None}) == {}
   batch = make_batch()
@@ -110,7 +115,7 @@ def test_cosine_routing_is_explicit_routing_math():
 
   infonce = scores(base)
   same = scores(base.replace(aux_loss="bce", cosine_routing=True))
-  dot = scores(base.replace(aux_loss="bce"))
+  dot = scores(MSAConfig(top_k=2, chunk_size=3, aux_loss="bce"))
   for i in infonce:
     np.testing.assert_array_equal(same[i], infonce[i])
     assert not np.allclose(dot[i], infonce[i])
@@ -129,3 +134,61 @@ def test_dtype_is_the_compute_dtype_in_every_config():
   train_config.dtype = "bfloat16"
   _, _, model = build.build_model(train_config, vocab_size=64)
   assert (model.dtype, model.param_dtype) == (jax.numpy.bfloat16, jax.numpy.float32)
+
+
+def test_msa_fields_split_into_architecture_loss_and_runtime():
+  """The flat `msa` fields of a config land in their parts; `cosine_routing` is resolved in the
+  architecture once; a misspelt field is refused naming the closest one."""
+  msa = MSAConfig(top_k=3, chunk_size=8, aux_loss="bce", aux_weight=0.5, remat=True,
+                  kernel_impl="xla")
+  assert msa.arch == MSAArch(top_k=3, chunk_size=8, cosine_routing=False)
+  assert msa.loss == MSALoss(aux_loss="bce", aux_weight=0.5)
+  assert msa.runtime == MSARuntime(remat=True, kernel_impl="xla")
+  assert MSAConfig(arch=msa.arch, loss=msa.loss, runtime=msa.runtime) == msa
+  assert MSAConfig(**{k: v for k, v in FIELD_DEFAULTS.items()}) == MSAConfig()
+  # A loss change keeps the routing math (the trap: aux_loss used to switch cosine routing).
+  changed = msa.replace(aux_loss="infonce", temperature=0.2, lm_weight=0.0,
+                        batch_negatives=True)
+  assert changed.arch == msa.arch and changed.runtime == msa.runtime
+  assert changed.loss == MSALoss(aux_loss="infonce", temperature=0.2, lm_weight=0.0,
+                                 aux_weight=0.5, batch_negatives=True)
+  assert msa.replace(aux_loss="infonce", cosine_routing=None).arch.cosine_routing
+  assert msa.aux_layer_ids(4) == (2, 3)
+  for make in (lambda: MSAConfig(topk=2), lambda: msa.replace(topk=2)):
+    with pytest.raises(ValueError, match="MSAConfig has no field 'topk'; did you mean 'top_k'"):
+      make()
+  with pytest.raises(ValueError, match="either flat fields or parts"):
+    MSAConfig(arch=MSAArch(), top_k=2)
+  with pytest.raises(UserError, match="msa: MSAConfig has no field 'aux_wieght'; did you mean "
+                     "'aux_weight'"):
+    build.msa_config(ml_collections.ConfigDict(dict(msa=dict(aux_wieght=0.1))), 4)
+  with pytest.raises(bank.CliError, match="--config.msa.chunk_sise: .*did you mean 'chunk_size'"):
+    bank.msa_fields({"chunk_sise": 4})
+
+
+def test_loss_settings_reach_neither_the_engine_nor_the_bank(tmp_path):
+  """A bank encoded under one loss serves a model config that differs only in its loss part
+  (the fingerprint is the architecture's); the engine keeps only architecture and runtime."""
+  base = MSAConfig(top_k=2, chunk_size=3)
+  params = init_params(MSATransformer(CFG, base), jax.random.key(0))
+  other = base.replace(aux_loss="bce", aux_weight=0.0, lm_weight=2.0, temperature=0.2,
+                       batch_negatives=True)
+  f32 = jax.numpy.float32
+  assert (engine_lib.bank_fingerprint(CFG, other.arch, params, f32)
+          == engine_lib.bank_fingerprint(CFG, base.arch, params, f32))
+  memory = engine_lib.create_bank(tmp_path / "bank", CFG, base, params)
+  engine = engine_lib.MSAEngine(CFG, other, params, memory)  # the fingerprint matches
+  assert engine.msa == MSAConfig(arch=base.arch, runtime=base.runtime)
+  assert engine.msa.loss == MSALoss()
+
+
+def test_a_resumed_run_may_change_the_msa_runtime_fields_only():
+  """The runtime part (remat, kernel_impl) changes neither parameters nor math: a workdir's
+  run may change it on resume; an architecture or loss field is a different run."""
+  recorded = {"msa": {"top_k": 2, "remat": False, "kernel_impl": "auto", "aux_weight": 0.1}}
+  now = {"msa": {"top_k": 2, "remat": True, "kernel_impl": "xla", "aux_weight": 0.1}}
+  assert workdir.config_diff(recorded, now) == (
+      {}, {"msa.kernel_impl": ("auto", "xla"), "msa.remat": (False, True)})
+  for name, value in (("top_k", 3), ("aux_weight", 0.2)):
+    refused, _ = workdir.config_diff(recorded, {"msa": dict(recorded["msa"], **{name: value})})
+    assert list(refused) == [f"msa.{name}"]

@@ -35,7 +35,7 @@ def _prompts(msa, q=3, seed=1):
              for _ in range(q)]
   tails = [rng.integers(1, CFG.vocab_size, size=int(rng.integers(1, 5))).tolist()
            for _ in range(q)]
-  return engine_lib.PromptBatch.from_segments(heads, queries, tails, position_offset=msa.top_k)
+  return engine_lib.PromptBatch.from_segments(heads, queries, tails, position_offset=msa.arch.top_k)
 
 
 def _training_batch(docs, g, prompts):
@@ -122,7 +122,7 @@ def test_greedy_decoding_matches_training_argmax(tmp_path):
     ext[r, :p_len[r]] = np.asarray(prompts.tokens)[r, :p_len[r]]
     ext[r, p_len[r]:p_len[r] + n] = tokens[r]
     qm[r, :prompts.tokens.shape[1]] = np.asarray(prompts.query_mask)[r]
-  positions = np.where(np.arange(t) < HEAD, np.arange(t), np.arange(t) + msa.top_k)
+  positions = np.where(np.arange(t) < HEAD, np.arange(t), np.arange(t) + msa.arch.top_k)
   prompts2 = engine_lib.PromptBatch(
       tokens=ext, token_mask=np.arange(t) < (p_len + n)[:, None],
       positions=np.broadcast_to(positions, (4, t)).astype(np.int32), query_mask=qm,
@@ -227,7 +227,8 @@ def test_engine_calls_do_not_retrace(tmp_path):
   def prompts(seed):  # 3 questions of 7 tokens: head 1, query 2, tail 4
     ids = np.random.default_rng(seed).integers(1, CFG.vocab_size, size=(3, 6)).tolist()
     return engine_lib.PromptBatch.from_segments([[1]] * 3, [r[:2] for r in ids],
-                                                [r[2:] for r in ids], position_offset=msa.top_k)
+                                                [r[2:] for r in ids],
+                                                position_offset=msa.arch.top_k)
 
   engine_lib.MSAEngine(CFG, msa, params, bank).generate(prompts(0), sampling)
   before = dict(engine_lib.TRACES)

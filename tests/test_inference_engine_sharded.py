@@ -55,7 +55,7 @@ def _worker() -> None:
         s = shape["memory"]
         eng = engine_lib.MSAEngine(cfg, msa, params, bank, mesh=mesh, tile_chunks=4)
         out = eng.prefill(prompts)
-        keys = eng._routing_keys(msa.router_layer_ids(cfg.num_layers)[0])[0]
+        keys = eng._routing_keys(msa.arch.router_layer_ids(cfg.num_layers)[0])[0]
         mask = np.asarray(prompts.token_mask)
         same = lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b)))
         result[f"{name}/{mesh_name}"] = {

@@ -80,9 +80,9 @@ def test_random_model_runs_to_a_defined_status(engine):
   for res in results:
     assert res.status in il.STATUSES and 1 <= len(res.rounds) <= CONFIG.max_rounds
     for rnd in res.rounds:
-      assert sorted(rnd.routed) == list(MSA.router_layer_ids(CFG.num_layers))
+      assert sorted(rnd.routed) == list(MSA.arch.router_layer_ids(CFG.num_layers))
       for routed in rnd.routed.values():
-        assert len(routed) == MSA.top_k
+        assert len(routed) == MSA.arch.top_k
         assert all(d in engine.bank.doc_ids for d, _ in routed)
         scores = [s for _, s in routed]
         assert scores == sorted(scores, reverse=True)

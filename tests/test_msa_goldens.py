@@ -124,7 +124,7 @@ def test_forward_matches_official(case):
     got = np.full_like(want, -np.inf)
     for s, c in zip(*np.nonzero(g["chunk_num_tokens"] > 0)):
       n = list(index.doc_ids[s]).index(g["chunk_doc_id"][s, c])
-      ci = (g["chunk_first_pos"][s, c] - index.doc_index[s, n, 0]) // msa.chunk_size
+      ci = (g["chunk_first_pos"][s, c] - index.doc_index[s, n, 0]) // msa.arch.chunk_size
       got[s, c] = route.chunk_scores[s, n, ci]
     err.check("chunk scores", got, want)
     selected = np.where(route.selected, np.take_along_axis(index.doc_ids, route.indices, 1),
@@ -133,7 +133,7 @@ def test_forward_matches_official(case):
     np.testing.assert_array_equal(np.asarray(route.selected).sum(1),
                                   g[f"L{layer}_k_per_sample"])
 
-  _, metrics = msa_model.compute_losses(out, batch, cfg, msa)
+  _, metrics = msa_model.compute_losses(out, batch, cfg, msa.loss)
   for name in ("loss", "lm_loss", "aux_loss", "answer_loss"):
     err.check("losses", metrics[name], g[name])
   assert float(g["reconstruction_loss"]) == 0.0
@@ -149,7 +149,7 @@ def test_gradients_match_official(case):
   model = msa_model.MSATransformer(cfg, msa)
 
   def total_loss(p):
-    return msa_model.compute_losses(model.apply({"params": p}, batch), batch, cfg, msa)[0]
+    return msa_model.compute_losses(model.apply({"params": p}, batch), batch, cfg, msa.loss)[0]
 
   grads = msa_ckpt.params_to_official(jax.jit(jax.grad(total_loss))(params), cfg, msa)
   want = safetensors.numpy.load_file(GOLDEN / f"{case}_grads.safetensors")

@@ -115,8 +115,8 @@ def official():
 def test_official_checkpoint_round_trip(official, tmp_path):
   config, tensors = official
   cfg, msa = msa_ckpt.msa_config_from_official(config)
-  assert msa.router_layer_ids(cfg.num_layers) == (2, 3) and msa.top_k == 2
-  assert msa.chunk_size == 4 and msa.aux_weight == 0.1 and msa.temperature == 0.05
+  assert msa.arch.router_layer_ids(cfg.num_layers) == (2, 3) and msa.arch.top_k == 2
+  assert msa.arch.chunk_size == 4 and msa.loss.aux_weight == 0.1 and msa.loss.temperature == 0.05
   params = msa_ckpt.official_to_params(tensors, cfg, msa)
   back = msa_ckpt.params_to_official(params, cfg, msa)
   assert set(back) == set(tensors)

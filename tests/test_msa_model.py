@@ -46,20 +46,20 @@ def forward(model, params, batch):
 
 def grad_fn(model, msa, params, batch, cfg=CFG):
   def loss(p):
-    return compute_losses(model.apply({"params": p}, batch), batch, cfg, msa)[0]
+    return compute_losses(model.apply({"params": p}, batch), batch, cfg, msa.loss)[0]
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
 def test_router_and_aux_layer_selection():
-  assert MSAConfig().router_layer_ids(4) == (2, 3)
-  assert MSAConfig().router_layer_ids(5) == (2, 3, 4)
-  assert MSAConfig(router_layers="all").router_layer_ids(3) == (0, 1, 2)
-  assert MSAConfig(router_layers=[3, 1]).router_layer_ids(4) == (1, 3)
+  assert MSAConfig().arch.router_layer_ids(4) == (2, 3)
+  assert MSAConfig().arch.router_layer_ids(5) == (2, 3, 4)
+  assert MSAConfig(router_layers="all").arch.router_layer_ids(3) == (0, 1, 2)
+  assert MSAConfig(router_layers=[3, 1]).arch.router_layer_ids(4) == (1, 3)
   # The official aux rule: router layers at or above num_layers // 2 only.
   assert MSAConfig(router_layers="all").aux_layer_ids(4) == (2, 3)
   assert MSAConfig(router_layers="all", aux_layers="all").aux_layer_ids(4) == (0, 1, 2, 3)
   with pytest.raises(ValueError, match=r"indices must be in \[0, 4\); bad: \[4\]"):
-    MSAConfig(router_layers=(1, 4)).router_layer_ids(4)
+    MSAConfig(router_layers=(1, 4)).arch.router_layer_ids(4)
   with pytest.raises(ValueError, match=r"aux_layers \[1\] are not router layers"):
     MSAConfig(router_layers=(2, 3), aux_layers=(1, 2)).aux_layer_ids(4)
   with pytest.raises(ValueError, match="head_reduce='sum'"):
@@ -127,8 +127,8 @@ def test_padding_changes_nothing():
     np.testing.assert_allclose(out_big.routes[layer].doc_scores[:, :3],
                                out.routes[layer].doc_scores, atol=1e-6)
     np.testing.assert_array_equal(out_big.routes[layer].indices, out.routes[layer].indices)
-  np.testing.assert_allclose(compute_losses(out_big, big, CFG, MSA)[0],
-                             compute_losses(out, batch, CFG, MSA)[0], rtol=1e-5)
+  np.testing.assert_allclose(compute_losses(out_big, big, CFG, MSA.loss)[0],
+                             compute_losses(out, batch, CFG, MSA.loss)[0], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -189,7 +189,7 @@ def test_forward_and_grad_trace_once_per_shape():
   @chex.assert_max_traces(n=1)
   def step(params, batch):
     def loss(p):
-      return compute_losses(model.apply({"params": p}, batch), batch, CFG, MSA)[0]
+      return compute_losses(model.apply({"params": p}, batch), batch, CFG, MSA.loss)[0]
     return jax.value_and_grad(loss)(params)
 
   for seed in range(3):  # new values, same shapes: no retrace
@@ -273,7 +273,7 @@ def test_pallas_kernel_switch_gives_the_same_model(decouple):
                                out_x.routes[layer].chunk_scores, atol=1e-6)
     np.testing.assert_array_equal(out_p.routes[layer].indices, out_x.routes[layer].indices)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), grad_p, grad_x)
-  assert MSAConfig().kernel_impl == "auto"
+  assert MSAConfig().runtime.kernel_impl == "auto"
   with pytest.raises(ValueError, match="kernel_impl='triton'"):
     MSAConfig(kernel_impl="triton")
 
@@ -294,7 +294,7 @@ def test_batch_negatives_rank_each_positive_against_the_whole_batch():
   out = forward(model, params, batch)
   swapped = batch.replace(doc_tokens=batch.doc_tokens[::-1], doc_lengths=batch.doc_lengths[::-1])
   out_swapped = forward(MSATransformer(CFG, MSA), params, swapped)
-  temperature = msa.temperature
+  temperature = msa.loss.temperature
   expected = []
   for layer in (2, 3):
     scores = np.asarray(out.routes[layer].batch_scores)
@@ -310,8 +310,9 @@ def test_batch_negatives_rank_each_positive_against_the_whole_batch():
       z = scores[row, keep] / temperature
       expected.append(np.log(np.exp(z - z.max()).sum()) + z.max() - scores[row, positive] /
                       temperature)
-  _, metrics = compute_losses(out, batch, CFG, msa)
+  _, metrics = compute_losses(out, batch, CFG, msa.loss)
   np.testing.assert_allclose(metrics["aux_loss"], np.mean(expected), rtol=1e-5)
-  _, per_sample = compute_losses(out, batch, CFG, MSA.replace(aux_weight=1.0, lm_weight=0.0))
+  _, per_sample = compute_losses(out, batch, CFG,
+                                 MSA.replace(aux_weight=1.0, lm_weight=0.0).loss)
   assert abs(float(per_sample["aux_loss"]) - float(metrics["aux_loss"])) > 1e-3
   assert metrics["recall@1"] == per_sample["recall@1"]

@@ -134,7 +134,7 @@ def compiled(name: str):
 
   def run(params, batch):
     out = model.apply({"params": params}, batch)
-    return out, compute_losses(out, batch, case.config, case.msa)[1]
+    return out, compute_losses(out, batch, case.config, case.msa.loss)[1]
 
   return jax.jit(run, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -253,7 +253,7 @@ def _compare(name: str, f: dict):
     exact = True
     for layer, want in res.selected.items():
       exact &= _check_selection(_ours(out.routes[layer], i), res.doc_scores[layer], want,
-                                msa.top_k, f"sample {i} layer {layer} selection")
+                                msa.arch.top_k, f"sample {i} layer {layer} selection")
     if not exact:  # a near-tie went the other way: rerun the reference with our selection
       forced = {layer: _ours(route, i) for layer, route in out.routes.items()}
       res = ref.forward_sample(params64, cfg, msa, s, force_selection=forced)

@@ -33,7 +33,7 @@ def _params(seed=0):
   params = nn.unbox(model.init(jax.random.key(seed), *model.example_inputs())["params"])
   params = jax.tree.map(jnp.asarray, params)
   key = jax.random.key(seed + 1)
-  for i in MSA.router_layer_ids(CFG.num_layers):
+  for i in MSA.arch.router_layer_ids(CFG.num_layers):
     for name in ("router_q_proj", "router_k_proj"):
       key, sub = jax.random.split(key)
       bias = params[f"layers_{i}"]["attn"][name]["bias"]
@@ -51,7 +51,7 @@ def _prompts():
   heads = [[1, 2], [1, 2], [1, 2]]
   queries = [[5, 9, 11, 40], [77, 3], [8, 8, 100, 31, 2]]
   tails = [[6, 7], [6, 7], [6, 7]]
-  return engine_lib.PromptBatch.from_segments(heads, queries, tails, position_offset=MSA.top_k,
+  return engine_lib.PromptBatch.from_segments(heads, queries, tails, position_offset=MSA.arch.top_k,
                                               length=12)
 
 
@@ -59,8 +59,8 @@ def _prompts():
 def test_cached_states_bank_and_full_model_agree(tmp_path):
   params = _params()
   docs, prompts = _docs(), _prompts()
-  layers = MSA.router_layer_ids(CFG.num_layers)
-  states = state_cache.doc_states(tmp_path, CFG, params, layers, MSA.chunk_size, docs,
+  layers = MSA.arch.router_layer_ids(CFG.num_layers)
+  states = state_cache.doc_states(tmp_path, CFG, params, layers, MSA.arch.chunk_size, docs,
                                   max_tokens=G, batch_size=2, progress=None)
   qstates = state_cache.query_states(tmp_path, CFG, params, layers, prompts.tokens,
                                      prompts.token_mask, prompts.positions, prompts.query_mask,
@@ -73,7 +73,7 @@ def test_cached_states_bank_and_full_model_agree(tmp_path):
                                                             progress=None)
   np.testing.assert_array_equal(num_chunks, states.num_chunks)
   for i in layers:
-    keys = router_adapt.routing_keys(routers[i], jnp.asarray(states.chunks[i]), MSA)
+    keys = router_adapt.routing_keys(routers[i], jnp.asarray(states.chunks[i]), MSA.arch)
     np.testing.assert_allclose(arrays[i]["keys"], keys, atol=2e-5)
 
   # Scores trained on == the full model's routing of the same documents (first router layer:
@@ -82,7 +82,7 @@ def test_cached_states_bank_and_full_model_agree(tmp_path):
   q_states, q_mask = batcher.queries(np.arange(3))
   first = layers[0]
   ours = router_adapt.doc_scores(routers[first], q_states[first], q_mask,
-                                 batcher.doc_chunks[first], batcher.chunk_mask, MSA,
+                                 batcher.doc_chunks[first], batcher.chunk_mask, MSA.arch,
                                  CFG.head_dim)
   doc_tokens = np.zeros((3, N, G), np.int32)
   for n, d in enumerate(docs):
@@ -106,7 +106,7 @@ def test_general_score_path_matches_the_full_model(tmp_path):
   """Per-token scores (any head / query reduce, as the bank routing computes them)."""
   params, docs, prompts = _params(), _docs(), _prompts()
   msa = MSA.replace(head_reduce="max", query_reduce="max")
-  states = state_cache.doc_states(tmp_path, CFG, params, (1,), msa.chunk_size, docs,
+  states = state_cache.doc_states(tmp_path, CFG, params, (1,), msa.arch.chunk_size, docs,
                                   max_tokens=G, batch_size=2, progress=None)
   qstates = state_cache.query_states(tmp_path, CFG, params, (1,), prompts.tokens,
                                      prompts.token_mask, prompts.positions, prompts.query_mask,
@@ -114,7 +114,7 @@ def test_general_score_path_matches_the_full_model(tmp_path):
   batcher = router_adapt.StateBatcher(states, qstates, (1,))
   q_states, q_mask = batcher.queries(np.arange(3))
   ours = router_adapt.doc_scores(router_adapt.router_params(params, (1,))[1], q_states[1], q_mask,
-                                 batcher.doc_chunks[1], batcher.chunk_mask, msa, CFG.head_dim)
+                                 batcher.doc_chunks[1], batcher.chunk_mask, msa.arch, CFG.head_dim)
   doc_tokens = np.zeros((3, N, G), np.int32)
   for n, d in enumerate(docs):
     doc_tokens[:, n, :len(d)] = d
@@ -129,23 +129,23 @@ def test_general_score_path_matches_the_full_model(tmp_path):
 def test_state_cache_reuse_and_fingerprint(tmp_path):
   params, docs = _params(), _docs()
   kw = dict(max_tokens=G, batch_size=2, progress=None)
-  first = state_cache.doc_states(tmp_path, CFG, params, (1, 2), MSA.chunk_size, docs, **kw)
+  first = state_cache.doc_states(tmp_path, CFG, params, (1, 2), MSA.arch.chunk_size, docs, **kw)
   assert not first.reused and state_cache.size_bytes(first) > 0
-  again = state_cache.doc_states(tmp_path, CFG, params, (2,), MSA.chunk_size, docs, **kw)
+  again = state_cache.doc_states(tmp_path, CFG, params, (2,), MSA.arch.chunk_size, docs, **kw)
   assert again.reused
   np.testing.assert_array_equal(again.chunks[2], first.chunks[2])
   # Router parameters are not part of the fingerprint (the states do not depend on them) ...
   other_router = jax.tree.map(lambda x: x, params)
   other_router["layers_1"]["attn"]["router_k_proj"]["kernel"] *= 2
-  assert state_cache.doc_states(tmp_path, CFG, other_router, (1, 2), MSA.chunk_size, docs,
+  assert state_cache.doc_states(tmp_path, CFG, other_router, (1, 2), MSA.arch.chunk_size, docs,
                                 **kw).reused
   # ... but the backbone below the layer, the documents and P are.
   changed = jax.tree.map(lambda x: x, params)
   changed["layers_0"]["mlp"]["up_proj"]["kernel"] *= 1.5
-  redo = state_cache.doc_states(tmp_path, CFG, changed, (1, 2), MSA.chunk_size, docs, **kw)
+  redo = state_cache.doc_states(tmp_path, CFG, changed, (1, 2), MSA.arch.chunk_size, docs, **kw)
   assert not redo.reused
   assert not np.allclose(redo.chunks[2], first.chunks[2])
-  assert not state_cache.doc_states(tmp_path, CFG, params, (1,), MSA.chunk_size,
+  assert not state_cache.doc_states(tmp_path, CFG, params, (1,), MSA.arch.chunk_size,
                                     docs[:4] + [[3, 4]], **kw).reused
   assert not state_cache.doc_states(tmp_path, CFG, params, (1,), 2, docs, **kw).reused
 
@@ -153,7 +153,7 @@ def test_state_cache_reuse_and_fingerprint(tmp_path):
 def test_centre_init_centres_the_projected_states(tmp_path):
   params = _params()
   layers = (1, 2)
-  docs = state_cache.doc_states(tmp_path, CFG, params, layers, MSA.chunk_size, _docs(),
+  docs = state_cache.doc_states(tmp_path, CFG, params, layers, MSA.arch.chunk_size, _docs(),
                                 max_tokens=G, batch_size=2, progress=None)
   p = _prompts()
   queries = state_cache.query_states(tmp_path, CFG, params, layers, p.tokens, p.token_mask,

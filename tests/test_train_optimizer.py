@@ -152,7 +152,7 @@ def test_train_step_applies_phase_weights():
              grad_accum_steps=1)
   tx = opt_lib.make_optimizer(cfg)
   state, _ = init_train_state(model, tx, jax.random.key(0))
-  step = make_train_step(model, config, msa, tx, opt_lib.make_loss_weights(cfg),
+  step = make_train_step(model, config, msa.loss, tx, opt_lib.make_loss_weights(cfg),
                          lr_schedule=opt_lib.make_lr_schedule(cfg))
   batch = jax.tree.map(jnp.asarray, tiny_batch(0, b=2))
   seen = []
@@ -165,7 +165,7 @@ def test_train_step_applies_phase_weights():
   np.testing.assert_allclose(seen, [(0.1, 1.0, 1e-3), (1.0, 0.1, 1e-4)], rtol=1e-6)
   assert int(state.step) == 2
   assert jax.tree.leaves(state.params)[0].dtype == jnp.float32  # fp32 params, bf16 compute
-  metrics = make_eval_step(model, config, msa)(state.params, batch)
+  metrics = make_eval_step(model, config, msa.loss)(state.params, batch)
   assert np.isfinite(float(metrics["loss"]))
 
 
@@ -187,8 +187,8 @@ def test_eval_step_reads_the_train_steps_weights_under_accumulation():
   tx = opt_lib.make_optimizer(cfg)
   weights = opt_lib.make_loss_weights(cfg)
   state, _ = init_train_state(model, tx, jax.random.key(0))
-  train = make_train_step(model, config, msa, tx, weights, grad_accum_steps=2, donate=False)
-  evaluate = make_eval_step(model, config, msa, weights, grad_accum_steps=2)
+  train = make_train_step(model, config, msa.loss, tx, weights, grad_accum_steps=2, donate=False)
+  evaluate = make_eval_step(model, config, msa.loss, weights, grad_accum_steps=2)
   batch = jax.tree.map(jnp.asarray, tiny_batch(0, b=2))
   seen = []
   for _ in range(4):

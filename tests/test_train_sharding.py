@@ -63,7 +63,7 @@ def _worker() -> None:
 
   def run(mesh):
     state, shardings = init_train_state(model, optimizer, jax.random.key(0), mesh)
-    step = make_train_step(model, config, msa, optimizer, weights, mesh=mesh,
+    step = make_train_step(model, config, msa.loss, optimizer, weights, mesh=mesh,
                            shardings=shardings)
     losses = []
     for batch in batches:

@@ -72,7 +72,7 @@ def train_step_compile(preset: str, num_layers: int | None = None,
                          scan_layers=scan_layers)
   tx = optim_lib.make_optimizer({})
   state = step_lib.abstract_train_state(model, tx)
-  train_step = step_lib.make_train_step(model, cfg, msa, tx, donate=False)
+  train_step = step_lib.make_train_step(model, cfg, msa.loss, tx, donate=False)
   start = time.perf_counter()
   lowered = train_step.lower(state, abstract_batch(**TRAIN_SHAPE))
   lowered_at = time.perf_counter()
@@ -110,7 +110,7 @@ def first_question(cfg, msa, params, tokenizer, directory) -> str:
   bank = MemoryBank.open(os.path.join(directory, "bank"))
   question = tokenizer.encode("What is the secret number of box 5?")
   prompts = engine.PromptBatch.from_segments([[]], [question], [tokenizer.encode(" Answer:")],
-                                             position_offset=msa.top_k)
+                                             position_offset=msa.arch.top_k)
   out, lengths, _ = engine.MSAEngine(cfg, msa, params, bank).generate(
       prompts, SamplingConfig(max_new_tokens=8))
   return tokenizer.decode([int(t) for t in out[0, :lengths[0]]])

@@ -65,7 +65,7 @@ def run(quick: bool) -> list[dict]:
   sizes = QUICK if quick else FULL
   cfg, backbone = load_backbone(path, sizes["layers"])
   msa = MSAConfig()
-  layers = max(msa.router_layer_ids(cfg.num_layers)) + 1
+  layers = max(msa.arch.router_layer_ids(cfg.num_layers)) + 1
   params = load_params(MSATransformer(cfg, msa), jax.random.key(0), backbone)
   hf = _hf_backbone(path, layers)
   rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ import numpy as np
 
 from msa_jax.checkpoint import hf
 from msa_jax.checkpoint.hf import CheckpointError, ParamSpec
-from msa_jax.model.config import ModelConfig, MSAConfig
+from msa_jax.model.config import ModelConfig, MSAArch, MSAConfig, MSALoss
 
 _AUX_NAMES = {"INFONCE": "infonce", "INFONCE_FOCAL": "infonce_focal",
               "INFONCE_DECOUPLE": "infonce_decouple",
@@ -54,7 +54,8 @@ def msa_config_from_official(hf_config: Mapping[str, Any]) -> tuple[ModelConfig,
     if m.get("decouple_pooling_mode") is not None:
       raise CheckpointError(f"decouple_pooling_mode={m['decouple_pooling_mode']!r} is not "
                             "supported (only null, as in the released configs)")
-    msa = MSAConfig(
+    aux_loss = _AUX_NAMES[method]
+    arch = MSAArch(
         router_layers=router_layers,
         top_k=int(m["top_k_docs"]),
         chunk_size=int(m["pooling_kernel_size"]),
@@ -63,14 +64,19 @@ def msa_config_from_official(hf_config: Mapping[str, Any]) -> tuple[ModelConfig,
         head_reduce=m.get("head_reduce_method", "mean"),
         query_reduce=m.get("query_reduce_method", "max"),
         chunk_reduce=m.get("chunk_reduce_method", "max"),
-        aux_loss=_AUX_NAMES[method],
+        # Officially the routing math follows the loss: cosine for the InfoNCE family.
+        cosine_routing=aux_loss.startswith("infonce"),
+    )
+    loss = MSALoss(
+        aux_loss=aux_loss,
         aux_layers="upper_half",
         temperature=float(m.get("infonce_loss_temp", 0.05)),
         lm_weight=float(m.get("lmloss_weigth", 1.0)),
         aux_weight=float(m.get("auxloss_weight", 0.1)) if m.get("aux_loss", True) else 0.0,
         answer_weight=float(m.get("ansloss_weight", 0.0)),
     )
-    msa.router_layer_ids(cfg.num_layers)  # validates the indices against the model
+    msa = MSAConfig(arch=arch, loss=loss)
+    arch.router_layer_ids(cfg.num_layers)  # validates the indices against the model
   except KeyError as e:
     raise CheckpointError(f"msa_config lacks required field {e.args[0]!r}") from None
   except ValueError as e:
@@ -82,8 +88,8 @@ def param_specs(cfg: ModelConfig, msa: MSAConfig) -> list[ParamSpec]:
   """Every parameter of `MSATransformer(cfg, msa)` with its official name."""
   specs = hf.param_specs(cfg)
   e, h, j, d = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  if msa.decouple_router:
-    for i in msa.router_layer_ids(cfg.num_layers):
+  if msa.arch.decouple_router:
+    for i in msa.arch.router_layer_ids(cfg.num_layers):
       pre, ours = f"model.layers.{i}.self_attn.", (f"layers_{i}", "attn")
       specs += [
           ParamSpec(pre + "router_q_proj.0.weight", ours + ("router_q_proj", "kernel"),
@@ -91,12 +97,12 @@ def param_specs(cfg: ModelConfig, msa: MSAConfig) -> list[ParamSpec]:
           ParamSpec(pre + "router_k_proj.0.weight", ours + ("router_k_proj", "kernel"),
                     (e, j, d), 1),
       ]
-      if msa.router_bias:  # an extension of ours, stored flat as a torch Linear's bias
+      if msa.arch.router_bias:  # an extension of ours, stored flat as a torch Linear's bias
         specs += [
             ParamSpec(pre + "router_q_proj.0.bias", ours + ("router_q_proj", "bias"), (h, d), 0),
             ParamSpec(pre + "router_k_proj.0.bias", ours + ("router_k_proj", "bias"), (j, d), 0),
         ]
-  if msa.aux_loss == "bce":
+  if msa.loss.aux_loss == "bce":
     specs.append(ParamSpec("b", ("aux_bias",), (), None))
   return specs
 
@@ -105,14 +111,14 @@ def official_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, msa:
                        dtype=None, source: str = "official MSA checkpoint") -> dict:
   """Official state-dict tensors -> our MSA parameter tree (strict names and shapes).
 
-  A `temperature` tensor, if present, must equal `msa.temperature`: it is a frozen constant,
+  A `temperature` tensor, if present, must equal `msa.loss.temperature`: it is a frozen constant,
   and a mismatch means the config and the weights disagree.
   """
   if "temperature" in tensors:
     value = float(np.asarray(tensors["temperature"]))
-    if not np.isclose(value, msa.temperature, rtol=1e-6):
+    if not np.isclose(value, msa.loss.temperature, rtol=1e-6):
       raise CheckpointError(f"{source}: temperature tensor {value:.6g} differs from the config's "
-                            f"infonce_loss_temp {msa.temperature}")
+                            f"infonce_loss_temp {msa.loss.temperature}")
   return hf.hf_to_params(tensors, cfg, dtype, source, specs=param_specs(cfg, msa),
                          ignore=("temperature",))
 
@@ -121,8 +127,8 @@ def params_to_official(params: Mapping, cfg: ModelConfig, msa: MSAConfig,
                        dtype=None) -> dict[str, np.ndarray]:
   """Our MSA parameters -> official tensor names (plus the constant `temperature`)."""
   out = hf.params_to_hf(params, cfg, dtype, specs=param_specs(cfg, msa))
-  if msa.normalize_routing:
-    out["temperature"] = np.asarray(msa.temperature, np.float32)
+  if msa.arch.cosine_routing:
+    out["temperature"] = np.asarray(msa.loss.temperature, np.float32)
   return out
 
 

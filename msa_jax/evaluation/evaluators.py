@@ -56,7 +56,7 @@ def run_extrapolation(config: ml_collections.ConfigDict, model_cfg, msa, params,
       flush=True)
   out = [dataclasses.asdict(r) for r in rows]
   (workdir / "extrapolation.json").write_text(json.dumps(
-      dict(rope=rope, top_k=msa.top_k, rows=out), indent=2))
+      dict(rope=rope, top_k=msa.arch.top_k, rows=out), indent=2))
   return out
 
 

@@ -76,7 +76,7 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
   identifier matches of `questions` against corpus documents [first_doc, first_doc +
   num_docs), whose encoded blocks are `arrays` (`encode_documents` of the whole corpus)."""
   length = corpus.doc_length
-  c = -(-length // msa.chunk_size)
+  c = -(-length // msa.arch.chunk_size)
   docs = slice(first_doc, first_doc + num_docs)
   if global_positions and first_doc:  # positions restart at the memory's first document
     _, _, arrays = encode_lib.encode_documents(
@@ -89,7 +89,7 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
            np.full(num_docs, c), {i: {k: v[rows] for k, v in a.items()}
                                   for i, a in arrays.items()})
   eng = engine_lib.MSAEngine(cfg, msa, params, bank, dtype=dtype)
-  offset = num_docs * length if global_positions else msa.top_k
+  offset = num_docs * length if global_positions else msa.arch.top_k
   tok = corpus.tokenizer
   answer = answer or {}
   answer_len = len(corpus.answer_ids(0, **answer))

@@ -103,7 +103,7 @@ class NiahModel:
 
   @property
   def offset(self) -> int:
-    return self.msa.top_k if self.position_offset is None else self.position_offset
+    return self.msa.arch.top_k if self.position_offset is None else self.position_offset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +179,7 @@ def trained_model(workdir, step: int | None = None) -> NiahModel:
       config=trained.model_config, msa=trained.msa, params=trained.params,
       tokenizer=trained.tokenizer, id_digits=int(d.id_digits),
       key_length=int(d.get("key_length", 2)), value_length=int(d.get("value_length", 1)),
-      include_value=bool(d.get("include_value", False)), position_offset=trained.msa.top_k,
+      include_value=bool(d.get("include_value", False)), position_offset=trained.msa.arch.top_k,
       dtype=dtype_from_name(config.get("dtype", "float32")),
       name=f"{Path(workdir).name} step {trained.step}")
 
@@ -302,7 +302,7 @@ def evaluate_task(model: NiahModel, task: niah.NiahTask, bank_path, *, settings:
             for layer, mem in pre.memory.items()}
   scores = {layer: np.asarray(mem.scores) for layer, mem in pre.memory.items()}
   questions, answers, metrics = [], [], collections.defaultdict(list)
-  bm25 = _bm25_routed(task, msa.top_k) if settings.bm25 else None
+  bm25 = _bm25_routed(task, msa.arch.top_k) if settings.bm25 else None
   for qi, q in enumerate(task.questions):
     words = tok.decode(tokens[qi, :lengths[qi]]).split()
     identifier, rest = parse_answer(words, model.id_digits)
@@ -311,7 +311,7 @@ def evaluate_task(model: NiahModel, task: niah.NiahTask, bank_path, *, settings:
     for layer in routed:
       metrics[f"recall_L{layer}"].append(niah.routing_recall(q, routed[layer][qi]))
     metrics["recall_any"].append(niah.routing_recall(q, union))
-    metrics["chance"].append(chance_recall(q, len(docs), msa.top_k))
+    metrics["chance"].append(chance_recall(q, len(docs), msa.arch.top_k))
     if bm25 is not None:
       metrics["bm25_recall"].append(niah.routing_recall(q, bm25[qi]))
     needle_ids = [] if ids is None else [int(ids[d]) for d in q.doc_ids]
@@ -403,8 +403,9 @@ def evaluate_niah(model: NiahModel, settings: NiahEvalSettings = NiahEvalSetting
     if tmp is not None:
       shutil.rmtree(tmp, ignore_errors=True)
   return dict(model=dict(name=model.name, include_value=model.include_value,
-                         router_layers=list(model.msa.router_layer_ids(model.config.num_layers)),
-                         top_k=settings.top_k or model.msa.top_k, id_digits=model.id_digits),
+                         router_layers=list(
+                             model.msa.arch.router_layer_ids(model.config.num_layers)),
+                         top_k=settings.top_k or model.msa.arch.top_k, id_digits=model.id_digits),
               settings=dataclasses.asdict(settings), rows=_mean_rows(records), tasks=records)
 
 

@@ -218,7 +218,7 @@ def prepare_bank(path: Path, managed: bool, trained: restore.TrainedModel, dtype
     BankError: an unmanaged bank from another model, or holding other documents.
   """
   cfg, msa, params = trained.model_config, trained.msa, trained.params
-  fingerprint = encode_lib.bank_fingerprint(cfg, msa, params, dtype)
+  fingerprint = encode_lib.bank_fingerprint(cfg, msa.arch, params, dtype)
   metadata = {"documents": documents_digest(doc_ids, tokens), "num_docs": len(doc_ids),
               "doc_tokens": max_tokens}
   try:

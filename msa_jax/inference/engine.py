@@ -31,11 +31,11 @@ from msa_jax.inference import decode
 from msa_jax.inference.sampling import SamplingConfig
 from msa_jax.memory import routing as bank_routing
 from msa_jax.memory.bank import BankError, MemoryBank, fingerprint_diff
-from msa_jax.memory.encode import bank_fingerprint
+from msa_jax.memory.encode import bank_fingerprint, inference_msa
 from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
 from msa_jax.model.batch import prompt_positions
-from msa_jax.model.config import ModelConfig, MSAConfig
+from msa_jax.model.config import ModelConfig, MSAArch, MSAConfig
 from msa_jax.model.msa import MSATransformer, RoutedBlocks
 
 Dtype = Any
@@ -50,7 +50,7 @@ TRACES: collections.Counter = collections.Counter()
 
 
 def _model(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype) -> MSATransformer:
-  return MSATransformer(cfg, msa, dtype=dtype)
+  return MSATransformer(cfg, inference_msa(msa), dtype=dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -81,7 +81,7 @@ def _router_layer_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, next_querie
   [(k, v)], the next router layer's routing queries or None): one router layer over its
   memory. Every router layer followed by a router layer (or by none) runs the same program,
   compiled once, where a `_segment_fn` per layer would compile one program per layer."""
-  layer = msa_lib.MSADecoderLayer(cfg, msa, True, dtype=dtype)
+  layer = msa_lib.MSADecoderLayer(cfg, msa.arch, True, msa.runtime.kernel_impl, dtype=dtype)
 
   def run(p, p_next, x, positions, own, memory, sees_memory):
     TRACES["router_layer"] += 1
@@ -201,12 +201,13 @@ class MSAEngine:
   prefill in one jitted segment per router layer (the layer reading its routed memory, the
   layers up to the next router layer and that layer's routing queries; one program shared by
   every router layer followed by a router layer), with routing against the bank between
-  segments; generation in `decode.decode_loop`. With `msa.kernel_impl`
+  segments; generation in `decode.decode_loop`. With `msa.runtime.kernel_impl`
   resolving to Pallas, router layers attend to their routed blocks with the block-sparse
   kernel (interpret mode off GPU).
 
   Args:
-    config, msa, params: the model (its fingerprint must match the bank's).
+    config, msa, params: the model (its fingerprint must match the bank's). The engine keeps
+      `msa`'s architecture and runtime parts (`inference_msa`) as `self.msa`.
     bank: an opened `MemoryBank`.
     dtype: compute dtype.
     mesh: a mesh with a `memory` axis to shard the routing keys over (Memory Parallel), or
@@ -218,13 +219,14 @@ class MSAEngine:
   def __init__(self, config: ModelConfig, msa: MSAConfig, params, bank: MemoryBank, *,
                dtype: Dtype = jnp.float32, mesh=None, tile_chunks: int = 512,
                check_fingerprint: bool = True):
+    msa = inference_msa(msa)
     self.config, self.msa, self.params, self.bank = config, msa, params, bank
     self.dtype = jnp.dtype(dtype)
     self.mesh = mesh
     self.tile_chunks = tile_chunks
-    self.router_ids = msa.router_layer_ids(config.num_layers)
+    self.router_ids = msa.arch.router_layer_ids(config.num_layers)
     if check_fingerprint:
-      expected = bank_fingerprint(config, msa, params, self.dtype)
+      expected = bank_fingerprint(config, msa.arch, params, self.dtype)
       diff = fingerprint_diff(bank.fingerprint, expected)
       if diff:
         raise BankError(f"bank {bank.path} was encoded with another model or config: "
@@ -256,10 +258,11 @@ class MSAEngine:
     if self.bank.num_docs == 0:
       raise BankError(f"bank {self.bank.path} is empty: add documents before asking questions")
     keys, chunk_doc = self._routing_keys(layer)
-    kw = dict(top_k=self.msa.top_k, scale=self.msa.routing_scale(self.config.head_dim),
-              head_reduce=self.msa.head_reduce, query_reduce=self.msa.query_reduce,
-              chunk_reduce=self.msa.chunk_reduce, tile_chunks=self.tile_chunks,
-              kernel_impl=self.msa.kernel_impl,
+    arch = self.msa.arch
+    kw = dict(top_k=arch.top_k, scale=arch.routing_scale(self.config.head_dim),
+              head_reduce=arch.head_reduce, query_reduce=arch.query_reduce,
+              chunk_reduce=arch.chunk_reduce, tile_chunks=self.tile_chunks,
+              kernel_impl=self.msa.runtime.kernel_impl,
               doc_mask=None if doc_mask is None else jnp.asarray(doc_mask, bool))
     rq = rq.astype(self.bank.dtype)  # a bfloat16 bank routes in bfloat16
     if self.mesh is not None:

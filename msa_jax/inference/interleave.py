@@ -77,7 +77,7 @@ class InterleaveConfig:
     head: prompt text after BOS, before the question (not routed, does not see memory).
     question_prefix: text before the question (part of the routing query).
     answer_marker: text after the question and its documents (sees memory, does not route).
-    position_offset: prompt positions after the head are shifted by this (None: msa.top_k, the
+    position_offset: prompt positions after the head are shifted by this (None: top_k, the
       official layout).
     temperature: sampling temperature (0: greedy).
     pad_to: prompt length is rounded up to a multiple of this (fewer recompiles).
@@ -268,7 +268,7 @@ class MemoryInterleave:
     cfg = self.config
     t = len(self.head_ids) + max(map(len, queries)) + len(self.marker_ids)
     t = -(-t // cfg.pad_to) * cfg.pad_to
-    offset = self.engine.msa.top_k if cfg.position_offset is None else cfg.position_offset
+    offset = self.engine.msa.arch.top_k if cfg.position_offset is None else cfg.position_offset
     n = len(queries)
     return PromptBatch.from_segments([self.head_ids] * n, queries, [self.marker_ids] * n,
                                      position_offset=offset, pad_id=self.pad_id, length=t)

@@ -90,7 +90,8 @@ def model_config(cfg: ml_collections.ConfigDict, vocab_size: int | None = None) 
 
 
 def msa_config(cfg: ml_collections.ConfigDict, num_layers: int) -> MSAConfig:
-  """The `msa` section as an MSAConfig whose layer choices fit `num_layers` (UserError)."""
+  """The `msa` section (flat fields, `split_msa_fields`) as an MSAConfig whose layer choices
+  fit `num_layers` (UserError; an unknown field names the closest known one)."""
   try:
     msa = MSAConfig(**cfg.msa.to_dict())
     msa.aux_layer_ids(num_layers)  # resolves router_layers too

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msa_jax.memory.bank import BankError, MemoryBank
-from msa_jax.model.config import ModelConfig, MSAConfig
+from msa_jax.model.config import ModelConfig, MSAArch, MSAConfig
 from msa_jax.model.msa import MSATransformer
 from msa_jax.validation import format_duration
 
@@ -41,11 +41,17 @@ Dtype = Any
 TRACES: collections.Counter = collections.Counter()
 
 
+def inference_msa(msa: MSAConfig) -> MSAConfig:
+  """The parts of `msa` that inference reads: architecture and runtime (the loss part is the
+  default), so a loss setting can neither change inference nor compile another program."""
+  return MSAConfig(arch=msa.arch, runtime=msa.runtime)
+
+
 @functools.lru_cache(maxsize=16)
 def encode_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, out_dtype: Dtype):
   """jit(params, tokens [b, G], lengths [b], positions [b, G]) -> {layer: MemoryBlocks [b, C]}
   in `out_dtype` (cast on the device: a bfloat16 bank moves half the bytes to the host)."""
-  model = MSATransformer(cfg, msa, dtype=dtype)
+  model = MSATransformer(cfg, inference_msa(msa), dtype=dtype)
 
   def run(params, tokens, lengths, positions):
     TRACES["encode"] += 1
@@ -55,12 +61,10 @@ def encode_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, out_dtype: Dtype):
   return jax.jit(run)
 
 
-
-
-
-def bank_fingerprint(cfg: ModelConfig, msa: MSAConfig, params, dtype: Dtype) -> dict:
-  """What a bank's contents depend on: the model and MSA configs and the parameters that the
-  document stream reads (embedding and layers up to the last router layer).
+def bank_fingerprint(cfg: ModelConfig, msa: MSAArch, params, dtype: Dtype) -> dict:
+  """What a bank's contents depend on: the model config, the MSA architecture (`msa.arch`;
+  loss and runtime settings do not change a bank) and the parameters that the document
+  stream reads (embedding and layers up to the last router layer).
 
   The parameter digest hashes every such tensor's shape and up to 65,536 evenly strided
   values, so any other checkpoint (or a fine-tuned one) is told apart at little cost.
@@ -76,8 +80,9 @@ def bank_fingerprint(cfg: ModelConfig, msa: MSAConfig, params, dtype: Dtype) -> 
       digest.update(f"{name}{jax.tree_util.keystr(path)}{leaf.shape}".encode())
       digest.update(np.ascontiguousarray(sample).tobytes())
   model = {k: v for k, v in dataclasses.asdict(cfg).items()}
+  # `normalize_routing` is `cosine_routing` under the name banks written before have recorded.
   return dict(model=model, router_layers=list(router_ids), chunk_size=msa.chunk_size,
-              decouple_router=msa.decouple_router, normalize_routing=msa.normalize_routing,
+              decouple_router=msa.decouple_router, normalize_routing=msa.cosine_routing,
               compute_dtype=jnp.dtype(dtype).name, params=digest.hexdigest())
 
 
@@ -163,7 +168,7 @@ def encode_documents(cfg: ModelConfig, msa: MSAConfig, params, doc_tokens: Seque
     hi = min(lo + batch_size, m)
     parts.append(_encode_batch(fn, params, doc_tokens[lo:hi], starts[lo:hi],
                                max_tokens=max_tokens, batch_size=batch_size,
-                               chunk_size=msa.chunk_size))
+                               chunk_size=msa.arch.chunk_size))
     tokens += int(parts[-1][0].sum())
     if progress is not None and (hi == m or hi % every == 0):
       print(progress_line("encode", hi, m, tokens, time.perf_counter() - start), file=progress,
@@ -172,7 +177,7 @@ def encode_documents(cfg: ModelConfig, msa: MSAConfig, params, doc_tokens: Seque
     shape = (0, cfg.num_kv_heads, cfg.head_dim)
     return (np.zeros(0, np.int64), np.zeros(0, np.int64),
             {i: {n: np.zeros(shape, np.float32) for n in ("keys", "k", "v")}
-             for i in msa.router_layer_ids(cfg.num_layers)})
+             for i in msa.arch.router_layer_ids(cfg.num_layers)})
   return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
           _concat_arrays([p[2] for p in parts]))
 
@@ -183,9 +188,10 @@ def create_bank(path, cfg: ModelConfig, msa: MSAConfig, params, *, dtype: Dtype 
   """An empty bank whose fingerprint ties it to this model (`staged`: built beside the bank at
   `path`, published by `MemoryBank.publish`)."""
   return MemoryBank.create(
-      path, fingerprint=bank_fingerprint(cfg, msa, params, dtype),
-      layer_ids=msa.router_layer_ids(cfg.num_layers), num_kv_heads=cfg.num_kv_heads,
-      head_dim=cfg.head_dim, chunk_size=msa.chunk_size, dtype=bank_dtype, overwrite=overwrite,
+      path, fingerprint=bank_fingerprint(cfg, msa.arch, params, dtype),
+      layer_ids=msa.arch.router_layer_ids(cfg.num_layers), num_kv_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim, chunk_size=msa.arch.chunk_size, dtype=bank_dtype,
+      overwrite=overwrite,
       metadata=metadata, staged=staged)
 
 
@@ -268,7 +274,8 @@ def encode_corpus(bank: MemoryBank, cfg: ModelConfig, msa: MSAConfig, params,
     if empty:
       raise ValueError(f"document {empty[0]!r} has no tokens")
     out = _encode_batch(fn, params, [t for _, t, _ in batch], np.zeros(len(batch), np.int64),
-                        max_tokens=max_tokens, batch_size=batch_size, chunk_size=msa.chunk_size)
+                        max_tokens=max_tokens, batch_size=batch_size,
+                        chunk_size=msa.arch.chunk_size)
     pending.append(([d for d, _, _ in batch], [t for _, _, t in batch], out))
     done += len(batch)
     tokens += int(out[0].sum())

@@ -27,7 +27,7 @@ differ by less than that could rank in the other order; documents with identical
 tie exactly (their chunks go through the same GEMM) and ties go to the lower index. The GEMM's
 summation order may depend on its shape, so changing `tile_chunks` can move a score by an ulp.
 
-`kernel_impl` ("auto" | "xla" | "pallas", as `MSAConfig.kernel_impl`) picks the scorer:
+`kernel_impl` ("auto" | "xla" | "pallas", as `MSARuntime.kernel_impl`) picks the scorer:
 "pallas" (or "auto" on a GPU, for a head dim the kernel takes: a power of two >= 16) scores
 the whole bank with the fused Pallas routing-score kernel (`routing_doc_scores`; interpret
 mode where there is no GPU) and reduces chunks to documents with a segment max / mean; it
@@ -248,7 +248,7 @@ def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.
     chunk_doc: [C] int, document (0 .. num_docs-1) of each chunk, -1 for padding rows.
     num_docs: static number of documents M.
     top_k: documents to select (K = min(top_k, M)).
-    scale: multiplies every dot product (`MSAConfig.routing_scale`).
+    scale: multiplies every dot product (`MSAArch.routing_scale`).
     head_reduce: "mean" | "max" over the H heads.
     query_reduce: "max" | "mean" | "last" over the routing-query tokens.
     chunk_reduce: "max" | "mean" over a document's chunks.

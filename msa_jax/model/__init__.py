@@ -13,14 +13,15 @@ losses.py.
 
 from msa_jax.model.attention import KVCache, dot_product_attention, init_cache
 from msa_jax.model.batch import IGNORE, BatchError, MSABatch, check_batch
-from msa_jax.model.config import PRESETS, ModelConfig, MSAConfig, get_preset
+from msa_jax.model.config import (PRESETS, ModelConfig, MSAArch, MSAConfig, MSALoss,
+                                  MSARuntime, get_preset)
 from msa_jax.model.msa import MSAOutput, MSATransformer, Route, compute_losses
 from msa_jax.model.transformer import (Transformer, abstract_params, count_params, init_params,
                                        param_logical_axes)
 
 __all__ = [
-    "BatchError", "IGNORE", "KVCache", "MSABatch", "MSAConfig", "MSAOutput", "MSATransformer",
-    "ModelConfig", "PRESETS", "Route", "Transformer", "abstract_params", "check_batch",
-    "compute_losses", "count_params", "dot_product_attention", "get_preset", "init_cache",
-    "init_params", "param_logical_axes",
+    "BatchError", "IGNORE", "KVCache", "MSAArch", "MSABatch", "MSAConfig", "MSALoss",
+    "MSAOutput", "MSARuntime", "MSATransformer", "ModelConfig", "PRESETS", "Route",
+    "Transformer", "abstract_params", "check_batch", "compute_losses", "count_params",
+    "dot_product_attention", "get_preset", "init_cache", "init_params", "param_logical_axes",
 ]

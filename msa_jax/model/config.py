@@ -1,8 +1,11 @@
-"""Backbone hyperparameters and the one table of model presets."""
+"""Backbone hyperparameters, the one table of model presets, and the MSA config (its
+architecture, loss and runtime parts)."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from typing import Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +98,20 @@ _REDUCES = {"head_reduce": ("mean", "max"), "query_reduce": ("max", "mean", "las
             "chunk_reduce": ("max", "mean")}
 
 
+def _layer_spec(part: str, name: str, value):
+  """A layer choice as "upper_half" / "all" / a tuple (lists become tuples)."""
+  if isinstance(value, list):
+    return tuple(value)
+  if not isinstance(value, (str, tuple)):
+    raise ValueError(f"{part}.{name} must be a string or a tuple of ints, got {value!r}")
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
-class MSAConfig:
-  """Memory Sparse Attention on top of a backbone (paper section 3; official `msa_config`).
+class MSAArch:
+  """What the MSA forward and inference compute (paper section 3): the part of the MSA config
+  that a memory bank and the routing depend on. No loss setting lives here, so a loss change
+  can never change how documents are encoded or scored.
 
   Attributes:
     router_layers: which layers read the memory: "upper_half" (layers L//2 .. L-1, the
@@ -113,12 +127,53 @@ class MSAConfig:
     query_reduce: "max" | "mean" | "last" over the sample's routing-query tokens.
     chunk_reduce: "max" | "mean" over a document's chunks.
     cosine_routing: L2-normalise the routing queries and pooled routing keys before their dot
-      product (cosine scores). None follows the official rule, which ties it to the loss:
-      cosine for the InfoNCE family, raw dot products for "bce". This is routing math that
-      inference runs too, so configs that may change `aux_loss` should set it explicitly;
-      `normalize_routing` is the resolved value.
+      product (cosine scores); False: raw dot products. Always resolved here (the flat
+      `msa.cosine_routing` field may be unset, see `MSAConfig`).
+  """
+
+  router_layers: str | tuple[int, ...] = "upper_half"
+  top_k: int = 16
+  chunk_size: int = 64
+  decouple_router: bool = True
+  router_bias: bool = False
+  head_reduce: str = "mean"
+  query_reduce: str = "max"
+  chunk_reduce: str = "max"
+  cosine_routing: bool = True
+
+  def __post_init__(self):
+    for name in ("top_k", "chunk_size"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"MSAConfig.{name} must be a positive int, got {value!r}")
+    for name, allowed in _REDUCES.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"MSAConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
+    object.__setattr__(self, "router_layers",
+                       _layer_spec("MSAConfig", "router_layers", self.router_layers))
+    if self.cosine_routing not in (True, False):
+      raise ValueError(f"MSAConfig.cosine_routing must be True, False or None (as the aux loss), "
+                       f"got {self.cosine_routing!r}")
+
+  def routing_scale(self, head_dim: int) -> float:
+    """Officially 1 for decoupled cosine routing, otherwise 1/sqrt(D) (even if normalised)."""
+    return 1.0 if self.decouple_router and self.cosine_routing else head_dim ** -0.5
+
+  def router_layer_ids(self, num_layers: int) -> tuple[int, ...]:
+    return _layer_ids(self.router_layers, num_layers, "router_layers", range(num_layers))
+
+  def replace(self, **changes) -> MSAArch:
+    return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class MSALoss:
+  """The training objective of the MSA model (`compute_losses`, the train and eval steps).
+
+  Attributes:
     aux_loss: routing loss: "infonce" (paper), "infonce_focal", "infonce_decouple",
-      "infonce_decouple_focal" or "bce". Changes training only when `cosine_routing` is set.
+      "infonce_decouple_focal" or "bce" (which adds the learned score bias `aux_bias` to the
+      model's parameters).
     aux_layers: router layers whose scores feed the aux loss: "upper_half" (router layers
       >= L//2, the official rule), "all" router layers, or a tuple of layer indices.
     temperature: InfoNCE temperature, a constant (clamped to [0.001, 0.5] as officially).
@@ -130,6 +185,44 @@ class MSAConfig:
       left out of its ranking. Routing recall metrics stay per sample.
     lm_weight, aux_weight, answer_weight: weights of the total loss
       lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer.
+  """
+
+  aux_loss: str = "infonce"
+  aux_layers: str | tuple[int, ...] = "upper_half"
+  temperature: float = 0.05
+  focal_gamma: float = 2.0
+  bce_bias_init: float = -20.0
+  batch_negatives: bool = False
+  lm_weight: float = 1.0
+  aux_weight: float = 0.1
+  answer_weight: float = 0.0
+
+  def __post_init__(self):
+    if self.aux_loss not in AUX_LOSSES:
+      raise ValueError(f"MSAConfig.aux_loss={self.aux_loss!r}; expected one of {AUX_LOSSES}")
+    object.__setattr__(self, "aux_layers", _layer_spec("MSAConfig", "aux_layers",
+                                                       self.aux_layers))
+    if not self.temperature > 0:
+      raise ValueError(f"MSAConfig.temperature must be > 0, got {self.temperature!r}")
+
+  def aux_layer_ids(self, router_ids: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+    """The aux layers among the model's router layers `router_ids` (of `num_layers`)."""
+    ids = _layer_ids(self.aux_layers, num_layers, "aux_layers", router_ids)
+    stray = sorted(set(ids) - set(router_ids))
+    if stray:
+      raise ValueError(f"MSAConfig.aux_layers {stray} are not router layers {tuple(router_ids)}")
+    return ids
+
+  def replace(self, **changes) -> MSALoss:
+    return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class MSARuntime:
+  """How the MSA model runs; changes neither its parameters nor its results (beyond float
+  rounding).
+
+  Attributes:
     remat: rematerialise each layer in the backward pass (saves activation memory).
     kernel_impl: how router layers score chunks and attend to the routed memory: "xla"
       (dense jnp), "pallas" (the fused routing-score and top-k block-sparse attention kernels
@@ -137,77 +230,103 @@ class MSAConfig:
       when the head dim suits the kernels, xla elsewhere).
   """
 
-  router_layers: str | tuple[int, ...] = "upper_half"
-  top_k: int = 16
-  chunk_size: int = 64
-  decouple_router: bool = True
-  router_bias: bool = False
-  head_reduce: str = "mean"
-  query_reduce: str = "max"
-  chunk_reduce: str = "max"
-  cosine_routing: bool | None = None
-  batch_negatives: bool = False
-  aux_loss: str = "infonce"
-  aux_layers: str | tuple[int, ...] = "upper_half"
-  temperature: float = 0.05
-  focal_gamma: float = 2.0
-  bce_bias_init: float = -20.0
-  lm_weight: float = 1.0
-  aux_weight: float = 0.1
-  answer_weight: float = 0.0
   remat: bool = False
   kernel_impl: str = "auto"
 
   def __post_init__(self):
-    for name in ("top_k", "chunk_size"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"MSAConfig.{name} must be a positive int, got {value!r}")
-    for name, allowed in _REDUCES.items():
-      if getattr(self, name) not in allowed:
-        raise ValueError(f"MSAConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
     if self.kernel_impl not in ("auto", "xla", "pallas"):
       raise ValueError(f"MSAConfig.kernel_impl={self.kernel_impl!r}; expected 'auto', "
                        "'xla' or 'pallas'")
-    if self.aux_loss not in AUX_LOSSES:
-      raise ValueError(f"MSAConfig.aux_loss={self.aux_loss!r}; expected one of {AUX_LOSSES}")
-    for name in ("router_layers", "aux_layers"):
-      value = getattr(self, name)
-      if isinstance(value, list):
-        object.__setattr__(self, name, tuple(value))
-      elif not isinstance(value, (str, tuple)):
-        raise ValueError(f"MSAConfig.{name} must be a string or a tuple of ints, got {value!r}")
-    if self.cosine_routing not in (None, True, False):
-      raise ValueError(f"MSAConfig.cosine_routing must be True, False or None (as the aux loss), "
-                       f"got {self.cosine_routing!r}")
-    if not self.temperature > 0:
-      raise ValueError(f"MSAConfig.temperature must be > 0, got {self.temperature!r}")
 
-  @property
-  def normalize_routing(self) -> bool:
-    """Cosine routing: rq and the pooled routing keys are L2-normalised (`cosine_routing`;
-    unset: the InfoNCE family)."""
-    if self.cosine_routing is not None:
-      return self.cosine_routing
-    return self.aux_loss.startswith("infonce")
+  def replace(self, **changes) -> MSARuntime:
+    return dataclasses.replace(self, **changes)
 
-  def routing_scale(self, head_dim: int) -> float:
-    """Officially 1 for decoupled cosine routing, otherwise 1/sqrt(D) (even if normalised)."""
-    return 1.0 if self.decouple_router and self.normalize_routing else head_dim ** -0.5
 
-  def router_layer_ids(self, num_layers: int) -> tuple[int, ...]:
-    return _layer_ids(self.router_layers, num_layers, "router_layers", range(num_layers))
+_PARTS = {"arch": MSAArch, "loss": MSALoss, "runtime": MSARuntime}
+# The flat field names of a config's `msa` section -> the part that holds each. The flat
+# `cosine_routing` may be None ("as the aux loss"); MSAArch holds it resolved.
+FIELD_PARTS: dict[str, str] = {f.name: part for part, cls in _PARTS.items()
+                               for f in dataclasses.fields(cls)}
+# The runtime fields: a run may change them on resume (they change neither parameters nor math).
+RUNTIME_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MSARuntime))
+FIELD_DEFAULTS: dict[str, object] = {
+    **{f.name: f.default for cls in _PARTS.values() for f in dataclasses.fields(cls)},
+    "cosine_routing": None}
+
+
+def split_msa_fields(fields: Mapping[str, object]) -> tuple[MSAArch, MSALoss, MSARuntime]:
+  """The flat fields of a config's `msa` section -> (architecture, loss, runtime) parts.
+
+  `cosine_routing` None (or absent) follows the official rule, which ties it to the loss:
+  cosine for the InfoNCE family, raw dot products for "bce". It is resolved here, once, so
+  the architecture part never depends on the loss afterwards. An unknown field is a
+  ValueError naming the closest known one.
+  """
+  parts = {name: {} for name in _PARTS}
+  for name, value in fields.items():
+    if name not in FIELD_PARTS:
+      close = difflib.get_close_matches(name, FIELD_PARTS, n=1)
+      hint = f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(FIELD_PARTS)}"
+      raise ValueError(f"MSAConfig has no field {name!r}{hint}")
+    parts[FIELD_PARTS[name]][name] = value
+  loss = MSALoss(**parts["loss"])
+  arch = dict(parts["arch"])
+  if arch.get("cosine_routing") is None:
+    arch["cosine_routing"] = loss.aux_loss.startswith("infonce")
+  return MSAArch(**arch), loss, MSARuntime(**parts["runtime"])
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class MSAConfig:
+  """Memory Sparse Attention on top of a backbone (paper section 3; official `msa_config`):
+  an architecture part (`MSAArch`: what the forward and inference compute), a loss part
+  (`MSALoss`: the training objective) and a runtime part (`MSARuntime`: remat, kernels).
+
+  Build it from the flat fields a config's `msa` section sets (any of the three parts'
+  fields, e.g. `MSAConfig(top_k=16, chunk_size=64, aux_loss="bce")`; see
+  `split_msa_fields`), or from parts (`MSAConfig(arch=..., loss=..., runtime=...)`, a part
+  not given is its default). Read fields from the parts: `msa.arch.top_k`,
+  `msa.loss.aux_weight`, `msa.runtime.kernel_impl`. Layers, the engine and bank fingerprints
+  take `arch` (and the runtime where they run kernels); the loss and the train step `loss`.
+  """
+
+  arch: MSAArch
+  loss: MSALoss
+  runtime: MSARuntime
+
+  def __init__(self, arch: MSAArch | None = None, loss: MSALoss | None = None,
+               runtime: MSARuntime | None = None, **fields):
+    given = {"arch": arch, "loss": loss, "runtime": runtime}
+    if fields:
+      if any(v is not None for v in given.values()):
+        raise ValueError("MSAConfig takes either flat fields or parts (arch, loss, runtime), "
+                         f"not both; got fields {sorted(fields)}")
+      given = dict(zip(_PARTS, split_msa_fields(fields)))
+    for name, cls in _PARTS.items():
+      value = cls() if given[name] is None else given[name]
+      if not isinstance(value, cls):
+        raise ValueError(f"MSAConfig.{name} must be an {cls.__name__}, got {value!r}")
+      object.__setattr__(self, name, value)
 
   def aux_layer_ids(self, num_layers: int) -> tuple[int, ...]:
-    routers = self.router_layer_ids(num_layers)
-    ids = _layer_ids(self.aux_layers, num_layers, "aux_layers", routers)
-    stray = sorted(set(ids) - set(routers))
-    if stray:
-      raise ValueError(f"MSAConfig.aux_layers {stray} are not router layers {routers}")
-    return ids
+    """The loss's aux layers among the architecture's router layers (both resolved)."""
+    return self.loss.aux_layer_ids(self.arch.router_layer_ids(num_layers), num_layers)
 
   def replace(self, **changes) -> MSAConfig:
-    return dataclasses.replace(self, **changes)
+    """A copy with flat fields changed in their parts (`msa.replace(top_k=4, remat=True)`).
+
+    Nothing is re-resolved: a changed `aux_loss` keeps the routing math of `arch`; pass
+    `cosine_routing` to change that too (None: as the new loss).
+    """
+    parts = {"arch": {}, "loss": {}, "runtime": {}}
+    for name, value in changes.items():
+      if name not in FIELD_PARTS:
+        split_msa_fields({name: value})  # raises the did-you-mean error
+      parts[FIELD_PARTS[name]][name] = value
+    new = {name: getattr(self, name).replace(**parts[name]) for name in ("loss", "runtime")}
+    if "cosine_routing" in parts["arch"] and parts["arch"]["cosine_routing"] is None:
+      parts["arch"]["cosine_routing"] = new["loss"].aux_loss.startswith("infonce")
+    return MSAConfig(arch=self.arch.replace(**parts["arch"]), **new)
 
 
 def _layer_ids(spec, num_layers: int, name: str, layers) -> tuple[int, ...]:

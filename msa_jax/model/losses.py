@@ -103,7 +103,7 @@ def bce(scores, docs, labels, bias):
 
 def aux_loss(method: str, scores, docs, labels, *, temperature: float, gamma: float,
              bias: jax.Array | None = None) -> jax.Array:
-  """Per-sample routing loss [B] for `method` (an MSAConfig.aux_loss name)."""
+  """Per-sample routing loss [B] for `method` (an MSALoss.aux_loss name)."""
   if method == "infonce":
     return infonce(scores, docs, labels, temperature)
   if method == "infonce_focal":

@@ -30,7 +30,7 @@ from msa_jax.model import layers
 from msa_jax.model import losses
 from msa_jax.model import routing
 from msa_jax.model.batch import MSABatch
-from msa_jax.model.config import ModelConfig, MSAConfig
+from msa_jax.model.config import ModelConfig, MSAArch, MSAConfig, MSALoss
 
 Dtype = Any
 
@@ -45,7 +45,7 @@ class Route:
     indices: [B, K] selected document slots, by descending score.
     selected: [B, K] bool, slot i is used (i < min(top_k, documents present)).
     batch_scores: [B, B * N] float32 scores of each sample's routing query against every
-      document of the batch (sample-major), with `MSAConfig.batch_negatives`; else None.
+      document of the batch (sample-major), with `MSALoss.batch_negatives`; else None.
   """
 
   doc_scores: jax.Array
@@ -144,7 +144,7 @@ def routed_attention(q, k, v, own: attention.OwnSlots, memory: RoutedBlocks | No
                                          memory=mem)
 
 
-def _batch_scores(rq, query_mask, keys, chunks, msa: MSAConfig, head_dim: int) -> jax.Array:
+def _batch_scores(rq, query_mask, keys, chunks, msa: MSAArch, head_dim: int) -> jax.Array:
   """[B, B * N] document scores of every sample's routing query against all documents of the
   batch: keys [B, N, C, J, D] and chunks [B, N, C] flattened to one memory of B * N."""
   b, n = chunks.shape[:2]
@@ -198,8 +198,10 @@ class MSAAttention(attention.Attention):
   blocks, with a decode cache).
   """
 
-  msa: MSAConfig = MSAConfig()
+  msa: MSAArch = MSAArch()
   is_router: bool = False
+  kernel_impl: str = "auto"  # MSARuntime.kernel_impl
+  batch_scores: bool = False  # MSALoss.batch_negatives: also score against the whole batch
 
   def setup(self):
     super().setup()
@@ -211,7 +213,7 @@ class MSAAttention(attention.Attention):
 
   @property
   def use_pallas(self) -> bool:
-    return pallas_kernels.resolves_to_pallas(self.msa.kernel_impl, self.head_dim)
+    return pallas_kernels.resolves_to_pallas(self.kernel_impl, self.head_dim)
 
   def doc_attention(self, docs, doc_positions, doc_lengths):
     """Documents [B, N, G, E] -> (output [B, N, G, E], MemoryBlocks [B, N, C, ...] or None)."""
@@ -231,14 +233,14 @@ class MSAAttention(attention.Attention):
       keys = routing.chunk_mean(self.router_k_proj("BNGE,EJD->BNGJD", docs), doc_lengths, p)
     else:
       keys = pooled_k
-    if self.msa.normalize_routing:
+    if self.msa.cosine_routing:
       keys = routing.l2_normalize(keys)
     return doc_out, MemoryBlocks(keys=keys, k=pooled_k, v=pooled_v,
                                  chunks=routing.chunk_mask(doc_lengths, g, p))
 
   def _routing_queries(self, x, q):
     rq = self.router_q_proj("BTE,EHD->BTHD", x) if self.msa.decouple_router else q
-    return routing.l2_normalize(rq) if self.msa.normalize_routing else rq
+    return routing.l2_normalize(rq) if self.msa.cosine_routing else rq
 
   def routing_queries(self, x, positions):
     """Prompt [B, T, E] at `positions` -> routing queries [B, T, H, D] (router layers)."""
@@ -312,7 +314,7 @@ class MSAAttention(attention.Attention):
       out = attention.dot_product_attention(q, k, v, self_mask,
                                             memory=(gather(mem.k), gather(mem.v), mem_mask))
     batch_scores = None
-    if self.msa.batch_negatives:
+    if self.batch_scores:
       batch_scores = _batch_scores(rq, query_mask & token_mask, mem.keys, mem.chunks, self.msa,
                                    self.head_dim)
     route = Route(doc_scores=scores, chunk_scores=chunk_scores, indices=indices,
@@ -329,8 +331,10 @@ class MSADecoderLayer(nn.Module):
   """
 
   config: ModelConfig
-  msa: MSAConfig
+  msa: MSAArch
   is_router: bool
+  kernel_impl: str = "auto"
+  batch_scores: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -343,7 +347,8 @@ class MSADecoderLayer(nn.Module):
     self.attn = MSAAttention(
         embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
-        norm_eps=cfg.norm_eps, msa=self.msa, is_router=self.is_router, **kw)
+        norm_eps=cfg.norm_eps, msa=self.msa, is_router=self.is_router,
+        kernel_impl=self.kernel_impl, batch_scores=self.batch_scores, **kw)
 
   def _doc_mlp(self, docs, doc_y):
     b, n, g, e = docs.shape
@@ -481,7 +486,8 @@ class LayerStack(nn.Module):
     """fn(layer, carry, x) over the layers `ids` (all alike) as one scan over their stacked
     parameters and the stacked per-layer inputs `xs`."""
     first = self.layers[ids[0]]
-    layer = MSADecoderLayer(first.config, first.msa, first.is_router, dtype=first.dtype,
+    layer = MSADecoderLayer(first.config, first.msa, first.is_router, first.kernel_impl,
+                            first.batch_scores, dtype=first.dtype,
                             param_dtype=first.param_dtype, parent=None)
     params = stack_layers([self.variables["params"][f"layers_{i}"] for i in ids])
 
@@ -489,7 +495,7 @@ class LayerStack(nn.Module):
       p, x = layer_xs
       return layer.apply({"params": p}, carry, x, method=fn)
 
-    if first.msa.remat:
+    if self.remat_layers:
       body = jax.checkpoint(body, prevent_cse=False)
     return jax.lax.scan(body, carry, (params, xs))
 
@@ -577,11 +583,15 @@ class LayerStack(nn.Module):
     return x, tuple(cache)
 
   def _build(self, layer_msa: MSAConfig, router_ids):
+    """Layers get the architecture and runtime parts (and from the loss only whether to
+    score routing queries against the whole batch)."""
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embed = layers.Embedder(cfg.vocab_size, cfg.embed_dim, **kw)
-    block = nn.remat(MSADecoderLayer, prevent_cse=True) if layer_msa.remat else MSADecoderLayer
-    self.layers = [block(cfg, layer_msa, i in router_ids, **kw) for i in range(cfg.num_layers)]
+    self.remat_layers = layer_msa.runtime.remat
+    block = nn.remat(MSADecoderLayer, prevent_cse=True) if self.remat_layers else MSADecoderLayer
+    self.layers = [block(cfg, layer_msa.arch, i in router_ids, layer_msa.runtime.kernel_impl,
+                         layer_msa.loss.batch_negatives, **kw) for i in range(cfg.num_layers)]
     self.final_norm = layers.RMSNorm(cfg.norm_eps, **kw)
     if not cfg.tie_embeddings:
       self.lm_head = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), **kw)
@@ -597,6 +607,11 @@ class MSATransformer(LayerStack):
 
   `__call__` is the training forward. The inference engine runs the same layers in stages
   (`LayerStack`'s methods plus `document_memory`, stage 1, and `routing_queries`).
+
+  `msa` is the whole MSA config: its layers get `msa.arch` and `msa.runtime`; of `msa.loss`
+  the model reads only what the training forward must produce for the loss (the BCE loss's
+  `aux_bias` parameter, the batch scores of `batch_negatives`), never anything that changes
+  logits or routing.
   """
 
   config: ModelConfig
@@ -606,10 +621,10 @@ class MSATransformer(LayerStack):
   scan_layers: bool = True
 
   def setup(self):
-    self._build(self.msa, self.msa.router_layer_ids(self.config.num_layers))
-    if self.msa.aux_loss == "bce":
+    self._build(self.msa, self.msa.arch.router_layer_ids(self.config.num_layers))
+    if self.msa.loss.aux_loss == "bce":
       self.aux_bias = self.param("aux_bias", nn.with_logical_partitioning(
-          nn.initializers.constant(self.msa.bce_bias_init), ()), (), jnp.float32)
+          nn.initializers.constant(self.msa.loss.bce_bias_init), ()), (), jnp.float32)
 
   def example_inputs(self) -> tuple[MSABatch]:
     """The smallest inputs `init` accepts (parameters do not depend on their shape)."""
@@ -618,7 +633,7 @@ class MSATransformer(LayerStack):
   def document_memory(self, doc_tokens, doc_lengths, doc_positions) -> dict[int, MemoryBlocks]:
     """Stage 1: b documents [b, G] (lengths [b], RoPE positions [b, G]) through the document
     stream up to the last router layer -> {router layer: MemoryBlocks [b, C, ...]}."""
-    last = max(self.msa.router_layer_ids(self.config.num_layers))
+    last = max(self.msa.arch.router_layer_ids(self.config.num_layers))
 
     def step(_, layer, docs, __):
       return layer.docs(docs, doc_positions[None], doc_lengths[None])
@@ -657,7 +672,7 @@ class MSATransformer(LayerStack):
       d_logits = self._logits(docs.reshape(b * n, g, -1)).reshape(b, n, g, -1)
     return MSAOutput(logits=logits, routes={i: r for i, r in enumerate(routes) if r is not None},
                      hidden=x, doc_hidden=docs, doc_logits=d_logits,
-                     aux_bias=self.aux_bias if self.msa.aux_loss == "bce" else None)
+                     aux_bias=self.aux_bias if self.msa.loss.aux_loss == "bce" else None)
 
 
 def example_batch(batch: int = 1, num_docs: int = 1, doc_len: int = 1,
@@ -692,14 +707,15 @@ def batch_negative_targets(batch: MSABatch) -> tuple[jax.Array, jax.Array]:
 
 
 def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
-                   msa: MSAConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+                   msa: MSALoss) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The weighted total loss and its parts (official `MSAForCausalLM.forward`, training).
 
   total = lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer, where L_LM is the
   shifted cross-entropy over all non-ignored labels of the batch, L_aux the mean over (aux
   layer, sample) pairs of the per-sample routing loss, and L_answer the cross-entropy on
   `answer_labels` of the samples in `answer_mask` (0 if absent). Metrics also hold routing
-  recall@{1,5,10} averaged like L_aux.
+  recall@{1,5,10} averaged like L_aux. `msa` is the loss part of the MSA config (the router
+  layers are those of `out.routes`).
   """
   metrics = {}
   if batch.labels is None:
@@ -711,7 +727,7 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
     answer, _ = losses.lm_cross_entropy(out.logits, batch.answer_labels,
                                         weights=batch.answer_mask.astype(jnp.float32))
   aux = jnp.zeros((), jnp.float32)
-  aux_ids = msa.aux_layer_ids(config.num_layers)
+  aux_ids = msa.aux_layer_ids(tuple(sorted(out.routes)), config.num_layers)
   docs = batch.doc_lengths > 0
   if batch.route_labels is not None and aux_ids:
     per_layer = []

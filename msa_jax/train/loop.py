@@ -98,7 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   opt_cfg = config.optim.to_dict()
   tx = optim_lib.make_optimizer(opt_cfg)
   lr = optim_lib.make_lr_schedule(opt_cfg)
-  weights = optim_lib.make_loss_weights(opt_cfg, msa.lm_weight, msa.aux_weight)
+  weights = optim_lib.make_loss_weights(opt_cfg, msa.loss.lm_weight, msa.loss.aux_weight)
   mesh = sharding_lib.make_mesh(config.mesh.to_dict())
   rules = sharding_lib.make_rules(config.get("rules", None))
   shardings = step_lib.state_shardings(model, tx, mesh, rules)
@@ -122,10 +122,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     state, _ = step_lib.init_train_state(model, tx, rng, mesh, rules)
   accum = opt_cfg.get("grad_accum_steps", 1)
   train_step = step_lib.make_train_step(
-      model, model_cfg, msa, tx, weights, lr_schedule=lr, grad_accum_steps=accum, mesh=mesh,
+      model, model_cfg, msa.loss, tx, weights, lr_schedule=lr, grad_accum_steps=accum, mesh=mesh,
       rules=rules, shardings=shardings)
-  eval_step = step_lib.make_eval_step(model, model_cfg, msa, weights, grad_accum_steps=accum,
-                                      mesh=mesh, rules=rules)
+  eval_step = step_lib.make_eval_step(model, model_cfg, msa.loss, weights,
+                                      grad_accum_steps=accum, mesh=mesh, rules=rules)
   writer = metrics_lib.MetricsWriter(workdir)
   total = config.train.steps
   step = int(state.step)
@@ -140,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     batch = next(iterator)
     if tokens_per_batch is None:  # first batch of this run: validate it once, host-side
       check_batch(batch, vocab_size=tok.vocab_size,
-                  need_route_labels=optim_lib.uses_aux_loss(opt_cfg, msa.aux_weight))
+                  need_route_labels=optim_lib.uses_aux_loss(opt_cfg, msa.loss.aux_weight))
       tokens_per_batch = jax.process_count() * int(  # this process's rows, times P
           np.asarray(batch.doc_lengths).sum() + np.asarray(batch.token_mask).sum())
       window_start = _phase("compiling the train step...")

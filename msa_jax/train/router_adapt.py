@@ -54,7 +54,7 @@ from msa_jax.evaluation import metrics as metrics_lib
 from msa_jax.evaluation import run as run_lib
 from msa_jax.memory import routing as bank_routing
 from msa_jax.model import routing
-from msa_jax.model.config import MSAConfig
+from msa_jax.model.config import MSAArch
 from msa_jax.model.msa import router_params, with_routers  # the tree layout lives in model/
 from msa_jax.checkpoint import orbax as ckpt_lib
 from msa_jax.train import metrics as train_metrics
@@ -94,20 +94,20 @@ def _project(p: dict, x: jax.Array, eqn: str) -> jax.Array:
   return y + p["bias"] if "bias" in p else y
 
 
-def routing_keys(p: dict, chunks: jax.Array, msa: MSAConfig) -> jax.Array:
+def routing_keys(p: dict, chunks: jax.Array, msa: MSAArch) -> jax.Array:
   """Pooled routing keys [..., J, D] of chunk-mean states [..., E] (what the bank stores)."""
   keys = _project(p["router_k_proj"], chunks, "...E,EJD->...JD")
-  return routing.l2_normalize(keys) if msa.normalize_routing else keys
+  return routing.l2_normalize(keys) if msa.cosine_routing else keys
 
 
-def routing_queries(p: dict, x: jax.Array, msa: MSAConfig) -> jax.Array:
+def routing_queries(p: dict, x: jax.Array, msa: MSAArch) -> jax.Array:
   """Routing queries [..., H, D] of query-token states [..., E]."""
   rq = _project(p["router_q_proj"], x, "...E,EHD->...HD")
-  return routing.l2_normalize(rq) if msa.normalize_routing else rq
+  return routing.l2_normalize(rq) if msa.cosine_routing else rq
 
 
 def chunk_scores(p: dict, q_states: jax.Array, q_mask: jax.Array, chunks: jax.Array,
-                 msa: MSAConfig, head_dim: int) -> jax.Array:
+                 msa: MSAArch, head_dim: int) -> jax.Array:
   """Routing scores [B, Nc] of B questions (token states [B, T, E], mask [B, T]) against Nc
   chunks (chunk-mean states [Nc, E]): the model's routing math (`tile_chunk_scores`)."""
   rq = routing_queries(p, q_states, msa)
@@ -127,7 +127,7 @@ def chunk_scores(p: dict, q_states: jax.Array, q_mask: jax.Array, chunks: jax.Ar
                                         query_reduce=msa.query_reduce)
 
 
-def doc_scores(p: dict, q_states, q_mask, doc_chunks, chunk_mask, msa: MSAConfig,
+def doc_scores(p: dict, q_states, q_mask, doc_chunks, chunk_mask, msa: MSAArch,
                head_dim: int) -> jax.Array:
   """Document scores [B, N] against N documents' chunk states [N, C, E] (mask [N, C])."""
   n, c, e = doc_chunks.shape
@@ -194,7 +194,7 @@ def _split_queries(config, task: retrieval.RetrievalTask):
   return [samples[i] for i in train_ids], [samples[i] for i in held_ids]
 
 
-def _validate(p_all: dict, batcher: StateBatcher, held, held_index, msa: MSAConfig,
+def _validate(p_all: dict, batcher: StateBatcher, held, held_index, msa: MSAArch,
               head_dim: int, task, qrels, batch: int = 64) -> dict[str, float]:
   """Held-out questions ranked against the whole corpus per router layer and summed."""
   per_layer = {i: [] for i in batcher.layer_ids}
@@ -220,17 +220,18 @@ def _validate(p_all: dict, batcher: StateBatcher, held, held_index, msa: MSAConf
 _JIT_CACHE: dict = {}
 
 
-def _doc_scores_jit(msa: MSAConfig, head_dim: int):
+def _doc_scores_jit(msa: MSAArch, head_dim: int):
   key = ("scores", msa, head_dim)
   if key not in _JIT_CACHE:
     _JIT_CACHE[key] = jax.jit(lambda p, q, m, c, cm: doc_scores(p, q, m, c, cm, msa, head_dim))
   return _JIT_CACHE[key]
 
 
-def _make_step(msa: MSAConfig, aux_ids, head_dim: int, tx: optax.GradientTransformation):
+def _make_step(msa: MSAArch, temperature: float, aux_ids, head_dim: int,
+               tx: optax.GradientTransformation):
   def loss_fn(p_all, q_states, q_mask, chunks, chunk_mask, target, exclude):
     losses = [infonce(doc_scores(p_all[i], q_states[i], q_mask, chunks[i], chunk_mask, msa,
-                                 head_dim), target, exclude, msa.temperature) for i in aux_ids]
+                                 head_dim), target, exclude, temperature) for i in aux_ids]
     return jnp.mean(jnp.stack(losses))
 
   @jax.jit
@@ -274,10 +275,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     raise ValueError("mode=router_adapt adapts a pretrained backbone: set model.checkpoint")
   tokenizer = checkpoint_tokenizer(config.model.checkpoint)
   model_cfg, msa, model = build_model(config, tokenizer.vocab_size)
-  if not msa.decouple_router:
+  if not msa.arch.decouple_router:
     raise ValueError("mode=router_adapt trains router projections: msa.decouple_router must be "
                      "True")
-  layer_ids = msa.router_layer_ids(model_cfg.num_layers)
+  layer_ids = msa.arch.router_layer_ids(model_cfg.num_layers)
   aux_ids = msa.aux_layer_ids(model_cfg.num_layers)
   dtype = dtype_from_name(config.dtype)
   task = make_task(config, tokenizer, [config.data.train_split])
@@ -294,7 +295,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
   cache_dir = Path(a.cache_dir or DEFAULT_CACHE)
   t0 = time.perf_counter()
   docs = state_cache.doc_states(
-      cache_dir, model_cfg, state.params, layer_ids, msa.chunk_size,
+      cache_dir, model_cfg, state.params, layer_ids, msa.arch.chunk_size,
       [task.doc_token_ids(m) for m in range(task.data.num_docs)],
       max_tokens=task.spec.doc_tokens, batch_size=a.encode_batch_size, dtype=dtype)
   samples = train_samples + held
@@ -312,13 +313,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
   qrels = {q: dict(task.data.split(config.data.train_split)[q]) for q, _, _ in held}
   p_all = router_params(state.params, layer_ids)
   if a.centre_init:
-    if not msa.router_bias:
+    if not msa.arch.router_bias:
       raise ValueError("adapt.centre_init needs msa.router_bias=True (the centring is a bias)")
     p_all = _centre(p_all, docs, queries)
   p_all = jax.tree.map(jnp.asarray, p_all)
   opt = optim_lib.make_optimizer(config.optim.to_dict())
   opt_state = opt.init(p_all)
-  step_fn = _make_step(msa, aux_ids, model_cfg.head_dim, opt)
+  step_fn = _make_step(msa.arch, msa.loss.temperature, aux_ids, model_cfg.head_dim, opt)
 
   negatives = None
   if a.hard_negatives > 0:
@@ -363,7 +364,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
            f"steps/s, ETA {eta:.0f} s)")
       losses, window = [], time.perf_counter()
     if held and (step % config.train.eval_every == 0 or step == total):
-      values = _validate(p_all, batcher, held, held_index, msa, model_cfg.head_dim, task, qrels)
+      values = _validate(p_all, batcher, held, held_index, msa.arch, model_cfg.head_dim, task,
+                         qrels)
       last.update({f"eval_{k}": v for k, v in writer.write(step, values, "eval").items()})
       _log(f"step {step} held-out: " + ", ".join(
           f"{k} {v:.4f}" for k, v in values.items() if k.startswith("ndcg")))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from msa_jax.model.batch import MSABatch
-from msa_jax.model.config import ModelConfig, MSAConfig
+from msa_jax.model.config import ModelConfig, MSALoss
 from msa_jax.model.msa import compute_losses
 from msa_jax.model.transformer import abstract_params
 from msa_jax.runtime import sharding as sharding_lib
@@ -111,18 +111,18 @@ def _contexts(mesh, rules):
   return stack
 
 
-def _constant_weights(msa: MSAConfig) -> LossWeightsFn:
+def _constant_weights(loss: MSALoss) -> LossWeightsFn:
   def weights(step):
     del step
-    return jnp.float32(msa.lm_weight), jnp.float32(msa.aux_weight)
+    return jnp.float32(loss.lm_weight), jnp.float32(loss.aux_weight)
   return weights
 
 
-def _loss(params, model, batch, config, msa, lm_w, aux_w):
+def _loss(params, model, batch, config, loss, lm_w, aux_w):
   out = model.apply({"params": params}, batch)
-  _, metrics = compute_losses(out, batch, config, msa)
+  _, metrics = compute_losses(out, batch, config, loss)
   total = (lm_w * metrics["lm_loss"] + aux_w * metrics["aux_loss"]
-           + msa.answer_weight * metrics["answer_loss"])
+           + loss.answer_weight * metrics["answer_loss"])
   metrics = dict(metrics, loss=total, lm_weight=lm_w, aux_weight=aux_w)
   return total, metrics
 
@@ -140,7 +140,7 @@ def _wrap(jitted, mesh, rules):
   return call
 
 
-def make_train_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
+def make_train_step(model: nn.Module, config: ModelConfig, loss: MSALoss,
                     optimizer: optax.GradientTransformation,
                     loss_weights_fn: LossWeightsFn | None = None, *,
                     lr_schedule: optax.Schedule | None = None, grad_accum_steps: int = 1,
@@ -151,9 +151,11 @@ def make_train_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
 
   Args:
     model: the `MSATransformer` (its dtype is the compute dtype).
-    config, msa: the model's configs (`msa.answer_weight` and the aux-loss settings apply).
+    config: the backbone config.
+    loss: the loss part of the model's MSA config (`MSAConfig.loss`: answer_weight and the
+      aux-loss settings apply).
     optimizer: from `optimizer.make_optimizer`.
-    loss_weights_fn: optimiser step -> (lm_weight, aux_weight); default: msa's constants.
+    loss_weights_fn: optimiser step -> (lm_weight, aux_weight); default: `loss`'s constants.
     lr_schedule: optional, adds the step's learning rate to the metrics.
     grad_accum_steps: micro-batches per optimiser update (as given to the optimiser), so that
       weights and learning rate are looked up at `state.step // grad_accum_steps`.
@@ -166,7 +168,7 @@ def make_train_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
     The step; metrics hold loss, lm_loss, aux_loss, answer_loss, recall@{1,5,10} (with route
     labels), lm_targets, lm_weight, aux_weight, grad_norm and (with lr_schedule) learning_rate.
   """
-  weights_fn = loss_weights_fn or _constant_weights(msa)
+  weights_fn = loss_weights_fn or _constant_weights(loss)
   if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps={grad_accum_steps!r} must be a positive int")
 
@@ -174,7 +176,7 @@ def make_train_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
     opt_step = state.step // grad_accum_steps
     lm_w, aux_w = weights_fn(opt_step)
     grad_fn = jax.value_and_grad(_loss, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, model, batch, config, msa, lm_w, aux_w)
+    (_, metrics), grads = grad_fn(state.params, model, batch, config, loss, lm_w, aux_w)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
@@ -188,7 +190,7 @@ def make_train_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
   return _wrap(jax.jit(step, **kwargs), mesh, rules)
 
 
-def make_eval_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
+def make_eval_step(model: nn.Module, config: ModelConfig, loss: MSALoss,
                    loss_weights_fn: LossWeightsFn | None = None, *, grad_accum_steps: int = 1,
                    mesh=None, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES
                    ) -> Callable[[Any, MSABatch, jax.Array], Metrics]:
@@ -197,13 +199,13 @@ def make_eval_step(model: nn.Module, config: ModelConfig, msa: MSAConfig,
   `step` counts micro-batches like `TrainState.step`: the loss weights are those the train
   step uses at that state, looked up at `step // grad_accum_steps`.
   """
-  weights_fn = loss_weights_fn or _constant_weights(msa)
+  weights_fn = loss_weights_fn or _constant_weights(loss)
   if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps={grad_accum_steps!r} must be a positive int")
 
   def eval_step(params, batch: MSABatch, step=0):
     lm_w, aux_w = weights_fn(jnp.asarray(step, jnp.int32) // grad_accum_steps)
-    _, metrics = _loss(params, model, batch, config, msa, lm_w, aux_w)
+    _, metrics = _loss(params, model, batch, config, loss, lm_w, aux_w)
     return metrics
 
   return _wrap(jax.jit(eval_step), mesh, rules)

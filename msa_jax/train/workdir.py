@@ -23,16 +23,19 @@ import json
 import os
 from typing import Any
 
+from msa_jax.model.config import RUNTIME_FIELDS
 from msa_jax.validation import UserError, check_output_dir
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 
 # Fields that may differ from the recorded config: these flattened names and everything under
-# them; plus the last phase's `optim.phases[i].steps`, which absorbs a change of train.steps.
+# them (the MSA runtime part: remat, kernel_impl); plus the last phase's
+# `optim.phases[i].steps`, which absorbs a change of train.steps.
 EXTENDING = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
              "train.checkpoint_every", "train.keep_checkpoints", "mesh", "rules",
-             "msa.kernel_impl", "evals", "extrapolation")  # extrapolation: what evals was
+             *(f"msa.{name}" for name in RUNTIME_FIELDS),
+             "evals", "extrapolation")  # extrapolation: what evals was
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
