@@ -17,6 +17,7 @@ from configs import generate as generate_config
 from msa_jax import bank, generate
 from msa_jax.checkpoint import hf
 from msa_jax.inference import engine as engine_lib
+from msa_jax.memory import encode as encode_lib
 from msa_jax.loading import build
 from msa_jax.model import (MSAArch, MSAConfig, MSALoss, MSARuntime, MSATransformer, get_preset,
                            init_params)
@@ -174,9 +175,9 @@ def test_loss_settings_reach_neither_the_engine_nor_the_bank(tmp_path):
   other = base.replace(aux_loss="bce", aux_weight=0.0, lm_weight=2.0, temperature=0.2,
                        batch_negatives=True)
   f32 = jax.numpy.float32
-  assert (engine_lib.bank_fingerprint(CFG, other.arch, params, f32)
-          == engine_lib.bank_fingerprint(CFG, base.arch, params, f32))
-  memory = engine_lib.create_bank(tmp_path / "bank", CFG, base, params)
+  assert (encode_lib.bank_fingerprint(CFG, other.arch, params, f32)
+          == encode_lib.bank_fingerprint(CFG, base.arch, params, f32))
+  memory = encode_lib.create_bank(tmp_path / "bank", CFG, base, params)
   engine = engine_lib.MSAEngine(CFG, other, params, memory)  # the fingerprint matches
   assert engine.msa == MSAConfig(arch=base.arch, runtime=base.runtime)
   assert engine.msa.loss == MSALoss()
