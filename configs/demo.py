@@ -23,6 +23,11 @@ solo). The default is run M:
     (recall@5 1.000): 0 % relative loss for both at 1M tokens; held-out LM loss at the end
     0.0048 (L: 0.026). Issue 13's top_k-1 bars are met; two changes at once, so which of them
     made the copy exact is not separated.
+  N (M with the old key vocabulary, `:bag_keys`, table at 1x and 2000x only; 27 min 56 s at
+    load 5-17): recall@1 1.000 / 0.820, answer 1.000 / 0.820: the copy is exact (105 of 105
+    rightly routed questions at 2000x) but all 23 routing misses lose to a key holding one of
+    the question's words at the other position. The bigger model alone does not make the
+    router order-aware; the positional key words do (L, M).
   L (H with `positional_keys`: each key position draws from its own 192 words, 384 key words;
     26 min 30 s at load 15-18): recall@1 1.000 / 1.000 / 1.000 / 0.984, answer 0.977 / 0.977 /
     0.977 / 0.938: 1.6 % / 4.0 % relative loss. Its 2 routing misses at 2000x lose to a key
@@ -68,7 +73,7 @@ solo). The default is run M:
   B (7-digit identifiers, hard negatives from step 0, 500 warm-up steps at 1e-3): in-batch
     recall@1 0.375-0.5 at step 1,100, LM at chance (stopped).
 What mattered: keys whose bag of words is unique (L vs H: recall@1 0.984 vs 0.766 at 1M
-tokens; the router of this 2-layer model reads a key as a bag of words, and no loss or hard
+tokens, M vs N: 1.000 vs 0.820; the router of this 2-layer model reads a key as a bag of words, and no loss or hard
 negative taught it otherwise, I); then 4 kv heads and 400 more LM steps for the identifier copy
 (M vs L: answer 1.000 vs 0.938 at 1M tokens); ranking each positive against every document of
 the batch (H vs G: 0.766 at 16,000 documents vs 0.406 at 5,600, same training cost); router
