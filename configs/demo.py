@@ -72,23 +72,23 @@ solo). The default is run M:
     recall@1 0.5-0.75 at step 1,600; stopped).
   B (7-digit identifiers, hard negatives from step 0, 500 warm-up steps at 1e-3): in-batch
     recall@1 0.375-0.5 at step 1,100, LM at chance (stopped).
-What mattered: keys whose bag of words is unique (L vs H: recall@1 0.984 vs 0.766 at 1M
-tokens, M vs N: 1.000 vs 0.820; the router of this 2-layer model reads a key as a bag of words, and no loss or hard
-negative taught it otherwise, I); then 4 kv heads and 400 more LM steps for the identifier copy
-(M vs L: answer 1.000 vs 0.938 at 1M tokens); ranking each positive against every document of
-the batch (H vs G: 0.766 at 16,000 documents vs 0.406 at 5,600, same training cost); router
-warm-up on the routing loss alone before the LM loss joins (the LM loss from the start
-teaches the model to ignore a memory the untrained router fills with wrong documents); the fact
-inside the identifier's chunk (`fact_span`: pooled memory keeps no token order across chunks);
-top_k 1 (with 2 or 4 routed documents, J, the LM never learned which one to copy from); 4,000
-training documents (with 20,000, B-E, the LM never copied). What failed: hard negatives from step 0 (C: stall); hard
-negatives at the same key position (E, F: the router already separates those) or at any
-position (I). Issue 13's bars (>= 0.95 recall@1 and answer at 1M tokens, <= 9 % loss) are met
-with top_k 1 (M); with top_k >= 4 they are not (J: copying from one of several routed
-documents is the gap; not rerun on M). Variants combine with commas (`:hardneg,top4`);
-`:scale` is run E's task with 7-digit identifiers (3-word keys of 128 words per position, for
-10M/100M-token memories; not trained); `:smoke` is a few steps for tests. Rerunning the same
-command resumes from the workdir.
+What mattered: keys whose bag of words is unique (L vs H: recall@1 0.984 vs 0.766 at 1M tokens,
+M vs N: 1.000 vs 0.820; the router of this 2-layer model reads a key as a bag of words, and no
+loss or hard negative taught it otherwise, I); then 4 kv heads and 400 more LM steps for the
+identifier copy (M vs L: answer 1.000 vs 0.938 at 1M tokens); ranking each positive against
+every document of the batch (H vs G: 0.766 at 16,000 documents vs 0.406 at 5,600, same training
+cost); router warm-up on the routing loss alone before the LM loss joins (the LM loss from the
+start teaches the model to ignore a memory the untrained router fills with wrong documents); the
+fact inside the identifier's chunk (`fact_span`: pooled memory keeps no token order across
+chunks); top_k 1 (with 2 or 4 routed documents, J, the LM never learned which one to copy from);
+4,000 training documents (with 20,000, B-E, the LM never copied). What failed: hard negatives
+from step 0 (C: stall); hard negatives at the same key position (E, F: the router already
+separates those) or at any position (I). Issue 13's bars (>= 0.95 recall@1 and answer at 1M
+tokens, <= 9 % loss) are met with top_k 1 (M); with top_k >= 4 they are not (J: copying from one
+of several routed documents is the gap; not rerun on M). Variants combine with commas
+(`:hardneg,top4`); `:scale` is run E's task with 7-digit identifiers (3-word keys of 128 words
+per position, for 10M/100M-token memories; not trained); `:smoke` is a few steps for tests.
+Rerunning the same command resumes from the workdir.
 """
 
 import ml_collections
