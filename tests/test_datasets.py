@@ -214,7 +214,8 @@ def _demo_arguments(**changes):
   args = dict(num_filler_words=d.num_filler_words, num_key_words=d.num_key_words,
               num_value_words=d.num_value_words, num_docs=d.num_docs, doc_length=d.doc_length,
               facts_per_doc=d.facts_per_doc, key_length=d.key_length, id_digits=d.id_digits,
-              fact_span=d.get("fact_span"), seed=d.seed)
+              fact_span=d.get("fact_span"), seed=d.seed,
+              positional_keys=d.get("positional_keys", False))
   return dict(args, **changes)
 
 

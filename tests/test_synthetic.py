@@ -1,5 +1,7 @@
 """The synthetic memory task: tokenizer, corpus, training batches, iterator state, eval batches."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -295,7 +297,8 @@ def test_keys_and_identifiers_unique_at_100m_tokens():
   d = demo.get_config("scale").data
   tok = SyntheticTokenizer(d.num_filler_words, d.num_key_words, d.num_value_words)
   spec = synthetic.CorpusSpec(doc_length=d.doc_length, facts_per_doc=d.facts_per_doc,
-                              key_length=d.key_length, id_digits=d.id_digits, seed=d.seed)
+                              key_length=d.key_length, id_digits=d.id_digits, seed=d.seed,
+                              positional_keys=d.get("positional_keys", False))
   num_docs = 100_000_000 // 64
   assert spec.max_docs(tok) >= num_docs
   docs = np.arange(num_docs)
@@ -307,8 +310,40 @@ def test_keys_and_identifiers_unique_at_100m_tokens():
   # The codes are the keys actually written: a sample of documents holds exactly them.
   sample = synthetic.documents(tok, spec, docs[::100_000])
   np.testing.assert_array_equal(
-      sample.keys, synthetic.key_words(tok, codes[::100_000], d.key_length))
+      sample.keys,
+      synthetic.key_words(tok, codes[::100_000], d.key_length,
+                          d.get("positional_keys", False)))
   np.testing.assert_array_equal(sample.identifiers, ids[::100_000])
+
+
+def test_positional_keys_have_unique_bags_of_words():
+  """Each key position draws from its own block of key words: all keys of the vocabulary exist,
+  once each, and no two keys hold the same words in another order."""
+  tok = SyntheticTokenizer(num_filler_words=16, num_key_words=12, num_value_words=4)
+  spec = synthetic.CorpusSpec(doc_length=24, key_length=2, id_digits=3, positional_keys=True,
+                              seed=5)
+  assert spec.num_keys(tok) == 36 and spec.max_docs(tok) == 36
+  corpus = synthetic.document_range(tok, spec, 0, 36)
+  words = corpus.keys - tok.key0_id
+  assert words[:, 0].min() >= 0 and words[:, 0].max() < 6  # first position: k0..k5
+  assert words[:, 1].min() >= 6 and words[:, 1].max() < 12  # second position: k6..k11
+  assert len({tuple(k) for k in words.tolist()}) == 36
+  assert len({frozenset(k) for k in words.tolist()}) == 36
+  # The documents hold their keys; the keys are the ones key_words writes.
+  for q in range(corpus.num_questions):
+    off = corpus.key_offset[q]
+    assert corpus.doc_tokens[corpus.key_doc[q], off + 1:off + 3].tolist() == (
+        corpus.keys[q].tolist())
+  codes = synthetic.fact_key_codes(tok, spec, np.arange(36))
+  np.testing.assert_array_equal(corpus.keys,
+                                synthetic.key_words(tok, codes, 2, positional=True))
+  with pytest.raises(ValueError, match="only 36 exist"):
+    synthetic.document_range(tok, spec, 0, 37)
+  with pytest.raises(ValueError, match="positional_keys needs num_key_words >= key_length"):
+    synthetic.documents(SyntheticTokenizer(num_key_words=2), dataclasses.replace(
+        spec, key_length=3, doc_length=30), [0])
+  # Without positional_keys the same vocabulary holds 12 ** 2 keys.
+  assert dataclasses.replace(spec, positional_keys=False).num_keys(tok) == 144
 
 
 def test_hard_negatives_share_key_words_with_the_positive():

@@ -6,7 +6,9 @@ The corpus is M documents of a fixed length, each written as
 
 an identifier prefix, then filler words with `facts_per_doc` facts (key -> value) hidden among
 them, each preceded by the `<fact>` marker (DESIGN.md section 9: without such textual structure a
-tiny model barely learns to route). Keys are `key_length` key words, unique across the corpus.
+tiny model barely learns to route). Keys are `key_length` key words, unique across the corpus;
+with `CorpusSpec.positional_keys` each key position has its own key words, so no two keys hold
+the same words in another order.
 A question names a key; its answer is the identifier of the document holding it (generative
 retrieval), optionally followed by the value, then `<eos>`:
 
@@ -18,7 +20,7 @@ Everything is a pure function of the seeds. Documents form an unbounded-looking 
 `CorpusSpec`: document i (its identifier, facts, keys, values and filler) is computed from
 (seed, i) alone by counter-based hashing, and identifiers / keys are keyed permutations of the
 document / fact index, so they never collide (up to 10 ** id_digits documents and
-num_key_words ** key_length facts: 7 digits and e.g. 3 key words of 256 hold the 1.6M documents
+`CorpusSpec.num_keys` facts: 7 digits and e.g. 3 key words of 256 hold the 1.6M documents
 of a 100M-token memory). `documents(tok, spec, indices)` builds any documents,
 `stream_documents(tok, spec, start, stop, block_docs)` yields a range in blocks (a 100M-token
 memory is never held whole), `generate_corpus` is the range [first_doc, first_doc + num_docs).
@@ -222,7 +224,7 @@ class CorpusSpec:
 
   Document i holds facts i * facts_per_doc .. (i + 1) * facts_per_doc - 1. Its identifier and
   its facts' keys are images of i (resp. the fact index) under keyed pseudo-random permutations
-  of [0, 10 ** id_digits) and [0, num_key_words ** key_length), so no two documents of a seed
+  of [0, 10 ** id_digits) and [0, num_keys(tokenizer)), so no two documents of a seed
   share an identifier and no two facts share a key, however many documents are generated and in
   whatever pieces. Any range of documents (`document_range`, `stream_documents`) can thus be
   built without the others: a 100M-token memory is never held whole.
@@ -230,11 +232,17 @@ class CorpusSpec:
   Attributes:
     doc_length: L tokens per document, prefix `<doc> [ id ]` included.
     facts_per_doc: facts hidden in each document.
-    key_length: key words per key; num_key_words ** key_length unique keys exist.
+    key_length: key words per key; `num_keys` unique keys exist.
     value_length: value words per value.
     id_digits: digits per identifier: 10 ** id_digits documents exist at most. Identifiers are
       distinct pseudo-random numbers, not the document index. Keep it the same for training and
       evaluation, so answers have one length whatever the memory size.
+    positional_keys: key position p draws its word from its own block of
+      num_key_words // key_length key words (`k0..` for the first position, the next block for
+      the second, ...), so a key's bag of words identifies it: no other key holds the same words
+      in another order, and a key sharing a word with another shares it at the same position.
+      (num_key_words // key_length) ** key_length keys exist. False: every position draws from
+      all num_key_words words (num_key_words ** key_length keys).
     fact_span: facts lie among the first `fact_span` tokens after the identifier prefix
       (filler included); None: anywhere in the document. A span that puts the facts in the
       identifier's chunk lets a shallow model copy the identifier from the fact's chunk
@@ -248,6 +256,7 @@ class CorpusSpec:
   id_digits: int = 6
   fact_span: int | None = None
   seed: int = 0
+  positional_keys: bool = False
 
   @property
   def prefix_length(self) -> int:
@@ -259,10 +268,19 @@ class CorpusSpec:
     """`<fact> key value`."""
     return 1 + self.key_length + self.value_length
 
+  def key_words_per_position(self, tokenizer: SyntheticTokenizer) -> int:
+    """Key words a key position draws from (`positional_keys`: its own block of them)."""
+    if self.positional_keys:
+      return tokenizer.num_key_words // self.key_length
+    return tokenizer.num_key_words
+
+  def num_keys(self, tokenizer: SyntheticTokenizer) -> int:
+    """Distinct keys: key_words_per_position ** key_length."""
+    return self.key_words_per_position(tokenizer) ** self.key_length
+
   def max_docs(self, tokenizer: SyntheticTokenizer) -> int:
     """Documents that exist: bounded by the identifiers and by the unique keys."""
-    return min(10 ** self.id_digits,
-               tokenizer.num_key_words ** self.key_length // self.facts_per_doc)
+    return min(10 ** self.id_digits, self.num_keys(tokenizer) // self.facts_per_doc)
 
 
 def check_corpus_spec(tokenizer: SyntheticTokenizer, spec: CorpusSpec,
@@ -273,6 +291,9 @@ def check_corpus_spec(tokenizer: SyntheticTokenizer, spec: CorpusSpec,
   for name in ("doc_length", "facts_per_doc", "key_length", "value_length", "id_digits"):
     _positive_int(name, getattr(spec, name))
   _positive_int("seed", spec.seed, minimum=0)
+  if spec.positional_keys and tokenizer.num_key_words < spec.key_length:
+    raise ValueError(f"positional_keys needs num_key_words >= key_length; got num_key_words="
+                     f"{tokenizer.num_key_words} for key_length={spec.key_length}")
   needed = spec.prefix_length + spec.facts_per_doc * spec.fact_length
   if spec.doc_length < needed:
     raise ValueError(f"doc_length={spec.doc_length} cannot hold facts_per_doc="
@@ -289,11 +310,14 @@ def check_corpus_spec(tokenizer: SyntheticTokenizer, spec: CorpusSpec,
   if 10 ** spec.id_digits < num_docs:
     raise ValueError(f"id_digits={spec.id_digits} gives {10 ** spec.id_digits} identifiers, "
                      f"fewer than num_docs={num_docs}")
-  num_q, num_keys = num_docs * spec.facts_per_doc, tokenizer.num_key_words ** spec.key_length
+  num_q, num_keys = num_docs * spec.facts_per_doc, spec.num_keys(tokenizer)
   if num_q > num_keys:
+    per = (f"num_key_words={tokenizer.num_key_words} // key_length={spec.key_length} "
+           "per position" if spec.positional_keys
+           else f"num_key_words={tokenizer.num_key_words}")
     raise ValueError(f"num_docs * facts_per_doc = {num_q} facts need unique keys, but only "
-                     f"{num_keys} exist (num_key_words={tokenizer.num_key_words} ** "
-                     f"key_length={spec.key_length}); raise either")
+                     f"{num_keys} exist ({per}, ** key_length={spec.key_length}); raise "
+                     "num_key_words or key_length")
 
 
 # Counter-based draws: every random number is a hash of (seed, stream, indices), so a document's
@@ -349,16 +373,21 @@ def document_identifiers(spec: CorpusSpec, docs) -> np.ndarray:
 
 
 def fact_key_codes(tokenizer: SyntheticTokenizer, spec: CorpusSpec, facts) -> np.ndarray:
-  """[n] int64 key codes in [0, num_key_words ** key_length) of facts `facts` (distinct for
+  """[n] int64 key codes in [0, spec.num_keys(tokenizer)) of facts `facts` (distinct for
   distinct facts); `key_words` writes them as key words."""
-  return keyed_permutation(facts, tokenizer.num_key_words ** spec.key_length, spec.seed,
-                           _STREAM_KEY)
+  return keyed_permutation(facts, spec.num_keys(tokenizer), spec.seed, _STREAM_KEY)
 
 
-def key_words(tokenizer: SyntheticTokenizer, codes, key_length: int) -> np.ndarray:
-  """[n, key_length] int32 key-word token ids of key codes (base num_key_words digits)."""
-  powers = tokenizer.num_key_words ** np.arange(key_length - 1, -1, -1, dtype=np.int64)
-  words = (np.asarray(codes, np.int64)[:, None] // powers) % tokenizer.num_key_words
+def key_words(tokenizer: SyntheticTokenizer, codes, key_length: int,
+              positional: bool = False) -> np.ndarray:
+  """[n, key_length] int32 key-word token ids of key codes: their base-W digits, W the words per
+  position (num_key_words, or num_key_words // key_length when `positional`, position p then
+  using key words p * W .. (p + 1) * W - 1; `CorpusSpec.positional_keys`)."""
+  base = tokenizer.num_key_words // key_length if positional else tokenizer.num_key_words
+  powers = base ** np.arange(key_length - 1, -1, -1, dtype=np.int64)
+  words = (np.asarray(codes, np.int64)[:, None] // powers) % base
+  if positional:
+    words = words + base * np.arange(key_length)
   return (tokenizer.key0_id + words).astype(np.int32)
 
 
@@ -378,7 +407,8 @@ def documents(tokenizer: SyntheticTokenizer, spec: CorpusSpec, docs) -> Syntheti
   m, f, length = docs.size, spec.facts_per_doc, spec.doc_length
   facts = (docs[:, None] * f + np.arange(f)).reshape(-1)
   identifiers = document_identifiers(spec, docs)
-  keys = key_words(tokenizer, fact_key_codes(tokenizer, spec, facts), spec.key_length)
+  keys = key_words(tokenizer, fact_key_codes(tokenizer, spec, facts), spec.key_length,
+                   spec.positional_keys)
   values = (tokenizer.value0_id + hash_draws(
       spec.seed, _STREAM_VALUE, facts[:, None], np.arange(spec.value_length)[None]) %
       np.uint64(tokenizer.num_value_words)).astype(np.int32)
@@ -436,7 +466,7 @@ def stream_documents(tokenizer: SyntheticTokenizer, spec: CorpusSpec, start: int
 def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length: int = 64,
                     facts_per_doc: int = 1, key_length: int = 2, value_length: int = 1,
                     id_digits: int = 6, fact_span: int | None = None, seed: int = 0,
-                    first_doc: int = 0) -> SyntheticCorpus:
+                    first_doc: int = 0, positional_keys: bool = False) -> SyntheticCorpus:
   """Documents [first_doc, first_doc + num_docs) of the `CorpusSpec` made of the other
   arguments: same arguments, same arrays. Training uses the first documents of a seed; held-out
   memories start after them (other documents, other keys, other identifiers).
@@ -449,7 +479,7 @@ def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length:
   first_doc = _positive_int("first_doc", first_doc, minimum=0)
   spec = CorpusSpec(doc_length=doc_length, facts_per_doc=facts_per_doc, key_length=key_length,
                     value_length=value_length, id_digits=id_digits, fact_span=fact_span,
-                    seed=seed)
+                    seed=seed, positional_keys=positional_keys)
   check_corpus_spec(tokenizer, spec, first_doc + num_docs)
   return document_range(tokenizer, spec, first_doc, first_doc + num_docs)
 
@@ -483,7 +513,8 @@ class BatchSpec:
     hard_negatives: how many of the N - 1 negatives are documents whose key holds the most of
       the positive's key words, at any position (`hard_negative_docs`), the rest being random.
       In a memory of millions of documents the router's confusers are keys sharing a word with
-      the question's, mostly at the other position; random negatives almost never do.
+      the question's, mostly at the other position (none there with `positional_keys`); random
+      negatives almost never do.
     hard_negatives_after: batches of `SyntheticBatchSource` before this index use random
       negatives only (a curriculum: from the first step, hard negatives slow the router's
       learning; see configs/demo.py). `build_batch` itself always uses `hard_negatives`.

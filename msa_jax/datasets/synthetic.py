@@ -146,5 +146,7 @@ def corpora(d: Any) -> dict[str, dict[str, Any]]:
                 num_value_words=d.num_value_words, doc_length=d.doc_length,
                 facts_per_doc=d.facts_per_doc, key_length=d.key_length,
                 id_digits=d.id_digits, fact_span=d.get("fact_span"))
+  if d.get("positional_keys", False):  # only when set: other configs keep their fingerprints
+    common["positional_keys"] = True
   return {"train": dict(common, num_docs=d.num_docs, seed=d.seed),
           "eval": dict(common, num_docs=d.eval_docs, seed=d.seed, first_doc=d.num_docs)}

@@ -120,7 +120,8 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
                         multipliers: Sequence[int] = (1, 10, 100, 1000), questions: int = 64,
                         global_positions: bool = False, batch_size: int = 32,
                         include_value: bool = False, include_identifier: bool = True,
-                        dtype=jnp.float32, progress=sys.stdout) -> list[ExtrapolationRow]:
+                        positional_keys: bool = False, dtype=jnp.float32,
+                        progress=sys.stdout) -> list[ExtrapolationRow]:
   """Evaluates memories of x * docs_per_sample held-out documents for x in `multipliers`.
 
   The held-out documents are documents first_doc, first_doc + 1, ... of the seed's document
@@ -128,14 +129,16 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
   hold (more documents than identifiers or unique keys) are skipped with a message. Returns one
   row per evaluated size.
   """
-  max_docs = min(10 ** id_digits,
-                 tokenizer.num_key_words ** key_length // facts_per_doc) - first_doc
+  spec = synthetic.CorpusSpec(doc_length=doc_length, facts_per_doc=facts_per_doc,
+                              key_length=key_length, id_digits=id_digits,
+                              positional_keys=positional_keys)
+  max_docs = spec.max_docs(tokenizer) - first_doc
   sizes = []
   for x in sorted(set(int(x) for x in multipliers)):
     m = x * docs_per_sample
     if m > max_docs:
       print(f"[extrapolation] skipping {x}x ({m} documents): the vocabulary holds at most "
-            f"{max_docs} (id_digits, num_key_words ** key_length)", file=progress, flush=True)
+            f"{max_docs} (id_digits, unique keys)", file=progress, flush=True)
       continue
     sizes.append((x, m))
   if not sizes:
@@ -143,7 +146,7 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
   corpus = synthetic.generate_corpus(
       tokenizer, num_docs=sizes[-1][1], doc_length=doc_length, facts_per_doc=facts_per_doc,
       key_length=key_length, id_digits=id_digits, fact_span=fact_span, seed=seed,
-      first_doc=first_doc)
+      first_doc=first_doc, positional_keys=positional_keys)
   head = [tokenizer.bos_id]
   starts = (len(head) + np.arange(corpus.num_docs) * doc_length) if global_positions else None
   start = time.perf_counter()
