@@ -135,14 +135,15 @@ def _scale(c: ml_collections.ConfigDict) -> None:
   """H's recipe on a task that holds the 1,562,500 documents of a 100M-token memory: 3-word keys
   of 128 words (2,097,152 keys), 7-digit identifiers (the fact still inside the identifier's
   chunk: 10 prefix tokens + `fact_span` 6 = one 16-token chunk), identifier answers; a longer
-  router warm-up (1,000 steps) and 5,000 steps in all (~12 min solo by its first steps' 28K
-  tokens/s; 37 min 51 s at load 15-19, 2026-12-02).
+  router warm-up (1,000 steps) and 5,000 steps in all (~12 min by its first steps' 28K tokens/s
+  at load 2-5; 37 min 51 s at load 15-19, 2026-12-02).
 
   Measured (that run, 4,000 training documents as H): recall@1 1.000 / 1.000 / 1.000 / 1.000
   (recall@5 1.000) and answer 0.508 / 0.508 / 0.516 / 0.539 at 1x / 10x / 100x / 2000x: the
   3-word keys route perfectly to 1M tokens (no bag-of-words misses as H's 2-word keys), but
-  the 7-digit identifier is copied exactly only half the time at every size (LM loss 0.18 over
-  the answer's tokens at step 5,000, 0.29 at 4,000: the copy is undertrained, not the routing). The
+  the 7-digit identifier is copied exactly only half the time at every size (LM loss over the
+  answer's tokens 0.56 / 0.29 / 0.18 at steps 3,000 / 4,000 / 5,000, still falling: the copy is
+  undertrained, not the routing; a longer LM phase is the next thing to try, not tried). The
   scale command's rows with this checkpoint (10M, 100M tokens): WORKSPACE.md, "Scale runs".
   Run E's task (value answers, 20,000 training documents, hard negatives) never answered."""
   c.data.update(fact_span=6, key_length=3, id_digits=7, num_key_words=128)
