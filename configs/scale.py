@@ -1,20 +1,25 @@
 """The scale run: a trained synthetic-task model against memories of up to 100M tokens.
 
+  python -m msa_jax.train --config=configs/demo.py:scale --workdir=/tmp/msa_demo_scale
   python -m msa_jax.scale --config=configs/scale.py \
-      --config.checkpoint_workdir=/tmp/msa_demo --config.workdir=/tmp/msa_scale
+      --config.checkpoint_workdir=/tmp/msa_demo_scale --config.workdir=/tmp/msa_scale
 
-`checkpoint_workdir` is a `python -m msa_jax.train --config=configs/demo.py` workdir (its task's
-identifiers and keys must cover the largest memory: configs/demo.py's 7 digits and 128 ** 3 keys
-hold the 1.6M documents of 100M tokens). Banks go to `<workdir>/banks` (bfloat16; a 100M-token
-bank of the demo model is about 2.6 GB per memory); rerunning the command continues an encoding
-killed midway and reuses finished banks. Variants: `:smoke` (two tiny sizes, for tests),
-`:10m` (up to 10M tokens).
+`checkpoint_workdir` is a `python -m msa_jax.train --config=configs/demo.py[:variant]` workdir
+whose task's identifiers and keys cover the largest memory: `:scale`'s 7 digits and 128 ** 3
+keys hold the 1.6M documents of 100M tokens (the default demo's 5 digits and 192 ** 2 keys stop
+at 36,864 documents, ~2.1M memory tokens after the training ones; a larger size is refused
+before any model is loaded). Banks go to `<workdir>/banks` (bfloat16; a 100M-token bank of the
+demo model is about 2.4 GB per memory); rerunning the command continues an encoding killed
+midway and reuses finished banks. Variants: `:smoke` (two tiny sizes, for tests), `:10m` (up
+to 10M tokens).
 
-Measured on the shared 2-core CPU (WORKSPACE.md, "Scale runs"): 100M tokens (demo memory only)
-encoded in 27 min at 60.8K tokens/s after a kill -9 and rerun, bank 2.44 GB, routing 1.19 s
-per question; 10M: 244 MB, 361 ms per question. Accuracy needs a well-trained checkpoint: a
-4-digit demo checkpoint (step 2000) gives demo accuracy 0.41 / 0.36 and NIAH 0.69-1.0 at
-100K / 300K tokens; the 7-digit checkpoints available so far write no identifiers.
+Measured on the shared 2-core CPU (WORKSPACE.md, "Scale runs") with a `configs/demo.py:scale`
+checkpoint (step 5,000; its keys and identifiers hold the 1.6M documents of 100M tokens), load
+14-17: 1M and 10M tokens in 11 min 16 s; encode 34-37K tokens/s, bank 244 MB at 10M, routing
+9.4 ms per question at 10M; demo recall@1 1.000 / 0.906 and answer 0.516 / 0.516 at 1M / 10M
+(NIAH recall@1 1.0, answers 0.44-1.0 on 8-16 questions).
+100M tokens (demo, 32 questions): 41 min 34 s at load 7-17, encode 40.7K tokens/s, bank
+2.44 GB, routing 54 ms per question, recall@1 0.312, recall@16 1.000, answer 0.250.
 """
 
 import ml_collections
