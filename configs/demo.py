@@ -147,8 +147,16 @@ def _scale(c: ml_collections.ConfigDict) -> None:
 
 
 def _top4(c: ml_collections.ConfigDict) -> None:
-  """Routes 4 documents: the LM must copy from the right one of them."""
+  """Routes 4 documents: the LM must copy from the right one of them. A curriculum (run M):
+  the LM phase, 40 % longer, first routes 1 document (4/7 of it, constant learning rate: the
+  copy is learned), then 4 (3/7, cosine: which of them to copy from)."""
   c.msa.top_k = 4
+  *first, last = c.optim.phases
+  steps = round(1.4 * last["steps"])
+  one = max(1, round(steps * 4 / 7))
+  c.optim.phases = first + [dict(last, steps=one, schedule="constant", top_k=1),
+                            dict(last, steps=steps - one, top_k=4)]
+  c.train.steps += steps - last["steps"]
 
 
 def _hardneg(c: ml_collections.ConfigDict) -> None:
