@@ -72,11 +72,11 @@ the untrained router fills with wrong documents); the fact inside the identifier
 learned (routing 2 or 4 documents from the start, J, the LM never copied at all; learning the
 copy from 1 first, M, it copies from 4 but picks one at random: 0.2); 4,000 training documents
 (with 20,000, B-E, the LM never copied). The copy is a plateau: the LM loss sits at chance for
-~1,400 LM steps (L, M), then drops within ~200. What failed: hard negatives from step 0 (C: stall);
-hard negatives at the same key position (E, F: the router already separates those) or at any
-position (I). Issue 13's bars (>= 0.95 recall@1 and answer at 1M tokens, <= 9 % loss, top_k 1
-and >= 4) are NOT met: the bag-of-words router, the identifier copy (0.88-0.92 at 1x) and
-copying from one of several routed documents are the gaps (for top_k >= 4, next to try: the
+~1,400 LM steps (L, M), then drops within ~200. What failed: hard negatives from step 0 (C:
+stall); hard negatives at the same key position (E, F: the router already separates those) or
+at any position (I). Issue 13's bars (>= 0.95 recall@1 and answer at 1M tokens, <= 9 % loss,
+top_k 1 and >= 4) are NOT met: the bag-of-words router, the identifier copy (0.88-0.92 at 1x)
+and copying from one of several routed documents are the gaps (for top_k >= 4, next to try: the
 identifier after the fact, so its tokens see the key, and 3-4 layers). Variants combine with
 commas (`:hardneg,top4`); `:scale` is run E's task with 7-digit identifiers (3-word keys of 128
 words, for 10M/100M-token memories); `:smoke` is a few steps for tests. Rerunning the same
