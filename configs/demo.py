@@ -130,7 +130,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       facts_per_doc=1, fact_span=8, key_length=2, id_digits=5, include_value=False,
       include_identifier=True, seed=0, rope="document",
       num_filler_words=64, num_key_words=384, num_value_words=32, hard_negatives=0,
-      hard_negatives_after=0, positional_keys=True,
+      hard_negatives_after=0, positional_keys=True, id_after_fact=False,
       loader="python"))  # or "grain": same batches, grain iterator state in the checkpoints
   # The paper's two phases, at demo scale: router warm-up on the aux loss alone, then both.
   # The LM loss from the start teaches the model to ignore a memory the untrained router fills
