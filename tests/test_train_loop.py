@@ -129,6 +129,19 @@ def test_sigkill_mid_run_then_rerun_resumes_and_reproduces(tmp_path):
     np.testing.assert_allclose(r["loss"], reference[r["split"], r["step"]], rtol=1e-5)
 
 
+def test_demo_long_doubles_the_last_phase():
+  """demo.py:long: the last optimiser phase (with :top4, the one routing 4 documents) twice as
+  long, and train.steps still the phases' sum."""
+  for arg, want in (("smoke,top4,long", [(3, None), (2, 1), (4, 4)]),
+                    ("smoke,long", [(3, None), (6, None)])):
+    c = demo.get_config(arg)
+    assert [(p["steps"], p.get("top_k")) for p in c.optim.phases] == want, arg
+    assert c.train.steps == sum(p["steps"] for p in c.optim.phases), arg
+  full = demo.get_config("top4,long")
+  assert [p["steps"] for p in full.optim.phases] == [500, 2320, 3480]
+  assert full.train.steps == 6300
+
+
 @pytest.mark.slow
 def test_phase_top_k_routes_that_many_documents_in_its_steps(tmp_path):
   """demo.py:top4's curriculum: its LM phase routes 1 document first, then 4. Up to the switch
