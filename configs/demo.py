@@ -54,6 +54,10 @@ solo). The default is run M:
     falling. Its 128 answers at 1x (a scratch check): 89 right, 11 another routed document's
     identifier, 4 another document's, 24 no document's; at 2000x 59 / 34 / 4 / 31: the choice
     is now mostly right, less so among the closer keys that a large memory routes together.
+  O `:top4,long` with `data.id_after_fact=True` (N with the routing-4 phase twice as long,
+    3,480 steps; 6,300 steps, 16 min 3 s at load 5-7): recall@1 1.000 (recall@5 1.000), answer
+    0.773 / 0.734 / 0.547 / 0.461; eval LM loss 0.19 at step 4,000, then flat at 0.12 from
+    step 6,000: more steps routing 4 help the small memories and not the 1M-token one.
   M `:top4` before (a curriculum through the optimiser phases' `top_k`: 500 warm-up steps, 2,000
     LM steps routing 1 document at constant 1e-3, then 1,500 routing 4 with the cosine; 4,000
     steps, 31 min at load ~15): recall@1 1.000 / 1.000 / 0.977 / 0.812 (recall@5 1.000),
@@ -102,13 +106,19 @@ teaches the model to ignore a memory the untrained router fills with wrong docum
 inside the identifier's chunk (`fact_span`: pooled memory keeps no token order across chunks);
 top_k 1 while the copy is learned (routing 2 or 4 documents from the start, J, the LM never
 copied at all; learning the copy from 1 first, top4-M, it copies from 4 but picks one at random:
-0.2); 4,000 training documents (with 20,000, B-E, the LM never copied). The copy is a plateau:
-the LM loss sits at chance for ~1,400 LM steps, then drops within ~200. What failed: hard
+0.2); for top_k 4, the identifier after the fact (`data.id_after_fact`, N: 0.46-0.70, mostly
+the right one; twice the steps routing 4, O, help only small memories); 4,000 training
+documents (with 20,000, B-E, the LM never copied). The copy is a plateau: the LM loss sits at
+chance for ~1,400 LM steps, then drops within ~200 (with the identifier after the fact, N,
+~200 steps at chance). What failed: hard
 negatives from step 0 (C: stall); hard negatives at the same key position (E, F: the router
 already separates those) or at any position (I). Issue 13's bars (>= 0.95 recall@1 and answer
-at 1M tokens, <= 9 % loss) are met with top_k 1 (M); with top_k >= 4 they are not (top4-M:
-copying from the right one of several routed documents is the gap). Variants combine with
-commas (`:hardneg,top4`); `:scale` is run E's task with 7-digit identifiers (3-word keys of 128
+at 1M tokens, <= 9 % loss) are met with top_k 1 (M); with top_k >= 4 they are not (N: 0.461
+at 1M tokens; choosing the right one of several routed documents, mostly among close keys, is
+the gap; N changed the layout and the recipe (4 kv heads, positional keys) at once against
+top4-M, so the layout's share is not separated). Variants combine with
+commas (`:hardneg,top4`; run N is `:top4 --config.data.id_after_fact=True`, O `:top4,long`
+with it); `:scale` is run E's task with 7-digit identifiers (3-word keys of 128
 words per position, for 10M/100M-token memories; not trained); `:smoke` is a few steps for
 tests. Rerunning the same
 command resumes from the workdir.
