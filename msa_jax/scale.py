@@ -118,7 +118,8 @@ def corpus_spec(data: ml_collections.ConfigDict) -> synthetic.CorpusSpec:
   return synthetic.CorpusSpec(
       doc_length=data.doc_length, facts_per_doc=data.facts_per_doc, key_length=data.key_length,
       id_digits=data.id_digits, fact_span=data.get("fact_span"), seed=data.seed,
-      positional_keys=data.get("positional_keys", False))
+      positional_keys=data.get("positional_keys", False),
+      id_after_fact=data.get("id_after_fact", False))
 
 
 def demo_memory(tok: synthetic.SyntheticTokenizer, data: ml_collections.ConfigDict,

@@ -241,6 +241,22 @@ def test_synthetic_builder_materialises_the_generated_corpus(tmp_path):
   assert other.builder_config.name != builder.builder_config.name
 
 
+def test_synthetic_corpora_pass_id_after_fact_on():
+  """`data.id_after_fact` reaches the generator (train and eval corpora); off, the arguments
+  (and so the prepared datasets' names) are the ones before the option existed."""
+  d = demo.get_config("smoke").data
+  assert all("id_after_fact" not in a for a in datasets.synthetic.corpora(d).values())
+  d.id_after_fact = True
+  corpora = datasets.synthetic.corpora(d)
+  assert all(a["id_after_fact"] is True for a in corpora.values())
+  corpus = datasets.synthetic.generate(corpora["eval"])
+  tok = corpus.tokenizer
+  for m in range(corpus.num_docs):
+    end = corpus.key_offset[m] + 1 + d.key_length + 1  # one fact per document
+    assert corpus.doc_tokens[m, end:end + d.id_digits + 2].tolist() == corpus.identifier_ids(m)
+    assert (corpus.doc_tokens[m] == tok.id_open_id).sum() == 1
+
+
 def test_synthetic_run_reads_the_builder(tmp_path):
   config = demo.get_config("smoke")
   _, generated, generated_eval = make_data(config)

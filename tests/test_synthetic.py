@@ -252,6 +252,57 @@ def test_fact_span_keeps_facts_near_the_identifier():
     synthetic.generate_corpus(tok, num_docs=5, doc_length=64, id_digits=4, fact_span=3)
 
 
+def test_id_after_fact_puts_the_identifier_after_the_last_fact():
+  """`id_after_fact`: `<doc> filler <fact> key value [ id ] filler`, with the same documents'
+  keys, values, identifiers and filler words as the default layout, which stays
+  `<doc> [ id ] filler <fact> ...`."""
+  tok = SyntheticTokenizer(num_filler_words=64, num_key_words=384, num_value_words=32)
+  for facts, span in ((1, 8), (2, None), (3, 20)):
+    spec = synthetic.CorpusSpec(doc_length=64, facts_per_doc=facts, id_digits=5,
+                                fact_span=span, positional_keys=True, seed=2)
+    after_spec = dataclasses.replace(spec, id_after_fact=True)
+    old = synthetic.document_range(tok, spec, 10, 210)
+    new = synthetic.document_range(tok, after_spec, 10, 210)
+    assert after_spec.prefix_length == 1 and spec.prefix_length == 8
+    for name in ("identifiers", "keys", "values", "key_doc"):
+      np.testing.assert_array_equal(getattr(old, name), getattr(new, name), err_msg=name)
+    assert len(set(new.identifiers.tolist())) == 200
+    assert len({tuple(k) for k in new.keys.tolist()}) == 200 * facts
+    fact_len, id_len = 1 + 2 + 1, 2 + 5
+    # Old layout: the identifier opens the document (unchanged by default).
+    assert (old.doc_tokens[:, 0] == tok.doc_id).all()
+    for m in range(200):
+      assert old.doc_tokens[m, 1:1 + id_len].tolist() == old.identifier_ids(m)
+    offsets = new.key_offset.reshape(200, facts)
+    np.testing.assert_array_equal(offsets[:, 1:] - offsets[:, :-1] >= fact_len, True)
+    for m in range(200):
+      row = new.doc_tokens[m]
+      assert row[0] == tok.doc_id
+      for j in range(facts):
+        q = m * facts + j
+        o = offsets[m, j]
+        assert row[o:o + fact_len].tolist() == [tok.fact_id, *new.keys[q], *new.values[q]]
+      end = offsets[m, -1] + fact_len
+      assert row[end:end + id_len].tolist() == new.identifier_ids(m)
+      # Exactly one identifier, right after the last fact.
+      assert (row == tok.id_open_id).sum() == 1 and (row == tok.id_close_id).sum() == 1
+      # The filler words are the default layout's, in the same order.
+      is_filler = lambda r: r[(r >= tok.filler0_id) & (r < tok.filler0_id
+                                                          + tok.num_filler_words)].tolist()
+      assert is_filler(row) == is_filler(old.doc_tokens[m])
+      assert len(is_filler(row)) == 64 - 1 - id_len - facts * fact_len
+    if span is not None:  # facts within the span after `<doc>`, the identifier right after
+      assert (offsets >= 1).all() and (offsets[:, -1] + fact_len <= 1 + span).all()
+  # The demo's layout: the fact and the identifier fit in the first 16-token chunk.
+  spec = synthetic.CorpusSpec(doc_length=64, id_digits=5, fact_span=8, positional_keys=True,
+                              id_after_fact=True)
+  c = synthetic.document_range(tok, spec, 0, 500)
+  assert (c.key_offset + 4 + 7 <= 16).all()
+  with pytest.raises(ValueError, match="doc_length=11 cannot hold"):
+    synthetic.document_range(tok, dataclasses.replace(spec, doc_length=11, fact_span=None),
+                             0, 2)
+
+
 def test_keyed_permutation_is_a_bijection():
   for size in (1, 2, 7, 1000, 4097):
     image = synthetic.keyed_permutation(np.arange(size), size, seed=5, stream=1)

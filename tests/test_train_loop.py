@@ -127,3 +127,43 @@ def test_sigkill_mid_run_then_rerun_resumes_and_reproduces(tmp_path):
   reference = {(r["split"], r["step"]): r["loss"] for r in read_metrics(tmp_path / "straight")}
   for r in rows:
     np.testing.assert_allclose(r["loss"], reference[r["split"], r["step"]], rtol=1e-5)
+
+
+def test_demo_long_doubles_the_last_phase():
+  """demo.py:long: the last optimiser phase (with :top4, the one routing 4 documents) twice as
+  long, and train.steps still the phases' sum."""
+  for arg, want in (("smoke,top4,long", [(3, None), (2, 1), (4, 4)]),
+                    ("smoke,long", [(3, None), (6, None)])):
+    c = demo.get_config(arg)
+    assert [(p["steps"], p.get("top_k")) for p in c.optim.phases] == want, arg
+    assert c.train.steps == sum(p["steps"] for p in c.optim.phases), arg
+  full = demo.get_config("top4,long")
+  assert [p["steps"] for p in full.optim.phases] == [500, 2320, 3480]
+  assert full.train.steps == 6300
+
+
+@pytest.mark.slow
+def test_phase_top_k_routes_that_many_documents_in_its_steps(tmp_path):
+  """demo.py:top4's curriculum: its LM phase routes 1 document first, then 4. Up to the switch
+  the run equals one whose phases all route 1 (same losses; the warm-up's LM loss has weight
+  0, so its top_k changes no parameter); after it the LM reads 4 documents (other LM losses).
+  Both keep msa.top_k = 4, which also sets the prompt positions (`position_offset`)."""
+  def run(all_one, name):
+    config = demo.get_config("smoke,top4")
+    config.train.log_every = 1
+    config.evals = {}
+    if all_one:
+      config.optim.phases = [dict(p, top_k=1) for p in config.optim.phases]
+    train_and_evaluate(config, tmp_path / name)
+    return {r["step"]: r for r in read_metrics(tmp_path / name, "train")}
+
+  phases = demo.get_config("smoke,top4").optim.phases
+  assert [(p["steps"], p.get("top_k")) for p in phases] == [(3, None), (2, 1), (2, 4)]
+  curriculum, one = run(False, "curriculum"), run(True, "one")
+  assert sorted(curriculum) == sorted(one) == list(range(1, 8))
+  for step in range(1, 6):  # the warm-up (LM weight 0), then the phase routing 1 document
+    keys = ("aux_loss", "recall@1") + (("lm_loss",) if step > 3 else ())
+    for key in keys:
+      np.testing.assert_allclose(curriculum[step][key], one[step][key], rtol=1e-5, err_msg=key)
+  for step in (1, 6, 7):  # routing 4 documents: the LM reads other memory
+    assert not np.isclose(curriculum[step]["lm_loss"], one[step]["lm_loss"], rtol=1e-4)

@@ -208,3 +208,22 @@ def test_route_labels_are_needed_when_any_phase_trains_routing():
   assert not opt_lib.uses_aux_loss(dict(phases=[phase(0.0), phase(0.0)]), aux_weight=0.1)
   assert opt_lib.uses_aux_loss({}, aux_weight=0.1)
   assert not opt_lib.uses_aux_loss(None, aux_weight=0.0)
+
+
+def test_phase_top_k_is_the_phase_holding_the_step():
+  """A phase's `top_k` (the documents routed to the LM during it) overrides the model's; a
+  phase without one, or no phases at all, keeps the model's."""
+  phase = lambda steps, **kw: dict(steps=steps, learning_rate=1e-3, lm_weight=1.0,
+                                   aux_weight=1.0, **kw)
+  cfg = dict(phases=[phase(3), phase(2, top_k=1), phase(4, top_k=4)])
+  got = [opt_lib.phase_top_k(cfg, s, default=16) for s in range(11)]
+  assert got == [16] * 3 + [1] * 2 + [4] * 6  # the last phase's after the end
+  assert opt_lib.phase_top_k({}, 5, default=2) == 2
+  assert opt_lib.phase_top_k(dict(phases=PAPER_PHASES), 500, default=3) == 3
+
+
+@pytest.mark.parametrize("top_k", [0, 2.0, True])
+def test_bad_phase_top_k_names_the_value(top_k):
+  phases = [dict(steps=1, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0, top_k=top_k)]
+  with pytest.raises(ValueError, match=f"phases\\[0\\].top_k={top_k!r}"):
+    opt_lib.make_optimizer(dict(phases=phases))

@@ -6,7 +6,9 @@ The corpus is M documents of a fixed length, each written as
 
 an identifier prefix, then filler words with `facts_per_doc` facts (key -> value) hidden among
 them, each preceded by the `<fact>` marker (DESIGN.md section 9: without such textual structure a
-tiny model barely learns to route). Keys are `key_length` key words, unique across the corpus;
+tiny model barely learns to route). With `CorpusSpec.id_after_fact` the identifier follows the
+last fact instead (`<doc> w3 <fact> k5 k12 v9 [ 0 4 2 7 ] w17 ... w8`), so under causal document
+attention its tokens have read the key. Keys are `key_length` key words, unique across the corpus;
 with `CorpusSpec.positional_keys` each key position has its own key words, so no two keys hold
 the same words in another order.
 A question names a key; its answer is the identifier of the document holding it (generative
@@ -230,7 +232,8 @@ class CorpusSpec:
   built without the others: a 100M-token memory is never held whole.
 
   Attributes:
-    doc_length: L tokens per document, prefix `<doc> [ id ]` included.
+    doc_length: L tokens per document, prefix `<doc> [ id ]` (or `<doc>` and the identifier
+      after the facts, `id_after_fact`) included.
     facts_per_doc: facts hidden in each document.
     key_length: key words per key; `num_keys` unique keys exist.
     value_length: value words per value.
@@ -244,9 +247,14 @@ class CorpusSpec:
       (num_key_words // key_length) ** key_length keys exist. False: every position draws from
       all num_key_words words (num_key_words ** key_length keys).
     fact_span: facts lie among the first `fact_span` tokens after the identifier prefix
-      (filler included); None: anywhere in the document. A span that puts the facts in the
-      identifier's chunk lets a shallow model copy the identifier from the fact's chunk
-      (pooled memory keeps no token order across chunks; see configs/demo.py).
+      (`<doc>` with `id_after_fact`; filler included); None: anywhere in the document. A span
+      that puts the facts in the identifier's chunk lets a shallow model copy the identifier
+      from the fact's chunk (pooled memory keeps no token order across chunks; see
+      configs/demo.py).
+    id_after_fact: the identifier `[ id ]` directly follows the last fact
+      (`<doc> filler <fact> key value [ id ] filler`) instead of opening the document: under
+      causal attention within a document, the identifier's token states then have read the
+      key (before it, they never do). False (default): `<doc> [ id ] filler <fact> ...`.
     seed: the seed of every draw.
   """
   doc_length: int = 64
@@ -257,11 +265,17 @@ class CorpusSpec:
   fact_span: int | None = None
   seed: int = 0
   positional_keys: bool = False
+  id_after_fact: bool = False
+
+  @property
+  def id_length(self) -> int:
+    """`[ digits ]`."""
+    return 2 + self.id_digits
 
   @property
   def prefix_length(self) -> int:
-    """`<doc> [ digits ]`."""
-    return 3 + self.id_digits
+    """`<doc> [ digits ]`, or `<doc>` with `id_after_fact`."""
+    return 1 if self.id_after_fact else 1 + self.id_length
 
   @property
   def fact_length(self) -> int:
@@ -294,11 +308,11 @@ def check_corpus_spec(tokenizer: SyntheticTokenizer, spec: CorpusSpec,
   if spec.positional_keys and tokenizer.num_key_words < spec.key_length:
     raise ValueError(f"positional_keys needs num_key_words >= key_length; got num_key_words="
                      f"{tokenizer.num_key_words} for key_length={spec.key_length}")
-  needed = spec.prefix_length + spec.facts_per_doc * spec.fact_length
+  needed = 1 + spec.id_length + spec.facts_per_doc * spec.fact_length
   if spec.doc_length < needed:
     raise ValueError(f"doc_length={spec.doc_length} cannot hold facts_per_doc="
-                     f"{spec.facts_per_doc} facts of {spec.fact_length} tokens after a "
-                     f"{spec.prefix_length}-token identifier prefix (needs >= {needed})")
+                     f"{spec.facts_per_doc} facts of {spec.fact_length} tokens, `<doc>` and a "
+                     f"{spec.id_length}-token identifier (needs >= {needed})")
   if spec.fact_span is not None:
     _positive_int("fact_span", spec.fact_span)
     if spec.fact_span < spec.facts_per_doc * spec.fact_length:
@@ -412,8 +426,8 @@ def documents(tokenizer: SyntheticTokenizer, spec: CorpusSpec, docs) -> Syntheti
   values = (tokenizer.value0_id + hash_draws(
       spec.seed, _STREAM_VALUE, facts[:, None], np.arange(spec.value_length)[None]) %
       np.uint64(tokenizer.num_value_words)).astype(np.int32)
-  prefix, fact_len = spec.prefix_length, spec.fact_length
-  num_filler = length - prefix - f * fact_len
+  prefix, fact_len, id_len = spec.prefix_length, spec.fact_length, spec.id_length
+  num_filler = length - 1 - id_len - f * fact_len
   max_gap = num_filler
   if spec.fact_span is not None:
     max_gap = min(num_filler, spec.fact_span - f * fact_len)
@@ -422,21 +436,27 @@ def documents(tokenizer: SyntheticTokenizer, spec: CorpusSpec, docs) -> Syntheti
                   % np.uint64(max_gap + 1)).astype(np.int64), axis=1)
   rows = np.empty((m, length), np.int32)
   digits = (identifiers[:, None] // 10 ** np.arange(spec.id_digits - 1, -1, -1)) % 10
+  id_tokens = np.concatenate([np.full((m, 1), tokenizer.id_open_id, np.int64),
+                              tokenizer.digit0_id + digits,
+                              np.full((m, 1), tokenizer.id_close_id, np.int64)], axis=1)
   rows[:, 0] = tokenizer.doc_id
-  rows[:, 1] = tokenizer.id_open_id
-  rows[:, 2:2 + spec.id_digits] = tokenizer.digit0_id + digits
-  rows[:, prefix - 1] = tokenizer.id_close_id
   key_offset = prefix + gaps + np.arange(f) * fact_len  # [m, f]
   fact_tokens = np.concatenate([np.full((m * f, 1), tokenizer.fact_id, np.int32), keys, values],
                                axis=1).reshape(m, f, fact_len)
   at = np.arange(m)[:, None, None]
   rows[at, key_offset[:, :, None] + np.arange(fact_len)] = fact_tokens
+  # The identifier opens the document or directly follows the last fact (id_after_fact).
+  id_offset = (key_offset[:, -1] + fact_len) if spec.id_after_fact else np.ones(m, np.int64)
+  rows[np.arange(m)[:, None], id_offset[:, None] + np.arange(id_len)] = id_tokens
   if num_filler:
     p = np.arange(num_filler)
     filler = tokenizer.filler0_id + hash_draws(spec.seed, _STREAM_FILLER, docs[:, None], p[None]
                                                ) % np.uint64(tokenizer.num_filler_words)
     before = (gaps[:, None, :] <= p[None, :, None]).sum(-1)  # facts placed before filler p
-    rows[np.arange(m)[:, None], prefix + p + fact_len * before] = filler
+    shift = fact_len * before
+    if spec.id_after_fact:  # the identifier sits after the last fact
+      shift = shift + id_len * (before == f)
+    rows[np.arange(m)[:, None], prefix + p + shift] = filler
   return SyntheticCorpus(
       tokenizer=tokenizer, doc_tokens=rows, identifiers=identifiers, id_digits=spec.id_digits,
       keys=keys, values=values, key_doc=np.repeat(np.arange(m, dtype=np.int32), f),
@@ -466,7 +486,8 @@ def stream_documents(tokenizer: SyntheticTokenizer, spec: CorpusSpec, start: int
 def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length: int = 64,
                     facts_per_doc: int = 1, key_length: int = 2, value_length: int = 1,
                     id_digits: int = 6, fact_span: int | None = None, seed: int = 0,
-                    first_doc: int = 0, positional_keys: bool = False) -> SyntheticCorpus:
+                    first_doc: int = 0, positional_keys: bool = False,
+                    id_after_fact: bool = False) -> SyntheticCorpus:
   """Documents [first_doc, first_doc + num_docs) of the `CorpusSpec` made of the other
   arguments: same arguments, same arrays. Training uses the first documents of a seed; held-out
   memories start after them (other documents, other keys, other identifiers).
@@ -479,7 +500,7 @@ def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length:
   first_doc = _positive_int("first_doc", first_doc, minimum=0)
   spec = CorpusSpec(doc_length=doc_length, facts_per_doc=facts_per_doc, key_length=key_length,
                     value_length=value_length, id_digits=id_digits, fact_span=fact_span,
-                    seed=seed, positional_keys=positional_keys)
+                    seed=seed, positional_keys=positional_keys, id_after_fact=id_after_fact)
   check_corpus_spec(tokenizer, spec, first_doc + num_docs)
   return document_range(tokenizer, spec, first_doc, first_doc + num_docs)
 

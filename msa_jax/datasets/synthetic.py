@@ -44,7 +44,8 @@ class MsaSynthetic(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=(
             "MSA's synthetic memory task (msa_jax.data.synthetic): documents `<doc> [ id ] "
-            "filler <fact> key value filler`; a question names a key, its answer is the "
+            "filler <fact> key value filler` (`<doc> filler <fact> key value [ id ] filler` "
+            "with id_after_fact); a question names a key, its answer is the "
             "identifier of the document holding it. Features: `tokens` (document tokens, or "
             "the question's key), `values` (the question's value; empty for documents), "
             "`doc` (a document's index in the seed's document sequence; a question's document "
@@ -148,5 +149,7 @@ def corpora(d: Any) -> dict[str, dict[str, Any]]:
                 id_digits=d.id_digits, fact_span=d.get("fact_span"))
   if d.get("positional_keys", False):  # only when set: other configs keep their fingerprints
     common["positional_keys"] = True
+  if d.get("id_after_fact", False):  # likewise
+    common["id_after_fact"] = True
   return {"train": dict(common, num_docs=d.num_docs, seed=d.seed),
           "eval": dict(common, num_docs=d.eval_docs, seed=d.seed, first_doc=d.num_docs)}

@@ -48,7 +48,8 @@ def run_extrapolation(config: ml_collections.ConfigDict, model_cfg, msa, params,
       first_doc=d.num_docs + d.eval_docs, multipliers=tuple(e.multipliers),
       questions=e.questions, global_positions=d.get("rope", "document") == "global",
       include_value=d.include_value, include_identifier=d.get("include_identifier", True),
-      positional_keys=d.get("positional_keys", False), dtype=dtype_from_name(config.dtype))
+      positional_keys=d.get("positional_keys", False),
+      id_after_fact=d.get("id_after_fact", False), dtype=dtype_from_name(config.dtype))
   rope = d.get("rope", "document")
   print(extrapolation.format_table(
       rows, f"Train short, infer long ({rope} RoPE; trained with "

@@ -120,7 +120,8 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
                         multipliers: Sequence[int] = (1, 10, 100, 1000), questions: int = 64,
                         global_positions: bool = False, batch_size: int = 32,
                         include_value: bool = False, include_identifier: bool = True,
-                        positional_keys: bool = False, dtype=jnp.float32,
+                        positional_keys: bool = False, id_after_fact: bool = False,
+                        dtype=jnp.float32,
                         progress=sys.stdout) -> list[ExtrapolationRow]:
   """Evaluates memories of x * docs_per_sample held-out documents for x in `multipliers`.
 
@@ -131,7 +132,7 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
   """
   spec = synthetic.CorpusSpec(doc_length=doc_length, facts_per_doc=facts_per_doc,
                               key_length=key_length, id_digits=id_digits,
-                              positional_keys=positional_keys)
+                              positional_keys=positional_keys, id_after_fact=id_after_fact)
   max_docs = spec.max_docs(tokenizer) - first_doc
   sizes = []
   for x in sorted(set(int(x) for x in multipliers)):
@@ -146,7 +147,7 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
   corpus = synthetic.generate_corpus(
       tokenizer, num_docs=sizes[-1][1], doc_length=doc_length, facts_per_doc=facts_per_doc,
       key_length=key_length, id_digits=id_digits, fact_span=fact_span, seed=seed,
-      first_doc=first_doc, positional_keys=positional_keys)
+      first_doc=first_doc, positional_keys=positional_keys, id_after_fact=id_after_fact)
   head = [tokenizer.bos_id]
   starts = (len(head) + np.arange(corpus.num_docs) * doc_length) if global_positions else None
   start = time.perf_counter()

@@ -21,6 +21,7 @@ documents and keys). After training, the evaluations the config declares in `eva
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -121,9 +122,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     _phase("initialising parameters...")
     state, _ = step_lib.init_train_state(model, tx, rng, mesh, rules)
   accum = opt_cfg.get("grad_accum_steps", 1)
-  train_step = step_lib.make_train_step(
-      model, model_cfg, msa.loss, tx, weights, lr_schedule=lr, grad_accum_steps=accum, mesh=mesh,
-      rules=rules, shardings=shardings)
+  train_steps = {}  # top_k -> compiled step: optimiser phases may route other top_k than msa's
+
+  def make_train_step(top_k: int):
+    phase_msa = msa.replace(top_k=top_k)
+    return step_lib.make_train_step(
+        model.clone(msa=phase_msa), model_cfg, msa.loss, tx, weights, lr_schedule=lr,
+        grad_accum_steps=accum, mesh=mesh, rules=rules, shardings=shardings)
   eval_step = step_lib.make_eval_step(model, model_cfg, msa.loss, weights,
                                       grad_accum_steps=accum, mesh=mesh, rules=rules)
   writer = metrics_lib.MetricsWriter(workdir)
@@ -138,18 +143,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   compiled_eval = False
   while step < total:
     batch = next(iterator)
+    top_k = optim_lib.phase_top_k(opt_cfg, step // accum, msa.arch.top_k)
     if tokens_per_batch is None:  # first batch of this run: validate it once, host-side
       check_batch(batch, vocab_size=tok.vocab_size,
                   need_route_labels=optim_lib.uses_aux_loss(opt_cfg, msa.loss.aux_weight))
       tokens_per_batch = jax.process_count() * int(  # this process's rows, times P
           np.asarray(batch.doc_lengths).sum() + np.asarray(batch.token_mask).sum())
-      window_start = _phase("compiling the train step...")
-      state, metrics = train_step(state, sharding_lib.shard_batch(batch, mesh))
+    if top_k not in train_steps:  # the run's first step, or a phase routing another top_k
+      train_steps[top_k] = make_train_step(top_k)
+      window_start = _phase("compiling the train step" + (
+          f" (top_k {top_k} from step {step + 1})" if top_k != msa.arch.top_k or len(train_steps) > 1
+          else "") + "...")
+      state, metrics = train_steps[top_k](state, sharding_lib.shard_batch(batch, mesh))
       _phase(f"compiled in {time.perf_counter() - window_start:.1f}s; training steps "
              f"{step + 1}..{total}")
       window_steps = -1  # rates and ETA leave out the compiling step, unless it is alone
     else:
-      state, metrics = train_step(state, sharding_lib.shard_batch(batch, mesh))
+      state, metrics = train_steps[top_k](state, sharding_lib.shard_batch(batch, mesh))
     step += 1
     window_steps += 1
     if window_steps == 0 and step % config.train.log_every and step != total:

@@ -8,6 +8,10 @@ config, a list of `phases`, which sets both the learning rate and the loss weigh
   phases = [dict(steps=1000, learning_rate=1e-4, lm_weight=0.1, aux_weight=1.0),
             dict(steps=9000, learning_rate=6e-6, lm_weight=1.0, aux_weight=0.1)]
 
+A phase may also set `top_k`, the documents routed to the LM during its steps (a curriculum:
+learn the copy from the one routed document, then from several; `phase_top_k`); without it the
+model's `msa.top_k` applies.
+
 Schedule steps count optimiser updates (one per `grad_accum_steps` micro-batches).
 """
 
@@ -25,7 +29,7 @@ DEFAULTS: dict[str, Any] = dict(
     end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,
     grad_accum_steps=1, phases=None)
 PHASE_KEYS = ("steps", "learning_rate", "lm_weight", "aux_weight")
-PHASE_OPTIONAL = ("warmup_steps", "schedule")
+PHASE_OPTIONAL = ("warmup_steps", "schedule", "top_k")
 SCHEDULES = ("cosine", "constant")
 
 LossWeightsFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
@@ -82,6 +86,9 @@ def _phases(phases) -> list[dict[str, Any]]:
                        f"[0, steps={phase['steps']}]")
     if phase.get("schedule", "constant") not in SCHEDULES:
       raise ValueError(f"phases[{i}].schedule={phase['schedule']!r}; expected one of {SCHEDULES}")
+    top_k = phase.get("top_k", 1)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+      raise ValueError(f"phases[{i}].top_k={top_k!r} must be a positive int")
     out.append(phase)
   return out
 
@@ -142,6 +149,21 @@ def make_loss_weights(cfg: Mapping[str, Any] | None, lm_weight: float = 1.0,
     index = jnp.sum(jnp.asarray(step, jnp.int32) >= ends)
     return lm[index], aux[index]
   return phased
+
+
+def phase_top_k(cfg: Mapping[str, Any] | None, step: int, default: int) -> int:
+  """The `top_k` of the phase holding optimiser step `step` (the last phase's after the end);
+  `default` (the model's `msa.top_k`) without phases or when that phase sets none. Host-side:
+  a different top_k is a different compiled train step."""
+  phases = _as_dict(cfg)["phases"]
+  if not phases:
+    return default
+  start = 0
+  for phase in phases:
+    start += phase["steps"]
+    if step < start:
+      break
+  return int(phase.get("top_k", default))
 
 
 def uses_aux_loss(cfg: Mapping[str, Any] | None, aux_weight: float = 0.1) -> bool:
