@@ -19,8 +19,8 @@ Measured, recall@1 / answer at 1x / 10x / 100x / 2000x (512 to 1,024,000 tokens)
 solo). The default is run M:
   M (L + 4 kv heads instead of 2, i.e. one kv head per query head for the routing keys and the
     pooled memory, and 3,400 steps instead of 3,000, the 400 more in the LM phase; 31 min 50 s
-    at load 13-17, 549 s of CPU time vs L's 426 s, so ~5 min solo by that ratio, not timed
-    solo): recall@1 1.000 / 1.000 / 1.000 / 1.000, answer 1.000 / 1.000 / 0.992 / 1.000
+    at load 13-17; solo on the merged tree, empty compilation cache, 4 min 43 s with the same
+    table, commit 277cb0c): recall@1 1.000 / 1.000 / 1.000 / 1.000, answer 1.000 / 1.000 / 0.992 / 1.000
     (recall@5 1.000): 0 % relative loss for both at 1M tokens; held-out LM loss at the end
     0.0048 (L: 0.026). Issue 13's top_k-1 bars are met; two changes at once, so which of them
     made the copy exact is not separated.
