@@ -44,7 +44,7 @@ solo). The default is run M:
     step 1,000 (500 after the warm-up) recall@1 at 2000x was already 0.727. All 30
     of its misses at 2000x lose to a document whose key holds one of the question's key words
     at the OTHER position (none at the same one): the router reads a key as a bag of words.
-  I, J and K ran on H's defaults; the variants now apply to M's, not rerun.
+  I, J and K ran on H's defaults; the variants now apply to M's (K rerun on M as K2, below).
   I `:hardneg` (H + 3 of the 7 per-sample negatives are such keys, after the warm-up):
     recall@1 1.000 / 1.000 / 0.969 / 0.766, answer 0.922 / 0.930 / 0.914 / 0.680: no
     better; 29 of its 30 misses at 2000x still lose to a key holding a question word at the
@@ -84,6 +84,9 @@ solo). The default is run M:
   J (H routing 4 documents from the first LM step; 13 min at load ~4-7): recall@1 1.000 / 1.000
     / 0.992 / 0.789 (recall@5 1.000), answer 0.016 / 0.016 / 0.000 / 0.008: the LM never
     learned to copy at all (with 2 documents before, below, neither).
+  K2 `:global_rope` on M (4 min 58 s solo, commit 2c01746): recall@1 1.000 / 1.000 / 0.992 /
+    0.930, answer 0.891 / 0.000 / 0.000 / 0.000: as K, the identifier is copied only at the
+    trained memory size; document-wise RoPE (M) keeps 0.992-1.000 at every size.
   K `:global_rope` (H with documents and prompt on one running position axis; 8 min at load
     ~7): recall@1 1.000 / 1.000 / 0.984 / 0.766 (routing keys carry no RoPE), answer 0.977 /
     0.000 / 0.000 / 0.000: it copies at the trained size and never beyond, where the memory's
