@@ -12,7 +12,6 @@ import pytest
 from msa_jax.model import ModelConfig, Transformer, init_params
 from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
-from msa_jax.model.config import MSAConfig
 from msa_jax.model.msa import MSATransformer, RoutedBlocks, compute_losses
 from tests import test_msa_goldens as goldens
 from tests.test_msa_model import CFG, MSA, init, make_batch

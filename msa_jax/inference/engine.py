@@ -35,7 +35,7 @@ from msa_jax.memory.encode import bank_fingerprint, inference_msa
 from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
 from msa_jax.model.batch import prompt_positions
-from msa_jax.model.config import ModelConfig, MSAArch, MSAConfig
+from msa_jax.model.config import ModelConfig, MSAConfig
 from msa_jax.model.msa import MSATransformer, RoutedBlocks
 
 Dtype = Any
@@ -50,7 +50,8 @@ TRACES: collections.Counter = collections.Counter()
 
 
 def _model(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype) -> MSATransformer:
-  return MSATransformer(cfg, inference_msa(msa), dtype=dtype)
+  """The engine's model; `msa` is already `inference_msa`'s (see `MSAEngine.__init__`)."""
+  return MSATransformer(cfg, msa, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=64)

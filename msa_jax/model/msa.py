@@ -467,12 +467,9 @@ class LayerStack(nn.Module):
     kind = kind or (lambda i: None)
     per_layer = per_layer or (lambda i: None)
     outs = []
-    if not self._scans():
-      for i in range(start, stop):
-        carry, out = fn(kind(i), self.layers[i], carry, per_layer(i))
-        outs.append(out)
-      return carry, outs
-    for ids in _runs(range(start, stop), lambda i: (self.layers[i].is_router, kind(i))):
+    runs = (_runs(range(start, stop), lambda i: (self.layers[i].is_router, kind(i)))
+            if self._scans() else [[i] for i in range(start, stop)])
+    for ids in runs:
       if len(ids) == 1:
         carry, out = fn(kind(ids[0]), self.layers[ids[0]], carry, per_layer(ids[0]))
         outs.append(out)

@@ -21,7 +21,6 @@ documents and keys). After training, the evaluations the config declares in `eva
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
