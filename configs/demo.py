@@ -204,31 +204,28 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
 
 
 def _scale(c: ml_collections.ConfigDict) -> None:
-  """H's recipe on a task that holds the 1,562,500 documents of a 100M-token memory: 3-word keys
-  of 128 words (2,097,152 keys), 7-digit identifiers (the fact still inside the identifier's
+  """M's recipe (4 kv heads, positional keys) on a task that holds the 1,562,500 documents of a
+  100M-token memory: 3-word keys, 128 words per position (num_key_words 384: 2,097,152 keys, no
+  two with the same bag of words), 7-digit identifiers (the fact still inside the identifier's
   chunk: 10 prefix tokens + `fact_span` 6 = one 16-token chunk), identifier answers; a longer
-  router warm-up (1,000 steps) and 5,000 steps in all (~12 min by its first steps' 28K tokens/s
-  at load 2-5; 37 min 51 s at load 15-19, 2026-12-02).
+  router warm-up (1,000 steps) and a longer LM phase (6,000 steps: the 7-digit copy took longer
+  than 4,000, S1), 7,000 steps in all.
 
-  Measured (that run, 4,000 training documents as H): recall@1 1.000 / 1.000 / 1.000 / 1.000
-  (recall@5 1.000) and answer 0.508 / 0.508 / 0.516 / 0.539 at 1x / 10x / 100x / 2000x: the
-  3-word keys route perfectly to 1M tokens (no bag-of-words misses as H's 2-word keys), but
-  the 7-digit identifier is copied exactly only half the time at every size (LM loss over the
-  answer's tokens 0.56 / 0.29 / 0.18 at steps 3,000 / 4,000 / 5,000, still falling: the copy is
-  undertrained, not the routing; a longer LM phase is the next thing to try, not tried). The
-  scale command with it: recall@1 1.000 / 0.906 / 0.312 and answer 0.52 / 0.52 / 0.25 at 1M /
-  10M / 100M tokens (recall@16 1.000 at each; WORKSPACE.md, "Scale runs").
-  Run E's task (value answers, 20,000 training documents, hard negatives) never answered.
-  It keeps H's model and key words (2 kv heads, one list of 128 key words), the ones those
-  numbers were measured with: M's changes (positional keys, 4 kv heads) are not trained on this
-  task yet."""
-  c.model.overrides.num_kv_heads = 2
-  c.data.update(fact_span=6, key_length=3, id_digits=7, num_key_words=128,
-                positional_keys=False)
-  c.train.steps = 5000
+  S1 (the previous `:scale`: H's model and keys, 2 kv heads, one list of 128 key words,
+  `positional_keys=False`; 1,000 + 4,000 steps; 37 min 51 s at load 15-19, 2026-12-02):
+  recall@1 1.000 / 1.000 / 1.000 / 1.000 (recall@5 1.000), answer 0.508 / 0.508 / 0.516 / 0.539
+  at 1x / 10x / 100x / 2000x: the 7-digit identifier was copied exactly only half the time at
+  every size (LM loss over the answer's tokens 0.56 / 0.29 / 0.18 at steps 3,000 / 4,000 /
+  5,000, still falling). The scale command with it: recall@1 1.000 / 0.906 / 0.312 and answer
+  0.52 / 0.52 / 0.25 at 1M / 10M / 100M tokens (recall@16 1.000 at each). Rerun S1 with
+  `--config.model.overrides.num_kv_heads=2 --config.data.num_key_words=128
+  --config.data.positional_keys=False` and its phases (1,000 + 4,000 steps).
+  Run E's task (value answers, 20,000 training documents, hard negatives) never answered."""
+  c.data.update(fact_span=6, key_length=3, id_digits=7, num_key_words=384)
+  c.train.steps = 7000
   c.optim.phases = [dict(steps=1000, learning_rate=1e-3, lm_weight=0.0, aux_weight=1.0,
                          warmup_steps=50, schedule="constant"),
-                    dict(steps=4000, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
+                    dict(steps=6000, learning_rate=1e-3, lm_weight=1.0, aux_weight=1.0,
                          warmup_steps=50, schedule="cosine")]
 
 

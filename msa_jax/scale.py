@@ -141,14 +141,15 @@ def demo_memory(tok: synthetic.SyntheticTokenizer, data: ml_collections.ConfigDi
 
 def combined_niah(tok: synthetic.SyntheticTokenizer, *, num_docs: int, doc_tokens: int,
                   id_digits: int, needle_span: int | None, key_length: int,
-                  variants: Sequence[str], repeats: int,
-                  seed: int) -> tuple[niah.StreamedNiah, list[str]]:
+                  variants: Sequence[str], repeats: int, seed: int,
+                  positional_keys: bool = False) -> tuple[niah.StreamedNiah, list[str]]:
   """One streamed haystack holding `repeats` needle groups of each variant (`niah.PRESETS`
-  with the model's key length; each group built by `niah.build_streamed_niah` from its own
-  seed, a needle moved to the next free document when its document is taken; the filler and
+  with the model's key length and kind of keys; each group built by
+  `niah.build_streamed_niah` from its own seed, a needle moved to the next free document when its document is taken; the filler and
   identifiers are those of `seed`); returns it with each question's variant."""
   memory_tokens = num_docs * doc_tokens
-  specs = {v: dataclasses.replace(niah.PRESETS[v], key_length=key_length) for v in variants}
+  specs = {v: dataclasses.replace(niah.PRESETS[v], key_length=key_length,
+                                  positional_keys=positional_keys) for v in variants}
   base = niah.build_streamed_niah(tok, specs[variants[0]], memory_tokens=memory_tokens,
                                   doc_tokens=doc_tokens, seed=seed, id_digits=id_digits,
                                   needle_span=needle_span)
@@ -190,9 +191,11 @@ def combined_niah(tok: synthetic.SyntheticTokenizer, *, num_docs: int, doc_token
 def niah_memory(tok: synthetic.SyntheticTokenizer, data: ml_collections.ConfigDict,
                 num_docs: int, variants: Sequence[str], repeats: int, seed: int) -> Memory:
   """The combined NIAH haystack of `num_docs` documents (`combined_niah`) and its questions."""
+  positional_keys = bool(data.get("positional_keys", False))
   task, labels = combined_niah(tok, num_docs=num_docs, doc_tokens=data.doc_length,
                                id_digits=data.id_digits, needle_span=data.get("fact_span"),
-                               key_length=data.key_length, variants=variants, repeats=repeats, seed=seed)
+                               key_length=data.key_length, variants=variants, repeats=repeats,
+                               seed=seed, positional_keys=positional_keys)
   asked = []
   for q, variant in zip(task.questions, labels):
     docs = tuple(d for nd in q.needle_docs for d in nd)
@@ -201,7 +204,7 @@ def niah_memory(tok: synthetic.SyntheticTokenizer, data: ml_collections.ConfigDi
                           tuple(tuple(tok.identifier_ids(int(i), data.id_digits)) for i in ids)))
   record = dict(task="niah", variants=list(variants), repeats=repeats, seed=seed,
                 num_docs=num_docs, doc_tokens=data.doc_length, id_digits=data.id_digits,
-                needle_span=data.get("fact_span"))
+                needle_span=data.get("fact_span"), positional_keys=positional_keys)
   return Memory("niah", num_docs, data.doc_length, record, task.document_tokens, tuple(asked))
 
 

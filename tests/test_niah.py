@@ -39,6 +39,24 @@ def test_presets(preset):
   assert len(task.segments) >= 600 // 48
 
 
+def test_positional_keys_draw_each_position_from_its_own_words():
+  spec = dataclasses.replace(niah.PRESETS["multikey"], num_keys=40, key_length=2,
+                             positional_keys=True)
+  task = niah.build_niah(TOK, spec, memory_tokens=2000, doc_tokens=48, seed=1)
+  _check_task(task)
+  base = TOK.num_key_words // 2
+  keys = {n.key for n in task.needles}
+  assert len(keys) == 40
+  for key in keys:
+    first, second = (int(w[1:]) for w in key.split())
+    assert 0 <= first < base <= second < 2 * base, key
+  # Without the option the same seed draws its key words from the whole list at each position.
+  plain = niah.build_niah(TOK, dataclasses.replace(spec, positional_keys=False),
+                          memory_tokens=2000, doc_tokens=48, seed=1)
+  words = [int(w[1:]) for n in plain.needles for w in n.key.split()[:1]]
+  assert max(words) >= base
+
+
 def test_deterministic():
   a = niah.build_niah(TOK, "multikey", memory_tokens=500, doc_tokens=40, seed=7)
   b = niah.build_niah(TOK, "multikey", memory_tokens=500, doc_tokens=40, seed=7)
@@ -124,7 +142,9 @@ def test_routing_and_task_scores():
     (dict(depths=[0.5]), r"depths=\[0.5\] must be 4 numbers in \[0, 1\]"),
     (dict(depths=[0.1, 0.2, 0.3, 1.5]), "must be 4 numbers in"),
     (dict(spec=niah.NiahSpec(num_keys=1, num_queries=2)), "num_queries=2 exceeds"),
-    (dict(spec=niah.NiahSpec(num_keys=300)), r"only 256 exist \(num_key_words=16"),
+    (dict(spec=niah.NiahSpec(num_keys=300)), r"only 256 exist \(16 key words per position"),
+    (dict(spec=niah.NiahSpec(num_keys=65, positional_keys=True)),
+     r"only 64 exist \(8 key words per position \*\* key_length=2"),
     (dict(spec=niah.NiahSpec(num_values=9)), r"only 8 exist \(num_value_words=8"),
     (dict(spec=niah.NiahSpec(max_sentence=2)), r"empty ranges: sentence \[6, 2\]"),
     (dict(seed=-1), "seed must be an integer >= 0, got -1"),

@@ -53,6 +53,9 @@ class NiahSpec:
     num_values: values written under each key, one needle each (distinct per key).
     num_queries: keys asked, one question each (the first `num_queries` keys).
     key_length: key words per key.
+    positional_keys: key position p draws its word from its own block of
+      num_key_words // key_length key words (as `synthetic.CorpusSpec.positional_keys`: a model
+      trained on such keys is asked keys of the same kind).
     value_length: value words per value.
     min_sentence, max_sentence: filler words per haystack sentence (uniform, inclusive).
     min_paragraph, max_paragraph: sentences per paragraph (uniform, inclusive).
@@ -62,6 +65,7 @@ class NiahSpec:
   num_queries: int = 1
   key_length: int = 2
   value_length: int = 1
+  positional_keys: bool = False
   min_sentence: int = 6
   max_sentence: int = 14
   min_paragraph: int = 3
@@ -70,6 +74,12 @@ class NiahSpec:
   @property
   def num_needles(self) -> int:
     return self.num_keys * self.num_values
+
+  def key_words_per_position(self, tokenizer: SyntheticTokenizer) -> int:
+    """Key words each key position draws from."""
+    if self.positional_keys:
+      return tokenizer.num_key_words // self.key_length
+    return tokenizer.num_key_words
 
   @property
   def needle_tokens(self) -> int:
@@ -177,10 +187,14 @@ def check_spec(spec: NiahSpec, tokenizer: SyntheticTokenizer) -> None:
   if spec.max_sentence < spec.min_sentence or spec.max_paragraph < spec.min_paragraph:
     raise ValueError(f"empty ranges: sentence [{spec.min_sentence}, {spec.max_sentence}], "
                      f"paragraph [{spec.min_paragraph}, {spec.max_paragraph}]")
-  keys = tokenizer.num_key_words ** spec.key_length
+  if spec.positional_keys and tokenizer.num_key_words < spec.key_length:
+    raise ValueError(f"spec.positional_keys needs num_key_words >= key_length; got "
+                     f"num_key_words={tokenizer.num_key_words}, key_length={spec.key_length}")
+  per_position = spec.key_words_per_position(tokenizer)
+  keys = per_position ** spec.key_length
   if spec.num_keys > keys:
     raise ValueError(f"spec.num_keys={spec.num_keys} needs distinct keys, but only {keys} exist "
-                     f"(num_key_words={tokenizer.num_key_words} ** key_length={spec.key_length})")
+                     f"({per_position} key words per position ** key_length={spec.key_length})")
   values = tokenizer.num_value_words ** spec.value_length
   if spec.num_values > values:
     raise ValueError(f"spec.num_values={spec.num_values} needs distinct values, but only {values} "
@@ -196,10 +210,14 @@ def memory_sizes(base_tokens: int, num_scales: int = 3, factor: int = 10) -> lis
   return [base_tokens * factor ** i for i in range(num_scales)]
 
 
-def _words(prefix: str, codes: np.ndarray, base: int, length: int) -> list[str]:
-  """Codes in [0, base ** length) written as `length` words `{prefix}{digit}`."""
+def _words(prefix: str, codes: np.ndarray, base: int, length: int,
+           positional: bool = False) -> list[str]:
+  """Codes in [0, base ** length) written as `length` words `{prefix}{digit}` (`positional`:
+  position p writes digit + p * base, its own block of words)."""
   powers = base ** np.arange(length - 1, -1, -1)
   digits = (np.asarray(codes)[:, None] // powers) % base
+  if positional:
+    digits = digits + base * np.arange(length)
   return [" ".join(f"{prefix}{d}" for d in row) for row in digits.tolist()]
 
 
@@ -246,8 +264,9 @@ def _draw_facts(rng: np.random.Generator, tokenizer: SyntheticTokenizer, spec: N
   depths = [float(d) for d in depths]
   if len(depths) != spec.num_needles or not all(0.0 <= d <= 1.0 for d in depths):
     raise ValueError(f"depths={depths} must be {spec.num_needles} numbers in [0, 1]")
-  keys = _words("k", rng.choice(tokenizer.num_key_words ** spec.key_length, spec.num_keys,
-                                replace=False), tokenizer.num_key_words, spec.key_length)
+  base = spec.key_words_per_position(tokenizer)
+  keys = _words("k", rng.choice(base ** spec.key_length, spec.num_keys, replace=False), base,
+                spec.key_length, spec.positional_keys)
   facts = []
   for key in keys:
     codes = rng.choice(tokenizer.num_value_words ** spec.value_length, spec.num_values,
