@@ -15,7 +15,6 @@ import sys
 from collections.abc import Sequence
 
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from msa_jax import runtime, validation
@@ -87,7 +86,6 @@ def main(argv: Sequence[str]) -> None:
   if flags.FLAGS.config is None:
     raise validation.UserError("--config is required (e.g. --config=configs/niah.py)")
   runtime.enable_compilation_cache()
-  logging.set_verbosity(logging.WARNING)  # orbax's restore chatter
   run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

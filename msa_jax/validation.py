@@ -376,12 +376,16 @@ def parse_in_process(argv: Sequence[str], define: Callable[[Any, list[str]], Any
 
 def run_app(main: Callable[[list[str]], Any]) -> None:
   """`absl.app.run(main)` with `--verbose`, one-line flag errors and user errors from `main`
-  (`USER_ERRORS`) reported as `error: ...` with exit status 2."""
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  (`USER_ERRORS`) reported as `error: ...` with exit status 2. Log messages below WARNING
+  (orbax's lines per checkpoint save and restore) are hidden unless `--verbosity` is given:
+  the commands' own progress lines go to stdout."""
+  from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
   if "verbose" not in flags.FLAGS:
     flags.DEFINE_bool("verbose", False, "Show tracebacks of user errors.")
 
   def wrapped(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except USER_ERRORS as e:

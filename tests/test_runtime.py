@@ -122,3 +122,19 @@ def test_cache_off_block_compiles_for_real_then_caches_again(tmp_path):
                        check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1])
   first, inside, after = json.loads(out.stdout.strip().splitlines()[-1])
   assert first >= 1 and inside == first and after == first + 1
+
+
+_LOGGING_APP = """
+from absl import logging
+from msa_jax import validation
+validation.run_app(lambda argv: logging.info("info-line") or logging.warning("warning-line"))
+"""
+
+
+@pytest.mark.parametrize("args, info_shown", [([], False), (["--verbosity=0"], True)])
+def test_commands_hide_info_logs_unless_verbosity_is_given(args, info_shown):
+  result = subprocess.run([sys.executable, "-c", _LOGGING_APP, *args], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).parents[1])
+  assert result.returncode == 0, result.stderr
+  assert "warning-line" in result.stderr
+  assert ("info-line" in result.stderr) == info_shown, result.stderr

@@ -11,7 +11,6 @@ import logging as py_logging
 from collections.abc import Sequence
 
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from msa_jax import runtime, validation
@@ -30,7 +29,6 @@ def main(argv: Sequence[str]) -> None:
     raise validation.UserError("--config is required (e.g. --config=configs/evaluate.py)")
   validation.check_evaluate_config(_CONFIG.value, _WORKDIR.value)
   runtime.enable_compilation_cache()
-  logging.set_verbosity(logging.WARNING)
   import bm25s  # pylint: disable=import-outside-toplevel,unused-import
   py_logging.getLogger("bm25s").setLevel(py_logging.WARNING)  # bm25s sets DEBUG on import
   evaluate(_CONFIG.value, _WORKDIR.value)

@@ -9,7 +9,6 @@ such errors print one `error: ...` line and exit with status 2 (`--verbose`: wit
 from collections.abc import Sequence
 
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from msa_jax import runtime, validation
@@ -29,8 +28,6 @@ def main(argv: Sequence[str]) -> None:
     raise validation.UserError("--config is required (e.g. --config=configs/demo.py)")
   validation.check_output_dir(_WORKDIR.value)
   runtime.enable_compilation_cache()
-  # Our progress lines go to stdout; keep orbax's per-save INFO chatter out of the way.
-  logging.set_verbosity(logging.WARNING)
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
