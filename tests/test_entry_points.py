@@ -210,38 +210,85 @@ def test_compact_training_line():
 
 # --- each command: a bad flag is one line and exit status 2, before any model is loaded ---
 
+# One interpreter imports what the commands import (jax, the training loop, the evaluation and
+# NIAH runners: most of a command's start-up), then each command runs in a child forked from
+# it, as `python -m` runs it (`runpy`, run as __main__, its own argv, its flags defined fresh in
+# the child), with its stdout and stderr in files and its exit status from the child's exit.
+_FORKED_COMMANDS = r"""
+import json, os, runpy, sys, traceback
+import msa_jax.train.loop, msa_jax.evaluation.run, msa_jax.evaluation.niah_eval
+import msa_jax.data.niah, msa_jax.checkpoint, msa_jax.inference, msa_jax.model
+statuses = []
+for args, out, err in json.loads(sys.argv[1]):
+  sys.stdout.flush(); sys.stderr.flush()
+  pid = os.fork()
+  if pid == 0:
+    code = 1
+    try:
+      os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+      os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+      sys.argv = [args[0], *args[1:]]
+      runpy.run_module(args[0], run_name="__main__", alter_sys=True)
+      code = 0
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+      traceback.print_exc()
+    finally:
+      sys.stdout.flush(); sys.stderr.flush()
+      os._exit(code)
+  statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(statuses))
+"""
 
-def _command(args, timeout=120):
+BAD_FLAGS = {
+    "unknown_field": (
+        ["msa_jax.train", "--config=configs/demo.py:smoke", "--config.train.stepz=5"],
+        "--config.train.stepz: config.train has no field 'stepz' (did you mean 'steps'?)"),
+    "steps": (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.train.steps=-1"],
+              "train.steps=-1 must be a number >= 1"),
+    "top_k": (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.msa.top_k=0"],
+              "msa.top_k=0 must be a number >= 1"),
+    "workdir_file": (["msa_jax.train", "--config=configs/demo.py:smoke", "--workdir=README.md"],
+                     "--workdir=README.md is a file; give a directory"),
+    "evaluate": (["msa_jax.evaluate", "--config=configs/evaluate.py", "--config.top_n=0"],
+                 "top_n=0 must be a number >= 1"),
+    "generate": (["msa_jax.generate", "--config=configs/generate.py",
+                  "--config.sampling.max_new_tokens=0"],
+                 "sampling.max_new_tokens must be an int >= 1, got 0"),
+    "niah": (["msa_jax.niah", "--config=configs/niah.py", "--config.random_model=tiny",
+              "--config.variants=singel"],
+             "--config.variants: 'singel' is not a NIAH variant (did you mean 'single'?)"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_flag_runs(tmp_path_factory):
+  """{case: (exit status, stdout, stderr, its tmp folder)} of every BAD_FLAGS command, all
+  forked from one interpreter (_FORKED_COMMANDS)."""
+  cases, folders = [], {}
+  for name, (args, _) in BAD_FLAGS.items():
+    tmp = folders[name] = tmp_path_factory.mktemp(name)
+    if args[0] != "msa_jax.generate" and not any(a.startswith("--workdir") for a in args):
+      args = [*args, f"--workdir={tmp / 'w'}"]
+    if args[0] == "msa_jax.evaluate":
+      workdir_lib.bind(_demo(), tmp / "trained")
+      args.append(f"--config.checkpoint_workdir={tmp / 'trained'}")
+    cases.append([args, str(tmp / "stdout"), str(tmp / "stderr")])
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
              JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  result = subprocess.run([sys.executable, "-c", _FORKED_COMMANDS, json.dumps(cases)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and result.stderr == "", result.stderr[-4000:]
+  statuses = json.loads(result.stdout)
+  return {name: (status, (folders[name] / "stdout").read_text(),
+                 (folders[name] / "stderr").read_text(), folders[name])
+          for name, status in zip(BAD_FLAGS, statuses)}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.train.stepz=5"],
-     "--config.train.stepz: config.train has no field 'stepz' (did you mean 'steps'?)"),
-    (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.train.steps=-1"],
-     "train.steps=-1 must be a number >= 1"),
-    (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.msa.top_k=0"],
-     "msa.top_k=0 must be a number >= 1"),
-    (["msa_jax.train", "--config=configs/demo.py:smoke", "--workdir=README.md"],
-     "--workdir=README.md is a file; give a directory"),
-    (["msa_jax.evaluate", "--config=configs/evaluate.py", "--config.top_n=0"],
-     "top_n=0 must be a number >= 1"),
-    (["msa_jax.generate", "--config=configs/generate.py", "--config.sampling.max_new_tokens=0"],
-     "sampling.max_new_tokens must be an int >= 1, got 0"),
-    (["msa_jax.niah", "--config=configs/niah.py", "--config.random_model=tiny",
-      "--config.variants=singel"],
-     "--config.variants: 'singel' is not a NIAH variant (did you mean 'single'?)"),
-], ids=["unknown_field", "steps", "top_k", "workdir_file", "evaluate", "generate", "niah"])
-def test_bad_flags_exit_2_with_one_line(tmp_path, args, message):
-  if args[0] != "msa_jax.generate" and not any(a.startswith("--workdir") for a in args):
-    args = [*args, f"--workdir={tmp_path / 'w'}"]
-  if args[0] == "msa_jax.evaluate":
-    workdir_lib.bind(_demo(), tmp_path / "trained")
-    args.append(f"--config.checkpoint_workdir={tmp_path / 'trained'}")
-  result = _command(args)
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert result.stdout == "" and result.stderr == f"error: {message}\n"
-  assert not (tmp_path / "w").exists()
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+def test_bad_flags_exit_2_with_one_line(bad_flag_runs, case):
+  status, stdout, stderr, tmp = bad_flag_runs[case]
+  assert status == 2, stderr[-2000:]
+  assert stdout == "" and stderr == f"error: {BAD_FLAGS[case][1]}\n"
+  assert not (tmp / "w").exists()
