@@ -14,6 +14,7 @@ from msa_jax import validation
 from msa_jax.train import loop
 from msa_jax.train import metrics as metrics_lib
 from msa_jax.train import workdir as workdir_lib
+from tests import forked_commands
 from tests.paths import REPO
 
 # Every config file (configs/common.py holds the pieces they share).
@@ -210,37 +211,6 @@ def test_compact_training_line():
 
 # --- each command: a bad flag is one line and exit status 2, before any model is loaded ---
 
-# One interpreter imports what the commands import (jax, the training loop, the evaluation and
-# NIAH runners: most of a command's start-up), then each command runs in a child forked from
-# it, as `python -m` runs it (`runpy`, run as __main__, its own argv, its flags defined fresh in
-# the child), with its stdout and stderr in files and its exit status from the child's exit.
-_FORKED_COMMANDS = r"""
-import json, os, runpy, sys, traceback
-import msa_jax.train.loop, msa_jax.evaluation.run, msa_jax.evaluation.niah_eval
-import msa_jax.data.niah, msa_jax.checkpoint, msa_jax.inference, msa_jax.model
-statuses = []
-for args, out, err in json.loads(sys.argv[1]):
-  sys.stdout.flush(); sys.stderr.flush()
-  pid = os.fork()
-  if pid == 0:
-    code = 1
-    try:
-      os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
-      os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
-      sys.argv = [args[0], *args[1:]]
-      runpy.run_module(args[0], run_name="__main__", alter_sys=True)
-      code = 0
-    except SystemExit as e:
-      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-      traceback.print_exc()
-    finally:
-      sys.stdout.flush(); sys.stderr.flush()
-      os._exit(code)
-  statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print(json.dumps(statuses))
-"""
-
 BAD_FLAGS = {
     "unknown_field": (
         ["msa_jax.train", "--config=configs/demo.py:smoke", "--config.train.stepz=5"],
@@ -265,8 +235,8 @@ BAD_FLAGS = {
 @pytest.fixture(scope="module")
 def bad_flag_runs(tmp_path_factory):
   """{case: (exit status, stdout, stderr, its tmp folder)} of every BAD_FLAGS command, all
-  forked from one interpreter (_FORKED_COMMANDS)."""
-  cases, folders = [], {}
+  forked from one interpreter (tests/forked_commands.py)."""
+  commands, folders = [], {}
   for name, (args, _) in BAD_FLAGS.items():
     tmp = folders[name] = tmp_path_factory.mktemp(name)
     if args[0] != "msa_jax.generate" and not any(a.startswith("--workdir") for a in args):
@@ -274,16 +244,9 @@ def bad_flag_runs(tmp_path_factory):
     if args[0] == "msa_jax.evaluate":
       workdir_lib.bind(_demo(), tmp / "trained")
       args.append(f"--config.checkpoint_workdir={tmp / 'trained'}")
-    cases.append([args, str(tmp / "stdout"), str(tmp / "stderr")])
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", _FORKED_COMMANDS, json.dumps(cases)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0 and result.stderr == "", result.stderr[-4000:]
-  statuses = json.loads(result.stdout)
-  return {name: (status, (folders[name] / "stdout").read_text(),
-                 (folders[name] / "stderr").read_text(), folders[name])
-          for name, status in zip(BAD_FLAGS, statuses)}
+    commands.append(args)
+  runs = forked_commands.run_commands(commands, JAX_PLATFORMS="cpu")
+  return {name: (*run, folders[name]) for name, run in zip(BAD_FLAGS, runs)}
 
 
 @pytest.mark.parametrize("case", list(BAD_FLAGS))
