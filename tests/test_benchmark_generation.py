@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from msa_jax.benchmarks import generation
-from msa_jax.inference import SamplingConfig, generate_text
 from msa_jax.model import Transformer, get_preset
 
 KEYS = {"stage", "case", "ours_s", "baseline", "baseline_s", "flops"}
@@ -36,18 +35,35 @@ def test_run_without_transformers_or_checkpoint_is_empty(monkeypatch):
 
 
 @pytest.mark.slow
-def test_quick_run_rows_and_same_tokens_as_the_baseline(smollm2_gguf):
+def test_quick_run_rows_and_same_tokens_as_the_baseline(smollm2_gguf, monkeypatch):
+  """The rows of a quick run; and every call it timed (ours and HF's, recorded as they ran:
+  the real functions, called through; B=8 covers all of BATCH_PROMPTS) generated the same
+  greedy tokens on both sides."""
   pytest.importorskip("transformers")
-  models = generation.load_models()  # once: the rows and the token check share it
-  rows = generation.run(quick=True, models=models)
+  ours, theirs = [], []
+
+  def recorded(fn, calls):
+    def call(*args, **kwargs):
+      out = fn(*args, **kwargs)
+      calls.append((args, kwargs, out))
+      return out
+    return call
+
+  monkeypatch.setattr(generation, "generate_text", recorded(generation.generate_text, ours))
+  hf_generate = generation._hf_generate  # pylint: disable=protected-access
+  monkeypatch.setattr(generation, "_hf_generate", recorded(hf_generate, theirs))
+  rows = generation.run(quick=True)
   assert [r["case"] for r in rows] == ["SmolLM2-135M greedy B=1 8 tokens",
                                        "SmolLM2-135M greedy B=8 8 tokens"]
   for row in rows:
     assert set(row) == KEYS and row["stage"] == "generation"
     assert row["ours_s"] > 0 and row["baseline_s"] > 0 and row["flops"] > 1e9
-  cfg, params, tokenizer, hf = models
-  prompts = list(generation.BATCH_PROMPTS)
-  ours = generate_text(Transformer(cfg), params, tokenizer, prompts,
-                       SamplingConfig(max_new_tokens=8))
-  theirs = generation._hf_generate(hf, tokenizer, prompts, 8)  # pylint: disable=protected-access
-  assert ours == [tokenizer.decode(row.tolist()) for row in np.asarray(theirs)]
+  # Each side ran warm-up + 1 repeat at B=1, then at B=8 (all of BATCH_PROMPTS).
+  assert [len(a[3]) for a, _, _ in ours] == [1, 1, 8, 8]
+  assert [len(a[2]) for a, _, _ in theirs] == [1, 1, 8, 8]
+  assert ours[-1][0][3] == list(generation.BATCH_PROMPTS)
+  for (args, _, got), (hf_args, _, hf_out) in zip(ours, theirs):
+    model, _, tokenizer, prompts, sampling = args
+    assert isinstance(model, Transformer) and prompts == hf_args[2]
+    assert sampling.max_new_tokens == 8 and hf_args[3] == 8 and sampling.temperature == 0
+    assert got == [tokenizer.decode(row.tolist()) for row in np.asarray(hf_out)]

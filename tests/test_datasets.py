@@ -79,8 +79,15 @@ def test_beir_builder_splits_features_and_reuse(tmp_path):
     datasets.beir_builder(tmp_path / "nope", tmp_path / "tfds")
 
 
-def test_nfcorpus_through_the_builder(tmp_path):
-  data = datasets.load_retrieval("beir", NFCORPUS, ["train", "test"], tmp_path)
+@pytest.fixture(scope="module")
+def nfcorpus_tfds(tmp_path_factory):
+  """A tfds data dir for NFCorpus, shared by this module's tests: prepared once (by the first
+  test that reads it), reused by the next."""
+  return tmp_path_factory.mktemp("nfcorpus_tfds")
+
+
+def test_nfcorpus_through_the_builder(nfcorpus_tfds):
+  data = datasets.load_retrieval("beir", NFCORPUS, ["train", "test"], nfcorpus_tfds)
   want = retrieval.load_beir(NFCORPUS, ["train", "test"])
   assert data.num_docs == 3633 and data.doc_ids == want.doc_ids and data.qrels == want.qrels
   for m in (0, 1234, 3632):
@@ -274,9 +281,9 @@ def test_synthetic_run_reads_the_builder(tmp_path):
 
 
 @pytest.mark.slow
-def test_beir_config_reads_through_tfds_and_grain(tmp_path):
+def test_beir_config_reads_through_tfds_and_grain(nfcorpus_tfds):
   config = beir.get_config("smoke")
-  config.data.data_dir = str(tmp_path)
+  config.data.data_dir = str(nfcorpus_tfds)
   _, iterator, evals = make_data(config)
   assert type(iterator).__name__ == "GrainIterator" and len(evals) == 1
   first = [next(iterator) for _ in range(3)]

@@ -1,20 +1,18 @@
-"""Multi-process start-up and training: launch/local.sh + distributed.initialize, 2 CPU
-processes, each loading half of every global batch."""
+"""Multi-process start-up: launch/local.sh + distributed.initialize, 2 CPU processes, each
+loading half of every global batch. Training on 2 processes (against the same run on one):
+tests/test_train_loop.py::test_two_processes_train_like_one, beside the one-process run it
+compares to."""
 
-import json
 import os
 import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 
 from configs import demo
 from msa_jax.train import data as data_lib
 from msa_jax.runtime import distributed
-from msa_jax.train.loop import train_and_evaluate
-from msa_jax.train.metrics import read_metrics
 from tests.paths import REPO
 
 SCRIPT = """
@@ -51,35 +49,6 @@ def test_incomplete_environment_is_refused(monkeypatch):
   monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
   with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is not an integer"):
     distributed.initialize()
-
-
-@pytest.mark.multiprocess
-@pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path):
-  env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_DIR": str(tmp_path / "logs"),
-         "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
-  run = subprocess.run(
-      ["bash", str(REPO / "launch" / "local.sh"), "2", sys.executable, "-m", "msa_jax.train",
-       f"--config={REPO / 'configs' / 'demo.py'}:smoke", f"--workdir={tmp_path / 'two'}"],
-      env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
-  logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
-  assert run.returncode == 0, run.stderr + "".join(log[-3000:] for log in logs)
-  assert "[train] step 6 | " in logs[0] and "[train]" not in logs[1]  # process 0 logs
-  single = train_and_evaluate(demo.get_config("smoke"), tmp_path / "one")
-  two = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
-  # lm_targets counts the global batch's answer tokens: each process loaded only its half.
-  print("two processes vs one, relative differences:",
-        {k: abs(two[k] - single[k]) / abs(single[k]) for k in ("loss", "grad_norm", "eval_loss")})
-  for key in ("loss", "lm_loss", "aux_loss", "grad_norm", "lm_targets", "recall@5",
-              "eval_loss", "eval_lm_loss", "eval_aux_loss", "eval_lm_targets"):
-    np.testing.assert_allclose(two[key], single[key], rtol=1e-5, err_msg=key)
-  rows = {(r["split"], r["step"]): r for r in read_metrics(tmp_path / "two")}
-  reference = read_metrics(tmp_path / "one")
-  assert len(rows) == len(reference) == 5  # train 2, 4, 6 and eval 3, 6
-  for r in reference:
-    for key in ("loss", "lm_loss", "aux_loss"):
-      np.testing.assert_allclose(rows[r["split"], r["step"]][key], r[key], rtol=1e-5)
-  assert (tmp_path / "two" / "checkpoints" / "6").is_dir()
 
 
 def test_batch_size_must_divide_over_processes(monkeypatch):

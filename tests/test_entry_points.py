@@ -14,6 +14,7 @@ from msa_jax import validation
 from msa_jax.train import loop
 from msa_jax.train import metrics as metrics_lib
 from msa_jax.train import workdir as workdir_lib
+from tests import forked_commands
 from tests.paths import REPO
 
 # Every config file (configs/common.py holds the pieces they share).
@@ -210,38 +211,47 @@ def test_compact_training_line():
 
 # --- each command: a bad flag is one line and exit status 2, before any model is loaded ---
 
+BAD_FLAGS = {
+    "unknown_field": (
+        ["msa_jax.train", "--config=configs/demo.py:smoke", "--config.train.stepz=5"],
+        "--config.train.stepz: config.train has no field 'stepz' (did you mean 'steps'?)"),
+    "steps": (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.train.steps=-1"],
+              "train.steps=-1 must be a number >= 1"),
+    "top_k": (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.msa.top_k=0"],
+              "msa.top_k=0 must be a number >= 1"),
+    "workdir_file": (["msa_jax.train", "--config=configs/demo.py:smoke", "--workdir=README.md"],
+                     "--workdir=README.md is a file; give a directory"),
+    "evaluate": (["msa_jax.evaluate", "--config=configs/evaluate.py", "--config.top_n=0"],
+                 "top_n=0 must be a number >= 1"),
+    "generate": (["msa_jax.generate", "--config=configs/generate.py",
+                  "--config.sampling.max_new_tokens=0"],
+                 "sampling.max_new_tokens must be an int >= 1, got 0"),
+    "niah": (["msa_jax.niah", "--config=configs/niah.py", "--config.random_model=tiny",
+              "--config.variants=singel"],
+             "--config.variants: 'singel' is not a NIAH variant (did you mean 'single'?)"),
+}
 
-def _command(args, timeout=120):
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+
+@pytest.fixture(scope="module")
+def bad_flag_runs(tmp_path_factory):
+  """{case: (exit status, stdout, stderr, its tmp folder)} of every BAD_FLAGS command, all
+  forked from one interpreter (tests/forked_commands.py)."""
+  commands, folders = [], {}
+  for name, (args, _) in BAD_FLAGS.items():
+    tmp = folders[name] = tmp_path_factory.mktemp(name)
+    if args[0] != "msa_jax.generate" and not any(a.startswith("--workdir") for a in args):
+      args = [*args, f"--workdir={tmp / 'w'}"]
+    if args[0] == "msa_jax.evaluate":
+      workdir_lib.bind(_demo(), tmp / "trained")
+      args.append(f"--config.checkpoint_workdir={tmp / 'trained'}")
+    commands.append(args)
+  runs = forked_commands.run_commands(commands, JAX_PLATFORMS="cpu")
+  return {name: (*run, folders[name]) for name, run in zip(BAD_FLAGS, runs)}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.train.stepz=5"],
-     "--config.train.stepz: config.train has no field 'stepz' (did you mean 'steps'?)"),
-    (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.train.steps=-1"],
-     "train.steps=-1 must be a number >= 1"),
-    (["msa_jax.train", "--config=configs/demo.py:smoke", "--config.msa.top_k=0"],
-     "msa.top_k=0 must be a number >= 1"),
-    (["msa_jax.train", "--config=configs/demo.py:smoke", "--workdir=README.md"],
-     "--workdir=README.md is a file; give a directory"),
-    (["msa_jax.evaluate", "--config=configs/evaluate.py", "--config.top_n=0"],
-     "top_n=0 must be a number >= 1"),
-    (["msa_jax.generate", "--config=configs/generate.py", "--config.sampling.max_new_tokens=0"],
-     "sampling.max_new_tokens must be an int >= 1, got 0"),
-    (["msa_jax.niah", "--config=configs/niah.py", "--config.random_model=tiny",
-      "--config.variants=singel"],
-     "--config.variants: 'singel' is not a NIAH variant (did you mean 'single'?)"),
-], ids=["unknown_field", "steps", "top_k", "workdir_file", "evaluate", "generate", "niah"])
-def test_bad_flags_exit_2_with_one_line(tmp_path, args, message):
-  if args[0] != "msa_jax.generate" and not any(a.startswith("--workdir") for a in args):
-    args = [*args, f"--workdir={tmp_path / 'w'}"]
-  if args[0] == "msa_jax.evaluate":
-    workdir_lib.bind(_demo(), tmp_path / "trained")
-    args.append(f"--config.checkpoint_workdir={tmp_path / 'trained'}")
-  result = _command(args)
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert result.stdout == "" and result.stderr == f"error: {message}\n"
-  assert not (tmp_path / "w").exists()
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+def test_bad_flags_exit_2_with_one_line(bad_flag_runs, case):
+  status, stdout, stderr, tmp = bad_flag_runs[case]
+  assert status == 2, stderr[-2000:]
+  assert stdout == "" and stderr == f"error: {BAD_FLAGS[case][1]}\n"
+  assert not (tmp / "w").exists()

@@ -7,9 +7,6 @@ both banks (plain and with Memory Interleave), and checks the error messages.
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ import pytest
 
 from configs import bank as bank_config
 from msa_jax import bank as cli
-from tests import paths
+from tests import forked_commands, paths
 
 # In the synthetic task's vocabulary (the tiny model's tokenizer here; loads instantly).
 DOCS = [
@@ -197,20 +194,15 @@ def test_corpus_and_flag_errors(tmp_path, capsys):
 
 
 def test_module_entry_point(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  root = Path(__file__).resolve().parents[1]
-  env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, "-m", "msa_jax.bank",
-                         "--config=configs/bank.py:ask", f"--config.bank={tmp_path / 'none'}",
-                         "--question=x"], env=env, cwd=root, capture_output=True, text=True,
-                        timeout=120)
-  assert proc.returncode == 2 and proc.stderr.strip().endswith(
+  # Both commands forked from one interpreter (tests/forked_commands.py): one start-up.
+  missing, helpshort = forked_commands.run_commands(
+      [["msa_jax.bank", "--config=configs/bank.py:ask", f"--config.bank={tmp_path / 'none'}",
+        "--question=x"], ["msa_jax.bank", "--helpshort"]], timeout=240, JAX_PLATFORMS="cpu")
+  assert missing[0] == 2 and missing[2].strip().endswith(
       "(create it with --config=configs/bank.py:encode)")
   # --help names the config file and lists its fields.
-  proc = subprocess.run([sys.executable, "-m", "msa_jax.bank", "--helpshort"], env=env,
-                        cwd=root, capture_output=True, text=True, timeout=120)
-  assert "configs/bank.py:ask" in proc.stdout
-  assert "max_doc_tokens=0" in proc.stdout and "msa.chunk_size=64" in proc.stdout
+  assert "configs/bank.py:ask" in helpshort[1]
+  assert "max_doc_tokens=0" in helpshort[1] and "msa.chunk_size=64" in helpshort[1]
 
 
 # --- ask: many questions per model load, checks before loading ---

@@ -1,9 +1,6 @@
 """NIAH through the inference engine on a tiny random model: layout, scoring, outputs, CLI."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +8,7 @@ import pytest
 from msa_jax.data import synthetic
 from msa_jax.data import niah
 from msa_jax.evaluation import niah_eval
-from tests.paths import REPO
+from tests import forked_commands
 
 TOK = synthetic.SyntheticTokenizer(num_filler_words=32, num_key_words=16, num_value_words=8)
 SETTINGS = niah_eval.NiahEvalSettings(base_tokens=96, num_scales=2, factor=4, samples_per_size=1,
@@ -100,17 +97,16 @@ def test_write_results(model, tmp_path):
 
 @pytest.mark.slow
 def test_cli_random_model(tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  cmd = [sys.executable, "-m", "msa_jax.niah", "--config=configs/niah.py",
-         f"--workdir={tmp_path}", "--config.random_model=tiny", "--config.variants=single", "--config.base_tokens=128",
+  # Both commands forked from one interpreter (tests/forked_commands.py): one start-up.
+  cmd = ["msa_jax.niah", "--config=configs/niah.py", f"--workdir={tmp_path}",
+         "--config.random_model=tiny", "--config.variants=single", "--config.base_tokens=128",
          "--config.num_scales=2", "--config.samples=1"]
-  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "recall_any" in result.stdout
+  (code, stdout, stderr), bad = forked_commands.run_commands([cmd, cmd[:3]])
+  assert code == 0, stderr[-3000:]
+  assert "recall_any" in stdout
   assert {p.name for p in tmp_path.iterdir()} >= {niah_eval.RESULTS_FILE, niah_eval.TABLE_FILE,
                                                    niah_eval.PLOT_FILE}
-  bad = subprocess.run(cmd[:5], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert bad.returncode != 0 and "exactly one of" in bad.stderr
+  assert bad[0] != 0 and "exactly one of" in bad[2]
 
 
 def test_chance_recall():

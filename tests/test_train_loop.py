@@ -1,5 +1,9 @@
 """`python -m msa_jax.train` end to end on the demo's smoke variant: metrics, checkpoints,
-and a rerun that resumes and reproduces the uninterrupted run (also after a SIGKILL)."""
+a rerun that resumes and reproduces the uninterrupted run (also after a SIGKILL), and 2
+processes (launch/local.sh) that train like one.
+
+The uninterrupted smoke run is trained once per module (`smoke_run`): the resume test and the
+2-process test compare against the same run."""
 
 import json
 import os
@@ -17,10 +21,17 @@ from msa_jax.train.metrics import read_metrics
 from tests.paths import REPO
 
 
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """(workdir, final metrics) of one uninterrupted `demo.py:smoke` run, in-process."""
+  workdir = tmp_path_factory.mktemp("smoke") / "straight"
+  return workdir, train_and_evaluate(demo.get_config("smoke"), workdir)
+
+
 @pytest.mark.slow
-def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
+def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, smoke_run):
   config = demo.get_config("smoke")
-  straight = train_and_evaluate(config, tmp_path / "straight")
+  straight_dir, straight = smoke_run
   # The same run stopped after step 3 (its checkpoint), then the same command again; read
   # through grain (same batches), whose iterator state the checkpoints store.
   stopped = demo.get_config("smoke")
@@ -31,7 +42,7 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
   data_state = json.loads((tmp_path / "resumed" / "checkpoints" / "3" / "data" / "metadata")
                           .read_text())
   assert data_state == {"next_index": 3}
-  a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight", "train")}
+  a = {r["step"]: r["loss"] for r in read_metrics(straight_dir, "train")}
   b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "resumed", "train")}
   assert sorted(a) == [2, 4, 6] and sorted(b) == [2, 3, 4, 6]
   for step in (2, 4, 6):
@@ -39,28 +50,52 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
   np.testing.assert_allclose(resumed["eval_loss"], straight["eval_loss"], rtol=1e-5)
   assert np.isfinite(straight["loss"])
   # The smoke config's train-short/infer-long table (memories of 1x and 2x the training one).
-  table = json.loads((tmp_path / "straight" / "extrapolation.json").read_text())
+  table = json.loads((straight_dir / "extrapolation.json").read_text())
   assert [r["multiplier"] for r in table["rows"]] == [1, 2] and table["rope"] == "document"
   assert all(0 <= r["recall_at_1"] <= r["recall_at_5"] <= 1 for r in table["rows"])
-  saved = json.loads((tmp_path / "straight" / "config.json").read_text())
+  saved = json.loads((straight_dir / "config.json").read_text())
   assert saved["train"]["steps"] == 6
-  assert (tmp_path / "straight" / "checkpoints" / "6").is_dir()
+  assert (straight_dir / "checkpoints" / "6").is_dir()
 
 
 @pytest.mark.slow
-def test_command_line(tmp_path):
+def test_command_line_refuses_an_unknown_variant(tmp_path):
+  """The command line's training run itself: see test_sigkill_mid_run_then_rerun_... (its
+  rerun's output, its `--config.*` overrides)."""
   env = {**os.environ, "PYTHONPATH": str(REPO)}
-  out = subprocess.run(
-      [sys.executable, "-m", "msa_jax.train", f"--config={REPO / 'configs' / 'demo.py'}:smoke",
-       f"--workdir={tmp_path}", "--config.train.steps=2"],
-      capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "[train] step 2 | " in out.stdout and "aux_loss" in out.stdout
-  assert "Train short, infer long (document RoPE" in out.stdout
   bad = subprocess.run(
       [sys.executable, "-m", "msa_jax.train", f"--config={REPO / 'configs' / 'demo.py'}:nope",
        f"--workdir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
   assert bad.returncode != 0 and "unknown variant 'nope'" in bad.stderr
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path, smoke_run):
+  env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_DIR": str(tmp_path / "logs"),
+         "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+  run = subprocess.run(
+      ["bash", str(REPO / "launch" / "local.sh"), "2", sys.executable, "-m", "msa_jax.train",
+       f"--config={REPO / 'configs' / 'demo.py'}:smoke", f"--workdir={tmp_path / 'two'}"],
+      env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+  logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+  assert run.returncode == 0, run.stderr + "".join(log[-3000:] for log in logs)
+  assert "[train] step 6 | " in logs[0] and "[train]" not in logs[1]  # process 0 logs
+  one_dir, single = smoke_run
+  two = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
+  # lm_targets counts the global batch's answer tokens: each process loaded only its half.
+  print("two processes vs one, relative differences:",
+        {k: abs(two[k] - single[k]) / abs(single[k]) for k in ("loss", "grad_norm", "eval_loss")})
+  for key in ("loss", "lm_loss", "aux_loss", "grad_norm", "lm_targets", "recall@5",
+              "eval_loss", "eval_lm_loss", "eval_aux_loss", "eval_lm_targets"):
+    np.testing.assert_allclose(two[key], single[key], rtol=1e-5, err_msg=key)
+  rows = {(r["split"], r["step"]): r for r in read_metrics(tmp_path / "two")}
+  reference = read_metrics(one_dir)
+  assert len(rows) == len(reference) == 5  # train 2, 4, 6 and eval 3, 6
+  for r in reference:
+    for key in ("loss", "lm_loss", "aux_loss"):
+      np.testing.assert_allclose(rows[r["split"], r["step"]][key], r[key], rtol=1e-5)
+  assert (tmp_path / "two" / "checkpoints" / "6").is_dir()
 
 
 def _finished_checkpoints(directory) -> list[int]:
@@ -72,6 +107,9 @@ def _finished_checkpoints(directory) -> list[int]:
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_resumes_and_reproduces(tmp_path):
+  """`python -m msa_jax.train` with `--config.*` overrides, killed after its first checkpoint;
+  the same command again resumes, logs what the command line logs, and reproduces an
+  uninterrupted run."""
   overrides = dict(steps=10, log_every=1, eval_every=5, checkpoint_every=2)
   command = [sys.executable, "-m", "msa_jax.train",
              f"--config={REPO / 'configs' / 'demo.py'}:smoke", f"--workdir={tmp_path / 'run'}",
@@ -103,6 +141,10 @@ def test_sigkill_mid_run_then_rerun_resumes_and_reproduces(tmp_path):
   assert f"resumed from step {start} in" in rerun.stdout, rerun.stdout[-3000:]
   assert f"[train] step {start + 1} | " in rerun.stdout
   assert f"[train] step {start} | " not in rerun.stdout
+  # The command line's output (`--config.train.steps` overridden): train rows with the aux
+  # loss, and the smoke config's train-short/infer-long table.
+  assert "[train] step 10 | " in rerun.stdout and "aux_loss" in rerun.stdout
+  assert "Train short, infer long (document RoPE" in rerun.stdout
   assert _finished_checkpoints(checkpoints)[-1] == 10
   assert not any(".orbax-checkpoint-tmp" in p.name for p in checkpoints.iterdir())
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from msa_jax.checkpoint import hf
-from msa_jax.checkpoint.tokenizer import Tokenizer, read_gguf_metadata
+from msa_jax.checkpoint.tokenizer import Tokenizer, gguf_reader, read_gguf_metadata
 from msa_jax.model.config import ModelConfig
 
 _ARCHS = ("llama", "qwen3")
@@ -138,7 +138,7 @@ def load_gguf(path: str | os.PathLike,
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"GGUF file not found: {path}")
-  reader = gguf.GGUFReader(path)
+  reader = gguf_reader(path)
   meta = read_gguf_metadata(reader)
   cfg = config_from_metadata(meta, {t.name for t in reader.tensors})
   tensors = read_gguf_tensors(reader, cfg, meta["general.architecture"])
