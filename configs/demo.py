@@ -219,7 +219,8 @@ def _scale(c: ml_collections.ConfigDict) -> None:
   0.56 at step 3,000) and ends at 0.046 held-out against 0.0009 on the training batches: the
   7-digit copy partly memorises the 4,000 training identifiers instead of reading the routed
   document (answer 0.84-0.89, not M's 0.99-1.00; more training documents are the next thing to
-  try, not tried).
+  try, not tried). The scale command on it at 100M tokens (64 questions): recall@1 0.906,
+  recall@16 1.000, answer 0.812 (S1: 0.312 / 0.250); 9.4 % / 3.8 % relative loss from 1M.
 
   S1 (the previous `:scale`: H's model and keys, 2 kv heads, one list of 128 key words,
   `positional_keys=False`; 1,000 + 4,000 steps; 37 min 51 s at load 15-19, 2026-12-02):

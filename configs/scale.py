@@ -13,7 +13,11 @@ demo model is about 2.4 GB per memory); rerunning the command continues an encod
 midway and reuses finished banks. Variants: `:smoke` (two tiny sizes, for tests), `:10m` (up
 to 10M tokens).
 
-Measured on the shared 2-core CPU (WORKSPACE.md, "Scale runs") with a `configs/demo.py:scale`
+Measured on the shared 2-core CPU (WORKSPACE.md, "Scale runs"). The current
+`configs/demo.py:scale` checkpoint (S2, step 7,000), 100M tokens, demo task, 64 questions, 52 min
+8 s at load 2-10: bank 4.84 GB, encode 32.9K tokens/s, routing 228 ms per question, recall@1
+0.906, recall@16 1.000, answer 0.812 (its 1M-token table: 1.000 / 0.844).
+The previous `configs/demo.py:scale` (S1)
 checkpoint (step 5,000; its keys and identifiers hold the 1.6M documents of 100M tokens), load
 14-17: 1M and 10M tokens in 11 min 16 s; encode 34-37K tokens/s, bank 244 MB at 10M, routing
 9.4 ms per question at 10M; demo recall@1 1.000 / 0.906 and answer 0.516 / 0.516 at 1M / 10M
