@@ -144,9 +144,9 @@ def combined_niah(tok: synthetic.SyntheticTokenizer, *, num_docs: int, doc_token
                   variants: Sequence[str], repeats: int, seed: int,
                   positional_keys: bool = False) -> tuple[niah.StreamedNiah, list[str]]:
   """One streamed haystack holding `repeats` needle groups of each variant (`niah.PRESETS`
-  with the model's key length and kind of keys; each group built by
-  `niah.build_streamed_niah` from its own seed, a needle moved to the next free document when its document is taken; the filler and
-  identifiers are those of `seed`); returns it with each question's variant."""
+  with the model's key length and kind of keys; each group built by `niah.build_streamed_niah`
+  from its own seed, a needle moved to the next free document when its document is taken; the
+  filler and identifiers are those of `seed`); returns it with each question's variant."""
   memory_tokens = num_docs * doc_tokens
   specs = {v: dataclasses.replace(niah.PRESETS[v], key_length=key_length,
                                   positional_keys=positional_keys) for v in variants}

@@ -292,7 +292,7 @@ def gguf_reader(path: str | os.PathLike) -> Any:
   file (memoised on its resolved path, size and modification time).
 
   Opening parses all of the file's metadata up front: SmolLM2's (a 49,152-token vocabulary and
-  its merges) takes ~10 s of CPU, and starting a training run on it reads the file four times
+  its merges) took ~4 s of CPU here, and starting a training run on it reads the file four times
   (the config check, the model config, the tokenizer, the weights). A rewritten file is opened
   afresh. The reader memory-maps the tensor data, which is read only when used.
   """

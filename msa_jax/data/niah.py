@@ -41,7 +41,7 @@ import numpy as np
 
 from msa_jax.data import segment
 from msa_jax.data.synthetic import (FACT, QUERY, SPECIAL_TOKENS, SyntheticTokenizer, hash_draws,
-                                    keyed_permutation)
+                                    key_words, keyed_permutation, words_per_key_position)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +77,7 @@ class NiahSpec:
 
   def key_words_per_position(self, tokenizer: SyntheticTokenizer) -> int:
     """Key words each key position draws from."""
-    if self.positional_keys:
-      return tokenizer.num_key_words // self.key_length
-    return tokenizer.num_key_words
+    return words_per_key_position(tokenizer, self.key_length, self.positional_keys)
 
   @property
   def needle_tokens(self) -> int:
@@ -210,14 +208,10 @@ def memory_sizes(base_tokens: int, num_scales: int = 3, factor: int = 10) -> lis
   return [base_tokens * factor ** i for i in range(num_scales)]
 
 
-def _words(prefix: str, codes: np.ndarray, base: int, length: int,
-           positional: bool = False) -> list[str]:
-  """Codes in [0, base ** length) written as `length` words `{prefix}{digit}` (`positional`:
-  position p writes digit + p * base, its own block of words)."""
+def _words(prefix: str, codes: np.ndarray, base: int, length: int) -> list[str]:
+  """Codes in [0, base ** length) written as `length` words `{prefix}{digit}`."""
   powers = base ** np.arange(length - 1, -1, -1)
   digits = (np.asarray(codes)[:, None] // powers) % base
-  if positional:
-    digits = digits + base * np.arange(length)
   return [" ".join(f"{prefix}{d}" for d in row) for row in digits.tolist()]
 
 
@@ -264,9 +258,11 @@ def _draw_facts(rng: np.random.Generator, tokenizer: SyntheticTokenizer, spec: N
   depths = [float(d) for d in depths]
   if len(depths) != spec.num_needles or not all(0.0 <= d <= 1.0 for d in depths):
     raise ValueError(f"depths={depths} must be {spec.num_needles} numbers in [0, 1]")
-  base = spec.key_words_per_position(tokenizer)
-  keys = _words("k", rng.choice(base ** spec.key_length, spec.num_keys, replace=False), base,
-                spec.key_length, spec.positional_keys)
+  codes = rng.choice(spec.key_words_per_position(tokenizer) ** spec.key_length, spec.num_keys,
+                     replace=False)
+  # The training corpus's key layout (`synthetic.key_words`), written as words `k{index}`.
+  words = key_words(tokenizer, codes, spec.key_length, spec.positional_keys) - tokenizer.key0_id
+  keys = [" ".join(f"k{w}" for w in row) for row in words.tolist()]
   facts = []
   for key in keys:
     codes = rng.choice(tokenizer.num_value_words ** spec.value_length, spec.num_values,

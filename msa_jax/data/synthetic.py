@@ -284,9 +284,7 @@ class CorpusSpec:
 
   def key_words_per_position(self, tokenizer: SyntheticTokenizer) -> int:
     """Key words a key position draws from (`positional_keys`: its own block of them)."""
-    if self.positional_keys:
-      return tokenizer.num_key_words // self.key_length
-    return tokenizer.num_key_words
+    return words_per_key_position(tokenizer, self.key_length, self.positional_keys)
 
   def num_keys(self, tokenizer: SyntheticTokenizer) -> int:
     """Distinct keys: key_words_per_position ** key_length."""
@@ -392,12 +390,19 @@ def fact_key_codes(tokenizer: SyntheticTokenizer, spec: CorpusSpec, facts) -> np
   return keyed_permutation(facts, spec.num_keys(tokenizer), spec.seed, _STREAM_KEY)
 
 
+def words_per_key_position(tokenizer: SyntheticTokenizer, key_length: int,
+                           positional: bool) -> int:
+  """Key words each position of a `key_length`-word key draws from: all of them, or with
+  `positional` its own block of num_key_words // key_length."""
+  return tokenizer.num_key_words // key_length if positional else tokenizer.num_key_words
+
+
 def key_words(tokenizer: SyntheticTokenizer, codes, key_length: int,
               positional: bool = False) -> np.ndarray:
   """[n, key_length] int32 key-word token ids of key codes: their base-W digits, W the words per
   position (num_key_words, or num_key_words // key_length when `positional`, position p then
   using key words p * W .. (p + 1) * W - 1; `CorpusSpec.positional_keys`)."""
-  base = tokenizer.num_key_words // key_length if positional else tokenizer.num_key_words
+  base = words_per_key_position(tokenizer, key_length, positional)
   powers = base ** np.arange(key_length - 1, -1, -1, dtype=np.int64)
   words = (np.asarray(codes, np.int64)[:, None] // powers) % base
   if positional:
