@@ -1,6 +1,7 @@
 """GGUF (llama.cpp) checkpoints: Llama and Qwen3 architectures, any quantisation `gguf` reads.
 
-Tensors are dequantised to float32 with the `gguf` package, renamed to HF names and then go
+The file is parsed by `gguf_file` (metadata and memory-mapped tensors); tensors are
+dequantised to float32 with the `gguf` package, renamed to HF names and then go
 through the same checked conversion as safetensors checkpoints (`hf.hf_to_params`), so a GGUF
 that does not fit its own metadata fails with the list of missing/unexpected/misshapen tensors.
 
@@ -22,7 +23,8 @@ import jax
 import numpy as np
 
 from msa_jax.checkpoint import hf
-from msa_jax.checkpoint.tokenizer import Tokenizer, gguf_reader, read_gguf_metadata
+from msa_jax.checkpoint.gguf_file import GGUFFile, open_gguf, read_gguf_metadata
+from msa_jax.checkpoint.tokenizer import Tokenizer
 from msa_jax.model.config import ModelConfig
 
 _ARCHS = ("llama", "qwen3")
@@ -96,7 +98,7 @@ def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(w.shape))
 
 
-def read_gguf_tensors(reader: gguf.GGUFReader, cfg: ModelConfig,
+def read_gguf_tensors(reader: GGUFFile, cfg: ModelConfig,
                       arch: str) -> dict[str, np.ndarray]:
   """All tensors of a GGUF file, dequantised to float32 and keyed by HF name."""
   out, unknown = {}, []
@@ -138,7 +140,7 @@ def load_gguf(path: str | os.PathLike,
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"GGUF file not found: {path}")
-  reader = gguf_reader(path)
+  reader = open_gguf(path)
   meta = read_gguf_metadata(reader)
   cfg = config_from_metadata(meta, {t.name for t in reader.tensors})
   tensors = read_gguf_tensors(reader, cfg, meta["general.architecture"])

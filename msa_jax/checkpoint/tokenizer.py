@@ -23,6 +23,8 @@ from typing import Any
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
+from msa_jax.checkpoint.gguf_file import read_gguf_metadata
+
 # llama.cpp token types ('tokenizer.ggml.token_type'; gguf.TokenType).
 _TOKEN_TYPE_CONTROL = 3
 _TOKEN_TYPE_USER_DEFINED = 4
@@ -285,42 +287,6 @@ class Tokenizer:
       eos_id = declared[0]
     return cls(backend=backend, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, add_bos=add_bos,
                chat_template=chat_template, stop_ids=_stop_ids(backend, declared))
-
-
-def gguf_reader(path: str | os.PathLike) -> Any:
-  """A read-only `gguf.GGUFReader` on `path`, shared by the calls that name the same unchanged
-  file (memoised on its resolved path, size and modification time).
-
-  Opening parses all of the file's metadata up front: SmolLM2's (a 49,152-token vocabulary and
-  its merges) took ~4 s of CPU here, and starting a training run on it reads the file four times
-  (the config check, the model config, the tokenizer, the weights). A rewritten file is opened
-  afresh. The reader memory-maps the tensor data, which is read only when used.
-  """
-  path = os.path.realpath(os.fspath(path))
-  stat = os.stat(path)
-  return _open_gguf(path, stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4)
-def _open_gguf(path: str, size: int, mtime_ns: int) -> Any:
-  del size, mtime_ns  # the cache key: another version of the file is another reader
-  import gguf  # pylint: disable=import-outside-toplevel
-  return gguf.GGUFReader(path, "r")
-
-
-def read_gguf_metadata(source: str | os.PathLike | Any, prefix: str = "") -> dict[str, Any]:
-  """Key-value metadata of a GGUF file, decoded to Python values (str, int, float, bool, list).
-
-  Args:
-    source: the .gguf file (opened through `gguf_reader`), or a `gguf.GGUFReader` already open
-      on it.
-    prefix: keep only keys starting with it (e.g. "tokenizer.").
-  """
-  import gguf  # pylint: disable=import-outside-toplevel
-
-  reader = source if isinstance(source, gguf.GGUFReader) else gguf_reader(source)
-  return {name: field.contents() for name, field in reader.fields.items()
-          if name.startswith(prefix)}
 
 
 def _split_merge(merge: str) -> tuple[str, str]:

@@ -15,7 +15,8 @@ from msa_jax.data.synthetic import (
     grain_dataset,
     whole_memory_batch,
 )
-from msa_jax.checkpoint.tokenizer import Tokenizer, read_gguf_metadata
+from msa_jax.checkpoint.gguf_file import read_gguf_metadata
+from msa_jax.checkpoint.tokenizer import Tokenizer
 
 __all__ = [
     "BatchSpec",

@@ -27,7 +27,7 @@ import numpy as np
 
 from msa_jax.checkpoint import checkpoint_path, hf
 from msa_jax.checkpoint.gguf import config_from_metadata, load_gguf
-from msa_jax.checkpoint.tokenizer import gguf_reader, read_gguf_metadata
+from msa_jax.checkpoint.gguf_file import open_gguf, read_gguf_metadata
 from msa_jax.model.config import ModelConfig
 from msa_jax.model.transformer import abstract_params
 
@@ -50,7 +50,7 @@ def checkpoint_config(spec: str | os.PathLike, num_layers: int | None = None) ->
   configs are checked before the model is built)."""
   path = checkpoint_path(spec)
   if path.suffix == ".gguf":
-    reader = gguf_reader(path)
+    reader = open_gguf(path)
     cfg = config_from_metadata(read_gguf_metadata(reader), {t.name for t in reader.tensors})
   else:
     cfg = hf.config_from_hf(json.loads((path / hf.CONFIG_FILE).read_text()))

@@ -21,12 +21,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from msa_jax.train.tensorboard import EventWriter
 from msa_jax.validation import format_duration
-
-try:  # TensorBoard event files without TensorFlow
-  from tensorboardX import SummaryWriter
-except ImportError:  # pragma: no cover - tensorboardX is a dependency; keep jsonl working
-  SummaryWriter = None
 
 
 def _scalar(value) -> float:
@@ -53,12 +49,9 @@ class MetricsWriter:
     with self.path.open("a") as f:
       f.write(json.dumps({"step": int(step), "split": split, "time": time.time(), **values})
               + "\n")
-    if SummaryWriter is not None:
-      if split not in self._tb:
-        self._tb[split] = SummaryWriter(str(self._tb_root / split))
-      for name, value in values.items():
-        self._tb[split].add_scalar(name, value, int(step))
-      self._tb[split].flush()
+    if split not in self._tb:
+      self._tb[split] = EventWriter(self._tb_root / split)
+    self._tb[split].scalars(int(step), values)
     return values
 
   def log(self, step: int, metrics: Mapping[str, object], split: str = "train",
