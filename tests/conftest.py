@@ -36,6 +36,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from msa_jax import runtime  # noqa: E402
+from msa_jax.benchmarks import hf_baseline  # noqa: E402
 from msa_jax.checkpoint import smollm2_path  # noqa: E402
 
 # Parity tests compare against float32 oracles; TF32 on GPUs would blur that.
@@ -123,6 +124,20 @@ def compilation_cache_dir(tmp_path_factory):
     del os.environ[runtime.CACHE_ENV]
   else:
     os.environ[runtime.CACHE_ENV] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hf_conversion_cache(tmp_path_factory):
+  """transformers' conversions of GGUF files (the benchmarks' HF baselines,
+  `msa_jax.benchmarks.hf_baseline`) kept once per session, shared by the workers, never in the
+  user's ~/.cache."""
+  previous = os.environ.get(hf_baseline.CACHE_ENV)
+  os.environ[hf_baseline.CACHE_ENV] = str(shared_session_dir(tmp_path_factory, "hf"))
+  yield Path(os.environ[hf_baseline.CACHE_ENV])
+  if previous is None:
+    del os.environ[hf_baseline.CACHE_ENV]
+  else:
+    os.environ[hf_baseline.CACHE_ENV] = previous
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 import torch
 import transformers
 
+from msa_jax.benchmarks import hf_baseline
 from msa_jax.checkpoint import gguf as gguf_ckpt
 from msa_jax.checkpoint.hf import CheckpointError, params_to_hf
 from msa_jax.inference import SamplingConfig, generate_text
@@ -40,6 +41,20 @@ def theirs(smollm2_gguf):
   return transformers.AutoModelForCausalLM.from_pretrained(
       smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32,
       attn_implementation="eager").eval()
+
+
+@pytest.mark.slow
+def test_benchmark_baseline_is_transformers_conversion_saved_once(smollm2_gguf, theirs,
+                                                                   hf_conversion_cache):
+  """The benchmarks' HF baseline: transformers' conversion of the file, loaded back from the
+  session's conversion cache with the same tensors (bitwise)."""
+  for _ in range(2):  # the first call may convert and save; the second loads the saved one
+    model = hf_baseline.causal_lm(smollm2_gguf)
+    want, got = theirs.state_dict(), model.state_dict()
+    assert set(got) == set(want) and not model.training
+    for name, x in got.items():
+      assert torch.equal(x, want[name]), name
+  assert len([p for p in hf_conversion_cache.iterdir() if p.name.startswith("SmolLM2")]) == 1
 
 
 @pytest.mark.slow

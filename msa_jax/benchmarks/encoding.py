@@ -23,6 +23,7 @@ import time
 import jax
 import numpy as np
 
+from msa_jax.benchmarks import hf_baseline
 from msa_jax.checkpoint import smollm2_path
 from msa_jax.memory import encode as encode_lib
 from msa_jax.loading.pretrained import load_backbone, load_params
@@ -42,10 +43,7 @@ def backbone_flops(cfg, num_layers: int, tokens: int) -> float:
 
 
 def _hf_backbone(path, num_layers: int):
-  import torch
-  import transformers
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+  model = hf_baseline.causal_lm(path)
   model.model.layers = model.model.layers[:num_layers]
   model.config.num_hidden_layers = num_layers
   return model.model

@@ -22,6 +22,7 @@ import time
 import jax
 import numpy as np
 
+from msa_jax.benchmarks import hf_baseline
 from msa_jax.checkpoint import load_gguf, smollm2_path
 from msa_jax.inference import SamplingConfig, generate_text
 from msa_jax.model import Transformer
@@ -54,13 +55,6 @@ def generate_flops(cfg: ModelConfig, prompt_lengths, new_tokens: int) -> float:
     total += sum(forward_flops(cfg, t + 1, t == n - 1) for t in range(n))
     total += sum(forward_flops(cfg, n + s + 1, True) for s in range(new_tokens - 1))
   return total
-
-
-def _hf_model(path):
-  import torch
-  import transformers
-  return transformers.AutoModelForCausalLM.from_pretrained(
-      path.parent, gguf_file=path.name, dtype=torch.float32).eval()
 
 
 def _hf_generate(model, tokenizer, prompts, new_tokens: int) -> np.ndarray:
@@ -115,7 +109,7 @@ def load_models():
   """(config, params, tokenizer) of our SmolLM2 GGUF load and HF's model of the same file."""
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   path = smollm2_path()
-  return (*load_gguf(path), _hf_model(path))
+  return (*load_gguf(path), hf_baseline.causal_lm(path))
 
 
 def run(quick: bool, models=None) -> list[dict]:

@@ -1,0 +1,79 @@
+"""HF transformers' model of a GGUF file (the encoding and generation baselines), converted once.
+
+transformers converts a GGUF file slowly: SmolLM2-135M takes ~25 s of CPU, most of it parsing
+the file's metadata twice and rebuilding a tensor-name map for each of its 272 tensors. The
+baseline is the model transformers converts, so its conversion is kept as a HF checkpoint
+(config.json and float32 safetensors) and loaded from there by later runs (~1 s): in
+`$MSA_JAX_HF_CACHE` (default `$XDG_CACHE_HOME/msa_jax/hf`, else `~/.cache/msa_jax/hf`; `off`:
+convert every time), one folder per GGUF file, keyed by its resolved path, size and
+modification time. The folder is written under a temporary name and renamed when complete, so
+a killed run leaves no half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+CACHE_ENV = "MSA_JAX_HF_CACHE"
+OFF = "off"
+
+
+def cache_dir() -> Path | None:
+  value = os.environ.get(CACHE_ENV, "")
+  if value.strip().lower() == OFF:
+    return None
+  if value:
+    return Path(value).expanduser()
+  base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+  return Path(base) / "msa_jax" / "hf"
+
+
+def _key(path: Path) -> str:
+  real = os.path.realpath(path)
+  stat = os.stat(real)
+  digest = hashlib.sha256(f"{real}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+  return f"{Path(real).stem}-{digest[:16]}"
+
+
+def _save(model, folder: Path) -> None:
+  """A HF checkpoint of `model`: transformers' `save_pretrained` refuses a model converted from
+  GGUF (it counts as quantised), though its tensors are plain float32."""
+  import safetensors.torch  # pylint: disable=import-outside-toplevel
+
+  config = model.config.to_dict()
+  config.pop("quantization_config", None)
+  (folder / "config.json").write_text(json.dumps(config, indent=1))
+  tied = model.config.tie_word_embeddings
+  state = {name: x.contiguous() for name, x in model.state_dict().items()
+           if not (tied and name == "lm_head.weight")}
+  safetensors.torch.save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def causal_lm(gguf_path: str | os.PathLike):
+  """transformers' `AutoModelForCausalLM` of `gguf_path` in float32, eval mode."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+
+  path = Path(gguf_path)
+  root = cache_dir()
+  if root is not None and (root / _key(path) / "config.json").is_file():
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        root / _key(path), dtype=torch.float32).eval()
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+  if root is not None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incomplete-"))
+    try:
+      _save(model, tmp)
+      tmp.rename(root / _key(path))
+    except OSError:  # another process saved it first (the rename target exists)
+      pass
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+  return model
