@@ -19,6 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from msa_jax.runtime.cache import user_cache_dir
+
 CACHE_ENV = "MSA_JAX_HF_CACHE"
 OFF = "off"
 
@@ -27,10 +29,7 @@ def cache_dir() -> Path | None:
   value = os.environ.get(CACHE_ENV, "")
   if value.strip().lower() == OFF:
     return None
-  if value:
-    return Path(value).expanduser()
-  base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-  return Path(base) / "msa_jax" / "hf"
+  return Path(value).expanduser() if value else user_cache_dir("hf")
 
 
 def _key(path: Path) -> str:
@@ -61,17 +60,17 @@ def causal_lm(gguf_path: str | os.PathLike):
 
   path = Path(gguf_path)
   root = cache_dir()
-  if root is not None and (root / _key(path) / "config.json").is_file():
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        root / _key(path), dtype=torch.float32).eval()
+  saved = None if root is None else root / _key(path)
+  if saved is not None and (saved / "config.json").is_file():
+    return transformers.AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
   model = transformers.AutoModelForCausalLM.from_pretrained(
       path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-  if root is not None:
+  if saved is not None:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incomplete-"))
     try:
       _save(model, tmp)
-      tmp.rename(root / _key(path))
+      tmp.rename(saved)
     except OSError:  # another process saved it first (the rename target exists)
       pass
     finally:

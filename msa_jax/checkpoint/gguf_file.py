@@ -1,10 +1,10 @@
 """A read-only GGUF (llama.cpp) file: its metadata decoded to Python values and its tensors as
 memory-mapped numpy views.
 
-The same values and views as `gguf.GGUFReader` (the reference; `tests/test_gguf.py` compares
-the two on SmolLM2's file), parsed about 20x faster: the reference builds numpy views for each
-of the ~100k strings of a 49k-token vocabulary and its merges (~6.5 s of CPU for SmolLM2 in
-every process that opens it); here strings are decoded from one `bytes` buffer with
+The same values and views as `gguf.GGUFReader` (the reference; `tests/test_gguf_file.py`
+compares the two on SmolLM2's file and on written files), parsed ~35x faster: the reference
+builds numpy views for each of the ~100k strings of a 49k-token vocabulary and its merges
+(SmolLM2: 4.2 s vs 0.12 s here, in every process that opens it); here strings are decoded from one `bytes` buffer with
 `struct`, and numeric arrays with one `np.frombuffer` each. Quantised tensors keep the
 reference's byte layout, so `gguf.quants.dequantize(tensor.data, tensor.tensor_type)` works on
 them unchanged.

@@ -28,10 +28,15 @@ FLAG_HELP = (f"JAX compilation cache directory, or '{OFF}' (default: ${CACHE_ENV
 flags.DEFINE_string("compilation_cache", None, FLAG_HELP)
 
 
-def default_cache_dir() -> Path:
-  """`$XDG_CACHE_HOME/msa_jax/jax`, or `~/.cache/msa_jax/jax` without XDG_CACHE_HOME."""
+def user_cache_dir(name: str) -> Path:
+  """`$XDG_CACHE_HOME/msa_jax/<name>`, or `~/.cache/msa_jax/<name>` without XDG_CACHE_HOME."""
   base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-  return Path(base) / "msa_jax" / "jax"
+  return Path(base) / "msa_jax" / name
+
+
+def default_cache_dir() -> Path:
+  """The compilation cache's default: `user_cache_dir("jax")`."""
+  return user_cache_dir("jax")
 
 
 def _flag_value() -> str | None:
