@@ -6,10 +6,11 @@ states, trained router projections); NFCorpus by default.
       --config.checkpoint_workdir=/tmp/msa_router --config.scaling.enabled=False
 
 The first command caches the frozen backbone's router inputs (documents and training questions,
-in ~/.cache/msa_jax/router_states, fingerprinted to model and data), trains the routers on them
-and writes an ordinary checkpoint; the second ranks the test split's questions against the
-whole corpus through the normal bank -> routing path, beside BM25 (see
-`msa_jax.train.router_adapt`). Any BEIR folder: `--config.data.path=/path/to/scifact`; NQ320k:
+in ~/.cache/msa_jax/router_states or $XDG_CACHE_HOME/msa_jax/router_states, fingerprinted to
+model and data), trains the routers on them and writes an ordinary checkpoint; the second
+ranks the test split's questions against the whole corpus through the normal bank -> routing
+path, beside BM25 (see `msa_jax.train.router_adapt`). Any BEIR folder:
+`--config.data.path=/path/to/scifact`; NQ320k:
 `--config.data.kind=nq320k --config.data.path=/path/to/NQ_dataset --config.data.eval_split=dev`;
 another backbone: `--config.model.checkpoint=/path/to/Qwen3-0.6B` (then pick its router layers).
 Only the training split's questions are read for training (a held-out part validates).
@@ -66,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       aux_loss="infonce", temperature=0.05, lm_weight=0.0, aux_weight=1.0, kernel_impl="xla"))
   c.data.update(doc_tokens=128, prompt_tokens=64, eval_holdout=200)
   c.adapt = ml_collections.ConfigDict(dict(
-      cache_dir="",  # "": ~/.cache/msa_jax/router_states
+      cache_dir="",  # "": $XDG_CACHE_HOME/msa_jax/router_states (default ~/.cache/...)
       encode_batch_size=16,
       centre_init=True,  # biases start at minus the projected mean state (needs router_bias)
       queries_per_step=64,

@@ -363,7 +363,10 @@ def test_two_processes_prepare_once(tmp_path):
 def test_default_data_dir(tfds_data_dir, monkeypatch):
   assert core.default_data_dir() == tfds_data_dir  # $MSA_JAX_TFDS_DIR (set by conftest)
   monkeypatch.delenv("MSA_JAX_TFDS_DIR")
+  monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
   assert core.default_data_dir() == Path.home() / ".cache" / "msa_jax" / "tfds"
+  monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+  assert core.default_data_dir() == Path("/xdg/msa_jax/tfds")
   assert core.data_dir_of("") == core.default_data_dir() and core.data_dir_of("/x") == Path("/x")
 
 

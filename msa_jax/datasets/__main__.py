@@ -7,7 +7,8 @@
 
 Builds what `python -m msa_jax.train` with the same config would read (nothing when it is
 already prepared) into `--data_dir` (default: the config's `data.data_dir`, else
-$MSA_JAX_TFDS_DIR or ~/.cache/msa_jax/tfds), then prints, per dataset, the name to open it with
+$MSA_JAX_TFDS_DIR or $XDG_CACHE_HOME/msa_jax/tfds, ~/.cache/msa_jax/tfds
+without XDG_CACHE_HOME), then prints, per dataset, the name to open it with
 (`tfds.data_source(NAME, data_dir=DIR)`), its splits with their sizes and the first record of
 each split. A bad config value ends with one `error: ...` line and status 2.
 """
@@ -28,7 +29,8 @@ _CONFIG = config_flags.DEFINE_config_file(
                                            "configs/beir.py", "configs/nq320k.py",
                                            "configs/demo.py"), lock_config=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where to prepare (default: data.data_dir, "
-                                "else $MSA_JAX_TFDS_DIR or ~/.cache/msa_jax/tfds).")
+                                "else $MSA_JAX_TFDS_DIR or $XDG_CACHE_HOME/msa_jax/tfds, "
+                                "~/.cache/msa_jax/tfds without XDG_CACHE_HOME).")
 
 
 def builders(config, data_dir: str | None) -> list[Any]:

@@ -18,14 +18,16 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from msa_jax.runtime.cache import user_cache_dir
+
 FILE_FORMAT = "array_record"  # random access for grain; no TensorFlow needed to read it
 DATA_DIR_ENV = "MSA_JAX_TFDS_DIR"
 
 
 def default_data_dir() -> Path:
   """Where builders are prepared unless a data dir is given: `$MSA_JAX_TFDS_DIR`, else
-  `~/.cache/msa_jax/tfds`."""
-  return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "msa_jax" / "tfds")
+  `user_cache_dir("tfds")` (`$XDG_CACHE_HOME/msa_jax/tfds` or `~/.cache/msa_jax/tfds`)."""
+  return Path(os.environ.get(DATA_DIR_ENV) or user_cache_dir("tfds"))
 
 
 def data_dir_of(data_dir: str | os.PathLike | None) -> Path:

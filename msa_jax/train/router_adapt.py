@@ -63,8 +63,8 @@ from msa_jax.loading import pretrained
 from msa_jax.loading.build import build_model
 from msa_jax.train import state_cache
 from msa_jax.train import step as step_lib
+from msa_jax.runtime.cache import user_cache_dir
 
-DEFAULT_CACHE = Path.home() / ".cache" / "msa_jax" / "router_states"
 VALIDATION_METRICS = ("ndcg@10", "recall@100", "hit@1")
 
 
@@ -292,7 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
       pretrained.load_params(model, jax.random.key(config.seed), backbone), tx)
   _log(f"backbone {config.model.checkpoint} loaded under fresh routers "
        f"({time.perf_counter() - start:.0f} s)")
-  cache_dir = Path(a.cache_dir or DEFAULT_CACHE)
+  cache_dir = Path(a.cache_dir or user_cache_dir("router_states"))
   t0 = time.perf_counter()
   docs = state_cache.doc_states(
       cache_dir, model_cfg, state.params, layer_ids, msa.arch.chunk_size,
