@@ -21,6 +21,19 @@ stage alone on one core:
 
 which re-runs itself pinned to one CPU with XLA and OpenBLAS single-threaded and compares
 process CPU seconds (medians) instead of wall time: the work each side does per core.
+
+Where `route`'s time goes beyond the GEMM (issue 17's 1.2x target; 2026-12-03, jax 0.10,
+1M tokens, one core, CPU ms, medians of 41 interleaved repeats): B = 8: whole-bank XLA GEMM
+8.24, the same GEMM in `route`'s tiles of 2048 chunks 8.44 (1.02x), plus the masked query max
+over the T routing tokens 10.39 (1.26x; unmasked 9.23), `route` 10.83 (1.31x); B = 1: 1.79 and
+2.02 (1.13x). The loop and the per-document scatter cost little; the query reduction is a
+second pass over the [tile, B * T] scores that XLA:CPU does not fuse into the dot, and no
+layout tried removed it (scores [B * T, tile] with a max over rows; query rows ordered
+(t, b); tiles of 256-8192). In wall time (2 threads) a 2048-chunk tile is too small for both
+cores at B = 1 (10M tokens: 1.42-1.58x); one GEMM over the whole bank with the query max,
+a sorted segment max and top-k is 1.19x there but 1.39x at B = 8 (its [C, B * T] scores
+leave the cache) and holds scores the size of the bank. Reaching 1.2x everywhere needs the
+query max fused into the GEMM (a CPU kernel; the Pallas kernel does it on GPU).
 """
 
 from __future__ import annotations
