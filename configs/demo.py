@@ -63,6 +63,20 @@ solo). The default is run M:
     3,480 steps; 6,300 steps, 16 min 3 s at load 5-7): recall@1 1.000 (recall@5 1.000), answer
     0.773 / 0.734 / 0.547 / 0.461; eval LM loss 0.19 at step 4,000, then flat at 0.12 from
     step 6,000: more steps routing 4 help the small memories and not the 1M-token one.
+  T6 `:top4,hardneg` with `data.id_after_fact=True` (T3 + 3 of the 7 per-sample negatives
+    sharing a key word at the same position, from the end of the router warm-up: in the
+    routing-4 phase the LM must tell the right key from ones sharing a word, as the 1M-token
+    memory asks it to; 18 min 0 s, 2026-12-03, beside other work): recall@1 1.000 at every
+    size, answer 0.180 / 0.258 / 0.203 / 0.281: worse than T3 even at 1x. Eval LM loss 0.56 /
+    0.32 / 0.27 at steps 3,000 / 4,000 / 4,560 (T3: 0.14 at the end), still falling: telling
+    apart keys that share a word is a harder copy than 1,740 steps learn.
+  T7 `:top4` with `data.id_after_fact=True` and `model.overrides.num_layers=3` (T3 with 3
+    layers, router layers 1 and 2: memory reaches the prompt in two layers, one to find the
+    document and one to copy from it; 36 min 44 s, 2,844 s of CPU time, load ~2): recall@1
+    1.000 at every size, answer 0.234 / 0.297 / 0.320 / 0.305; eval LM loss 0.266 at step 4,000
+    and 0.264 at the end (T3: 0.14). Depth did not help in the same steps. T6 and T7 both end
+    near 0.2-0.3 where T3 reached 0.46-0.70; a second seed of T3 would tell its luck from its
+    layout (not run).
   T5 (the default, top_k 1, with `data.id_after_fact=True`; 9 min 16 s at load 6-8): recall@1
     1.000 / 1.000 / 1.000 / 0.992, answer 0.930 / 0.945 / 0.906 / 0.953 (M: 1.000 / 1.000 /
     0.992 / 1.000); eval LM loss 0.024 at the end (M: 0.0048). The copy also leaves chance
@@ -127,12 +141,14 @@ negatives from step 0 (C: stall); hard negatives at the same key position (E, F:
 already separates those) or at any position (I). Issue 13's bars (>= 0.95 recall@1 and answer
 at 1M tokens, <= 9 % loss) are met with top_k 1 (M); with top_k >= 4 they are not (T3: 0.461
 at 1M tokens; choosing the right one of several routed documents, mostly among close keys, is
-the gap; T3 changed the layout and the recipe (4 kv heads, positional keys) at once against
-T2, so the layout's share is not separated). Variants combine with
-commas (`:hardneg,top4`; runs T1-T5 are the top4 series:
-T3 is `:top4 --config.data.id_after_fact=True`, T4 `:top4,long` with it, T5 the default with
-it); `:scale` is M's recipe on a task that holds 100M-token memories (3-word positional keys,
-7-digit identifiers; measured in `_scale`'s docstring); `:smoke` is a few steps for tests.
+the gap; hard negatives while routing 4, T6, and a third layer, T7, made it worse: 0.281 /
+0.305; T3 changed the layout and the recipe (4 kv heads, positional keys) at once against T2,
+so the layout's share is not separated). Variants combine with commas (`:hardneg,top4`; runs
+T1-T7 are the top4 series: T3 is `:top4 --config.data.id_after_fact=True`, T4 `:top4,long`
+with it, T5 the default with it, T6 `:top4,hardneg` with it, T7 T3 with
+`--config.model.overrides.num_layers=3`); `:scale` is M's recipe on a task that holds
+100M-token memories (3-word positional keys, 7-digit identifiers; measured in `_scale`'s
+docstring); `:smoke` is a few steps for tests.
 Rerunning the same command resumes from the workdir.
 """
 
