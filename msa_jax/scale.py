@@ -231,23 +231,35 @@ def ensure_bank(path: Path, trained, memory: Memory, config: ml_collections.Conf
   fingerprint = json.loads(json.dumps(encode_lib.bank_fingerprint(cfg, msa.arch, params,
                                                                   dtype)))
 
-  def matches(bank: MemoryBank) -> bool:
+  def mismatch(bank: MemoryBank) -> str:
+    """"" when `bank` holds this memory encoded by this model, else what differs."""
     meta = bank.metadata if isinstance(bank.metadata, dict) else {}
-    return (meta.get("memory") == memory.record and not fingerprint_diff(bank.fingerprint,
-                                                                         fingerprint))
+    stored = meta.get("memory") if isinstance(meta.get("memory"), dict) else {}
+    fields = sorted(k for k in set(stored) | set(memory.record)
+                    if stored.get(k) != memory.record.get(k))
+    if fields:
+      return "another memory (" + "; ".join(
+          f"{k}: bank {stored.get(k)!r}, asked {memory.record.get(k)!r}" for k in fields) + ")"
+    diff = fingerprint_diff(bank.fingerprint, fingerprint)
+    return f"another model ({diff[0]}{', ...' if len(diff) > 1 else ''})" if diff else ""
 
   if (path / "manifest.json").exists():
     bank = MemoryBank.open(path, verify=False)
-    if matches(bank) and bank.num_docs == memory.num_docs:
+    why = mismatch(bank)
+    if not why and bank.num_docs == memory.num_docs:
       _log(f"[scale] {path}: complete bank reused ({bank.num_docs:,} documents)")
       return bank, bank.metadata["encode"]
+    _log(f"[scale] {path}: the bank there holds {why or f'{bank.num_docs:,} documents'}; "
+         "encoding anew")
   bank = None
   if MemoryBank.has_staged(path):
     bank = MemoryBank.open(path, staged=True, verify=False)
-    if matches(bank):
+    why = mismatch(bank)
+    if not why:
       _log(f"[scale] {path}: continuing the unfinished encoding at document "
            f"{bank.num_docs:,} of {memory.num_docs:,}")
     else:
+      _log(f"[scale] {path}: the unfinished encoding there is of {why}; starting anew")
       bank = None
   if bank is None:
     bank = encode_lib.create_bank(path, cfg, msa, params, dtype=dtype,

@@ -91,6 +91,12 @@ def test_scale_run_end_to_end(checkpoint, tmp_path, capsys):
   assert "complete bank reused" in capsys.readouterr().err
   strip = lambda rs: [{k: v for k, v in r.items() if k != "route_ms_per_question"} for r in rs]
   assert strip(again) == strip(rows)
+  # Other NIAH variants make another haystack: the bank says so and is encoded anew.
+  config.tasks = ("single",)
+  scale.run(config)
+  err = capsys.readouterr().err
+  assert "holds another memory (variants: bank ['single', 'multikey', 'multivalue', " in err, err
+  assert "asked ['single']); encoding anew" in err, err
 
 
 def test_combined_niah_haystack_holds_every_needle():
