@@ -19,7 +19,10 @@ Measured on the shared 2-core CPU (WORKSPACE.md, "Scale runs"). The current
 0.906, recall@16 1.000, answer 0.812 (its 1M-token table: 1.000 / 0.844). `:10m` on S2 (4 min
 25 s, idle machine, 2026-12-03): demo recall@1 1.000 at 100K / 1M / 10M, answer 0.891 / 0.812 /
 0.875; encode 48-97K tokens/s, routing 23 ms per question at 10M; NIAH recall@1 1.000 at every
-size, answers 0.75-1.00 (8-16 questions each).
+size, answers 0.75-1.00 (8-16 questions each). NIAH at 100M on S2 (all five tasks, the demo
+bank reused, 20 min 46 s, idle, 2026-12-03): one 4.84 GB haystack bank, encode 92K tokens/s,
+routing 239 ms per question, recall@1 1.000 for every variant, answers single / multi-key /
+multi-value / multi-query 0.875 / 1.000 / 1.000 / 0.750.
 The previous `configs/demo.py:scale` (S1)
 checkpoint (step 5,000; its keys and identifiers hold the 1.6M documents of 100M tokens), load
 14-17: 1M and 10M tokens in 11 min 16 s; encode 34-37K tokens/s, bank 244 MB at 10M, routing
