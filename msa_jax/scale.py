@@ -234,14 +234,11 @@ def ensure_bank(path: Path, trained, memory: Memory, config: ml_collections.Conf
   def mismatch(bank: MemoryBank) -> str:
     """"" when `bank` holds this memory encoded by this model, else what differs."""
     meta = bank.metadata if isinstance(bank.metadata, dict) else {}
-    stored = meta.get("memory") if isinstance(meta.get("memory"), dict) else {}
-    fields = sorted(k for k in set(stored) | set(memory.record)
-                    if stored.get(k) != memory.record.get(k))
-    if fields:
-      return "another memory (" + "; ".join(
-          f"{k}: bank {stored.get(k)!r}, asked {memory.record.get(k)!r}" for k in fields) + ")"
-    diff = fingerprint_diff(bank.fingerprint, fingerprint)
-    return f"another model ({diff[0]}{', ...' if len(diff) > 1 else ''})" if diff else ""
+    for what, diff in (("memory", fingerprint_diff(meta.get("memory"), memory.record, "memory")),
+                       ("model", fingerprint_diff(bank.fingerprint, fingerprint))):
+      if diff:
+        return f"another {what} ({diff[0]}{', ...' if len(diff) > 1 else ''})"
+    return ""
 
   if (path / "manifest.json").exists():
     bank = MemoryBank.open(path, verify=False)

@@ -95,8 +95,9 @@ def test_scale_run_end_to_end(checkpoint, tmp_path, capsys):
   config.tasks = ("single",)
   scale.run(config)
   err = capsys.readouterr().err
-  assert "holds another memory (variants: bank ['single', 'multikey', 'multivalue', " in err, err
-  assert "asked ['single']); encoding anew" in err, err
+  assert ("holds another memory (memory.variants: bank has ['single', 'multikey', "
+          "'multivalue', ") in err, err
+  assert "expected ['single']); encoding anew" in err, err
 
 
 def test_combined_niah_haystack_holds_every_needle():

@@ -4,10 +4,10 @@ memory-mapped numpy views.
 The same values and views as `gguf.GGUFReader` (the reference; `tests/test_gguf_file.py`
 compares the two on SmolLM2's file and on written files), parsed ~35x faster: the reference
 builds numpy views for each of the ~100k strings of a 49k-token vocabulary and its merges
-(SmolLM2: 4.2 s vs 0.12 s here, in every process that opens it); here strings are decoded from one `bytes` buffer with
-`struct`, and numeric arrays with one `np.frombuffer` each. Quantised tensors keep the
-reference's byte layout, so `gguf.quants.dequantize(tensor.data, tensor.tensor_type)` works on
-them unchanged.
+(SmolLM2: 4.2 s vs 0.12 s here, in every process that opens it); here strings are decoded
+from one `bytes` buffer with `struct`, and numeric arrays with one `np.frombuffer` each.
+Quantised tensors keep the reference's byte layout, so
+`gguf.quants.dequantize(tensor.data, tensor.tensor_type)` works on them unchanged.
 
 Format (little-endian, GGUF v2/v3): magic "GGUF", version u32, tensor count u64, kv count u64;
 the key-values (key string, value type u32, value); the tensor infos (name, n_dims u32, dims
