@@ -5,6 +5,8 @@ tests and the commands they start), and the module order for parallel runs."""
 import collections
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # Never reach a model hub from tests.
@@ -15,22 +17,39 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
-def without_backend_optimization(xla_flags: str) -> str:
-  """`xla_flags` plus `--xla_backend_optimization_level=0` unless it sets a level already.
+# XLA flags that make compiling the tests' tiny programs cheap on CPU, with the same float
+# semantics. `--xla_backend_optimization_level=0`: LLVM's optimisation passes (which keep IEEE
+# float semantics: no reassociation) were a large share of a test's time (a model test's CPU
+# time 37 s -> 23 s). `--xla_cpu_use_fusion_emitters=false`: XLA:CPU's MLIR fusion emitters
+# cost far more to compile than its classic LLVM IR emitters once LLVM does not optimise
+# (tests/test_msa_model.py's loss+grad program: 11.0 s -> 3.0 s CPU, the same loss and
+# gradients to the last bit; with LLVM's passes on, the classic emitters are the slower ones).
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
-  The tests' programs are tiny: on CPU compiling them takes most of a test's time, and LLVM's
-  optimisation passes (which keep IEEE float semantics: no reassociation) are a large share of
-  that (a model test's CPU time 37 s -> 23 s).
-  """
-  if "--xla_backend_optimization_level" in xla_flags:
-    return xla_flags
-  return f"{xla_flags} --xla_backend_optimization_level=0".strip()
+
+def xla_flags_accepted(xla_flags: str) -> bool:
+  """Whether this jaxlib starts its CPU backend with `XLA_FLAGS=xla_flags` (XLA aborts the
+  process on a flag it does not know, so a jaxlib that drops one would kill every test)."""
+  probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices('cpu')"],
+                         env={**os.environ, "XLA_FLAGS": xla_flags}, capture_output=True)
+  return probe.returncode == 0
+
+
+def with_fast_compile(xla_flags: str) -> str:
+  """`xla_flags` plus each of `FAST_COMPILE_FLAGS` that it does not set already and that this
+  jaxlib accepts (one probe when it accepts them all)."""
+  missing = [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in xla_flags]
+  if missing and not xla_flags_accepted(" ".join([xla_flags, *missing])):
+    missing = [f for f in missing if xla_flags_accepted(f"{xla_flags} {f}")]
+  return " ".join([xla_flags, *missing]).strip()
 
 
 # Only without a GPU plugin: kernels on a GPU keep the optimised build they are measured with.
+# The pytest-xdist workers and the commands the tests start inherit the flags (a worker finds
+# them set and starts no probe).
 if not any(importlib.util.find_spec(m) for m in ("jax_plugins", "jax_cuda12_plugin",
                                                   "jax_cuda13_plugin")):
-  os.environ["XLA_FLAGS"] = without_backend_optimization(os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS", ""))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
