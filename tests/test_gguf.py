@@ -44,17 +44,29 @@ def theirs(smollm2_gguf):
 
 
 @pytest.mark.slow
-def test_benchmark_baseline_is_transformers_conversion_saved_once(smollm2_gguf, theirs,
-                                                                   hf_conversion_cache):
-  """The benchmarks' HF baseline: transformers' conversion of the file, loaded back from the
-  session's conversion cache with the same tensors (bitwise)."""
-  for _ in range(2):  # the first call may convert and save; the second loads the saved one
+def test_benchmark_baseline_is_transformers_conversion_saved_once(smollm2_gguf, theirs, tmp_path,
+                                                                   monkeypatch):
+  """The benchmarks' HF baseline: the first call has transformers convert the file and saves
+  the result; the second loads it back with the same tensors (bitwise). transformers'
+  conversion is `theirs` (the same call, made once per module: it costs ~30 s CPU)."""
+  monkeypatch.setenv(hf_baseline.CACHE_ENV, str(tmp_path))
+  load = transformers.AutoModelForCausalLM.from_pretrained
+  conversions = []
+  def from_pretrained(path, **kwargs):
+    if "gguf_file" not in kwargs:
+      return load(path, **kwargs)
+    conversions.append((path, kwargs))
+    return theirs
+  monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+  for _ in range(2):
     model = hf_baseline.causal_lm(smollm2_gguf)
     want, got = theirs.state_dict(), model.state_dict()
     assert set(got) == set(want) and not model.training
     for name, x in got.items():
       assert torch.equal(x, want[name]), name
-  assert len([p for p in hf_conversion_cache.iterdir() if p.name.startswith("SmolLM2")]) == 1
+  assert conversions == [(smollm2_gguf.parent, dict(gguf_file=smollm2_gguf.name,
+                                                    dtype=torch.float32))]
+  assert [p.name.startswith("SmolLM2") for p in tmp_path.iterdir()] == [True]
 
 
 @pytest.mark.slow
