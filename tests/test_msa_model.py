@@ -44,6 +44,16 @@ def forward(model, params, batch):
   return jax.jit(model.apply)({"params": params}, batch)
 
 
+def outputs_loss_and_grads(model, msa, params, batch, cfg=CFG, **apply_kwargs):
+  """(outputs, loss, gradients) of `model`: one compiled program, not a forward and a
+  gradient program."""
+  def loss(p):
+    out = model.apply({"params": p}, batch, **apply_kwargs)
+    return compute_losses(out, batch, cfg, msa.loss)[0], out
+  (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  return out, value, grads
+
+
 def grad_fn(model, msa, params, batch, cfg=CFG):
   def loss(p):
     return compute_losses(model.apply({"params": p}, batch), batch, cfg, msa.loss)[0]
@@ -205,7 +215,7 @@ def test_bf16_compute_with_fp32_params():
   model = MSATransformer(CFG, MSA, dtype=jnp.bfloat16)
   assert all(x.dtype == jnp.float32
              for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0), batch)))
-  out = forward(model, params, batch)
+  out, _, grads = outputs_loss_and_grads(model, MSA, params, batch)
   ref = forward(ref_model, params, batch)
   assert out.logits.dtype == jnp.float32 and out.doc_hidden.dtype == jnp.bfloat16
   scale = float(np.abs(np.asarray(ref.logits)).max())
@@ -213,8 +223,6 @@ def test_bf16_compute_with_fp32_params():
   for layer in (2, 3):
     np.testing.assert_allclose(out.routes[layer].doc_scores, ref.routes[layer].doc_scores,
                                atol=0.03)
-
-  _, grads = grad_fn(model, MSA, params, batch)
   assert all(g.dtype == jnp.float32 and np.isfinite(np.asarray(g)).all()
              for g in jax.tree.leaves(grads))
 
@@ -264,8 +272,8 @@ def test_pallas_kernel_switch_gives_the_same_model(decouple):
   for impl in ("xla", "pallas"):
     msa = MSA.replace(kernel_impl=impl, decouple_router=decouple)
     model = MSATransformer(cfg, msa)
-    results[impl] = (forward(model, params, batch), grad_fn(model, msa, params, batch, cfg))
-  (out_x, (loss_x, grad_x)), (out_p, (loss_p, grad_p)) = results["xla"], results["pallas"]
+    results[impl] = outputs_loss_and_grads(model, msa, params, batch, cfg)
+  (out_x, loss_x, grad_x), (out_p, loss_p, grad_p) = results["xla"], results["pallas"]
   np.testing.assert_allclose(out_p.logits, out_x.logits, atol=2e-5)
   np.testing.assert_allclose(loss_p, loss_x, rtol=1e-6)
   for layer in (2, 3):

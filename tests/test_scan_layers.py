@@ -14,7 +14,7 @@ from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
 from msa_jax.model.msa import MSATransformer, RoutedBlocks, compute_losses
 from tests import test_msa_goldens as goldens
-from tests.test_msa_model import CFG, MSA, init, make_batch
+from tests.test_msa_model import CFG, MSA, init, make_batch, outputs_loss_and_grads
 
 SIX = CFG.replace(num_layers=6)
 
@@ -28,12 +28,6 @@ def assert_trees_close(a, b, atol=0.0):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
                                                        rtol=0), a, b)
-
-
-def loss_and_grads(model, msa, params, batch, cfg):
-  def loss(p):
-    return compute_losses(model.apply({"params": p}, batch), batch, cfg, msa.loss)[0]
-  return jax.jit(jax.value_and_grad(loss))(params)
 
 
 def test_runs_split_at_every_change_of_kind():
@@ -58,8 +52,9 @@ def test_scan_equals_unrolled_forward_routes_and_grads(msa):
   unrolled, scanned = both(MSATransformer, SIX, msa)
   params = init(unrolled, batch)
   assert_trees_close(init(scanned, batch), params)  # creating parameters unrolls
-  want, got = (jax.jit(functools.partial(m.apply, doc_logits=True))({"params": params}, batch)
-               for m in (unrolled, scanned))
+  (want, l0, g0), (got, l1, g1) = (outputs_loss_and_grads(m, msa, params, batch, SIX,
+                                                          doc_logits=True)
+                                   for m in (unrolled, scanned))
   assert sorted(got.routes) == sorted(want.routes) == list(msa.arch.router_layer_ids(6))
   for i, route in want.routes.items():
     np.testing.assert_array_equal(got.routes[i].indices, route.indices)
@@ -67,7 +62,6 @@ def test_scan_equals_unrolled_forward_routes_and_grads(msa):
     np.testing.assert_allclose(got.routes[i].doc_scores, route.doc_scores, atol=1e-6)
   for name in ("logits", "hidden", "doc_hidden", "doc_logits"):
     np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=1e-5, rtol=0)
-  (l0, g0), (l1, g1) = (loss_and_grads(m, msa, params, batch, SIX) for m in (unrolled, scanned))
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
   assert_trees_close(g1, g0, atol=1e-5)
   assert float(np.abs(g1["layers_4"]["attn"]["q_proj"]["kernel"]).max()) > 0
