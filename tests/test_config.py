@@ -167,6 +167,7 @@ def test_msa_fields_split_into_architecture_loss_and_runtime():
     bank.msa_fields({"chunk_sise": 4})
 
 
+@pytest.mark.slow
 def test_loss_settings_reach_neither_the_engine_nor_the_bank(tmp_path):
   """A bank encoded under one loss serves a model config that differs only in its loss part
   (the fingerprint is the architecture's); the engine keeps only architecture and runtime."""

@@ -86,6 +86,7 @@ def nfcorpus_tfds(tmp_path_factory):
   return tmp_path_factory.mktemp("nfcorpus_tfds")
 
 
+@pytest.mark.slow
 def test_nfcorpus_through_the_builder(nfcorpus_tfds):
   data = datasets.load_retrieval("beir", NFCORPUS, ["train", "test"], nfcorpus_tfds)
   want = retrieval.load_beir(NFCORPUS, ["train", "test"])
@@ -319,6 +320,7 @@ print(importlib.util.find_spec("tensorflow") is None, loaded, "tensorflow_datase
 """
 
 
+@pytest.mark.slow
 def test_no_tensorflow_installed_or_imported(tmp_path, monkeypatch):
   natural_questions = tmp_path / "natural_questions_data"
   _prepare_natural_questions(natural_questions, monkeypatch)
@@ -347,6 +349,7 @@ print("PROCESS", jax.process_index(), len(built), len(sources["corpus"]), dev)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_prepare_once(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_DIR": str(tmp_path / "logs")}
@@ -370,6 +373,7 @@ def test_default_data_dir(tfds_data_dir, monkeypatch):
   assert core.data_dir_of("") == core.default_data_dir() and core.data_dir_of("/x") == Path("/x")
 
 
+@pytest.mark.slow
 def test_prepare_command(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(REPO)}
   command = [sys.executable, "-m", "msa_jax.datasets",

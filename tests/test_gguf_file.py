@@ -34,6 +34,7 @@ def assert_same_as_reference(path):
   return ours
 
 
+@pytest.mark.slow
 def test_smollm2_file_equals_the_gguf_package(smollm2_gguf):
   ours = assert_same_as_reference(smollm2_gguf)
   assert len(ours.metadata["tokenizer.ggml.tokens"]) == 49152

@@ -161,6 +161,7 @@ def test_bf16_bank_stays_close(tmp_path):
   assert err.max() < 5e-2
 
 
+@pytest.mark.slow
 def test_bank_from_another_model_is_refused(tmp_path):
   msa = MSA_CASES["decoupled"]
   _, _, _, bank = _setup(tmp_path, msa, seed=0)
@@ -171,6 +172,7 @@ def test_bank_from_another_model_is_refused(tmp_path):
     engine_lib.MSAEngine(CFG, msa.replace(chunk_size=8), other, bank)
 
 
+@pytest.mark.slow
 def test_empty_bank_is_refused_at_routing(tmp_path):
   msa = MSA_CASES["decoupled"]
   params = init_params(MSATransformer(CFG, msa), jax.random.key(0))

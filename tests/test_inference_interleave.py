@@ -74,6 +74,7 @@ class Scripted(il.MemoryInterleave):
     return tokens, lengths, pre
 
 
+@pytest.mark.slow
 def test_random_model_runs_to_a_defined_status(engine):
   results = il.MemoryInterleave(engine, TOK, CONFIG).run(["k1 k2", "k3", "k5 k0 k7"])
   assert len(results) == 3
@@ -132,6 +133,7 @@ def test_scripted_rounds_known_unknown_repeated_empty_answer(engine):
                                np.asarray(mem.scores)[row], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_round_limit_and_index_identifiers(engine):
   script = {"k1": ["[ 0 0 0 1 ]", "[ 0 0 0 2 ]", "v0"]}
   cfg2 = il.InterleaveConfig(max_rounds=2, max_new_tokens=8, question_prefix="<query> ")
@@ -144,6 +146,7 @@ def test_round_limit_and_index_identifiers(engine):
   assert res.rounds[0].unknown == ["20"]
 
 
+@pytest.mark.slow
 def test_parsing_and_normalisation(engine):
   cfg = il.InterleaveConfig()
   assert il.parse_identifiers("[ 0 4 2 7 ]", cfg) == ["[ 0 4 2 7 ]"]
@@ -159,6 +162,7 @@ def test_parsing_and_normalisation(engine):
       == "0007"
 
 
+@pytest.mark.slow
 def test_bad_settings_are_named(engine):
   with pytest.raises(ValueError, match="max_rounds=0"):
     il.InterleaveConfig(max_rounds=0)

@@ -471,11 +471,13 @@ def test_route_sharded_with_a_doc_mask(worker_result, mesh):
   assert r["bitwise"] and r["masked_never_selected"], r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_route_sharded_a_bfloat16_bank_as_bits(worker_result, mesh):
   assert worker_result[f"{mesh}/bits_equal_floats"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_route_sharded_rejects_straddling_documents(worker_result, mesh):
   assert "straddles the boundary of memory shards" in worker_result[f"{mesh}/straddle_error"]

@@ -286,6 +286,7 @@ def test_pallas_kernel_switch_gives_the_same_model(decouple):
     MSAConfig(kernel_impl="triton")
 
 
+@pytest.mark.slow
 def test_batch_negatives_rank_each_positive_against_the_whole_batch():
   """Batch scores: diagonal blocks are the per-sample scores, off-diagonal blocks what the
   query scores against the other sample's documents (checked by swapping the samples'

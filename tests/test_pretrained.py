@@ -59,9 +59,9 @@ def test_backbone_from_checkpoint_routers_fresh(tmp_path):
     assert flat_loaded[path].dtype == leaf.dtype, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("msa", [
-    pytest.param(MSAConfig(top_k=2, chunk_size=8, aux_loss="bce", router_bias=True, remat=True),
-                 marks=pytest.mark.slow),
+    MSAConfig(top_k=2, chunk_size=8, aux_loss="bce", router_bias=True, remat=True),
     MSAConfig(top_k=2, chunk_size=8, router_layers=(0, 3)),
 ])
 def test_init_missing_equals_init(msa):
@@ -79,6 +79,7 @@ def test_init_missing_equals_init(msa):
       np.testing.assert_array_equal(value, full[path], err_msg="/".join(path))
 
 
+@pytest.mark.slow
 def test_first_layers_only(tmp_path):
   hf.save_hf_checkpoint(tmp_path / "ckpt", CFG, _state(1).params)
   cfg, params = pretrained.load_backbone(tmp_path / "ckpt", num_layers=2)
@@ -88,6 +89,7 @@ def test_first_layers_only(tmp_path):
     pretrained.checkpoint_config(tmp_path / "ckpt", num_layers=5)
 
 
+@pytest.mark.slow
 def test_mismatch_is_reported():
   params = _state(0).params
   model = MSATransformer(CFG, MSA)

@@ -126,6 +126,7 @@ def test_general_score_path_matches_the_full_model(tmp_path):
   np.testing.assert_allclose(ours, full.routes[1].doc_scores, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_state_cache_reuse_and_fingerprint(tmp_path):
   params, docs = _params(), _docs()
   kw = dict(max_tokens=G, batch_size=2, progress=None)

@@ -41,7 +41,7 @@ def test_runs_split_at_every_change_of_kind():
 
 
 @pytest.mark.parametrize("msa", [
-    pytest.param(MSA, id="upper_half"),  # runs: layers 0-2 plain, 3-5 routers
+    pytest.param(MSA, id="upper_half", marks=pytest.mark.slow),  # runs: layers 0-2 plain, 3-5 routers
     pytest.param(MSA.replace(router_layers=(1, 2, 4), decouple_router=False,
                              batch_negatives=True), id="split_runs", marks=pytest.mark.slow),
     pytest.param(MSA.replace(remat=True, aux_loss="bce", cosine_routing=None), id="remat_bce",
@@ -147,6 +147,7 @@ def test_backbone_scan_equals_unrolled_with_and_without_cache():
   assert_trees_close(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_traced_program_does_not_grow_with_depth():
   """Scanned, a deeper model traces the same matmuls (one layer body per run); only the
   stacking of its parameters grows."""

@@ -102,6 +102,7 @@ def test_special_ids_and_stops(tok):
       tok.stop_ids)
 
 
+@pytest.mark.slow
 def test_special_tokens_are_single_ids(tok, hf_tok):
   text = "<|im_start|>user\nHi there<|im_end|>\n<|endoftext|>"
   ids = tok.encode(text)
@@ -118,6 +119,7 @@ def test_encode_add_bos(tok):
   assert tok.encode("Hello", add_bos=True) == [tok.bos_id, *tok.encode("Hello")]
 
 
+@pytest.mark.slow
 def test_parity_with_transformers_on_corpus(tok, hf_tok, texts):
   compared = [t for t in texts if not digit_split_can_matter(t)]
   # The filter keeps almost everything, numbers included (only the digit split is avoided).
@@ -135,6 +137,7 @@ def test_round_trip_on_corpus(tok, texts):
     assert tok.decode(ids) == text
 
 
+@pytest.mark.slow
 def test_digits_split_individually_like_llama_cpp(tok, hf_tok):
   # No multi-character token holds a number, so digit runs never merge.
   pieces = tok.backend.pre_tokenizer.pre_tokenize_str("abc 2024x")
@@ -149,6 +152,7 @@ def test_digits_split_individually_like_llama_cpp(tok, hf_tok):
     assert digit_split_can_matter(text)
 
 
+@pytest.mark.slow
 def test_digit_split_is_the_only_difference(tok, hf_tok, texts):
   """transformers' vocabulary, merges and added tokens, with llama.cpp's pre-tokenizer."""
   backend = copy.deepcopy(hf_tok.backend_tokenizer)
@@ -161,6 +165,7 @@ def test_digit_split_is_the_only_difference(tok, hf_tok, texts):
   assert tok.encode_batch(everything) == theirs
 
 
+@pytest.mark.slow
 def test_chat_template_matches_transformers(tok, hf_tok):
   for add_generation_prompt in (True, False):
     ours = tok.apply_chat_template(CONVERSATION, add_generation_prompt=add_generation_prompt)
