@@ -55,9 +55,8 @@ def outputs_loss_and_grads(model, msa, params, batch, cfg=CFG, **apply_kwargs):
 
 
 def grad_fn(model, msa, params, batch, cfg=CFG):
-  def loss(p):
-    return compute_losses(model.apply({"params": p}, batch), batch, cfg, msa.loss)[0]
-  return jax.jit(jax.value_and_grad(loss))(params)
+  """(loss, gradients) of `model`."""
+  return outputs_loss_and_grads(model, msa, params, batch, cfg)[1:]
 
 
 def test_router_and_aux_layer_selection():

@@ -41,7 +41,8 @@ def test_runs_split_at_every_change_of_kind():
 
 
 @pytest.mark.parametrize("msa", [
-    pytest.param(MSA, id="upper_half", marks=pytest.mark.slow),  # runs: layers 0-2 plain, 3-5 routers
+    # runs: layers 0-2 plain, 3-5 routers
+    pytest.param(MSA, id="upper_half", marks=pytest.mark.slow),
     pytest.param(MSA.replace(router_layers=(1, 2, 4), decouple_router=False,
                              batch_negatives=True), id="split_runs", marks=pytest.mark.slow),
     pytest.param(MSA.replace(remat=True, aux_loss="bce", cosine_routing=None), id="remat_bce",
