@@ -1,6 +1,7 @@
 """Shared test setup: offline HF, exact fp32 matmuls, the GPU marker, the SmolLM2 GGUF, a
 per-session tfds data dir, one JAX compilation cache per session (shared by the workers, the
-tests and the commands they start), and the module order for parallel runs."""
+tests and the commands they start), the session's temporary files on tmpfs when it has room,
+and the module order for parallel runs."""
 
 import collections
 import importlib.util
@@ -63,9 +64,6 @@ from msa_jax.checkpoint import smollm2_path  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-_TMPFS_BASE = pytest.StashKey[Path]()
-
-
 def has_gpu() -> bool:
   try:
     return bool(jax.devices("gpu"))
@@ -95,6 +93,7 @@ TMPFS_PREFIX = "msa_jax_tests-"
 # Free space tmpfs must have: the whole run's temporary files peaked at 3.5 GB (2026-12-03),
 # and tmpfs lives in RAM beside the tests' processes (then 11 GB), so half a 24 GB machine.
 TMPFS_MIN_FREE = 12 * 2**30
+_TMPFS_BASE = pytest.StashKey[Path]()  # the folder this session made (main process only)
 
 
 def memory_basetemp(root: Path = TMPFS, min_free: int = TMPFS_MIN_FREE) -> Path | None:
@@ -141,8 +140,9 @@ def pytest_unconfigure(config):
 
 def pytest_report_header(config):
   base = config.stash.get(_TMPFS_BASE, None)
-  return f"temporary files on tmpfs: {base} (removed at the end; MSA_JAX_TEST_TMPFS=0: on disk)" \
-      if base is not None else None
+  if base is not None:
+    return f"temporary files on tmpfs: {base} (removed at the end; MSA_JAX_TEST_TMPFS=0: on disk)"
+  return None
 
 
 def pytest_collection_modifyitems(config, items):
