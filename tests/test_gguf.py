@@ -10,6 +10,7 @@ That gap is float32 rounding over 30 layers: against a float64 run of the same H
 
 import time
 
+import flax.traverse_util
 import gguf
 import jax.numpy as jnp
 import numpy as np
@@ -89,6 +90,30 @@ def test_dequantised_tensors_equal_transformers_conversion(ours, theirs):
   assert set(got) == set(want) and len(got) == 272
   for name, x in got.items():
     assert np.array_equal(x, want[name].numpy()), name
+
+
+@pytest.mark.slow
+def test_first_layers_only_are_dequantised(smollm2_gguf, ours, monkeypatch):
+  """`num_layers=2`: the full load's embedding, final norm and first two layers, and only
+  their tensors dequantised (a third of SmolLM2's parameters for its first 4 layers)."""
+  calls = []
+  dequantize = gguf.quants.dequantize
+  def counted(data, kind):
+    calls.append(data.shape)
+    return dequantize(data, kind)
+  monkeypatch.setattr(gguf.quants, "dequantize", counted)
+  cfg, params, _ = gguf_ckpt.load_gguf(smollm2_gguf, num_layers=2)
+  full_cfg, full, _ = ours
+  assert cfg == full_cfg.replace(num_layers=2)
+  assert len(calls) == 2 + 2 * 9  # embedding, final norm; 9 tensors per Llama layer
+  want = {p: v for p, v in flax.traverse_util.flatten_dict(full).items()
+          if not p[0].startswith("layers_") or int(p[0].split("_")[1]) < 2}
+  got = flax.traverse_util.flatten_dict(params)
+  assert set(got) == set(want)
+  for path, value in got.items():
+    np.testing.assert_array_equal(value, want[path], err_msg="/".join(path))
+  with pytest.raises(ValueError, match=r"num_layers=31 must be in \[1, 30\]"):
+    gguf_ckpt.load_gguf(smollm2_gguf, num_layers=31)
 
 
 @pytest.mark.slow

@@ -80,11 +80,25 @@ def test_init_missing_equals_init(msa):
 
 
 @pytest.mark.slow
-def test_first_layers_only(tmp_path):
+def test_first_layers_only(tmp_path, monkeypatch):
+  """The first layers' tensors, as the full load gives them; the other layers are never read."""
   hf.save_hf_checkpoint(tmp_path / "ckpt", CFG, _state(1).params)
+  _, full = pretrained.load_backbone(tmp_path / "ckpt")
+  read = []
+  getitem = hf.SafetensorsDir.__getitem__
+  def recorded(self, name):
+    read.append(name)
+    return getitem(self, name)
+  monkeypatch.setattr(hf.SafetensorsDir, "__getitem__", recorded)
   cfg, params = pretrained.load_backbone(tmp_path / "ckpt", num_layers=2)
-  assert cfg.num_layers == 2 and sorted(k for k in params if k.startswith("layers_")) == [
+  assert cfg == CFG.replace(num_layers=2) and sorted(k for k in params if k.startswith("layers_")) == [
       "layers_0", "layers_1"]
+  assert read and not [n for n in read if n.startswith(("model.layers.2.", "model.layers.3."))]
+  want = {p: v for p, v in _flat(full).items() if p[0] not in ("layers_2", "layers_3")}
+  got = _flat(params)
+  assert set(got) == set(want)
+  for path, value in got.items():
+    np.testing.assert_array_equal(value, want[path], err_msg="/".join(path))
   with pytest.raises(ValueError, match=r"model.num_layers=5 must be in \[1, 4\]"):
     pretrained.checkpoint_config(tmp_path / "ckpt", num_layers=5)
 

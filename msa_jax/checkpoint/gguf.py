@@ -16,6 +16,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import gguf
@@ -98,14 +99,17 @@ def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(w.shape))
 
 
-def read_gguf_tensors(reader: GGUFFile, cfg: ModelConfig,
-                      arch: str) -> dict[str, np.ndarray]:
-  """All tensors of a GGUF file, dequantised to float32 and keyed by HF name."""
+def read_gguf_tensors(reader: GGUFFile, cfg: ModelConfig, arch: str,
+                      skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+  """The tensors of a GGUF file, dequantised to float32 and keyed by HF name, except those
+  whose HF name is in `skip` (never dequantised)."""
   out, unknown = {}, []
   for t in reader.tensors:
     name = hf_name(t.name)
     if name is None:
       unknown.append(t.name)
+      continue
+    if name in skip:
       continue
     w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
     w = w.reshape(tuple(int(n) for n in reversed(t.shape)))  # GGUF lists dims innermost first
@@ -129,20 +133,26 @@ def smollm2_path() -> Path:
   return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def load_gguf(path: str | os.PathLike,
-              dtype=np.float32) -> tuple[ModelConfig, dict, Tokenizer]:
+def load_gguf(path: str | os.PathLike, dtype=np.float32,
+              num_layers: int | None = None) -> tuple[ModelConfig, dict, Tokenizer]:
   """Loads a Llama/Qwen3 GGUF file: (config, params as jax arrays, tokenizer).
 
   Args:
     path: the .gguf file.
     dtype: parameter dtype after dequantisation; None keeps float32.
+    num_layers: dequantise only the first layers (the returned config has that many); None:
+      all. SmolLM2's first 4 of 30 layers: a third of the file's parameters (with the
+      embedding), a third of the time.
   """
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"GGUF file not found: {path}")
   reader = open_gguf(path)
   meta = read_gguf_metadata(reader)
-  cfg = config_from_metadata(meta, {t.name for t in reader.tensors})
-  tensors = read_gguf_tensors(reader, cfg, meta["general.architecture"])
+  full = config_from_metadata(meta, {t.name for t in reader.tensors})
+  cfg = hf.first_layers(full, num_layers)
+  names = [n for n in map(hf_name, (t.name for t in reader.tensors)) if n is not None]
+  skip = hf.layers_beyond(names, cfg, full)
+  tensors = read_gguf_tensors(reader, full, meta["general.architecture"], skip=set(skip))
   params = hf.hf_to_params(tensors, cfg, dtype, source=f"GGUF {path}")
   return cfg, jax.device_put(params), Tokenizer.from_gguf_metadata(meta)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator, Mapping
@@ -33,6 +34,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 CONFIG_FILE = "config.json"
 # Non-parameter buffers some older checkpoints carry; skipped on import.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.")
 _DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16,
            "float64": np.float64}
 
@@ -300,19 +302,45 @@ class SafetensorsDir(Mapping):
     return len(self._file_of)
 
 
-def load_hf_checkpoint(path: str | os.PathLike, dtype=None) -> tuple[ModelConfig, dict]:
+def first_layers(cfg: ModelConfig, num_layers: int | None) -> ModelConfig:
+  """`cfg` keeping its first `num_layers` layers (None: all of them)."""
+  if num_layers is None:
+    return cfg
+  if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not (
+      1 <= num_layers <= cfg.num_layers):
+    raise ValueError(f"num_layers={num_layers!r} must be in [1, {cfg.num_layers}] (the "
+                     "checkpoint's layers)")
+  return cfg.replace(num_layers=num_layers)
+
+
+def layers_beyond(names: Collection[str], kept: ModelConfig, full: ModelConfig) -> list[str]:
+  """The HF names of layers `full` has and `kept` drops (read by neither check nor load)."""
+  dropped = []
+  for name in names:
+    m = _LAYER_NAME.match(name)
+    if m and kept.num_layers <= int(m.group(1)) < full.num_layers:
+      dropped.append(name)
+  return dropped
+
+
+def load_hf_checkpoint(path: str | os.PathLike, dtype=None,
+                       num_layers: int | None = None) -> tuple[ModelConfig, dict]:
   """Loads a HF Qwen3/Llama directory: returns (config, params as jax arrays).
 
   Args:
     path: directory with config.json and model.safetensors (or sharded + index).
     dtype: parameter dtype (e.g. jnp.float32, jnp.bfloat16); None keeps the checkpoint's.
+    num_layers: read only the first layers (the returned config has that many); None: all.
   """
   path = Path(path)
   config_path = path / CONFIG_FILE
   if not config_path.exists():
     raise FileNotFoundError(f"no {CONFIG_FILE} in {path}")
-  cfg = config_from_hf(json.loads(config_path.read_text()))
-  params = hf_to_params(SafetensorsDir(path), cfg, dtype, source=f"checkpoint {path}")
+  full = config_from_hf(json.loads(config_path.read_text()))
+  cfg = first_layers(full, num_layers)
+  tensors = SafetensorsDir(path)
+  params = hf_to_params(tensors, cfg, dtype, source=f"checkpoint {path}",
+                        ignore=layers_beyond(tensors.shapes, cfg, full))
   return cfg, jax.device_put(params)
 
 

@@ -35,13 +35,10 @@ FRESH = ("router_q_proj", "router_k_proj", "aux_bias")  # parameter names the MS
 
 
 def _keep_layers(cfg: ModelConfig, num_layers: int | None) -> ModelConfig:
-  if num_layers is None:
-    return cfg
-  if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not (
-      1 <= num_layers <= cfg.num_layers):
-    raise ValueError(f"model.num_layers={num_layers!r} must be in [1, {cfg.num_layers}] (the "
-                     "checkpoint's layers)")
-  return cfg.replace(num_layers=num_layers)
+  try:
+    return hf.first_layers(cfg, num_layers)
+  except ValueError as e:
+    raise ValueError(f"model.{e}") from None
 
 
 @functools.lru_cache(maxsize=16)
@@ -59,16 +56,14 @@ def checkpoint_config(spec: str | os.PathLike, num_layers: int | None = None) ->
 
 def load_backbone(spec: str | os.PathLike, num_layers: int | None = None
                   ) -> tuple[ModelConfig, dict[str, Any]]:
-  """(config, backbone params as a nested dict of float32 arrays), first `num_layers` only."""
+  """(config, backbone params as a nested dict of float32 arrays), first `num_layers` only
+  (the others are never read)."""
   path = checkpoint_path(spec)
+  num_layers = checkpoint_config(spec, num_layers).num_layers  # checked before any tensor
   if path.is_dir():  # no tokenizer needed here
-    cfg, params = hf.load_hf_checkpoint(path, dtype=np.float32)
-  else:
-    cfg, params, _ = load_gguf(path, dtype=np.float32)
-  kept = _keep_layers(cfg, num_layers)
-  params = {k: v for k, v in params.items()
-            if not k.startswith("layers_") or int(k.split("_")[1]) < kept.num_layers}
-  return kept, params
+    return hf.load_hf_checkpoint(path, dtype=np.float32, num_layers=num_layers)
+  cfg, params, _ = load_gguf(path, dtype=np.float32, num_layers=num_layers)
+  return cfg, params
 
 
 def is_fresh(path: tuple[str, ...]) -> bool:
