@@ -8,6 +8,9 @@ That gap is float32 rounding over 30 layers: against a float64 run of the same H
 (both keep RMSNorm and RoPE in float32).
 """
 
+import subprocess
+import sys
+import textwrap
 import time
 
 import flax.traverse_util
@@ -38,24 +41,27 @@ def ours(smollm2_gguf):
 
 
 @pytest.fixture(scope="module")
-def theirs(smollm2_gguf):
-  return transformers.AutoModelForCausalLM.from_pretrained(
-      smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32,
-      attn_implementation="eager").eval()
+def theirs(smollm2_gguf, hf_conversion_cache):
+  """transformers' conversion of the file (eager attention), made once per session: by
+  `hf_baseline.causal_lm`, here or in whichever test (the benchmarks') asked first, and then
+  loaded from its saved copy. Saving and loading it back is bitwise
+  (`test_benchmark_baseline_is_transformers_conversion_saved_once`), and a copy that were not
+  would differ from our independent dequantisation below."""
+  model = hf_baseline.causal_lm(smollm2_gguf)
+  model.set_attn_implementation("eager")
+  return model
 
 
 @pytest.mark.slow
 def test_benchmark_baseline_is_transformers_conversion_saved_once(smollm2_gguf, theirs, tmp_path,
-                                                                   monkeypatch,
-                                                                   hf_conversion_cache):
+                                                                   monkeypatch):
   """The benchmarks' HF baseline: the first call has transformers convert the file and saves
   the result; the second loads it back with the same tensors (bitwise). transformers'
-  conversion is `theirs` (the same call, made once per module: it costs ~30 s CPU). The
-  session's cache folder is used while it has no conversion yet (the benchmark tests then load
-  this one instead of converting again), else a fresh folder."""
+  conversion is `theirs` (made once per session: it costs ~30 s CPU), in a fresh cache
+  folder."""
   def saved(folder):
     return [p for p in folder.iterdir() if p.name.startswith("SmolLM2")]
-  cache = tmp_path if saved(hf_conversion_cache) else hf_conversion_cache
+  cache = tmp_path
   monkeypatch.setenv(hf_baseline.CACHE_ENV, str(cache))
   load = transformers.AutoModelForCausalLM.from_pretrained
   conversions = []
@@ -76,10 +82,45 @@ def test_benchmark_baseline_is_transformers_conversion_saved_once(smollm2_gguf, 
   assert len(saved(cache)) == 1
 
 
+def test_a_conversion_under_way_is_waited_for_then_loaded(tmp_path, monkeypatch):
+  """While another process holds the conversion's lock (it converts and saves), `causal_lm`
+  waits, then loads the saved folder instead of converting the file again."""
+  gguf_path = tmp_path / "model.gguf"
+  gguf_path.write_bytes(b"GGUF")
+  monkeypatch.setenv(hf_baseline.CACHE_ENV, str(tmp_path / "cache"))
+  saved = hf_baseline.cache_dir() / hf_baseline._key(gguf_path)  # pylint: disable=protected-access
+  saved.parent.mkdir()
+  converter = subprocess.Popen(
+      [sys.executable, "-c", textwrap.dedent("""
+          import fcntl, pathlib, sys, time
+          lock, saved = open(sys.argv[1], "a+b"), pathlib.Path(sys.argv[2])
+          fcntl.flock(lock, fcntl.LOCK_EX)
+          print("locked", flush=True)
+          time.sleep(1.0)
+          saved.mkdir()
+          (saved / "config.json").write_text("{}")
+          """), str(hf_baseline.lock_file(saved)), str(saved)],
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert converter.stdout.readline() == "locked\n"
+    calls = []
+    class Model:
+      def eval(self):
+        return self
+    def from_pretrained(path, **kwargs):
+      calls.append((path, kwargs, (saved / "config.json").is_file()))
+      return Model()
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    assert isinstance(hf_baseline.causal_lm(gguf_path), Model)
+  finally:
+    converter.wait(timeout=60)
+  assert calls == [(saved, dict(dtype=torch.float32), True)]
+
+
 @pytest.mark.slow
 def test_dequantised_tensors_equal_transformers_conversion(ours, theirs):
   # `theirs` holds transformers' conversion of the file (from_pretrained runs
-  # load_gguf_checkpoint into the model): its state dict, less the output projection tied to
+  # load_gguf_checkpoint into the model; or that model saved and loaded back): its state dict, less the output projection tied to
   # the embedding, is the conversion's 272 tensors (dequantising once more costs ~35 s CPU).
   cfg, params, _ = ours
   want = dict(theirs.state_dict())

@@ -7,11 +7,16 @@ baseline is the model transformers converts, so its conversion is kept as a HF c
 `$MSA_JAX_HF_CACHE` (default `$XDG_CACHE_HOME/msa_jax/hf`, else `~/.cache/msa_jax/hf`; `off`:
 convert every time), one folder per GGUF file, keyed by its resolved path, size and
 modification time. The folder is written under a temporary name and renamed when complete, so
-a killed run leaves no half-written checkpoint behind.
+a killed run leaves no half-written checkpoint behind. One process converts a file at a time
+(an exclusive lock on `.<folder>.lock` beside it, released by the kernel if the process dies):
+processes that ask for the same file meanwhile wait, then load the saved conversion, instead
+of each converting it (the test suite's workers start several baselines at once).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -53,26 +58,49 @@ def _save(model, folder: Path) -> None:
   safetensors.torch.save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path):
+  """Holds an exclusive lock on the file `path` (created if missing) for the block; without
+  one where it cannot be created (a read-only cache: nothing is saved there either)."""
+  try:
+    f = open(path, "a+b")  # pylint: disable=consider-using-with
+  except OSError:
+    yield
+    return
+  with f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    yield
+
+
+def lock_file(saved: Path) -> Path:
+  """The lock a conversion into `saved` holds."""
+  return saved.parent / f".{saved.name}.lock"
+
+
 def causal_lm(gguf_path: str | os.PathLike):
   """transformers' `AutoModelForCausalLM` of `gguf_path` in float32, eval mode."""
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
 
   path = Path(gguf_path)
+  def convert():
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32).eval()
   root = cache_dir()
-  saved = None if root is None else root / _key(path)
-  if saved is not None and (saved / "config.json").is_file():
-    return transformers.AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-  if saved is not None:
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incomplete-"))
-    try:
-      _save(model, tmp)
-      tmp.rename(saved)
-    except OSError:  # another process saved it first (the rename target exists)
-      pass
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
-  return model
+  if root is None:
+    return convert()
+  saved = root / _key(path)
+  root.mkdir(parents=True, exist_ok=True)
+  with _exclusive(lock_file(saved)):
+    if not (saved / "config.json").is_file():
+      model = convert()
+      tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incomplete-"))
+      try:
+        _save(model, tmp)
+        tmp.rename(saved)
+      except OSError:  # not saved (disk full, or a process without the lock saved it first)
+        pass
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+      return model
+  return transformers.AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
