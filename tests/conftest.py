@@ -1,10 +1,14 @@
 """Shared test setup: offline HF, exact fp32 matmuls, the GPU marker, the SmolLM2 GGUF, a
 per-session tfds data dir, one JAX compilation cache per session (shared by the workers, the
-tests and the commands they start), the session's temporary files on tmpfs when it has room,
-and the module order for parallel runs."""
+tests and the commands they start), one configs/beir.py:smoke training per session (shared by
+the workers), the session's temporary files on tmpfs when it has room, and the module order
+for parallel runs."""
 
 import collections
+import contextlib
+import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -56,9 +60,11 @@ if not any(importlib.util.find_spec(m) for m in ("jax_plugins", "jax_cuda12_plug
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from configs import beir  # noqa: E402
 from msa_jax import runtime  # noqa: E402
 from msa_jax.benchmarks import hf_baseline  # noqa: E402
 from msa_jax.checkpoint import smollm2_path  # noqa: E402
+from msa_jax.train.loop import train_and_evaluate  # noqa: E402
 
 # Parity tests compare against float32 oracles; TF32 on GPUs would blur that.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -225,3 +231,25 @@ def smollm2_gguf() -> Path:
     return smollm2_path()
   except FileNotFoundError as e:
     pytest.skip(str(e))
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path):
+  """An exclusive lock on `lock_file` across processes (released if the holder dies)."""
+  with open(lock_file, "a+b") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    yield
+
+
+@pytest.fixture(scope="session")
+def beir_smoke_run(tmp_path_factory, smollm2_gguf):  # pylint: disable=unused-argument
+  """(workdir, final metrics) of one uninterrupted configs/beir.py:smoke run (SmolLM2's first 4
+  layers, 3 steps), trained in-process once per test session: the first worker that asks
+  trains it under a lock, the others wait for it and read it. Read only."""
+  root = shared_session_dir(tmp_path_factory, "beir_smoke")
+  workdir = root / "run"
+  with exclusive(root / "lock"):
+    if not (workdir / "final_metrics.json").is_file():
+      shutil.rmtree(workdir, ignore_errors=True)  # left by a worker that died training it
+      train_and_evaluate(beir.get_config("smoke"), workdir)
+  return workdir, json.loads((workdir / "final_metrics.json").read_text())

@@ -1,6 +1,6 @@
 """`python -m msa_jax.evaluate`: a smoke-trained checkpoint evaluated on a small NFCorpus slice.
 
-The checkpoint is configs/beir.py:smoke trained for 2 steps (SmolLM2's first 4 layers); the
+The checkpoint is configs/beir.py:smoke trained for 3 steps (SmolLM2's first 4 layers); the
 slice holds a few test queries with few relevant documents and some distractors, written in
 the BEIR layout. Checked: results.json fields, BM25 against `bm25_rankings` on the same memory,
 the same numbers on a rerun (which reuses the bank), the command line, and the refusals.
@@ -26,7 +26,6 @@ from msa_jax.memory import encode as encode_lib
 from msa_jax.memory.bank import BankError, MemoryBank
 from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
 from msa_jax.loading import restore
-from msa_jax.train.loop import train_and_evaluate
 from tests.paths import REPO, SHARED
 
 NFCORPUS = SHARED / "data" / "beir" / "nfcorpus"
@@ -62,15 +61,10 @@ def write_slice(root, *, bad_doc=False, empty=False):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-  """configs/beir.py:smoke trained for 2 steps: a real workdir of `msa_jax.train`."""
-  workdir = tmp_path_factory.mktemp("train")
-  c = beir.get_config("smoke")
-  c.train.update(steps=2, eval_every=2, checkpoint_every=2)
-  c.optim.phases = [dict(steps=1, learning_rate=1e-4, lm_weight=0.1, aux_weight=1.0),
-                    dict(steps=1, learning_rate=6e-6, lm_weight=1.0, aux_weight=0.1)]
-  train_and_evaluate(c, workdir)
-  return workdir
+def checkpoint(beir_smoke_run):
+  """configs/beir.py:smoke trained (3 steps): a real workdir of `msa_jax.train`, the
+  session's (read only)."""
+  return beir_smoke_run[0]
 
 
 @pytest.fixture(scope="module")

@@ -57,9 +57,10 @@ def _finished_checkpoints(directory) -> list[int]:
 
 
 @pytest.mark.slow
-def test_beir_smoke_sigkill_and_resume_through_tfds_and_grain(tmp_path):
+def test_beir_smoke_sigkill_and_resume_through_tfds_and_grain(tmp_path, beir_smoke_run):
   """NFCorpus through its tfds builder and grain: killed after a checkpoint, the rerun resumes
-  from grain's saved position and logs the uninterrupted run's losses."""
+  from grain's saved position and logs the uninterrupted run's losses (the session's
+  `beir_smoke_run`, the same config with its own tfds folder and checkpoint steps)."""
   overrides = {"train.checkpoint_every": 1, "data.data_dir": str(tmp_path / "tfds")}
   command = [sys.executable, "-m", "msa_jax.train",
              f"--config={REPO / 'configs' / 'beir.py'}:smoke", f"--workdir={tmp_path / 'run'}",
@@ -86,11 +87,12 @@ def test_beir_smoke_sigkill_and_resume_through_tfds_and_grain(tmp_path):
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"resumed from step {start} in" in rerun.stdout, rerun.stdout[-3000:]
 
-  straight = _run(beir.get_config("smoke"), tmp_path / "straight")
+  straight_dir, straight = beir_smoke_run
   resumed = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
   for key in ("loss", "lm_loss", "aux_loss", "eval_loss", "eval_lm_loss", "eval_aux_loss"):
+    assert np.isfinite(straight[key]), key
     np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, err_msg=key)
-  reference = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight", "train")}
+  reference = {r["step"]: r["loss"] for r in read_metrics(straight_dir, "train")}
   logged = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run", "train")}
   assert sorted(logged) == sorted(reference) == [1, 2, 3]
   for step, loss in logged.items():
