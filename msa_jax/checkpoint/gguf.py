@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from pathlib import Path
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import gguf

@@ -59,7 +59,8 @@ def load_backbone(spec: str | os.PathLike, num_layers: int | None = None
   """(config, backbone params as a nested dict of float32 arrays), first `num_layers` only
   (the others are never read)."""
   path = checkpoint_path(spec)
-  num_layers = checkpoint_config(spec, num_layers).num_layers  # checked before any tensor
+  # Checked before any tensor is read (the config uncached: the file may have changed).
+  num_layers = checkpoint_config.__wrapped__(spec, num_layers).num_layers
   if path.is_dir():  # no tokenizer needed here
     return hf.load_hf_checkpoint(path, dtype=np.float32, num_layers=num_layers)
   cfg, params, _ = load_gguf(path, dtype=np.float32, num_layers=num_layers)
