@@ -18,9 +18,14 @@ from pathlib import Path
 # Never reach a model hub from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Several pytest-xdist workers share one GPU: none may preallocate most of its memory.
+# Several pytest-xdist workers share one GPU: none may preallocate most of its memory. They
+# also share the CPU cores, and torch's and OpenBLAS's thread pools (one thread per core by
+# default) spin-wait for each other when another worker keeps the cores busy: HF's greedy
+# generation of 8 tokens for 8 prompts (the generation benchmark's baseline) took 12.9 s with
+# 2 threads beside a 2-thread numpy job and 2.8 s with one thread (1.9-2.2 s alone; 2026-12-03).
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # XLA flags that make compiling the tests' tiny programs cheap on CPU, with the same float
