@@ -23,7 +23,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # default) spin-wait for each other when another worker keeps the cores busy: HF's greedy
 # generation of 8 tokens for 8 prompts (the generation benchmark's baseline) took 12.9 s with
 # 2 threads beside a 2-thread numpy job and 2.8 s with one thread (1.9-2.2 s alone; 2026-12-03).
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+PARALLEL_RUN = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+if PARALLEL_RUN:
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -36,6 +37,11 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # (tests/test_msa_model.py's loss+grad program: 11.0 s -> 3.0 s CPU, the same loss and
 # gradients to the last bit; with LLVM's passes on, the classic emitters are the slower ones).
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+# In parallel runs, XLA:CPU's dots single-threaded too (each worker has a core): its Eigen thread
+# pool waits on a core the other worker holds. Four slow modules (test_train_configs,
+# test_evaluate, test_msa_model, test_inference_cli) on 2 workers: 162 s -> 131 s wall, 125 ->
+# 68 s sys (2026-12-03).
+PARALLEL_RUN_FLAGS = ("--xla_cpu_multi_thread_eigen=false",)
 
 
 def xla_flags_accepted(xla_flags: str) -> bool:
@@ -46,10 +52,10 @@ def xla_flags_accepted(xla_flags: str) -> bool:
   return probe.returncode == 0
 
 
-def with_fast_compile(xla_flags: str) -> str:
-  """`xla_flags` plus each of `FAST_COMPILE_FLAGS` that it does not set already and that this
-  jaxlib accepts (one probe when it accepts them all)."""
-  missing = [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in xla_flags]
+def with_flags(xla_flags: str, wanted: tuple[str, ...]) -> str:
+  """`xla_flags` plus each of `wanted` that it does not set already and that this jaxlib
+  accepts (one probe when it accepts them all)."""
+  missing = [f for f in wanted if f.split("=")[0] not in xla_flags]
   if missing and not xla_flags_accepted(" ".join([xla_flags, *missing])):
     missing = [f for f in missing if xla_flags_accepted(f"{xla_flags} {f}")]
   return " ".join([xla_flags, *missing]).strip()
@@ -57,10 +63,11 @@ def with_fast_compile(xla_flags: str) -> str:
 
 # Only without a GPU plugin: kernels on a GPU keep the optimised build they are measured with.
 # The pytest-xdist workers and the commands the tests start inherit the flags (a worker finds
-# them set and starts no probe).
+# the compile flags set; it probes once for the parallel-run flag).
 if not any(importlib.util.find_spec(m) for m in ("jax_plugins", "jax_cuda12_plugin",
                                                   "jax_cuda13_plugin")):
-  os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = with_flags(os.environ.get("XLA_FLAGS", ""), FAST_COMPILE_FLAGS
+                                       + (PARALLEL_RUN_FLAGS if PARALLEL_RUN else ()))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

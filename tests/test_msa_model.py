@@ -235,7 +235,9 @@ def test_remat_gives_the_same_loss_and_gradients():
   (l0, g0), (l1, g1) = (grad_fn(MSATransformer(CFG, msa.replace(remat=r)), msa, params, batch)
                         for r in (False, True))
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g0)
+  # Two programs (the backward pass recomputes the forward): float32 rounding, not bitwise; with
+  # single-threaded dots (parallel test runs) up to 3.3e-6 apart (relative 3e-5).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g1, g0)
   assert float(np.abs(g0["aux_bias"])) > 0  # the BCE bias trains through the aux loss
   # Router projections learn only through the aux loss.
   lm_only = msa.replace(aux_weight=0.0)
