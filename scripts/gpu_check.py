@@ -7,7 +7,6 @@ crash costs that part only; the whole check stays within `--budget_s`, 450 s by 
 and writes DIR/gpu_check.json (the device, versions, and per part: status, seconds, results or
 the error) and DIR/gpu_check.log (every part's output). Parts:
 
-  kernel_tests      the compiled kernel tests: `pytest -m gpu tests/test_kernel_*.py`
   routing_kernel    the Pallas routing kernel's GB/s vs the H200's 4.8 TB/s at 1M and 10M
                     chunks, Qwen3-4B routing sizes (H=32, J=8, D=128), bf16
   sparse_attention  the Pallas sparse attention's TFLOP/s vs the XLA reference (decode, prefill)
@@ -17,6 +16,8 @@ the error) and DIR/gpu_check.log (every part's output). Parts:
                     (6 * parameters * tokens / (step time * 989 TFLOP/s))
   engine            `MSAEngine` prefill and decode tokens/s against a 1M-token bank
                     (Qwen3-0.6B-shaped, random weights, bf16)
+  kernel_tests      the compiled kernel tests: `pytest -m gpu tests/test_kernel_*.py`, last
+                    (one that runs out of time was seen to hold GPU memory after its kill)
 
 `--cpu_smoke` runs every part at tiny sizes on the CPU (the kernels in interpret mode, the
 kernel tests collected only), so the GPU run cannot fail on a typo; the test suite runs it.
@@ -39,11 +40,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-PARTS = ("kernel_tests", "routing_kernel", "sparse_attention", "bank_routing", "train_step",
-         "engine")
+PARTS = ("routing_kernel", "sparse_attention", "bank_routing", "train_step", "engine",
+         "kernel_tests")
 # Seconds each part may take on the GPU (sum 450 s: the 8 minutes less start-up and installs).
-LIMITS_S = {"kernel_tests": 70, "routing_kernel": 50, "sparse_attention": 50,
-            "bank_routing": 50, "train_step": 130, "engine": 100}
+# First H200 runs (2026-12-04): the three benchmarks 10-14 s each; the kernel tests ran past
+# 70 s (last: a killed part's process may hold GPU memory a while after it).
+LIMITS_S = {"routing_kernel": 25, "sparse_attention": 25, "bank_routing": 25,
+            "train_step": 150, "engine": 135, "kernel_tests": 90}
 H200_BF16_FLOPS = 989e12  # dense, datasheet
 H200_HBM_BYTES_S = 4.8e12
 
@@ -63,11 +66,15 @@ def part_kernel_tests(smoke: bool) -> dict:
   tests = sorted(f"tests/{f}" for f in os.listdir(os.path.join(ROOT, "tests"))
                  if f.startswith("test_kernel_") and f.endswith(".py"))
   cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *tests]
-  if smoke:
-    cmd.append("--collect-only")
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-  print(proc.stdout[-4000:], proc.stderr[-2000:], flush=True)
-  lines = [l for l in proc.stdout.splitlines() if l.strip()]
+  cmd += ["--collect-only"] if smoke else ["-v", "--durations=5"]
+  # Each line goes to the log as it comes (a part that runs out of time shows how far it got).
+  lines = []
+  with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        text=True) as proc:
+    for line in proc.stdout:
+      print(line, end="", flush=True)
+      if line.strip():
+        lines.append(line.strip())
   if proc.returncode not in (0, 5):  # 5: nothing collected
     raise RuntimeError(f"pytest exited {proc.returncode}: {lines[-1] if lines else ''}")
   return dict(command=" ".join(cmd[2:]), returncode=proc.returncode,
@@ -127,6 +134,29 @@ def _random_batch(cfg, b: int, n: int, g: int, t: int, seed: int = 0):
       labels=np.roll(tokens, -1, axis=1), route_labels=route_labels)
 
 
+def _stages(part: str):
+  """A function `done(what)` that prints the seconds since the part started (flushed), so the
+  log of a part that runs out of time shows how far it got."""
+  start = time.perf_counter()
+
+  def done(what: str) -> None:
+    print(f"[{part}] {time.perf_counter() - start:7.1f} s  {what}", flush=True)
+
+  return done
+
+
+def _init_on_host(fn):
+  """fn() (a random initialisation) jitted on the host CPU, its result put on the default
+  device. Creating parameters unrolls the layers (`LayerStack`), one fusion per parameter and
+  layer: 2,931 fusions for the Qwen3-0.6B-shaped MSA model, which XLA's GPU compiler took
+  ~100 s to build on the H200 (2026-12-04) against ~22 s of CPU compile + 16 s of run on
+  2 cores."""
+  import jax
+  with jax.default_device(jax.devices("cpu")[0]):
+    out = jax.jit(fn)()
+  return jax.device_put(out, jax.devices()[0])
+
+
 def _median_time(fn, iters: int) -> float:
   import statistics
   times = []
@@ -142,21 +172,30 @@ def part_train_step(smoke: bool) -> dict:
   import jax.numpy as jnp
   from msa_jax.model import MSAConfig, MSATransformer, count_params, get_preset
   from msa_jax.train.optimizer import make_optimizer
-  from msa_jax.train.step import init_train_state, make_train_step
+  from msa_jax.train.step import init_fn, make_train_step
+  done = _stages("train_step")
   preset = "tiny" if smoke else "qwen3_0_6b"
   cfg = get_preset(preset)
-  msa = MSAConfig(top_k=4 if smoke else 8, chunk_size=4 if smoke else 64)
+  # Rematerialised layers, as a model of this size trains with 16 x 512 memory tokens per
+  # sample: without, the step needs ~116 GB of temporaries (XLA's CPU memory analysis), which
+  # on the GPU sends XLA into its own slow rematerialisation pass.
+  msa = MSAConfig(top_k=4 if smoke else 8, chunk_size=4 if smoke else 64, remat=True)
   b, n, g, t = (2, 4, 16, 16) if smoke else (2, 16, 512, 512)
   dtype = jnp.float32 if smoke else jnp.bfloat16
   model = MSATransformer(cfg, msa, dtype=dtype)
   optimizer = make_optimizer({"learning_rate": 1e-4, "warmup_steps": 1, "total_steps": 100})
-  state, _ = init_train_state(model, optimizer, jax.random.key(0))
+  state = _init_on_host(lambda: init_fn(model, optimizer)(jax.random.key(0)))
+  jax.block_until_ready(state)
+  done("initialised")
   step = make_train_step(model, cfg, msa.loss, optimizer)
   batch = jax.device_put(_random_batch(cfg, b, n, g, t))
   start = time.perf_counter()
-  state, metrics = step(state, batch)
+  compiled = step.lower(state, batch).compile()
+  done("compiled")
+  state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics["loss"])
   compile_s = time.perf_counter() - start
+  done("first step")
   holder = [state]
 
   def one():
@@ -181,13 +220,17 @@ def part_engine(smoke: bool) -> dict:
   from msa_jax.memory.bank import MemoryBank
   from msa_jax.inference.sampling import SamplingConfig
   from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
+  done = _stages("engine")
   preset = "tiny" if smoke else "qwen3_0_6b"
   cfg = get_preset(preset)
   msa = MSAConfig(top_k=4 if smoke else 16, chunk_size=4 if smoke else 64)
   bank_tokens, doc_tokens = (4096, 64) if smoke else (1_000_000, 512)
   q, t, new = (2, 16, 4) if smoke else (8, 512, 64)
   dtype = jnp.float32 if smoke else jnp.bfloat16
-  params = init_params(MSATransformer(cfg, msa), jax.random.key(0))
+  model = MSATransformer(cfg, msa)
+  params = _init_on_host(lambda: init_params(model, jax.random.key(0)))
+  jax.block_until_ready(params)
+  done("initialised")
   per_doc = doc_tokens // msa.arch.chunk_size
   docs = bank_tokens // doc_tokens
   chunks = docs * per_doc
@@ -204,8 +247,10 @@ def part_engine(smoke: bool) -> dict:
     layers = {i: layer for i in msa.arch.router_layer_ids(cfg.num_layers)}
     bank.add([f"d{i}" for i in range(docs)], None, [doc_tokens] * docs, [per_doc] * docs, layers)
     del layers, layer, keys, content
+    done(f"bank of {docs} documents written")
     bank = MemoryBank.open(os.path.join(tmp, "bank"))
     eng = engine_lib.MSAEngine(cfg, msa, params, bank, dtype=dtype)
+    done("engine built")
     ids = rng.integers(0, cfg.vocab_size, (q, t))
     prompts = engine_lib.PromptBatch.from_segments(
         [list(r[:t // 2]) for r in ids], [list(r[t // 2:t // 2 + 8]) for r in ids],
@@ -220,7 +265,10 @@ def part_engine(smoke: bool) -> dict:
       eng.generate(prompts, sampling)
 
     start = time.perf_counter()
-    prefill(), generate()
+    prefill()
+    done("first prefill")
+    generate()
+    done("first generate")
     warm_s = time.perf_counter() - start
     iters = 2 if smoke else 3
     prefill_s = _median_time(prefill, iters)

@@ -76,7 +76,6 @@ from configs import beir  # noqa: E402
 from msa_jax import runtime  # noqa: E402
 from msa_jax.benchmarks import hf_baseline  # noqa: E402
 from msa_jax.checkpoint import smollm2_path  # noqa: E402
-from msa_jax.train.loop import train_and_evaluate  # noqa: E402
 
 # Parity tests compare against float32 oracles; TF32 on GPUs would blur that.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -258,6 +257,9 @@ def beir_smoke_run(tmp_path_factory, smollm2_gguf):  # pylint: disable=unused-ar
   """(workdir, final metrics) of one uninterrupted configs/beir.py:smoke run (SmolLM2's first 4
   layers, 3 steps), trained in-process once per test session: the first worker that asks
   trains it under a lock, the others wait for it and read it. Read only."""
+  # Imported here, not at the top: the training stack needs tensorflow_datasets and grain, which
+  # the GPU machine's image lacks; its `gpu` kernel tests load this file too.
+  from msa_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
   root = shared_session_dir(tmp_path_factory, "beir_smoke")
   workdir = root / "run"
   with exclusive(root / "lock"):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import kernel_benchmarks
-from pallas_kernels.routing_scores import (RoutingBlockSizes, benchmark, chunks_to_docs,
+from pallas_kernels.routing_scores import (RoutingBlockSizes, benchmark, chunks_to_docs, kernel,
                                            routing_chunk_scores, routing_chunk_scores_reference,
                                            routing_doc_scores, routing_doc_scores_reference)
 
@@ -119,8 +119,12 @@ CASES = {
     # 3 questions of T_pad=8 in 16-row blocks: two row blocks; question 1 has no valid token.
     "f32-row-blocks-last": Case(b=3, t=7, query_reduce="last"),
     "f32-row-blocks-mean": Case(b=3, t=7, query_reduce="mean", chunk_reduce="mean"),
-    # T_pad = 32 > block_rows; J = 3 kv heads (not a power of two), head max.
+    # T_pad = 32 > block_rows: two 16-token segments; J = 3 kv heads (not a power of two).
     "f32-long-question-j3": Case(b=1, t=20, h=6, j=3, head_reduce="max", query_reduce="last"),
+    # 3 questions of T_pad = 64 in 16-row programs: 4 segments each, reduced by the wrapper.
+    "f32-long-questions-max": Case(b=3, t=40, query_reduce="max"),
+    "f32-long-questions-mean": Case(b=3, t=40, head_reduce="max", query_reduce="mean",
+                                    chunk_reduce="mean"),
     # R = 1, one partial tile larger than the bank, padding chunks only at the end.
     "f32-r1-one-tile": Case(h=2, j=2, docs=(3, 1, 30), pad=1, num_docs=3,
                             block=RoutingBlockSizes(block_c=64, block_rows=32)),
@@ -263,6 +267,10 @@ GPU_CASES = {
     "f32-max-last-mean": Case(b=3, t=12, h=16, j=8, d=64, docs=(2, 9, 33) * 100, pad=17,
                               num_docs=301, head_reduce="max", query_reduce="last",
                               chunk_reduce="mean", block=RoutingBlockSizes(block_c=256)),
+    # The engine's prefill at Qwen3-0.6B sizes: 8 whole 512-token prompts route (8 tokens of
+    # each valid). As one 512-row program per question it asked for 320 KiB of shared memory.
+    "bf16-prompts-512": Case(b=8, t=512, h=16, j=8, d=128, docs=(8,) * 500, pad=0,
+                             num_docs=500, dtype=jnp.bfloat16, block=RoutingBlockSizes()),
     "bf16-rows-64-smollm": Case(b=5, t=20, h=9, j=3, d=64, docs=(4, 1, 16) * 200, pad=0,
                                 num_docs=600, dtype=jnp.bfloat16, query_reduce="mean",
                                 block=RoutingBlockSizes(block_rows=64, num_warps=8)),
@@ -276,9 +284,26 @@ needs_triton_lowering = pytest.mark.skipif(
     reason="JAX >= 0.11 lowers Pallas Triton kernels only with a GPU device")
 
 
+@pytest.mark.parametrize("b, t, block_rows, want", [
+    (1, 5, 16, (8, 1, 16, 2)),      # short questions share a program
+    (3, 7, 16, (8, 1, 16, 4)),
+    (1, 20, 16, (16, 2, 16, 2)),    # a long one is cut into block_rows-token segments
+    (8, 512, 64, (64, 8, 64, 64)),  # the engine's 512-token prompts: 64 rows per program
+])
+def test_layout_bounds_the_rows_of_a_program(b, t, block_rows, want):
+  """(segment, splits, rows, padded segments): rows <= block_rows whatever T is (a program's
+  query operand, hence its shared memory, is bounded); segments fill whole programs."""
+  got = kernel._layout(b, t, RoutingBlockSizes(block_rows=block_rows))
+  assert got == want
+  segment, splits, rows, s_pad = got
+  assert segment * splits >= t and rows <= max(block_rows, 16)
+  assert s_pad % (rows // segment) == 0
+
+
 @needs_triton_lowering
 @pytest.mark.parametrize("name", ["f32-long-question-j3", "bf16-max-last-mean",
-                                  "bf16-qwen3-4b-mean", "bf16-rows-64-smollm"])
+                                  "bf16-prompts-512", "bf16-qwen3-4b-mean",
+                                  "bf16-rows-64-smollm"])
 def test_kernel_lowers_to_triton_for_cuda(name):
   """The GPU path up to Triton IR (unsupported ops, dtypes, non-power-of-two tiles), on CPU."""
   case = {**CASES, **GPU_CASES}[name]
