@@ -184,6 +184,15 @@ def test_demo_long_doubles_the_last_phase():
   assert full.train.steps == 6300
 
 
+def test_demo_ladder_routes_two_before_four():
+  """demo.py:ladder (run T8): the phase routing 4 documents first routes 2 for half its steps
+  (constant rate, then the phase's cosine); the total is unchanged."""
+  c = demo.get_config("top4,ladder")
+  assert [(p["steps"], p.get("top_k"), p["schedule"]) for p in c.optim.phases] == [
+      (500, None, "constant"), (2320, 1, "constant"), (870, 2, "constant"), (870, 4, "cosine")]
+  assert c.train.steps == sum(p["steps"] for p in c.optim.phases) == 4560
+
+
 @pytest.mark.slow
 def test_phase_top_k_routes_that_many_documents_in_its_steps(tmp_path):
   """demo.py:top4's curriculum: its LM phase routes 1 document first, then 4. Up to the switch
