@@ -277,7 +277,6 @@ def _forward(q, q_mask, keys, chunk_doc, *, scale: float, head_reduce: str, quer
       name="msa_routing_scores",
   )(qk, w, keys, chunk_doc.astype(jnp.int32))
   chunk_scores = out[:b * splits, :c].reshape(b, splits, c)
-  # A question's segments: the max of their maxima, or the sum of their weighted sums.
   # A question's segments: the max of their maxima, or the sum of their weighted sums (padding
   # chunks are -inf in every segment, so in the sum too).
   chunk_scores = chunk_scores.max(axis=1) if query_reduce == "max" else chunk_scores.sum(axis=1)
