@@ -65,8 +65,8 @@ _RESULT = flags.DEFINE_string("result", None, "internal: where --part writes its
 def part_kernel_tests(smoke: bool) -> dict:
   tests = sorted(f"tests/{f}" for f in os.listdir(os.path.join(ROOT, "tests"))
                  if f.startswith("test_kernel_") and f.endswith(".py"))
-  cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *tests]
-  cmd += ["--collect-only"] if smoke else ["-v", "--durations=5"]
+  cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", *tests]
+  cmd += ["-q", "--collect-only"] if smoke else ["-v", "--durations=5"]  # -v: a line per test
   # Each line goes to the log as it comes (a part that runs out of time shows how far it got).
   lines = []
   with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -169,7 +169,7 @@ def _layout(b: int, t: int, block: RoutingBlockSizes) -> tuple[int, int, int, in
   segment = min(t_pad, cap)
   splits = t_pad // segment
   segments = b * splits
-  rows = max(min(max(_common.next_power_of_two(segments * segment), 16), cap), segment)
+  rows = min(max(_common.next_power_of_two(segments * segment), 16), cap)  # >= segment
   per_block = rows // segment
   return segment, splits, rows, -(-segments // per_block) * per_block
 
@@ -247,13 +247,13 @@ def _forward(q, q_mask, keys, chunk_doc, *, scale: float, head_reduce: str, quer
   else:
     qk = q
     heads_per_group = r
-  # [B, T_pad, G, D] -> segments [B * splits, segment, G, D], padded to s_pad segments.
-  qk = jnp.pad(qk.astype(keys.dtype), ((0, 0), (0, t_pad - t), (0, 0), (0, 0)))
-  qk = qk.reshape(b * splits, segment, -1, d)
-  qk = jnp.pad(qk, ((0, s_pad - b * splits), (0, 0), (0, 0), (0, 0)))
+  # Padded to [B_pad, T_pad] = [s_pad segments, segment] (only short questions share a
+  # program, so only they pad the batch: s_pad = B * splits whenever splits > 1).
+  b_pad = s_pad // splits
+  qk = jnp.pad(qk.astype(keys.dtype), ((0, b_pad - b), (0, t_pad - t), (0, 0), (0, 0)))
   qk = qk.reshape(s_pad * segment, -1, d).transpose(1, 0, 2)  # [G, rows_total, D]
-  w = jnp.pad(_row_weights(q_mask, query_reduce), ((0, 0), (0, t_pad - t))).reshape(-1)
-  w = jnp.pad(w, (0, (s_pad - b * splits) * segment))
+  w = jnp.pad(_row_weights(q_mask, query_reduce), ((0, b_pad - b), (0, t_pad - t)))
+  w = w.reshape(-1)
   n_tiles = pl.cdiv(c, block.block_c)
   kernel = functools.partial(
       _routing_kernel, num_chunks=c, groups=j, heads_per_group=heads_per_group,
