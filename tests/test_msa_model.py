@@ -326,3 +326,42 @@ def test_batch_negatives_rank_each_positive_against_the_whole_batch():
                                  MSA.replace(aux_weight=1.0, lm_weight=0.0).loss)
   assert abs(float(per_sample["aux_loss"]) - float(metrics["aux_loss"])) > 1e-3
   assert metrics["recall@1"] == per_sample["recall@1"]
+
+
+def test_answer_query_loss_ranks_each_answer_token_against_the_batch():
+  """`answer_query_weight`: each token that predicts an answer token is its own routing query
+  (its scores equal the batch scores of a query mask holding only it), ranked by InfoNCE
+  against the whole batch like the routing loss; L_aux gains w times their mean."""
+  w = 0.5
+  msa = MSA.replace(batch_negatives=True, answer_query_weight=w, aux_weight=1.0, lm_weight=0.0)
+  batch = make_batch(lengths=((7, 5, 2), (4, 7, 3)))
+  model = MSATransformer(CFG, msa)
+  params = init(model, batch)
+  out = forward(model, params, batch)
+  plain = forward(MSATransformer(CFG, MSA.replace(batch_negatives=True)), params, batch)
+  assert plain.routes[2].token_scores is None
+  t = batch.tokens.shape[1]
+  for token in range(t):  # layer 2: the first router layer, its queries read no memory
+    one = batch.replace(query_mask=jnp.broadcast_to(jnp.arange(t) == token, (2, t)))
+    np.testing.assert_allclose(out.routes[2].token_scores[:, token],
+                               forward(model, params, one).routes[2].batch_scores, atol=1e-6)
+  temperature = msa.loss.temperature
+  expected = []
+  for layer in (2, 3):
+    scores = np.asarray(out.routes[layer].token_scores)
+    assert scores.shape == (2, t, 6)
+    per_token = []
+    for row, positive in ((0, 1), (1, 3)):
+      for token in (t - 3, t - 2):  # the labels are on the last two tokens
+        z = scores[row, token] / temperature
+        per_token.append(np.log(np.exp(z - z.max()).sum()) + z.max() - z[positive])
+    expected.append(np.mean(per_token))
+  _, metrics = compute_losses(out, batch, CFG, msa.loss)
+  _, without = compute_losses(out, batch, CFG, msa.replace(answer_query_weight=0.0).loss)
+  np.testing.assert_allclose(metrics["answer_query_loss"], np.mean(expected), rtol=1e-5)
+  np.testing.assert_allclose(metrics["aux_loss"],
+                             without["aux_loss"] + w * np.mean(expected), rtol=1e-5)
+  with pytest.raises(ValueError, match="answer_query_weight=0.5 needs batch_negatives=True"):
+    MSAConfig(answer_query_weight=0.5)
+  with pytest.raises(ValueError, match="answer_query_weight must be >= 0, got -1"):
+    MSAConfig(answer_query_weight=-1, batch_negatives=True)

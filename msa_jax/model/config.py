@@ -183,6 +183,12 @@ class MSALoss:
       of the batch (B * N - 1 negatives; the other samples' documents are encoded anyway), not
       only against its own N - 1. Copies of a sample's positive elsewhere in the batch are
       left out of its ranking. Routing recall metrics stay per sample.
+    answer_query_weight: w_q, the weight inside L_aux of a second routing loss whose
+      routing queries are the prompt tokens that predict the answer, each ranking the
+      sample's positive against every document of the batch (needs `batch_negatives`):
+      L_aux = L_route + w_q * L_answer_query. It asks the states that generate the answer to
+      carry the question's key, which attention needs to choose the right one of several
+      routed documents; routing and inference are unchanged. 0 (the default) is the paper's.
     lm_weight, aux_weight, answer_weight: weights of the total loss
       lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer.
   """
@@ -193,6 +199,7 @@ class MSALoss:
   focal_gamma: float = 2.0
   bce_bias_init: float = -20.0
   batch_negatives: bool = False
+  answer_query_weight: float = 0.0
   lm_weight: float = 1.0
   aux_weight: float = 0.1
   answer_weight: float = 0.0
@@ -204,6 +211,12 @@ class MSALoss:
                                                        self.aux_layers))
     if not self.temperature > 0:
       raise ValueError(f"MSAConfig.temperature must be > 0, got {self.temperature!r}")
+    if not self.answer_query_weight >= 0:
+      raise ValueError(f"MSAConfig.answer_query_weight must be >= 0, got "
+                       f"{self.answer_query_weight!r}")
+    if self.answer_query_weight and not self.batch_negatives:
+      raise ValueError(f"MSAConfig.answer_query_weight={self.answer_query_weight!r} needs "
+                       "batch_negatives=True (its queries rank every document of the batch)")
 
   def aux_layer_ids(self, router_ids: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
     """The aux layers among the model's router layers `router_ids` (of `num_layers`)."""

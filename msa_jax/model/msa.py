@@ -29,7 +29,7 @@ from msa_jax.model import attention
 from msa_jax.model import layers
 from msa_jax.model import losses
 from msa_jax.model import routing
-from msa_jax.model.batch import MSABatch
+from msa_jax.model.batch import IGNORE, MSABatch
 from msa_jax.model.config import ModelConfig, MSAArch, MSAConfig, MSALoss
 
 Dtype = Any
@@ -53,6 +53,7 @@ class Route:
   indices: jax.Array
   selected: jax.Array
   batch_scores: jax.Array | None = None
+  token_scores: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -157,6 +158,19 @@ def _batch_scores(rq, query_mask, keys, chunks, msa: MSAArch, head_dim: int) -> 
   return routing.doc_scores(s, all_chunks, msa.chunk_reduce)
 
 
+def _token_scores(rq, keys, chunks, msa: MSAArch, head_dim: int) -> jax.Array:
+  """[B, T, B * N] document scores of each prompt token's routing query on its own against
+  all documents of the batch (keys [B, N, C, J, D], chunks [B, N, C])."""
+  b, t, h, d = rq.shape
+  j = keys.shape[-2]
+  flat_keys = keys.reshape((-1,) + keys.shape[2:])  # [B * N, C, J, D]
+  s = jnp.einsum("BTJRD,MCJD->BTMCJR", rq.reshape(b, t, j, h // j, d), flat_keys,
+                 preferred_element_type=jnp.float32) * msa.routing_scale(head_dim)
+  s = s.reshape(s.shape[:4] + (h,))
+  s = s.mean(-1) if msa.head_reduce == "mean" else s.max(-1)  # [B, T, B * N, C]
+  return routing.doc_scores(s, chunks.reshape((1, 1) + flat_keys.shape[:2]), msa.chunk_reduce)
+
+
 def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, query_reduce):
   """`routing.chunk_scores` through the fused Pallas routing kernel, one sample's documents
   at a time (vmap); the kernel's own custom VJP gives the (XLA) backward."""
@@ -202,6 +216,7 @@ class MSAAttention(attention.Attention):
   is_router: bool = False
   kernel_impl: str = "auto"  # MSARuntime.kernel_impl
   batch_scores: bool = False  # MSALoss.batch_negatives: also score against the whole batch
+  token_scores: bool = False  # MSALoss.answer_query_weight > 0: every token against the batch
 
   def setup(self):
     super().setup()
@@ -317,8 +332,11 @@ class MSAAttention(attention.Attention):
     if self.batch_scores:
       batch_scores = _batch_scores(rq, query_mask & token_mask, mem.keys, mem.chunks, self.msa,
                                    self.head_dim)
+    token_scores = None
+    if self.token_scores:
+      token_scores = _token_scores(rq, mem.keys, mem.chunks, self.msa, self.head_dim)
     route = Route(doc_scores=scores, chunk_scores=chunk_scores, indices=indices,
-                  selected=selected, batch_scores=batch_scores)
+                  selected=selected, batch_scores=batch_scores, token_scores=token_scores)
     return doc_out, self.output(_pad_query_rows(out, token_mask)), route
 
 
@@ -335,6 +353,7 @@ class MSADecoderLayer(nn.Module):
   is_router: bool
   kernel_impl: str = "auto"
   batch_scores: bool = False
+  token_scores: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -348,7 +367,8 @@ class MSADecoderLayer(nn.Module):
         embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
         norm_eps=cfg.norm_eps, msa=self.msa, is_router=self.is_router,
-        kernel_impl=self.kernel_impl, batch_scores=self.batch_scores, **kw)
+        kernel_impl=self.kernel_impl, batch_scores=self.batch_scores,
+        token_scores=self.token_scores, **kw)
 
   def _doc_mlp(self, docs, doc_y):
     b, n, g, e = docs.shape
@@ -484,7 +504,7 @@ class LayerStack(nn.Module):
     parameters and the stacked per-layer inputs `xs`."""
     first = self.layers[ids[0]]
     layer = MSADecoderLayer(first.config, first.msa, first.is_router, first.kernel_impl,
-                            first.batch_scores, dtype=first.dtype,
+                            first.batch_scores, first.token_scores, dtype=first.dtype,
                             param_dtype=first.param_dtype, parent=None)
     params = stack_layers([self.variables["params"][f"layers_{i}"] for i in ids])
 
@@ -588,7 +608,8 @@ class LayerStack(nn.Module):
     self.remat_layers = layer_msa.runtime.remat
     block = nn.remat(MSADecoderLayer, prevent_cse=True) if self.remat_layers else MSADecoderLayer
     self.layers = [block(cfg, layer_msa.arch, i in router_ids, layer_msa.runtime.kernel_impl,
-                         layer_msa.loss.batch_negatives, **kw) for i in range(cfg.num_layers)]
+                         layer_msa.loss.batch_negatives, layer_msa.loss.answer_query_weight > 0,
+                         **kw) for i in range(cfg.num_layers)]
     self.final_norm = layers.RMSNorm(cfg.norm_eps, **kw)
     if not cfg.tie_embeddings:
       self.lm_head = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), **kw)
@@ -746,9 +767,32 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
     aux = jnp.mean(jnp.stack(per_layer))
     for k, v in recalls.items():
       metrics[f"recall@{k}"] = jnp.mean(jnp.stack(v))
+    if msa.answer_query_weight and batch.labels is not None:
+      answer_query = _answer_query_loss(out, batch, aux_ids, batch_docs, batch_labels, msa)
+      metrics["answer_query_loss"] = answer_query
+      aux = aux + msa.answer_query_weight * answer_query
   total = msa.lm_weight * lm + msa.aux_weight * aux + msa.answer_weight * answer
   metrics.update(loss=total, lm_loss=lm, aux_loss=aux, answer_loss=answer)
   return total, metrics
+
+
+def _answer_query_loss(out: MSAOutput, batch: MSABatch, aux_ids, docs, labels,
+                       msa: MSALoss) -> jax.Array:
+  """The routing loss of the tokens that predict an answer token (each its own routing query
+  against the batch's documents `docs` [B, B * N], `labels` [B, B * N]), averaged over those
+  tokens and the aux layers."""
+  b, t = batch.labels.shape
+  predicts = jnp.concatenate([batch.labels[:, 1:] != IGNORE, jnp.zeros((b, 1), bool)], axis=1)
+  predicts = predicts & batch.token_mask.astype(bool)
+  m = docs.shape[-1]
+  rows = lambda a: jnp.broadcast_to(a[:, None], (b, t, m)).reshape(b * t, m)
+  per_layer = []
+  for i in aux_ids:
+    per_token = losses.aux_loss(
+        msa.aux_loss, out.routes[i].token_scores.reshape(b * t, m), rows(docs), rows(labels),
+        temperature=msa.temperature, gamma=msa.focal_gamma, bias=out.aux_bias).reshape(b, t)
+    per_layer.append(jnp.where(predicts, per_token, 0.0).sum() / jnp.maximum(predicts.sum(), 1))
+  return jnp.mean(jnp.stack(per_layer))
 
 
 def layer_params(params, i: int):
