@@ -341,7 +341,7 @@ def test_answer_query_loss_ranks_each_answer_token_against_the_batch():
   plain = forward(MSATransformer(CFG, MSA.replace(batch_negatives=True)), params, batch)
   assert plain.routes[2].token_scores is None
   t = batch.tokens.shape[1]
-  for token in range(t):  # layer 2: the first router layer, its queries read no memory
+  for token in (0, t - 3, t - 1):  # layer 2: the first router layer, its queries read no memory
     one = batch.replace(query_mask=jnp.broadcast_to(jnp.arange(t) == token, (2, t)))
     np.testing.assert_allclose(out.routes[2].token_scores[:, token],
                                forward(model, params, one).routes[2].batch_scores, atol=1e-6)

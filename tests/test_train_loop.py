@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import demo
+from msa_jax.model.config import MSAConfig
 from msa_jax.train.loop import train_and_evaluate
 from msa_jax.train.metrics import read_metrics
 from tests.paths import REPO
@@ -191,6 +192,17 @@ def test_demo_ladder_routes_two_before_four():
   assert [(p["steps"], p.get("top_k"), p["schedule"]) for p in c.optim.phases] == [
       (500, None, "constant"), (2320, 1, "constant"), (870, 2, "constant"), (870, 4, "cosine")]
   assert c.train.steps == sum(p["steps"] for p in c.optim.phases) == 4560
+
+
+def test_demo_answer_queries_adds_the_answer_tokens_routing_loss():
+  """demo.py:answer_queries (runs T10-T12): the answer tokens' routing loss at weight 1 inside
+  the aux loss, valid with the demo's batch negatives; the phases are :top4's."""
+  c = demo.get_config("top4,hardneg,long,answer_queries")
+  msa = MSAConfig(**c.msa.to_dict())
+  assert msa.loss.answer_query_weight == 1.0 and msa.loss.batch_negatives
+  assert msa == MSAConfig(**demo.get_config("top4,hardneg,long").msa.to_dict()).replace(
+      answer_query_weight=1.0)
+  assert c.optim.phases == demo.get_config("top4,hardneg,long").optim.phases
 
 
 @pytest.mark.slow

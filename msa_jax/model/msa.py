@@ -464,9 +464,9 @@ class LayerStack(nn.Module):
   MaxText's layout, would save that copy but need a stack/unstack at every boundary that
   names layers: HF, GGUF, official MSA, orbax, the engine's per-layer programs, router
   training.) Per-layer inputs (decode caches, routed blocks) are stacked the same way and
-  per-layer outputs unstacked, so every method keeps its per-layer signature. Creating parameters and `capture_intermediates` (which need one module
-  per layer) unroll; `remat` checkpoints the scan body (no CSE barrier: the scan is one
-  already).
+  per-layer outputs unstacked, so every method keeps its per-layer signature. Creating
+  parameters and `capture_intermediates` (which need one module per layer) unroll; `remat`
+  checkpoints the scan body (no CSE barrier: the scan is one already).
   """
 
   def _scans(self) -> bool:
@@ -628,8 +628,8 @@ class MSATransformer(LayerStack):
 
   `msa` is the whole MSA config: its layers get `msa.arch` and `msa.runtime`; of `msa.loss`
   the model reads only what the training forward must produce for the loss (the BCE loss's
-  `aux_bias` parameter, the batch scores of `batch_negatives`), never anything that changes
-  logits or routing.
+  `aux_bias` parameter, the batch scores of `batch_negatives`, the token scores of
+  `answer_query_weight`), never anything that changes logits or routing.
   """
 
   config: ModelConfig
@@ -730,10 +730,11 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
 
   total = lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer, where L_LM is the
   shifted cross-entropy over all non-ignored labels of the batch, L_aux the mean over (aux
-  layer, sample) pairs of the per-sample routing loss, and L_answer the cross-entropy on
-  `answer_labels` of the samples in `answer_mask` (0 if absent). Metrics also hold routing
-  recall@{1,5,10} averaged like L_aux. `msa` is the loss part of the MSA config (the router
-  layers are those of `out.routes`).
+  layer, sample) pairs of the per-sample routing loss (plus `answer_query_weight` times the
+  mean routing loss of the answer-predicting tokens, `_answer_query_loss`), and L_answer the
+  cross-entropy on `answer_labels` of the samples in `answer_mask` (0 if absent). Metrics also
+  hold routing recall@{1,5,10} averaged like L_aux. `msa` is the loss part of the MSA config
+  (the router layers are those of `out.routes`).
   """
   metrics = {}
   if batch.labels is None:
