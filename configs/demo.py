@@ -115,6 +115,9 @@ solo). The default is run M:
     2000x (seed 0, a scratch check): 86 right, 6 another routed document's identifier, 8 some
     other document's, 28 no document's: most misses are mixed copies, not wrong choices (83
     of the 86 right answers were copied beside a routed key sharing a word at its position).
+    With `--config.model.overrides.head_dim=64` (T11w, seed 0, 18 min 48 s alone): 0.805 /
+    0.781 / 0.711 / 0.562, eval LM loss 0.108 at the end (T11: 0.040): wider heads did not
+    sharpen the choice in the same steps.
   T12 `:top4,hardneg,long,long,answer_queries` with `data.id_after_fact=True` (T11 with the
     routing-4 phase twice as long again, 6,960 of 9,780 steps; seeds 0 and 1 side by side, 35
     min each, 2026-12-04): seed 0 answer 0.906 / 0.914 / 0.906 / 0.820 (9.5 % relative loss),
