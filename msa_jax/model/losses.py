@@ -16,6 +16,11 @@ from msa_jax.model.batch import IGNORE
 TEMPERATURE_RANGE = (0.001, 0.5)  # the official clamp
 
 
+def next_token_targets(labels: jax.Array) -> jax.Array:
+  """[B, T] labels -> the target each position predicts (labels[:, t + 1]; IGNORE last)."""
+  return jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
+
+
 def lm_cross_entropy(logits: jax.Array, labels: jax.Array,
                      weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Mean next-token cross-entropy: logits[:, t] predicts labels[:, t + 1].
@@ -29,7 +34,7 @@ def lm_cross_entropy(logits: jax.Array, labels: jax.Array,
     (loss, number of targets): the mean over non-ignored targets of the whole batch, 0 (not
     NaN) when there are none. Computed in float32.
   """
-  targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
+  targets = next_token_targets(labels)
   valid = targets != IGNORE
   if weights is not None:
     valid = valid & (weights[:, None] > 0)

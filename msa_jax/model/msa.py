@@ -145,14 +145,17 @@ def routed_attention(q, k, v, own: attention.OwnSlots, memory: RoutedBlocks | No
                                          memory=mem)
 
 
+def _whole_batch(x: jax.Array) -> jax.Array:
+  """[B, N, ...] per-sample memory -> [B, B * N, ...]: every sample sees all B * N documents."""
+  b, n = x.shape[:2]
+  return jnp.broadcast_to(x.reshape((1, b * n) + x.shape[2:]), (b, b * n) + x.shape[2:])
+
+
 def _batch_scores(rq, query_mask, keys, chunks, msa: MSAArch, head_dim: int) -> jax.Array:
   """[B, B * N] document scores of every sample's routing query against all documents of the
   batch: keys [B, N, C, J, D] and chunks [B, N, C] flattened to one memory of B * N."""
-  b, n = chunks.shape[:2]
-  flat = lambda x: jnp.broadcast_to(x.reshape((1, b * n) + x.shape[2:]),
-                                    (b, b * n) + x.shape[2:])
-  all_chunks = flat(chunks)
-  s = routing.chunk_scores(rq, query_mask, flat(keys), all_chunks,
+  all_chunks = _whole_batch(chunks)
+  s = routing.chunk_scores(rq, query_mask, _whole_batch(keys), all_chunks,
                            scale=msa.routing_scale(head_dim), head_reduce=msa.head_reduce,
                            query_reduce=msa.query_reduce)
   return routing.doc_scores(s, all_chunks, msa.chunk_reduce)
@@ -161,14 +164,9 @@ def _batch_scores(rq, query_mask, keys, chunks, msa: MSAArch, head_dim: int) -> 
 def _token_scores(rq, keys, chunks, msa: MSAArch, head_dim: int) -> jax.Array:
   """[B, T, B * N] document scores of each prompt token's routing query on its own against
   all documents of the batch (keys [B, N, C, J, D], chunks [B, N, C])."""
-  b, t, h, d = rq.shape
-  j = keys.shape[-2]
-  flat_keys = keys.reshape((-1,) + keys.shape[2:])  # [B * N, C, J, D]
-  s = jnp.einsum("BTJRD,MCJD->BTMCJR", rq.reshape(b, t, j, h // j, d), flat_keys,
-                 preferred_element_type=jnp.float32) * msa.routing_scale(head_dim)
-  s = s.reshape(s.shape[:4] + (h,))
-  s = s.mean(-1) if msa.head_reduce == "mean" else s.max(-1)  # [B, T, B * N, C]
-  return routing.doc_scores(s, chunks.reshape((1, 1) + flat_keys.shape[:2]), msa.chunk_reduce)
+  s = routing.token_chunk_scores(rq, _whole_batch(keys), scale=msa.routing_scale(head_dim),
+                                 head_reduce=msa.head_reduce)  # [B, T, B * N, C]
+  return routing.doc_scores(s, _whole_batch(chunks)[:, None], msa.chunk_reduce)
 
 
 def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, query_reduce):
@@ -783,8 +781,7 @@ def _answer_query_loss(out: MSAOutput, batch: MSABatch, aux_ids, docs, labels,
   against the batch's documents `docs` [B, B * N], `labels` [B, B * N]), averaged over those
   tokens and the aux layers."""
   b, t = batch.labels.shape
-  predicts = jnp.concatenate([batch.labels[:, 1:] != IGNORE, jnp.zeros((b, 1), bool)], axis=1)
-  predicts = predicts & batch.token_mask.astype(bool)
+  predicts = (losses.next_token_targets(batch.labels) != IGNORE) & batch.token_mask.astype(bool)
   m = docs.shape[-1]
   rows = lambda a: jnp.broadcast_to(a[:, None], (b, t, m)).reshape(b * t, m)
   per_layer = []

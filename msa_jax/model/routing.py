@@ -68,14 +68,21 @@ def chunk_scores(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunks: 
     head_reduce: "mean" | "max" over the H heads.
     query_reduce: "max" | "mean" over the routing-query tokens, or "last" (the last one).
   """
+  s = token_chunk_scores(rq, keys, scale=scale, head_reduce=head_reduce)
+  return jnp.where(chunks, reduce_queries(s, query_mask, query_reduce), NEG_INF)
+
+
+def token_chunk_scores(rq: jax.Array, keys: jax.Array, *, scale: float,
+                       head_reduce: str) -> jax.Array:
+  """Every query token's own chunk scores [B, T, N, C] (float32, before the query reduction
+  and the chunk mask); arguments as `chunk_scores`."""
   b, t, h, d = rq.shape
   j = keys.shape[-2]
   rqg = rq.reshape(b, t, j, h // j, d)
   s = jnp.einsum("BTJRD,BNCJD->BTNCJR", rqg, keys,
                  preferred_element_type=jnp.float32) * scale
   s = s.reshape(s.shape[:4] + (h,))
-  s = s.mean(-1) if head_reduce == "mean" else s.max(-1)  # [B, T, N, C]
-  return jnp.where(chunks, reduce_queries(s, query_mask, query_reduce), NEG_INF)
+  return s.mean(-1) if head_reduce == "mean" else s.max(-1)
 
 
 def doc_scores(scores: jax.Array, chunks: jax.Array, reduce: str) -> jax.Array:
