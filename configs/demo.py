@@ -362,6 +362,13 @@ def _answer_queries(c: ml_collections.ConfigDict) -> None:
   c.msa.answer_query_weight = 1.0
 
 
+def _answer_attention(c: ml_collections.ConfigDict) -> None:
+  """The memory attention of the tokens that generate the answer is trained to read the right
+  one of the routed documents (`msa.answer_attention_weight` 1): the copies that miss at 1M
+  tokens mix the right identifier with a routed confuser's."""
+  c.msa.answer_attention_weight = 1.0
+
+
 def _hardneg(c: ml_collections.ConfigDict) -> None:
   """3 of the 7 per-sample negatives are key confusers (keys holding the question's key words;
   with positional keys, at the same position) once the router warm-up is over."""
@@ -380,5 +387,6 @@ def _global_rope(c: ml_collections.ConfigDict) -> None:
 
 
 VARIANTS = {"smoke": _smoke, "scale": _scale, "top4": _top4, "long": _long, "ladder": _ladder,
-            "hardneg": _hardneg, "answer_queries": _answer_queries, "global_rope": _global_rope,
+            "hardneg": _hardneg, "answer_queries": _answer_queries,
+            "answer_attention": _answer_attention, "global_rope": _global_rope,
             "bag_keys": _bag_keys}

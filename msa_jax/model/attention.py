@@ -15,7 +15,7 @@ from msa_jax.model import rope
 Dtype = Any
 # Masked logits get the most negative float32 rather than -inf, so a row with no visible key
 # (a pad query) gives a uniform softmax instead of NaN.
-_MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
 
 class KVCache(NamedTuple):
@@ -109,7 +109,10 @@ def write_slots(cache: KVCache, k: jax.Array, v: jax.Array, slot: jax.Array) -> 
   return KVCache(write(cache.k, k), write(cache.v, v))
 
 
-def _grouped_logits(qg, k, heads_first, scale):
+def grouped_logits(qg, k, heads_first=False, scale=None):
+  """[B, J, R, T, S] float32 logits of grouped queries qg [B, T, J, R, D] over keys k
+  ([B, S, J, D], or [B, J, S, D] with `heads_first`), times `scale` (default 1/sqrt(D))."""
+  scale = qg.shape[-1] ** -0.5 if scale is None else scale
   eqn = "BTJRD,BJSD->BJRTS" if heads_first else "BTJRD,BSJD->BJRTS"
   return jnp.einsum(eqn, qg, k, preferred_element_type=jnp.float32) * scale
 
@@ -142,14 +145,14 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     raise ValueError(f"query heads {h} not a multiple of kv heads {j}")
   qg = q.reshape(b, t, j, h // j, d)
   scale = d ** -0.5
-  logits = jnp.where(mask[:, None, None, :, :], _grouped_logits(qg, k, heads_first, scale),
-                     _MASK_VALUE)
+  logits = jnp.where(mask[:, None, None, :, :], grouped_logits(qg, k, heads_first, scale),
+                     MASK_VALUE)
   if memory is None:
     out = _grouped_values(jax.nn.softmax(logits, axis=-1), v, heads_first)
   else:
     mem_k, mem_v, mem_mask = memory
     mem_logits = jnp.where(mem_mask[:, None, None, :, :],
-                           _grouped_logits(qg, mem_k, False, scale), _MASK_VALUE)
+                           grouped_logits(qg, mem_k, False, scale), MASK_VALUE)
     top = jnp.maximum(logits.max(-1, keepdims=True), mem_logits.max(-1, keepdims=True))
     p, mem_p = jnp.exp(logits - top), jnp.exp(mem_logits - top)
     total = p.sum(-1, keepdims=True) + mem_p.sum(-1, keepdims=True)

@@ -189,6 +189,12 @@ class MSALoss:
       L_aux = L_route + w_q * L_answer_query. It asks the states that generate the answer to
       carry the question's key, which attention needs to choose the right one of several
       routed documents; routing and inference are unchanged. 0 (the default) is the paper's.
+    answer_attention_weight: w_a, the weight inside L_aux of a loss on the memory attention
+      of the prompt tokens that predict the answer (`+ w_a * L_answer_attention`): per query
+      head, -log of the softmax mass that the attention's own logits put on the positive
+      documents' chunks among the routed chunks (samples with a positive routed; 0 while one
+      document is routed). It asks the copy to read the right one of several routed documents
+      and nothing else; the model and inference are unchanged. 0 (the default) is the paper's.
     lm_weight, aux_weight, answer_weight: weights of the total loss
       lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer.
   """
@@ -200,6 +206,7 @@ class MSALoss:
   bce_bias_init: float = -20.0
   batch_negatives: bool = False
   answer_query_weight: float = 0.0
+  answer_attention_weight: float = 0.0
   lm_weight: float = 1.0
   aux_weight: float = 0.1
   answer_weight: float = 0.0
@@ -214,6 +221,9 @@ class MSALoss:
     if not self.answer_query_weight >= 0:
       raise ValueError(f"MSAConfig.answer_query_weight must be >= 0, got "
                        f"{self.answer_query_weight!r}")
+    if not self.answer_attention_weight >= 0:
+      raise ValueError(f"MSAConfig.answer_attention_weight must be >= 0, got "
+                       f"{self.answer_attention_weight!r}")
     if self.answer_query_weight and not self.batch_negatives:
       raise ValueError(f"MSAConfig.answer_query_weight={self.answer_query_weight!r} needs "
                        "batch_negatives=True (its queries rank every document of the batch)")

@@ -15,6 +15,7 @@ The selection is discrete: routing parameters learn only through the aux loss.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -46,6 +47,12 @@ class Route:
     selected: [B, K] bool, slot i is used (i < min(top_k, documents present)).
     batch_scores: [B, B * N] float32 scores of each sample's routing query against every
       document of the batch (sample-major), with `MSALoss.batch_negatives`; else None.
+    token_scores: [B, T, B * N] float32 scores of each prompt token's routing query on its
+      own against every document of the batch, with `MSALoss.answer_query_weight`; else None.
+    memory_logits: [B, T, H, K * C] float32 attention logits of each prompt token and query
+      head over the routed chunks (slot i's chunks at i*C..), the attention's own q.k/sqrt(D);
+      absent chunks and unused slots hold float32's min. With `MSALoss.answer_attention_weight`;
+      else None.
   """
 
   doc_scores: jax.Array
@@ -54,6 +61,22 @@ class Route:
   selected: jax.Array
   batch_scores: jax.Array | None = None
   token_scores: jax.Array | None = None
+  memory_logits: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOutputs:
+  """What a router layer's training forward computes for the loss alone (`Route`'s optional
+  fields), from the loss config (`of`); none of it changes logits or routing."""
+
+  batch_scores: bool = False  # MSALoss.batch_negatives
+  token_scores: bool = False  # MSALoss.answer_query_weight > 0
+  memory_logits: bool = False  # MSALoss.answer_attention_weight > 0
+
+  @classmethod
+  def of(cls, loss: MSALoss) -> LossOutputs:
+    return cls(batch_scores=loss.batch_negatives, token_scores=loss.answer_query_weight > 0,
+               memory_logits=loss.answer_attention_weight > 0)
 
 
 @flax.struct.dataclass
@@ -169,6 +192,33 @@ def _token_scores(rq, keys, chunks, msa: MSAArch, head_dim: int) -> jax.Array:
   return routing.doc_scores(s, _whole_batch(chunks)[:, None], msa.chunk_reduce)
 
 
+def _gather_routed(a: jax.Array, indices: jax.Array) -> jax.Array:
+  """Per-sample chunk arrays a [B, N, C, ...] -> the routed documents' `indices` [B, K]
+  chunks, [B, K * C, ...] (slot i's at i*C ..)."""
+  (b, kk), c = indices.shape, a.shape[2]
+  picked = jnp.take_along_axis(a, indices.reshape((b, kk) + (1,) * (a.ndim - 2)), axis=1)
+  return picked.reshape((b, kk * c) + a.shape[3:])
+
+
+def _routed_chunks(mem: MemoryBlocks, indices, selected) -> jax.Array:
+  """[B, K * C] bool: the routed chunks that exist, in used slots."""
+  c = mem.chunks.shape[-1]
+  return _gather_routed(mem.chunks, indices) & jnp.repeat(selected, c, axis=1)
+
+
+def _memory_logits(q, mem: MemoryBlocks, indices, selected) -> jax.Array:
+  """[B, T, H, K * C] attention logits of the prompt queries q [B, T, H, D] over the pooled
+  keys of the routed documents `indices` [B, K] (float32's min where a chunk is absent or
+  its slot unused), as `attention.dot_product_attention` computes them."""
+  b, t, h, d = q.shape
+  j = mem.k.shape[-2]
+  logits = attention.grouped_logits(q.reshape(b, t, j, h // j, d),
+                                    _gather_routed(mem.k, indices).astype(q.dtype))
+  logits = logits.reshape(b, h, t, -1).transpose(0, 2, 1, 3)  # heads j-major, as q's
+  valid = _routed_chunks(mem, indices, selected)
+  return jnp.where(valid[:, None, None, :], logits, attention.MASK_VALUE)
+
+
 def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, query_reduce):
   """`routing.chunk_scores` through the fused Pallas routing kernel, one sample's documents
   at a time (vmap); the kernel's own custom VJP gives the (XLA) backward."""
@@ -213,8 +263,7 @@ class MSAAttention(attention.Attention):
   msa: MSAArch = MSAArch()
   is_router: bool = False
   kernel_impl: str = "auto"  # MSARuntime.kernel_impl
-  batch_scores: bool = False  # MSALoss.batch_negatives: also score against the whole batch
-  token_scores: bool = False  # MSALoss.answer_query_weight > 0: every token against the batch
+  loss_outputs: LossOutputs = LossOutputs()
 
   def setup(self):
     super().setup()
@@ -316,25 +365,23 @@ class MSAAttention(attention.Attention):
       own = attention.OwnSlots.prefill(token_mask.sum(1))
       out = _kernel_attention(q, k, v, own, tables, sees_memory, max_doc_chunks=c)
     else:  # gather the selected documents' chunks: [B, K*C, J, D]
-      b, kk = indices.shape
-
-      def gather(a):
-        picked = jnp.take_along_axis(a, indices.reshape((b, kk) + (1,) * (a.ndim - 2)), axis=1)
-        return picked.reshape((b, kk * c) + a.shape[3:])
-
-      mem_mask = sees_memory[:, :, None] & (gather(mem.chunks)
-                                            & jnp.repeat(selected, c, axis=1))[:, None, :]
-      out = attention.dot_product_attention(q, k, v, self_mask,
-                                            memory=(gather(mem.k), gather(mem.v), mem_mask))
+      mem_mask = sees_memory[:, :, None] & _routed_chunks(mem, indices, selected)[:, None, :]
+      memory = (_gather_routed(mem.k, indices), _gather_routed(mem.v, indices), mem_mask)
+      out = attention.dot_product_attention(q, k, v, self_mask, memory=memory)
+    wanted = self.loss_outputs
     batch_scores = None
-    if self.batch_scores:
+    if wanted.batch_scores:
       batch_scores = _batch_scores(rq, query_mask & token_mask, mem.keys, mem.chunks, self.msa,
                                    self.head_dim)
     token_scores = None
-    if self.token_scores:
+    if wanted.token_scores:
       token_scores = _token_scores(rq, mem.keys, mem.chunks, self.msa, self.head_dim)
+    memory_logits = None
+    if wanted.memory_logits:
+      memory_logits = _memory_logits(q, mem, indices, selected)
     route = Route(doc_scores=scores, chunk_scores=chunk_scores, indices=indices,
-                  selected=selected, batch_scores=batch_scores, token_scores=token_scores)
+                  selected=selected, batch_scores=batch_scores, token_scores=token_scores,
+                  memory_logits=memory_logits)
     return doc_out, self.output(_pad_query_rows(out, token_mask)), route
 
 
@@ -350,8 +397,7 @@ class MSADecoderLayer(nn.Module):
   msa: MSAArch
   is_router: bool
   kernel_impl: str = "auto"
-  batch_scores: bool = False
-  token_scores: bool = False
+  loss_outputs: LossOutputs = LossOutputs()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -365,8 +411,7 @@ class MSADecoderLayer(nn.Module):
         embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
         norm_eps=cfg.norm_eps, msa=self.msa, is_router=self.is_router,
-        kernel_impl=self.kernel_impl, batch_scores=self.batch_scores,
-        token_scores=self.token_scores, **kw)
+        kernel_impl=self.kernel_impl, loss_outputs=self.loss_outputs, **kw)
 
   def _doc_mlp(self, docs, doc_y):
     b, n, g, e = docs.shape
@@ -502,7 +547,7 @@ class LayerStack(nn.Module):
     parameters and the stacked per-layer inputs `xs`."""
     first = self.layers[ids[0]]
     layer = MSADecoderLayer(first.config, first.msa, first.is_router, first.kernel_impl,
-                            first.batch_scores, first.token_scores, dtype=first.dtype,
+                            first.loss_outputs, dtype=first.dtype,
                             param_dtype=first.param_dtype, parent=None)
     params = stack_layers([self.variables["params"][f"layers_{i}"] for i in ids])
 
@@ -598,16 +643,15 @@ class LayerStack(nn.Module):
     return x, tuple(cache)
 
   def _build(self, layer_msa: MSAConfig, router_ids):
-    """Layers get the architecture and runtime parts (and from the loss only whether to
-    score routing queries against the whole batch)."""
+    """Layers get the architecture and runtime parts (and from the loss only what their
+    routes must hold for it, `LossOutputs`)."""
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embed = layers.Embedder(cfg.vocab_size, cfg.embed_dim, **kw)
     self.remat_layers = layer_msa.runtime.remat
     block = nn.remat(MSADecoderLayer, prevent_cse=True) if self.remat_layers else MSADecoderLayer
     self.layers = [block(cfg, layer_msa.arch, i in router_ids, layer_msa.runtime.kernel_impl,
-                         layer_msa.loss.batch_negatives, layer_msa.loss.answer_query_weight > 0,
-                         **kw) for i in range(cfg.num_layers)]
+                         LossOutputs.of(layer_msa.loss), **kw) for i in range(cfg.num_layers)]
     self.final_norm = layers.RMSNorm(cfg.norm_eps, **kw)
     if not cfg.tie_embeddings:
       self.lm_head = layers.Einsum((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), **kw)
@@ -627,7 +671,7 @@ class MSATransformer(LayerStack):
   `msa` is the whole MSA config: its layers get `msa.arch` and `msa.runtime`; of `msa.loss`
   the model reads only what the training forward must produce for the loss (the BCE loss's
   `aux_bias` parameter, the batch scores of `batch_negatives`, the token scores of
-  `answer_query_weight`), never anything that changes logits or routing.
+  `answer_query_weight`, the memory logits of `answer_attention_weight`), never anything that changes logits or routing.
   """
 
   config: ModelConfig
@@ -729,7 +773,9 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
   total = lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer, where L_LM is the
   shifted cross-entropy over all non-ignored labels of the batch, L_aux the mean over (aux
   layer, sample) pairs of the per-sample routing loss (plus `answer_query_weight` times the
-  mean routing loss of the answer-predicting tokens, `_answer_query_loss`), and L_answer the
+  mean routing loss of the answer-predicting tokens, `_answer_query_loss`, and
+  `answer_attention_weight` times their memory attention loss, `_answer_attention_loss`), and
+  L_answer the
   cross-entropy on `answer_labels` of the samples in `answer_mask` (0 if absent). Metrics also
   hold routing recall@{1,5,10} averaged like L_aux. `msa` is the loss part of the MSA config
   (the router layers are those of `out.routes`).
@@ -770,9 +816,41 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
       answer_query = _answer_query_loss(out, batch, aux_ids, batch_docs, batch_labels, msa)
       metrics["answer_query_loss"] = answer_query
       aux = aux + msa.answer_query_weight * answer_query
+    if msa.answer_attention_weight and batch.labels is not None:
+      answer_attention = _answer_attention_loss(out, batch, aux_ids)
+      metrics["answer_attention_loss"] = answer_attention
+      aux = aux + msa.answer_attention_weight * answer_attention
   total = msa.lm_weight * lm + msa.aux_weight * aux + msa.answer_weight * answer
   metrics.update(loss=total, lm_loss=lm, aux_loss=aux, answer_loss=answer)
   return total, metrics
+
+
+def _predicts_answer(batch: MSABatch) -> jax.Array:
+  """[B, T] bool: the prompt tokens whose next token is a label (the answer's predictors)."""
+  return (losses.next_token_targets(batch.labels) != IGNORE) & batch.token_mask.astype(bool)
+
+
+def _answer_attention_loss(out: MSAOutput, batch: MSABatch, aux_ids) -> jax.Array:
+  """The memory attention loss of the tokens that predict an answer token: per query head,
+  -log of the softmax mass (over the routed chunks only) on the chunks of the sample's
+  positive documents, averaged over heads, those tokens of the samples with a positive
+  routed, and the aux layers."""
+  predicts = _predicts_answer(batch)
+  per_layer = []
+  for i in aux_ids:
+    route = out.routes[i]
+    logits = route.memory_logits  # [B, T, H, K*C]
+    c = logits.shape[-1] // route.indices.shape[1]
+    positive = (jnp.take_along_axis(batch.route_labels, route.indices, axis=1) > 0) & route.selected
+    has_positive = positive.any(1)
+    # Samples without a routed positive: the positive set is every chunk, the loss 0.
+    positive = jnp.repeat(positive | ~has_positive[:, None], c, axis=1)[:, None, None, :]
+    per_head = (jax.nn.logsumexp(logits, axis=-1)
+                - jax.nn.logsumexp(jnp.where(positive, logits, attention.MASK_VALUE), axis=-1))
+    weight = predicts & has_positive[:, None]
+    per_layer.append(jnp.where(weight, per_head.mean(-1), 0.0).sum()
+                     / jnp.maximum(weight.sum(), 1))
+  return jnp.mean(jnp.stack(per_layer))
 
 
 def _answer_query_loss(out: MSAOutput, batch: MSABatch, aux_ids, docs, labels,
@@ -781,7 +859,7 @@ def _answer_query_loss(out: MSAOutput, batch: MSABatch, aux_ids, docs, labels,
   against the batch's documents `docs` [B, B * N], `labels` [B, B * N]), averaged over those
   tokens and the aux layers."""
   b, t = batch.labels.shape
-  predicts = (losses.next_token_targets(batch.labels) != IGNORE) & batch.token_mask.astype(bool)
+  predicts = _predicts_answer(batch)
   m = docs.shape[-1]
   rows = lambda a: jnp.broadcast_to(a[:, None], (b, t, m)).reshape(b * t, m)
   per_layer = []
