@@ -364,8 +364,9 @@ def _answer_queries(c: ml_collections.ConfigDict) -> None:
 
 def _answer_attention(c: ml_collections.ConfigDict) -> None:
   """The memory attention of the tokens that generate the answer is trained to read the right
-  one of the routed documents (`msa.answer_attention_weight` 1): the copies that miss at 1M
-  tokens mix the right identifier with a routed confuser's."""
+  one of the sample's documents (`msa.answer_attention_weight` 1, every phase, whatever top_k
+  routes): the copies that miss at 1M tokens mix the right identifier with a routed
+  confuser's."""
   c.msa.answer_attention_weight = 1.0
 
 

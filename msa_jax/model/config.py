@@ -192,9 +192,10 @@ class MSALoss:
     answer_attention_weight: w_a, the weight inside L_aux of a loss on the memory attention
       of the prompt tokens that predict the answer (`+ w_a * L_answer_attention`): per query
       head, -log of the softmax mass that the attention's own logits put on the positive
-      documents' chunks among the routed chunks (samples with a positive routed; 0 while one
-      document is routed). It asks the copy to read the right one of several routed documents
-      and nothing else; the model and inference are unchanged. 0 (the default) is the paper's.
+      documents' chunks among the chunks of all the sample's documents, routed or not (so it
+      trains whatever top_k routes). It asks the copy to read the right one of several
+      documents and nothing else; the model and inference are unchanged. 0 (the default) is
+      the paper's.
     lm_weight, aux_weight, answer_weight: weights of the total loss
       lm_weight * L_LM + aux_weight * L_aux + answer_weight * L_answer.
   """

@@ -49,10 +49,10 @@ class Route:
       document of the batch (sample-major), with `MSALoss.batch_negatives`; else None.
     token_scores: [B, T, B * N] float32 scores of each prompt token's routing query on its
       own against every document of the batch, with `MSALoss.answer_query_weight`; else None.
-    memory_logits: [B, T, H, K * C] float32 attention logits of each prompt token and query
-      head over the routed chunks (slot i's chunks at i*C..), the attention's own q.k/sqrt(D);
-      absent chunks and unused slots hold float32's min. With `MSALoss.answer_attention_weight`;
-      else None.
+    memory_logits: [B, T, H, N * C] float32 attention logits of each prompt token and query
+      head over the chunks of all its sample's documents (document i's at i*C..), the
+      attention's own q.k/sqrt(D) (float32's min where a chunk is absent), whether routed or
+      not; with `MSALoss.answer_attention_weight`, else None.
   """
 
   doc_scores: jax.Array
@@ -200,23 +200,16 @@ def _gather_routed(a: jax.Array, indices: jax.Array) -> jax.Array:
   return picked.reshape((b, kk * c) + a.shape[3:])
 
 
-def _routed_chunks(mem: MemoryBlocks, indices, selected) -> jax.Array:
-  """[B, K * C] bool: the routed chunks that exist, in used slots."""
-  c = mem.chunks.shape[-1]
-  return _gather_routed(mem.chunks, indices) & jnp.repeat(selected, c, axis=1)
-
-
-def _memory_logits(q, mem: MemoryBlocks, indices, selected) -> jax.Array:
-  """[B, T, H, K * C] attention logits of the prompt queries q [B, T, H, D] over the pooled
-  keys of the routed documents `indices` [B, K] (float32's min where a chunk is absent or
-  its slot unused), as `attention.dot_product_attention` computes them."""
+def _memory_logits(q, mem: MemoryBlocks) -> jax.Array:
+  """[B, T, H, N * C] attention logits of the prompt queries q [B, T, H, D] over the pooled
+  keys of all N documents of their sample (float32's min where a chunk is absent), as
+  `attention.dot_product_attention` computes them for the routed ones."""
   b, t, h, d = q.shape
-  j = mem.k.shape[-2]
-  logits = attention.grouped_logits(q.reshape(b, t, j, h // j, d),
-                                    _gather_routed(mem.k, indices).astype(q.dtype))
-  logits = logits.reshape(b, h, t, -1).transpose(0, 2, 1, 3)  # heads j-major, as q's
-  valid = _routed_chunks(mem, indices, selected)
-  return jnp.where(valid[:, None, None, :], logits, attention.MASK_VALUE)
+  n, c, j = mem.k.shape[1:4]
+  keys = mem.k.reshape(b, n * c, j, d).astype(q.dtype)
+  logits = attention.grouped_logits(q.reshape(b, t, j, h // j, d), keys)
+  logits = logits.reshape(b, h, t, n * c).transpose(0, 2, 1, 3)  # heads j-major, as q's
+  return jnp.where(mem.chunks.reshape(b, 1, 1, n * c), logits, attention.MASK_VALUE)
 
 
 def _pallas_chunk_scores(rq, query_mask, keys, chunks, *, scale, head_reduce, query_reduce):
@@ -365,7 +358,8 @@ class MSAAttention(attention.Attention):
       own = attention.OwnSlots.prefill(token_mask.sum(1))
       out = _kernel_attention(q, k, v, own, tables, sees_memory, max_doc_chunks=c)
     else:  # gather the selected documents' chunks: [B, K*C, J, D]
-      mem_mask = sees_memory[:, :, None] & _routed_chunks(mem, indices, selected)[:, None, :]
+      routed = _gather_routed(mem.chunks, indices) & jnp.repeat(selected, c, axis=1)
+      mem_mask = sees_memory[:, :, None] & routed[:, None, :]
       memory = (_gather_routed(mem.k, indices), _gather_routed(mem.v, indices), mem_mask)
       out = attention.dot_product_attention(q, k, v, self_mask, memory=memory)
     wanted = self.loss_outputs
@@ -378,7 +372,7 @@ class MSAAttention(attention.Attention):
       token_scores = _token_scores(rq, mem.keys, mem.chunks, self.msa, self.head_dim)
     memory_logits = None
     if wanted.memory_logits:
-      memory_logits = _memory_logits(q, mem, indices, selected)
+      memory_logits = _memory_logits(q, mem)
     route = Route(doc_scores=scores, chunk_scores=chunk_scores, indices=indices,
                   selected=selected, batch_scores=batch_scores, token_scores=token_scores,
                   memory_logits=memory_logits)
@@ -832,22 +826,17 @@ def _predicts_answer(batch: MSABatch) -> jax.Array:
 
 def _answer_attention_loss(out: MSAOutput, batch: MSABatch, aux_ids) -> jax.Array:
   """The memory attention loss of the tokens that predict an answer token: per query head,
-  -log of the softmax mass (over the routed chunks only) on the chunks of the sample's
-  positive documents, averaged over heads, those tokens of the samples with a positive
-  routed, and the aux layers."""
-  predicts = _predicts_answer(batch)
+  -log of the softmax mass (over the chunks of all the sample's documents, routed or not) on
+  the positive documents' chunks, averaged over heads, those tokens and the aux layers."""
+  b, n = batch.route_labels.shape
+  positive = batch.route_labels > 0
+  weight = _predicts_answer(batch) & positive.any(1)[:, None]
   per_layer = []
   for i in aux_ids:
-    route = out.routes[i]
-    logits = route.memory_logits  # [B, T, H, K*C]
-    c = logits.shape[-1] // route.indices.shape[1]
-    positive = (jnp.take_along_axis(batch.route_labels, route.indices, axis=1) > 0) & route.selected
-    has_positive = positive.any(1)
-    # Samples without a routed positive: the positive set is every chunk, the loss 0.
-    positive = jnp.repeat(positive | ~has_positive[:, None], c, axis=1)[:, None, None, :]
+    logits = out.routes[i].memory_logits  # [B, T, H, N*C]
+    on_positive = jnp.repeat(positive, logits.shape[-1] // n, axis=1)[:, None, None, :]
     per_head = (jax.nn.logsumexp(logits, axis=-1)
-                - jax.nn.logsumexp(jnp.where(positive, logits, attention.MASK_VALUE), axis=-1))
-    weight = predicts & has_positive[:, None]
+                - jax.nn.logsumexp(jnp.where(on_positive, logits, attention.MASK_VALUE), axis=-1))
     per_layer.append(jnp.where(weight, per_head.mean(-1), 0.0).sum()
                      / jnp.maximum(weight.sum(), 1))
   return jnp.mean(jnp.stack(per_layer))
