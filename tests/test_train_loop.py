@@ -205,6 +205,18 @@ def test_demo_answer_queries_adds_the_answer_tokens_routing_loss():
   assert c.optim.phases == demo.get_config("top4,hardneg,long").optim.phases
 
 
+def test_demo_answer_attention_adds_the_answer_tokens_memory_attention_loss():
+  """demo.py:answer_attention (runs T13-T17): the answer tokens' memory attention loss at
+  weight 1 inside the aux loss; nothing else changes."""
+  base = "top4,hardneg,long,long,answer_queries"
+  c = demo.get_config(base + ",answer_attention")
+  msa = MSAConfig(**c.msa.to_dict())
+  assert msa == MSAConfig(**demo.get_config(base).msa.to_dict()).replace(
+      answer_attention_weight=1.0)
+  assert c.optim.phases == demo.get_config(base).optim.phases
+  assert c.data == demo.get_config(base).data
+
+
 @pytest.mark.slow
 def test_phase_top_k_routes_that_many_documents_in_its_steps(tmp_path):
   """demo.py:top4's curriculum: its LM phase routes 1 document first, then 4. Up to the switch

@@ -665,7 +665,8 @@ class MSATransformer(LayerStack):
   `msa` is the whole MSA config: its layers get `msa.arch` and `msa.runtime`; of `msa.loss`
   the model reads only what the training forward must produce for the loss (the BCE loss's
   `aux_bias` parameter, the batch scores of `batch_negatives`, the token scores of
-  `answer_query_weight`, the memory logits of `answer_attention_weight`), never anything that changes logits or routing.
+  `answer_query_weight`, the memory logits of `answer_attention_weight`), never anything that
+  changes logits or routing.
   """
 
   config: ModelConfig
@@ -769,10 +770,9 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
   layer, sample) pairs of the per-sample routing loss (plus `answer_query_weight` times the
   mean routing loss of the answer-predicting tokens, `_answer_query_loss`, and
   `answer_attention_weight` times their memory attention loss, `_answer_attention_loss`), and
-  L_answer the
-  cross-entropy on `answer_labels` of the samples in `answer_mask` (0 if absent). Metrics also
-  hold routing recall@{1,5,10} averaged like L_aux. `msa` is the loss part of the MSA config
-  (the router layers are those of `out.routes`).
+  L_answer the cross-entropy on `answer_labels` of the samples in `answer_mask` (0 if
+  absent). Metrics also hold routing recall@{1,5,10} averaged like L_aux. `msa` is the loss
+  part of the MSA config (the router layers are those of `out.routes`).
   """
   metrics = {}
   if batch.labels is None:
