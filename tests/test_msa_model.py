@@ -422,13 +422,11 @@ def test_answer_attention_loss_reads_the_positive_among_the_samples_chunks():
   np.testing.assert_allclose(metrics["answer_attention_loss"], np.mean(expected), rtol=1e-5)
   np.testing.assert_allclose(metrics["aux_loss"], without["aux_loss"] + w * np.mean(expected),
                              rtol=1e-5)
-  # Its gradient reaches the attention's q and k projections, finite past the masked chunks.
+  # Without the LM loss, only it reaches the attention's q and k projections (the decoupled
+  # router has its own): finite gradients past the masked chunks.
   grads = grad_fn(model, msa, params, batch)[1]
-  no_attention = msa.replace(answer_attention_weight=0.0)
-  without_grads = grad_fn(MSATransformer(CFG, no_attention), no_attention, params, batch)[1]
   for name in ("q_proj", "k_proj"):
     g = np.asarray(grads["layers_2"]["attn"][name]["kernel"])
-    assert np.isfinite(g).all()
-    assert np.abs(g - np.asarray(without_grads["layers_2"]["attn"][name]["kernel"])).max() > 1e-6
+    assert np.isfinite(g).all() and np.abs(g).max() > 1e-6
   with pytest.raises(ValueError, match="answer_attention_weight must be >= 0, got -1"):
     MSAConfig(answer_attention_weight=-1)
