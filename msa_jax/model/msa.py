@@ -828,7 +828,7 @@ def _answer_attention_loss(out: MSAOutput, batch: MSABatch, aux_ids) -> jax.Arra
   """The memory attention loss of the tokens that predict an answer token: per query head,
   -log of the softmax mass (over the chunks of all the sample's documents, routed or not) on
   the positive documents' chunks, averaged over heads, those tokens and the aux layers."""
-  b, n = batch.route_labels.shape
+  n = batch.route_labels.shape[1]
   positive = batch.route_labels > 0
   weight = _predicts_answer(batch) & positive.any(1)[:, None]
   per_layer = []
