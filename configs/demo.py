@@ -246,9 +246,10 @@ the choice (T10), and with key confusers and 4x the steps routing 4, T12, answer
 1M tokens. A second one, their memory attention's mass on the right document's chunks among all
 the sample's documents (`:answer_attention`, T14-T17), removes wrong choices at 1M tokens
 altogether and flattens the curve: <= 9 % relative loss on every seed run with the identifier
-after the fact (T14 0.906 / 0.914, T17 0.930 / 0.969 / 0.906 at 1M tokens); what is left is the copy's
-digit precision, at every size. The identifier first copies exactly at small memories (T15, T16 seed
-0: 0.984 at 1x, 0.945 at 1M tokens) but learns the copy late on other seeds (T16: 0.81-0.82).
+after the fact (T14 0.906 / 0.914, T17 0.930 / 0.969 / 0.906 at 1M tokens); what is left is
+the copy's digit precision, at every size. The identifier first copies exactly at small
+memories (T15, T16 seed 0: 0.984 at 1x, 0.945 at 1M tokens) but learns the copy late on other
+seeds (T16: 0.81-0.82).
 With top_k 4 the bar (>= 0.95 at 1M tokens, <= 9 %) is met by T17 seed 1 (0.969, 0.0 %), not
 yet by every seed (T17 seeds 0 / 2: 0.930 / 0.906). Variants combine with commas
 (`:hardneg,top4`; runs T1-T17 are
