@@ -819,6 +819,11 @@ def compute_losses(out: MSAOutput, batch: MSABatch, config: ModelConfig,
   return total, metrics
 
 
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """The mean of x over the positions in `mask` (0 when there are none)."""
+  return jnp.where(mask, x, 0.0).sum() / jnp.maximum(mask.sum(), 1)
+
+
 def _predicts_answer(batch: MSABatch) -> jax.Array:
   """[B, T] bool: the prompt tokens whose next token is a label (the answer's predictors)."""
   return (losses.next_token_targets(batch.labels) != IGNORE) & batch.token_mask.astype(bool)
@@ -837,8 +842,7 @@ def _answer_attention_loss(out: MSAOutput, batch: MSABatch, aux_ids) -> jax.Arra
     on_positive = jnp.repeat(positive, logits.shape[-1] // n, axis=1)[:, None, None, :]
     per_head = (jax.nn.logsumexp(logits, axis=-1)
                 - jax.nn.logsumexp(jnp.where(on_positive, logits, attention.MASK_VALUE), axis=-1))
-    per_layer.append(jnp.where(weight, per_head.mean(-1), 0.0).sum()
-                     / jnp.maximum(weight.sum(), 1))
+    per_layer.append(_masked_mean(per_head.mean(-1), weight))
   return jnp.mean(jnp.stack(per_layer))
 
 
@@ -856,7 +860,7 @@ def _answer_query_loss(out: MSAOutput, batch: MSABatch, aux_ids, docs, labels,
     per_token = losses.aux_loss(
         msa.aux_loss, out.routes[i].token_scores.reshape(b * t, m), rows(docs), rows(labels),
         temperature=msa.temperature, gamma=msa.focal_gamma, bias=out.aux_bias).reshape(b, t)
-    per_layer.append(jnp.where(predicts, per_token, 0.0).sum() / jnp.maximum(predicts.sum(), 1))
+    per_layer.append(_masked_mean(per_token, predicts))
   return jnp.mean(jnp.stack(per_layer))
 
 
