@@ -54,6 +54,12 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, smoke_run):
   table = json.loads((straight_dir / "extrapolation.json").read_text())
   assert [r["multiplier"] for r in table["rows"]] == [1, 2] and table["rope"] == "document"
   assert all(0 <= r["recall_at_1"] <= r["recall_at_5"] <= 1 for r in table["rows"])
+  # Every answer has one kind, the right ones are the exact ones, and the examples are wrong.
+  for r in table["rows"]:
+    assert sum(r["answer_kinds"].values()) == r["questions"]
+    assert r["answer_kinds"]["right"] == round(r["answer_accuracy"] * r["questions"])
+    assert len(r["wrong_examples"]) == min(8, r["questions"] - r["answer_kinds"]["right"])
+    assert all(e["expected"] != e["generated"] for e in r["wrong_examples"])
   saved = json.loads((straight_dir / "config.json").read_text())
   assert saved["train"]["steps"] == 6
   assert (straight_dir / "checkpoints" / "6").is_dir()

@@ -11,7 +11,11 @@ greedily. Per size it reports
   * routing recall@1 and recall@5: the question's document ranks first / within the top 5 of
     a router layer's scores over the whole memory, averaged over the router layers;
   * answer accuracy: the generated answer (`[ d d d d ]`, the identifier, or whatever the
-    model was trained to answer: `include_value` / `include_identifier`) is exact.
+    model was trained to answer: `include_value` / `include_identifier`) is exact;
+  * what the wrong answers are (`classify_answer`): another routed document's answer (the
+    model copied from the wrong one of the documents it read), another document's of the
+    memory, or no document's (a garbled copy, e.g. the right digits in the wrong order); the
+    row keeps the counts and a few examples.
 
 With `global_positions` (the global-RoPE ablation), document m of the bank sits at positions
 h + m * L + 0..L-1 and the prompt continues after the whole bank, as in training with
@@ -24,7 +28,7 @@ import dataclasses
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -49,6 +53,45 @@ class ExtrapolationRow:
   recall_at_5: float
   answer_accuracy: float
   seconds: float
+  # Counts per `ANSWER_KINDS`, and up to `MAX_EXAMPLES` wrong answers as text (question,
+  # expected, generated, kind).
+  answer_kinds: dict[str, int] = dataclasses.field(default_factory=dict)
+  wrong_examples: tuple[dict[str, str], ...] = ()
+
+
+# What a generated answer is, for a question about document d: d's answer, the answer of another
+# document among those routed to it (any router layer's top_k), of another document of the
+# memory, or of no document of the memory.
+ANSWER_KINDS = ("right", "routed_other", "other_doc", "no_doc")
+MAX_EXAMPLES = 8
+
+
+def classify_answer(generated: Sequence[int], target_doc: int, routed_docs: Collection[int],
+                    answer_docs: Mapping[tuple[int, ...], int]) -> str:
+  """The `ANSWER_KINDS` entry of `generated` (token ids, compared whole) for a question about
+  `target_doc`; `answer_docs` maps each memory document's answer tokens to that document."""
+  doc = answer_docs.get(tuple(int(t) for t in generated))
+  if doc == target_doc:
+    return "right"
+  if doc is None:
+    return "no_doc"
+  return "routed_other" if doc in routed_docs else "other_doc"
+
+
+@dataclasses.dataclass
+class MemoryAnswers:
+  """`evaluate_memory`'s per-question results: routing hits at 1 and at 5 (one array per router
+  layer and batch), exact answers, their `ANSWER_KINDS`, and the wrong answers as text."""
+
+  hits1: list[np.ndarray] = dataclasses.field(default_factory=list)
+  hitsk: list[np.ndarray] = dataclasses.field(default_factory=list)
+  exact: list[bool] = dataclasses.field(default_factory=list)
+  kinds: list[str] = dataclasses.field(default_factory=list)
+  wrong: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+  def extend(self, other: MemoryAnswers) -> None:
+    for field in dataclasses.fields(self):
+      getattr(self, field.name).extend(getattr(other, field.name))
 
 
 def _ranks(doc_scores: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -71,9 +114,8 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
                     arrays: dict[int, dict[str, np.ndarray]], first_doc: int, num_docs: int,
                     questions: np.ndarray, *, head: Sequence[int], global_positions: bool,
                     bank_dir: Path, batch_size: int = 32, answer: dict | None = None,
-                    dtype=jnp.float32) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
-  """Per-question routing hits at 1 and at 5 (one array per router layer and batch) and
-  identifier matches of `questions` against corpus documents [first_doc, first_doc +
+                    dtype=jnp.float32) -> MemoryAnswers:
+  """The routing and answers of `questions` against corpus documents [first_doc, first_doc +
   num_docs), whose encoded blocks are `arrays` (`encode_documents` of the whole corpus)."""
   length = corpus.doc_length
   c = -(-length // msa.arch.chunk_size)
@@ -95,7 +137,12 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
   answer_len = len(corpus.answer_ids(0, **answer))
   sampling = SamplingConfig(temperature=0.0, max_new_tokens=answer_len,
                             stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
-  hits1, hitsk, exact = [], [], []
+  # Every memory document's answer, to tell what a wrong answer copied.
+  in_memory = np.flatnonzero((corpus.key_doc >= first_doc)
+                             & (corpus.key_doc < first_doc + num_docs))
+  answer_docs = {tuple(corpus.answer_ids(int(q), **answer)): int(corpus.key_doc[q]) - first_doc
+                 for q in in_memory}
+  out = MemoryAnswers()
   for lo in range(0, len(questions), batch_size):
     qs = questions[lo:lo + batch_size]
     prompts = engine_lib.PromptBatch.from_segments(
@@ -103,14 +150,25 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
         [[tok.answer_id]] * len(qs), position_offset=offset, pad_id=tok.pad_id)
     tokens, _, pre = eng.generate(prompts, sampling, keep_scores=True)
     target = corpus.key_doc[qs] - first_doc
+    routed = [set() for _ in qs]
     for mem in pre.memory.values():
-      ranks = _ranks(np.asarray(mem.doc_scores), target)
-      hits1.append(ranks < 1)
-      hitsk.append(ranks < 5)
-    for row, q in zip(tokens, qs):
+      scores = np.asarray(mem.doc_scores)
+      ranks = _ranks(scores, target)
+      out.hits1.append(ranks < 1)
+      out.hitsk.append(ranks < 5)
+      top = np.argsort(-scores, axis=1, kind="stable")[:, :msa.arch.top_k]
+      for docs_of_q, row in zip(routed, top):
+        docs_of_q.update(int(d) for d in row)
+    for row, q, own, docs_of_q in zip(tokens, qs, target, routed):
       want = corpus.answer_ids(int(q), **answer)
-      exact.append(list(row[:len(want)]) == want)
-  return hits1, hitsk, exact
+      got = [int(t) for t in row[:len(want)]]
+      kind = classify_answer(got, int(own), docs_of_q, answer_docs)
+      out.exact.append(got == want)
+      out.kinds.append(kind)
+      if kind != "right":
+        out.wrong.append(dict(question=tok.decode(corpus.question_ids(int(q))),
+                              expected=tok.decode(want), generated=tok.decode(got), kind=kind))
+  return out
 
 
 def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
@@ -162,22 +220,22 @@ def extrapolation_table(cfg: ModelConfig, msa: MSAConfig, params, tokenizer, *,
       t0 = time.perf_counter()
       # Small memories hold few questions: ask them of several disjoint memories of that size.
       groups = max(1, min(-(-questions // (m * facts_per_doc)), corpus.num_docs // m))
-      hits1, hitsk, exact, asked = [], [], [], 0
+      result, asked = MemoryAnswers(), 0
       for g in range(groups):
         qs = _questions(corpus, g * m, m, -(-questions // groups))
-        h1, hk, ex = evaluate_memory(
+        result.extend(evaluate_memory(
             cfg, msa, params, corpus, arrays, g * m, m, qs, head=head,
             global_positions=global_positions, bank_dir=Path(tmp) / f"bank_x{x}_{g}",
             batch_size=batch_size, dtype=dtype,
-            answer=dict(include_value=include_value, include_identifier=include_identifier))
-        hits1 += h1
-        hitsk += hk
-        exact += ex
+            answer=dict(include_value=include_value, include_identifier=include_identifier)))
         asked += len(qs)
-      r1, rk = float(np.mean(np.concatenate(hits1))), float(np.mean(np.concatenate(hitsk)))
-      acc = float(np.mean(exact))
+      r1 = float(np.mean(np.concatenate(result.hits1)))
+      rk = float(np.mean(np.concatenate(result.hitsk)))
+      acc = float(np.mean(result.exact))
+      kinds = {k: result.kinds.count(k) for k in ANSWER_KINDS}
       rows.append(ExtrapolationRow(x, m, m * doc_length, asked, r1, rk, acc,
-                                   time.perf_counter() - t0))
+                                   time.perf_counter() - t0, kinds,
+                                   tuple(result.wrong[:MAX_EXAMPLES])))
       print(f"[extrapolation] {x}x: {m} documents, recall@1 {r1:.3f}, answer accuracy "
             f"{acc:.3f}", file=progress, flush=True)
   return rows
@@ -187,11 +245,12 @@ def format_table(rows: Sequence[ExtrapolationRow], title: str = "") -> str:
   """A plain-text table of the rows."""
   lines = [title] if title else []
   lines.append(f"{'memory':>8} {'documents':>10} {'tokens':>10} {'questions':>9} "
-               f"{'recall@1':>9} {'recall@5':>9} {'answer':>7}")
+               f"{'recall@1':>9} {'recall@5':>9} {'answer':>7} {'wrong r/o/n':>12}")
   for r in rows:
+    wrong = "/".join(str(r.answer_kinds.get(k, 0)) for k in ANSWER_KINDS[1:])
     lines.append(f"{f'{r.multiplier}x':>8} {r.num_docs:>10,} {r.memory_tokens:>10,} "
                  f"{r.questions:>9} {r.recall_at_1:>9.3f} {r.recall_at_5:>9.3f} "
-                 f"{r.answer_accuracy:>7.3f}")
+                 f"{r.answer_accuracy:>7.3f} {wrong:>12}")
   if len(rows) > 1:
     first, last = rows[0], rows[-1]
     loss = [relative_loss(getattr(first, name), getattr(last, name))
@@ -199,6 +258,8 @@ def format_table(rows: Sequence[ExtrapolationRow], title: str = "") -> str:
     lines.append(f"relative loss {first.multiplier}x -> {last.multiplier}x "
                  f"({last.memory_tokens:,} tokens): recall@1 "
                  + ", answer ".join("n/a" if x is None else f"{x:.1%}" for x in loss))
+  lines.append("wrong r/o/n: wrong answers that are another routed document's / another memory "
+               "document's / no memory document's")
   return "\n".join(lines)
 
 
