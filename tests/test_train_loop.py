@@ -223,6 +223,17 @@ def test_demo_answer_attention_adds_the_answer_tokens_memory_attention_loss():
   assert c.data == demo.get_config(base).data
 
 
+def test_demo_top4_recipe_is_t18():
+  """demo.py:top4_recipe (run T18) is its five variants with the identifier after the fact
+  and 16,000 training documents; nothing else changes."""
+  c = demo.get_config("top4_recipe")
+  parts = demo.get_config("top4,hardneg,long,answer_queries,answer_attention")
+  assert c.data.id_after_fact and c.data.num_docs == 16000 and c.msa.top_k == 4
+  parts.data.update(id_after_fact=True, num_docs=16000)
+  assert c.to_dict() == parts.to_dict()
+  assert c.train.steps == sum(p["steps"] for p in c.optim.phases) == 6300
+
+
 @pytest.mark.slow
 def test_phase_top_k_routes_that_many_documents_in_its_steps(tmp_path):
   """demo.py:top4's curriculum: its LM phase routes 1 document first, then 4. Up to the switch
