@@ -223,15 +223,20 @@ def test_demo_answer_attention_adds_the_answer_tokens_memory_attention_loss():
   assert c.data == demo.get_config(base).data
 
 
-def test_demo_top4_recipe_is_t18():
-  """demo.py:top4_recipe (run T18) is its five variants with the identifier after the fact
-  and 16,000 training documents; nothing else changes."""
+def test_demo_top4_recipe_is_t21():
+  """demo.py:top4_recipe (run T21) is its five variants with the identifier after the fact,
+  16,000 training documents and the phase routing 1 document 1.5x as long; nothing else
+  changes."""
   c = demo.get_config("top4_recipe")
   parts = demo.get_config("top4,hardneg,long,answer_queries,answer_attention")
   assert c.data.id_after_fact and c.data.num_docs == 16000 and c.msa.top_k == 4
+  assert [(p["steps"], p.get("top_k")) for p in c.optim.phases] == [
+      (500, None), (3480, 1), (3480, 4)]
+  assert c.train.steps == sum(p["steps"] for p in c.optim.phases) == 7460
   parts.data.update(id_after_fact=True, num_docs=16000)
+  parts.optim.phases[1]["steps"] = 3480
+  parts.train.steps = 7460
   assert c.to_dict() == parts.to_dict()
-  assert c.train.steps == sum(p["steps"] for p in c.optim.phases) == 6300
 
 
 @pytest.mark.slow
