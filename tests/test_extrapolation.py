@@ -6,15 +6,16 @@ from msa_jax.evaluation import extrapolation
 
 
 @pytest.mark.parametrize("generated,kind", [
-    ((5, 1, 2, 6, 3), "right"),         # document 0's answer, asked about document 0
+    ((5, 1, 2, 6, 3), "right"),         # the expected answer (document 0's first fact)
+    ((5, 1, 4, 6, 3), "routed_other"),  # document 0's other fact: read, the wrong place
     ((5, 2, 1, 6, 3), "routed_other"),  # document 1's: routed with document 0
     ((5, 7, 7, 6, 3), "other_doc"),     # document 2's: in the memory, not routed
     ((5, 2, 2, 6, 3), "no_doc"),        # the right tokens in the wrong order: nobody's
     ((5, 1, 2, 6), "no_doc"),           # cut short
 ])
 def test_classify_answer_names_whose_answer_was_generated(generated, kind):
-  answers = {(5, 1, 2, 6, 3): 0, (5, 2, 1, 6, 3): 1, (5, 7, 7, 6, 3): 2}
-  assert extrapolation.classify_answer(generated, 0, {0, 1}, answers) == kind
+  answers = {(5, 1, 2, 6, 3): 0, (5, 1, 4, 6, 3): 0, (5, 2, 1, 6, 3): 1, (5, 7, 7, 6, 3): 2}
+  assert extrapolation.classify_answer(generated, [5, 1, 2, 6, 3], {0, 1}, answers) == kind
 
 
 def test_table_prints_the_wrong_answers_kinds_and_the_relative_loss():

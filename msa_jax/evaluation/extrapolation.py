@@ -12,10 +12,10 @@ greedily. Per size it reports
     a router layer's scores over the whole memory, averaged over the router layers;
   * answer accuracy: the generated answer (`[ d d d d ]`, the identifier, or whatever the
     model was trained to answer: `include_value` / `include_identifier`) is exact;
-  * what the wrong answers are (`classify_answer`): another routed document's answer (the
-    model copied from the wrong one of the documents it read), another document's of the
-    memory, or no document's (a garbled copy, e.g. the right digits in the wrong order); the
-    row keeps the counts and a few examples.
+  * what the wrong answers are (`classify_answer`): the answer to another question of a routed
+    document (the model copied from the wrong place among what it read), of another document
+    of the memory, or of no question (a garbled copy, e.g. the right digits in the wrong
+    order); the row keeps the counts and a few examples.
 
 With `global_positions` (the global-RoPE ablation), document m of the bank sits at positions
 h + m * L + 0..L-1 and the prompt continues after the whole bank, as in training with
@@ -59,20 +59,22 @@ class ExtrapolationRow:
   wrong_examples: tuple[dict[str, str], ...] = ()
 
 
-# What a generated answer is, for a question about document d: d's answer, the answer of another
-# document among those routed to it (any router layer's top_k), of another document of the
-# memory, or of no document of the memory.
+# What a generated answer is: the expected one; the answer to another question whose document
+# was routed to this one (any router layer's top_k: the model copied from the wrong place among
+# what it read); the answer to a question of another document of the memory; no question's.
 ANSWER_KINDS = ("right", "routed_other", "other_doc", "no_doc")
 MAX_EXAMPLES = 8
 
 
-def classify_answer(generated: Sequence[int], target_doc: int, routed_docs: Collection[int],
+def classify_answer(generated: Sequence[int], expected: Sequence[int],
+                    routed_docs: Collection[int],
                     answer_docs: Mapping[tuple[int, ...], int]) -> str:
-  """The `ANSWER_KINDS` entry of `generated` (token ids, compared whole) for a question about
-  `target_doc`; `answer_docs` maps each memory document's answer tokens to that document."""
-  doc = answer_docs.get(tuple(int(t) for t in generated))
-  if doc == target_doc:
+  """The `ANSWER_KINDS` entry of `generated` (token ids, compared whole) for a question whose
+  answer is `expected`; `answer_docs` maps each memory question's answer to its document."""
+  generated = tuple(int(t) for t in generated)
+  if generated == tuple(int(t) for t in expected):
     return "right"
+  doc = answer_docs.get(generated)
   if doc is None:
     return "no_doc"
   return "routed_other" if doc in routed_docs else "other_doc"
@@ -137,7 +139,7 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
   answer_len = len(corpus.answer_ids(0, **answer))
   sampling = SamplingConfig(temperature=0.0, max_new_tokens=answer_len,
                             stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
-  # Every memory document's answer, to tell what a wrong answer copied.
+  # Every memory question's answer, to tell what a wrong answer copied.
   in_memory = np.flatnonzero((corpus.key_doc >= first_doc)
                              & (corpus.key_doc < first_doc + num_docs))
   answer_docs = {tuple(corpus.answer_ids(int(q), **answer)): int(corpus.key_doc[q]) - first_doc
@@ -159,11 +161,11 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
       top = np.argsort(-scores, axis=1, kind="stable")[:, :msa.arch.top_k]
       for docs_of_q, row in zip(routed, top):
         docs_of_q.update(int(d) for d in row)
-    for row, q, own, docs_of_q in zip(tokens, qs, target, routed):
+    for row, q, docs_of_q in zip(tokens, qs, routed):
       want = corpus.answer_ids(int(q), **answer)
       got = [int(t) for t in row[:len(want)]]
-      kind = classify_answer(got, int(own), docs_of_q, answer_docs)
-      out.exact.append(got == want)
+      kind = classify_answer(got, want, docs_of_q, answer_docs)
+      out.exact.append(kind == "right")
       out.kinds.append(kind)
       if kind != "right":
         out.wrong.append(dict(question=tok.decode(corpus.question_ids(int(q))),
