@@ -102,11 +102,17 @@ def _ranks(doc_scores: np.ndarray, target: np.ndarray) -> np.ndarray:
   return (doc_scores >= own[:, None]).sum(1) - 1
 
 
+def _memory_questions(corpus: synthetic.SyntheticCorpus, first_doc: int,
+                      num_docs: int) -> np.ndarray:
+  """Every question about documents [first_doc, first_doc + num_docs)."""
+  return np.flatnonzero((corpus.key_doc >= first_doc) & (corpus.key_doc < first_doc + num_docs))
+
+
 def _questions(corpus: synthetic.SyntheticCorpus, first_doc: int, num_docs: int,
                limit: int) -> np.ndarray:
   """Up to `limit` questions about documents [first_doc, first_doc + num_docs), spread
   evenly."""
-  pool = np.flatnonzero((corpus.key_doc >= first_doc) & (corpus.key_doc < first_doc + num_docs))
+  pool = _memory_questions(corpus, first_doc, num_docs)
   if len(pool) <= limit:
     return pool
   return pool[np.linspace(0, len(pool) - 1, limit).round().astype(int)]
@@ -140,10 +146,8 @@ def evaluate_memory(cfg: ModelConfig, msa: MSAConfig, params, corpus: synthetic.
   sampling = SamplingConfig(temperature=0.0, max_new_tokens=answer_len,
                             stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
   # Every memory question's answer, to tell what a wrong answer copied.
-  in_memory = np.flatnonzero((corpus.key_doc >= first_doc)
-                             & (corpus.key_doc < first_doc + num_docs))
   answer_docs = {tuple(corpus.answer_ids(int(q), **answer)): int(corpus.key_doc[q]) - first_doc
-                 for q in in_memory}
+                 for q in _memory_questions(corpus, first_doc, num_docs)}
   out = MemoryAnswers()
   for lo in range(0, len(questions), batch_size):
     qs = questions[lo:lo + batch_size]
