@@ -130,6 +130,57 @@ def test_kernel_route_matches_training_and_xla(mode):
                              atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", MODES, ids=["-".join(m) for m in MODES])
+def test_automatic_tile_and_given_chunk_counts(mode):
+  """tile_chunks=None (`auto_tile_chunks`, here one tile: the bank is small) and the bank's own
+  chunk counts give the training path's routing; the counts change nothing (bitwise)."""
+  from msa_jax.memory.routing import route
+  bank = random_bank(12, RAGGED, dup=(2, 6))
+  questions = random_questions(12)
+  out = check_against_training(bank, questions, len(RAGGED), 4, mode, None)
+  h, q, c = mode
+  counted = route(*questions, *bank, len(RAGGED), top_k=4, scale=0.7, head_reduce=h,
+                  query_reduce=q, chunk_reduce=c,
+                  chunk_counts=np.bincount(bank[1], minlength=len(RAGGED)))
+  for field in out._fields:
+    np.testing.assert_array_equal(np.asarray(getattr(counted, field)),
+                                  np.asarray(getattr(out, field)))
+
+
+@pytest.mark.parametrize("mode", [("mean", "max", "mean"), ("max", "last", "max")],
+                         ids=["mean-max-mean", "max-last-max"])
+def test_automatic_tiles_split_the_bank_evenly(monkeypatch, mode):
+  """An automatic size of 8 chunks cuts a 31-chunk bank into 4 tiles of 8 (the last overlaps
+  the third by a chunk, which it drops): still the training path's routing."""
+  from msa_jax.memory import routing as bank_routing
+  monkeypatch.setattr(bank_routing, "MIN_TILE_CHUNKS", 1)
+  monkeypatch.setattr(bank_routing, "TILE_SCORE_BYTES", 4 * 12 * 8)
+  # 3 questions: head mean, 4 tokens -> 12 score columns; head max, "last" folded to 1 token,
+  # 4 heads -> 12 too. Keys: J = 2, D = 8, float32.
+  assert bank_routing.auto_tile_chunks(12, 2 * 8 * 4) == 8
+  docs = RAGGED + (3,)  # 31 chunks: a bank shape no other test compiles `route` for
+  check_against_training(random_bank(13, docs), random_questions(13), len(docs), 4, mode, None)
+
+
+def test_auto_tile_chunks():
+  """Powers of two sized by the tile's float32 scores (TILE_SCORE_BYTES) and keys
+  (TILE_KEY_BYTES), at least MIN_TILE_CHUNKS."""
+  from msa_jax.memory.routing import (MIN_TILE_CHUNKS, TILE_KEY_BYTES, TILE_SCORE_BYTES,
+                                      auto_tile_chunks)
+  row = 2 * 64 * 4  # J = 2, D = 64, float32 keys
+  for columns in (1, 3, 16, 100, 128, 1000, 10 ** 6):
+    tile = auto_tile_chunks(columns, row)
+    assert tile & (tile - 1) == 0 and tile >= MIN_TILE_CHUNKS
+    assert tile == MIN_TILE_CHUNKS or (tile * 4 * columns <= TILE_SCORE_BYTES
+                                       and tile * row <= TILE_KEY_BYTES)
+    assert tile == MIN_TILE_CHUNKS or 2 * tile * 4 * columns > TILE_SCORE_BYTES or (
+        2 * tile * row > TILE_KEY_BYTES)
+  # B questions of T = 16 routing tokens, head mean: one question reads 8 MiB of keys per tile,
+  # 8 questions write 2 MiB of scores.
+  assert auto_tile_chunks(16, row) == 16384 and auto_tile_chunks(8 * 16, row) == 4096
+  assert auto_tile_chunks(10 ** 6, row) == MIN_TILE_CHUNKS
+
+
 @pytest.mark.parametrize("kernel_impl", ["xla", "pallas", "auto"])
 def test_kernel_impl_picks_the_scorer(kernel_impl):
   """The compiled program holds a Pallas call iff the kernel was asked for ("auto" takes the
@@ -289,6 +340,8 @@ def test_bad_arguments_are_named():
     route(rq, mask, keys, chunk_doc, 2, top_k=0, scale=1.0)
   with pytest.raises(ValueError, match="tile_chunks=0"):
     route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, tile_chunks=0)
+  with pytest.raises(ValueError, match=r"chunk_counts.shape=\(3,\) must be \[num_docs\]=\(2,\)"):
+    route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, chunk_counts=np.ones(3, np.int32))
   with pytest.raises(ValueError, match="chunk_reduce='sum'"):
     route(rq, mask, keys, chunk_doc, 2, top_k=1, scale=1.0, chunk_reduce="sum")
   with pytest.raises(ValueError, match="kernel_impl='triton'"):
@@ -428,6 +481,12 @@ def _worker() -> None:
       result[f"{name}/straddle_error"] = ""
     except ValueError as e:
       result[f"{name}/straddle_error"] = str(e)
+    try:
+      route_sharded(mesh, rq, mask, *shard_bank(mesh, keys, chunk_doc, tile_chunks=2), num_docs,
+                    top_k=2, scale=1.0, tile_chunks=None)
+      result[f"{name}/no_tile_error"] = ""
+    except ValueError as e:
+      result[f"{name}/no_tile_error"] = str(e)
   print(json.dumps(result))
 
 
@@ -481,6 +540,15 @@ def test_route_sharded_a_bfloat16_bank_as_bits(worker_result, mesh):
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_route_sharded_rejects_straddling_documents(worker_result, mesh):
   assert "straddles the boundary of memory shards" in worker_result[f"{mesh}/straddle_error"]
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_route_sharded_needs_the_layout_tile(worker_result, mesh):
+  """No automatic tile across shards: the tiles must be the ones the bank was laid out with."""
+  assert "route_sharded needs tile_chunks=None replaced by the tile the bank was laid out" in (
+      worker_result[f"{mesh}/no_tile_error"])
 
 
 if __name__ == "__main__":

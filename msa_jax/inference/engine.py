@@ -213,17 +213,20 @@ class MSAEngine:
     dtype: compute dtype.
     mesh: a mesh with a `memory` axis to shard the routing keys over (Memory Parallel), or
       None (one device).
-    tile_chunks: routing tile size (chunks per step).
+    tile_chunks: routing tile size (chunks per step); None: `route`'s automatic tile on one
+      device, `DEFAULT_TILE_CHUNKS` with a mesh (the bank's shard layout unit).
     check_fingerprint: refuse a bank encoded with another model or config.
   """
 
   def __init__(self, config: ModelConfig, msa: MSAConfig, params, bank: MemoryBank, *,
-               dtype: Dtype = jnp.float32, mesh=None, tile_chunks: int = 512,
+               dtype: Dtype = jnp.float32, mesh=None, tile_chunks: int | None = None,
                check_fingerprint: bool = True):
     msa = inference_msa(msa)
     self.config, self.msa, self.params, self.bank = config, msa, params, bank
     self.dtype = jnp.dtype(dtype)
     self.mesh = mesh
+    if tile_chunks is None and mesh is not None:
+      tile_chunks = bank_routing.DEFAULT_TILE_CHUNKS
     self.tile_chunks = tile_chunks
     self.router_ids = msa.arch.router_layer_ids(config.num_layers)
     if check_fingerprint:
@@ -236,7 +239,7 @@ class MSAEngine:
       raise BankError(f"bank layers {list(bank.layer_ids)} != router layers "
                       f"{list(self.router_ids)}")
     self._keys = {}
-    self._chunk_doc = None
+    self._chunk_counts = None
     self.max_chunks = int(bank.chunk_counts.max()) if bank.num_docs else 0
 
   def _routing_keys(self, layer: int):
@@ -260,6 +263,8 @@ class MSAEngine:
       raise BankError(f"bank {self.bank.path} is empty: add documents before asking questions")
     keys, chunk_doc = self._routing_keys(layer)
     arch = self.msa.arch
+    if self._chunk_counts is None:
+      self._chunk_counts = jnp.asarray(self.bank.chunk_counts, jnp.int32)
     kw = dict(top_k=arch.top_k, scale=arch.routing_scale(self.config.head_dim),
               head_reduce=arch.head_reduce, query_reduce=arch.query_reduce,
               chunk_reduce=arch.chunk_reduce, tile_chunks=self.tile_chunks,
@@ -269,7 +274,8 @@ class MSAEngine:
     if self.mesh is not None:
       return bank_routing.route_sharded(self.mesh, rq, query_mask, keys, chunk_doc,
                                         self.bank.num_docs, **kw)
-    return bank_routing.route(rq, query_mask, keys, chunk_doc, self.bank.num_docs, **kw)
+    return bank_routing.route(rq, query_mask, keys, chunk_doc, self.bank.num_docs,
+                              chunk_counts=self._chunk_counts, **kw)
 
   def _gather(self, layer: int, result: bank_routing.RouteResult,
               keep_scores: bool = False) -> RoutedMemory:

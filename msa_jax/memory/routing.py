@@ -18,14 +18,25 @@ the bank (a memory-size sweep, or per-question exclusions) without re-laying it 
 document scores -inf, ranks below every unmasked one and never fills a valid slot, so the
 valid slots and document scores equal routing over the bank with those documents removed.
 
-A tile is scored by one GEMM (`pallas_kernels.routing_scores.xla`, the op's home): with
-head_reduce="mean" each kv group's R query heads are summed before the dot (the mean is
-linear), so the GEMM is [tile, J * D] x [J * D, B * T], R times fewer FLOPs than scoring every
-head; "max" keeps every head's dot (one GEMM per kv head). Scores equal the training path's up
-to float rounding (a few ulps: the summation order differs), so two documents whose scores
-differ by less than that could rank in the other order; documents with identical keys still
-tie exactly (their chunks go through the same GEMM) and ties go to the lower index. The GEMM's
-summation order may depend on its shape, so changing `tile_chunks` can move a score by an ulp.
+A tile is scored by one GEMM and one unmasked max (`pallas_kernels.routing_scores.xla`, the
+op's home): with head_reduce="mean" each kv group's R query heads are summed before the dot
+(the mean is linear), so the GEMM is [tile, J * D] x [J * D, B * T], R times fewer FLOPs than
+scoring every head; "max" keeps every head's dot (one GEMM per kv head). A query reduce that
+is exact on the queries ("last", and "mean" with the head mean) is done before the GEMM (T
+times fewer columns); for a query max the masked tokens' queries are copies of a valid one's,
+so no mask pass over the scores is needed. Scores equal the training path's up to float
+rounding (a few ulps: the summation order differs), so two documents whose scores differ by
+less than that could rank in the other order; documents with identical keys still tie exactly
+(their chunks go through the same GEMM) and ties go to the lower index. The GEMM's summation
+order may depend on its shape, so changing `tile_chunks` can move a score by an ulp.
+
+The tile (`tile_chunks=None`, the default) is sized by what one step writes and reads
+(`auto_tile_chunks`: ~2 MiB of float32 scores, at most 8 MiB of keys; B = 1: 16,384 chunks,
+B = 8: 4,096 at the benchmark's sizes), and the bank is cut into equal tiles of at most that
+(ceil(C / size) of them, so the last one does not overlap the one before by up to a whole
+tile): a small batch streams the bank in a few large steps and a large one keeps its scores
+in cache. A caller holding the bank's chunk counts (the engine:
+`MemoryBank.chunk_counts`) passes them as `chunk_counts` and saves a pass over `chunk_doc`.
 
 `kernel_impl` ("auto" | "xla" | "pallas", as `MSARuntime.kernel_impl`) picks the scorer:
 "pallas" (or "auto" on a GPU, for a head dim the kernel takes: a power of two >= 16) scores
@@ -58,6 +69,7 @@ J kv heads, R = H / J, D head dim, C chunks, M (here `num_docs`) documents, K se
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -67,12 +79,34 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import pallas_kernels
 from pallas_kernels.routing_scores.kernel import routing_doc_scores
-from pallas_kernels.routing_scores.xla import check_inputs, query_operand, tile_chunk_scores
+from pallas_kernels.routing_scores.xla import (check_inputs, query_operand, score_columns,
+                                               tile_chunk_scores)
 
 NEG_INF = float("-inf")
 KERNEL_IMPLS = ("auto", "xla", "pallas")
 BITS = jnp.dtype(jnp.uint16)  # a 16-bit float bank given as its bit patterns (`host_keys`)
-DEFAULT_TILE_CHUNKS = 2048  # the fastest of 512..8192 on CPU at 1M-10M tokens (B = 1, 8)
+DEFAULT_TILE_CHUNKS = 2048  # Memory Parallel's tile (and shard length unit) by default
+TILE_SCORE_BYTES = 2 << 20  # `auto_tile_chunks`: float32 scores one tile's GEMM writes
+TILE_KEY_BYTES = 8 << 20  # ... and the keys one tile reads
+MIN_TILE_CHUNKS = 256
+
+
+def auto_tile_chunks(score_columns: int, key_row_bytes: int) -> int:
+  """The largest tile `route` uses when `tile_chunks` is None: the largest power of two of
+  chunks whose float32 scores (`score_columns` per chunk) fit TILE_SCORE_BYTES and whose keys
+  (`key_row_bytes` per chunk) fit TILE_KEY_BYTES, at least MIN_TILE_CHUNKS (`route` then cuts
+  the bank into equal tiles of at most this).
+
+  Few, large steps; a step's keys (copied out of the bank by the tile's slice) and scores (if
+  XLA writes them: XLA:CPU fuses the unmasked query max into the GEMM) stay in cache. On this
+  project's 2-core CPU (jax 0.10, 2026-12-05, routing one router layer of 1M-10M tokens, T =
+  16, J * D = 128, float32, in one process): B = 1 (16 score columns, keys-bound: 16,384
+  chunks) was the fastest of 4,096-32,768 tiles or level with them; B = 8 (128 columns: 4,096)
+  level with 2,048 and ahead of 1,024 and 8,192-16,384 at 10M tokens.
+  """
+  tile = min(TILE_SCORE_BYTES // (4 * max(score_columns, 1)),
+             TILE_KEY_BYTES // max(key_row_bytes, 1))
+  return max(MIN_TILE_CHUNKS, 1 << max(tile, 1).bit_length() - 1)
 
 
 class RouteResult(NamedTuple):
@@ -100,9 +134,12 @@ def _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, h
                chunk_doc, num_docs, scale, head_reduce, query_reduce, chunk_reduce)
   if kernel_impl not in KERNEL_IMPLS:
     raise ValueError(f"kernel_impl={kernel_impl!r}; expected one of {KERNEL_IMPLS}")
-  for name, value in (("top_k", top_k), ("tile_chunks", tile_chunks)):
+  for name, value, auto in (("top_k", top_k, False), ("tile_chunks", tile_chunks, True)):
+    if auto and value is None:
+      continue
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f"{name}={value!r} must be a static int >= 1")
+      raise ValueError(f"{name}={value!r} must be a static int >= 1"
+                       f"{' (or None: automatic)' if auto else ''}")
   if doc_mask is not None and (jnp.dtype(doc_mask.dtype) != jnp.bool_ or doc_mask.shape not in (
       (num_docs,), (rq.shape[0], num_docs))):
     raise ValueError(f"doc_mask must be bool [{num_docs}] or [{rq.shape[0]}, {num_docs}] "
@@ -126,18 +163,23 @@ def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_re
   scatter to index M, out of bounds, which the scatter ignores.
   """
   c = keys.shape[0]
-  tile = min(tile_chunks, c)
+  dtype = _key_dtype(rq, keys)
+  q = query_operand(rq, query_mask, keys.shape[1], scale=scale, head_reduce=head_reduce,
+                    query_reduce=query_reduce, dtype=dtype)
+  if tile_chunks is None:  # the bank in equal tiles of at most the automatic size
+    target = auto_tile_chunks(score_columns(q), math.prod(keys.shape[1:]) * dtype.itemsize)
+    tile = -(-c // -(-c // target))
+  else:
+    tile = min(tile_chunks, c)
   num_tiles = -(-c // tile)
   b = rq.shape[0]
   chunk_doc = chunk_doc.astype(jnp.int32)
   init = jnp.full((b, num_docs), NEG_INF if chunk_reduce == "max" else 0.0, jnp.float32)
-  dtype = _key_dtype(rq, keys)
   # A 16-bit bank is sliced as bits: XLA:CPU (jax 0.10) otherwise converts the whole bank to
   # float32 before the loop (each tile back after), which made bfloat16 routing 4.8x slower.
   # The bitcast here still copies the bank once per call; `host_keys` banks skip that.
   bits = keys if keys.dtype == BITS or dtype.itemsize != 2 else jax.lax.bitcast_convert_type(
       keys, BITS)
-  q = query_operand(rq, keys.shape[1], scale=scale, head_reduce=head_reduce, dtype=dtype)
 
   def body(i, acc):
     nominal = i * tile
@@ -147,8 +189,7 @@ def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_re
     doc = jax.lax.dynamic_slice_in_dim(chunk_doc, start, tile, axis=0)
     fresh = start + jnp.arange(tile) >= nominal
     seg = jnp.where(fresh & (doc >= 0) & (doc < num_docs), doc, num_docs)
-    s = tile_chunk_scores(q, query_mask, k, scale=scale, head_reduce=head_reduce,
-                          query_reduce=query_reduce)
+    s = tile_chunk_scores(q, k, scale=scale, head_reduce=head_reduce)
     if chunk_reduce == "max":
       return acc.at[:, seg].max(s, mode="drop")
     return acc.at[:, seg].add(s, mode="drop")
@@ -188,9 +229,11 @@ def _finish_docs(acc: jax.Array, count: jax.Array, chunk_reduce: str) -> jax.Arr
 
 
 def _bank_doc_scores(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_reduce,
-                     query_reduce, chunk_reduce, tile_chunks, kernel_impl):
-  """(document scores [B, M], chunks per document [M]) of a (local) bank, either scorer."""
-  count = _chunk_counts(chunk_doc, num_docs)
+                     query_reduce, chunk_reduce, tile_chunks, kernel_impl, count=None):
+  """(document scores [B, M], chunks per document [M]) of a (local) bank, either scorer;
+  `count` is computed from chunk_doc when None."""
+  if count is None:
+    count = _chunk_counts(chunk_doc, num_docs)
   if pallas_kernels.resolves_to_pallas(kernel_impl, rq.shape[-1]):
     if keys.dtype == BITS:
       keys = jax.lax.bitcast_convert_type(keys, rq.dtype)
@@ -236,8 +279,9 @@ def _top_k(doc_scores: jax.Array, owned: jax.Array, k: int):
 def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.Array,
           num_docs: int, *, top_k: int, scale: float, head_reduce: str = "mean",
           query_reduce: str = "max", chunk_reduce: str = "max",
-          tile_chunks: int = DEFAULT_TILE_CHUNKS, kernel_impl: str = "xla",
-          doc_mask: jax.Array | None = None) -> RouteResult:
+          tile_chunks: int | None = None, kernel_impl: str = "xla",
+          doc_mask: jax.Array | None = None,
+          chunk_counts: jax.Array | None = None) -> RouteResult:
   """Routes B questions against a whole bank of one router layer (single device).
 
   Args:
@@ -252,11 +296,15 @@ def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.
     head_reduce: "mean" | "max" over the H heads.
     query_reduce: "max" | "mean" | "last" over the routing-query tokens.
     chunk_reduce: "max" | "mean" over a document's chunks.
-    tile_chunks: chunks scored per step; peak memory grows with it, not with C.
+    tile_chunks: chunks scored per step; peak memory grows with it, not with C. None: the
+      bank in equal steps of at most `auto_tile_chunks` chunks (~2 MiB of scores each).
     kernel_impl: "xla" (tiled GEMMs), "pallas" (the routing-score kernel; interpret mode
       without a GPU) or "auto" (the kernel on a GPU); see the module docstring.
     doc_mask: [M] or [B, M] bool, the documents each question may select (None: all). A
       masked document's score is -inf and it never fills a valid slot.
+    chunk_counts: [M] int, the number of chunks of each document in chunk_doc (a bank's
+      `MemoryBank.chunk_counts`), or None to count them here (a scatter over all C ids per
+      call: ~5 % of routing one question against 10M tokens on CPU). Not checked.
 
   Returns:
     A `RouteResult`; equal to `routing.select_top_k(routing.doc_scores(routing.chunk_scores(
@@ -265,10 +313,14 @@ def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.
   """
   _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
                     query_reduce, chunk_reduce, tile_chunks, kernel_impl, doc_mask)
+  if chunk_counts is not None and chunk_counts.shape != (num_docs,):
+    raise ValueError(f"chunk_counts.shape={tuple(chunk_counts.shape)} must be [num_docs]="
+                     f"{(num_docs,)}")
   doc_scores, count = _bank_doc_scores(
       rq, query_mask, keys, chunk_doc, num_docs, scale=scale, head_reduce=head_reduce,
       query_reduce=query_reduce, chunk_reduce=chunk_reduce, tile_chunks=tile_chunks,
-      kernel_impl=kernel_impl)
+      kernel_impl=kernel_impl, count=None if chunk_counts is None else chunk_counts.astype(
+          jnp.int32))
   k = min(top_k, num_docs)
   allowed = _allowed(doc_mask, rq.shape[0], num_docs)
   doc_scores = jnp.where(allowed, doc_scores, NEG_INF)
@@ -401,6 +453,9 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
   """
   _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
                     query_reduce, chunk_reduce, tile_chunks, kernel_impl, doc_mask)
+  if tile_chunks is None:
+    raise ValueError("route_sharded needs tile_chunks=None replaced by the tile the bank was "
+                     "laid out with (shard_bank / layout_bank; DEFAULT_TILE_CHUNKS by default)")
   _check_axis(mesh, axis_name)
   shards = mesh.shape[axis_name]
   if keys.shape[0] % shards:

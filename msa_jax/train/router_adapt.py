@@ -113,18 +113,10 @@ def chunk_scores(p: dict, q_states: jax.Array, q_mask: jax.Array, chunks: jax.Ar
   rq = routing_queries(p, q_states, msa)
   keys = routing_keys(p, chunks, msa)
   scale = msa.routing_scale(head_dim)
-  if msa.head_reduce == "mean" and msa.query_reduce == "mean":  # linear: reduce queries first
-    b, t, h, d = rq.shape
-    j = keys.shape[-2]
-    m = q_mask[..., None, None]
-    mean_q = jnp.where(m, rq, 0).sum(1) / jnp.maximum(q_mask.sum(1), 1)[:, None, None]
-    s = jnp.einsum("BJRD,CJD->BCJR", mean_q.reshape(b, j, h // j, d), keys) * scale
-    return s.reshape(s.shape[:2] + (h,)).mean(-1)
-  q = bank_routing.query_operand(rq, keys.shape[-2], scale=scale, head_reduce=msa.head_reduce,
+  q = bank_routing.query_operand(rq, q_mask, keys.shape[-2], scale=scale,
+                                 head_reduce=msa.head_reduce, query_reduce=msa.query_reduce,
                                  dtype=keys.dtype)
-  return bank_routing.tile_chunk_scores(q, q_mask, keys, scale=scale,
-                                        head_reduce=msa.head_reduce,
-                                        query_reduce=msa.query_reduce)
+  return bank_routing.tile_chunk_scores(q, keys, scale=scale, head_reduce=msa.head_reduce)
 
 
 def doc_scores(p: dict, q_states, q_mask, doc_chunks, chunk_mask, msa: MSAArch,

@@ -21,9 +21,12 @@ How:
   same shape `msa_jax.memory.routing` gives XLA), which keeps a [rows, D] slice of q and
   a [block_c, D] slice of keys live rather than J*D-wide operands. Head max does the H dots
   and a running max (exact: the max is not linear).
-* The query reduce (max | mean | last) is fused: the wrapper turns q_mask into per-row weights
-  (mask, 1/count, or one-hot at the last valid token), the kernel reduces the rows of each
-  question. Padding chunks (chunk_doc < 0) and the ragged tail (c >= C, read with masked
+* The query reduce (max | mean | last): where it is exact the wrapper does it on the queries
+  first (`xla.fold_query_reduce`: "last" picks the last valid token, "mean" with the head mean
+  averages the valid tokens' queries), leaving one row per question, T times fewer rows and
+  row blocks (so fewer passes over the bank for a large batch). Otherwise it is fused: the
+  wrapper turns q_mask into per-row weights (mask, or 1/count), the kernel reduces the rows
+  of each question. Padding chunks (chunk_doc < 0) and the ragged tail (c >= C, read with masked
   loads) score -inf.
 * The chunk -> document reduction is NOT fused: it is a segment max/mean (XLA scatter) after
   the kernel on the [B, C] float32 chunk scores, which are J*D*itemsize/4 times smaller than
@@ -76,7 +79,8 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels import _common
 from pallas_kernels.routing_scores.reference import routing_chunk_scores_reference
-from pallas_kernels.routing_scores.xla import NEG_INF, check_inputs, chunks_to_docs
+from pallas_kernels.routing_scores.xla import (NEG_INF, check_inputs, chunks_to_docs,
+                                               fold_query_reduce)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +240,7 @@ _scores.defvjp(_scores_fwd, _scores_bwd)
 def _forward(q, q_mask, keys, chunk_doc, *, scale: float, head_reduce: str, query_reduce: str,
              block: RoutingBlockSizes, interpret: bool, debug: bool) -> jax.Array:
   """The `pallas_call` of `routing_chunk_scores` (inputs checked)."""
+  q, q_mask, query_reduce = fold_query_reduce(q, q_mask, head_reduce, query_reduce)
   b, t, h, d = q.shape
   c, j, _ = keys.shape
   segment, splits, rows, s_pad = _layout(b, t, block)
