@@ -9,9 +9,12 @@ then runs. The worker imports numpy only, and answers one JSON request per line:
 
   {"op": "load", "a": PATH, "b": PATH}  a [M, K] and b [N, K] from .npy files (mmap'd, then
                                          copied into memory); the problem becomes a @ b.T
-  {"op": "time"}                         one a @ b.T and one b @ a.T (the same work, the other
-                                         orientation); answers {"s": the faster's seconds,
-                                         "cpu": the faster's process CPU seconds}
+  {"op": "time", "repeat": R, "warm_s": W}
+                                         a @ b.T and b @ a.T (the same work, the other
+                                         orientation), each the median of R (default 1)
+                                         back-to-back calls after running it untimed for W
+                                         seconds (default 0: once); answers {"s": the faster's
+                                         seconds, "cpu": the faster's process CPU seconds}
   {"op": "peak", "n": N, "iters": I}     best GFLOP/s of I N x N x N sgemms
   {"op": "info"}                         {"numpy", "blas", "coretype"}
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +64,22 @@ def sgemm_gflops(n: int, iters: int) -> float:
   return 2 * n ** 3 / min(times) / 1e9
 
 
+def _timed(x: np.ndarray, y: np.ndarray, repeat: int, warm_s: float) -> tuple[float, float]:
+  """(wall, process CPU) seconds of x @ y.T: medians of `repeat` back-to-back calls after
+  running it untimed for `warm_s` seconds (at least once)."""
+  end = time.perf_counter() + warm_s
+  x @ y.T
+  while time.perf_counter() < end:
+    x @ y.T
+  wall, cpu = [], []
+  for _ in range(repeat):
+    t0, c0 = time.perf_counter(), time.process_time()
+    x @ y.T
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  return statistics.median(wall), statistics.median(cpu)
+
+
 def _serve() -> None:
   a = b = None
   for line in sys.stdin:
@@ -70,12 +90,9 @@ def _serve() -> None:
       b = np.array(np.load(req["b"], mmap_mode="r"))
       out = {"shape": [a.shape[0], a.shape[1], b.shape[0]]}
     elif op == "time":
-      t0, c0 = time.perf_counter(), time.process_time()
-      a @ b.T
-      t1, c1 = time.perf_counter(), time.process_time()
-      b @ a.T
-      t2, c2 = time.perf_counter(), time.process_time()
-      out = {"s": min(t1 - t0, t2 - t1), "cpu": min(c1 - c0, c2 - c1)}
+      runs = [_timed(x, y, req.get("repeat", 1), req.get("warm_s", 0.0))
+              for x, y in ((a, b), (b, a))]
+      out = {"s": min(r[0] for r in runs), "cpu": min(r[1] for r in runs)}
     elif op == "peak":
       out = {"gflops": sgemm_gflops(req["n"], req["iters"])}
     elif op == "info":

@@ -3,14 +3,21 @@
 The bank is one router layer at the sizes of `msa_jax.inference.routing_benchmark`: random
 L2-normalised float32 keys [C, J=2, D=64] of chunks of P=64 tokens in 512-token documents, B
 questions of T=16 routing tokens with H=4 heads, head mean / query max / chunk max, top 16.
-Ours is the whole jitted `route` (scores, per-document max, top-k). The baseline is the GEMM
-that scoring needs at the least: the head-summed queries [B * T, J * D] times the same keys
-[C, J * D] transposed, twice: in numpy (`blas.Worker`: a process with the host's native
-OpenBLAS kernel; the faster of the two orientations, [B * T, J * D] x [J * D, C] and
-[C, J * D] x [J * D, B * T]: on one core the second is ~2x faster at B = 1), and as one XLA
-dot over the whole bank in this process (keys [C, J * D] x [J * D, B * T], the orientation
-`route` uses; it writes all C * B * T scores, which `route`'s tiles never hold). Each case gives two rows, one per baseline. The three are timed in
-interleaved repeats after a warm-up each; `flops` is that GEMM's 2 * B * T * J * D * C.
+Ours is the whole jitted `route` (scores, per-document max, top-k), with the bank as the
+engine holds it (keys, chunk_doc and the chunk counts resident; the automatic tile). The
+baseline is the GEMM that scoring needs at the least: the head-summed queries [B * T, J * D]
+times the same keys [C, J * D] transposed, twice: in numpy (`blas.Worker`: a process with the
+host's native OpenBLAS kernel; the faster of the two orientations, [B * T, J * D] x
+[J * D, C] and [C, J * D] x [J * D, B * T]: on one core the second is ~2x faster at B = 1),
+and as one XLA dot over the whole bank in this process (keys [C, J * D] x [J * D, B * T], the
+orientation `route` uses; it writes all C * B * T scores, which `route`'s tiles never hold).
+Each case gives two rows, one per baseline; `flops` is that GEMM's 2 * B * T * J * D * C.
+
+Timing: each side's steady state (the median of `REPEAT` back-to-back calls after running it
+untimed for `warm_s` = 0.2 s: threads awake, operands in cache, as a server routing question
+after question), the three sides interleaved `iters` times, medians. The warm-up outlasts the
+~0.1 s OpenBLAS' threads spin after a call, which took a core from the XLA side timed next
+(and a pause instead left XLA's threads parked: both slowed route ~2x at 1M tokens).
 
 On a loaded machine numpy's threaded OpenBLAS slows down far more than XLA (its 2 threads wait
 on each other), so the numpy ratio then flatters us; the XLA GEMM, run by the same runtime on
@@ -22,18 +29,37 @@ stage alone on one core:
 which re-runs itself pinned to one CPU with XLA and OpenBLAS single-threaded and compares
 process CPU seconds (medians) instead of wall time: the work each side does per core.
 
-Where `route`'s time goes beyond the GEMM (issue 17's 1.2x target; 2026-12-03, jax 0.10,
-1M tokens, one core, CPU ms, medians of 41 interleaved repeats): B = 8: whole-bank XLA GEMM
-8.24, the same GEMM in `route`'s tiles of 2048 chunks 8.44 (1.02x), plus the masked query max
-over the T routing tokens 10.39 (1.26x; unmasked 9.23), `route` 10.83 (1.31x); B = 1: 1.79 and
-2.02 (1.13x). The loop and the per-document scatter cost little; the query reduction is a
-second pass over the [tile, B * T] scores that XLA:CPU does not fuse into the dot, and no
-layout tried removed it (scores [B * T, tile] with a max over rows; query rows ordered
-(t, b); tiles of 256-8192). In wall time (2 threads) a 2048-chunk tile is too small for both
-cores at B = 1 (10M tokens: 1.42-1.58x); one GEMM over the whole bank with the query max,
-a sorted segment max and top-k is 1.19x there but 1.39x at B = 8 (its [C, B * T] scores
-leave the cache) and holds scores the size of the bank. Reaching 1.2x everywhere needs the
-query max fused into the GEMM (a CPU kernel; the Pallas kernel does it on GPU).
+Issue 17's target is `route` within 1.2x of its GEMM. 2026-12-05, jax 0.10.2, a 2-core AMD
+EPYC VM (Zen 4, AVX-512; OpenBLAS runs its SkylakeX kernel), ratios ours / numpy and ours /
+XLA GEMM, the range over separate runs (3 in wall time, 2 on one core):
+
+| case | wall, 2 threads | one core, CPU s |
+| --- | --- | --- |
+| 1M tokens B=1 | 0.95-1.08 / 1.16-1.34 | 0.71-0.80 / 0.90-1.50 |
+| 1M tokens B=8 | 1.11-1.26 / 1.18-1.28 | 0.93-0.94 / 0.99-1.00 |
+| 10M tokens B=1 | 0.80-0.94 / 1.08-1.20 | 0.72-0.73 / 0.96-0.97 |
+| 10M tokens B=8 | 0.82-0.85 / 0.59-0.61 | 0.79-0.81 / 0.56-0.57 |
+
+The same code before this change, timed in one process beside it (steady state, 25
+interleaved repeats, the XLA side only; identical selections and scores): 1M tokens B=1
+1.16-1.25 -> 0.52-0.53 ms, B=8 3.78-4.09 -> 3.59-3.74; 10M tokens B=1 8.3-8.9 -> 7.6-8.1,
+B=8 34.9-36.4 -> 32.5-33.4 (the whole-bank XLA GEMM: 0.46-0.48 / 3.0-3.2 / 7.0-7.4 /
+53-54). What did it: the query max needs no mask (masked tokens' queries are copies of a
+valid one's), which also lets XLA:CPU fuse the max into the GEMM (one YNNPACK fusion per tile:
+the [tile, B * T] scores are never written); tiles sized by what a step writes and reads
+(`routing.auto_tile_chunks`: at most 16,384 chunks at B = 1, 4,096 at B = 8, against 2,048
+before; the bank in equal tiles, 5-9 % faster than a clamped last tile);
+the chunk counts passed in (a scatter over C ids, ~5 % at 10M tokens B = 1). Before it, the
+wall-time ratios to numpy had been 1.4-2.4 at 1M-10M tokens; much of that was the measurement
+(numpy's spinning threads, see Timing).
+
+What is left, at 1M tokens in wall time: ~0.1 ms of per-document scatter and top-k around a
+0.4-0.5 ms GEMM at B = 1; at B = 8 the keys tile each step copies out of the bank (a dynamic
+slice, 2 MiB) and the scatter. Tried without a robust gain: the whole bank as one tile (no
+slice copies; the fused max keeps temporaries at 1.8 MiB for 10M tokens; at B = 1 level with
+or faster than 16,384-chunk tiles, at B >= 2 slower, as XLA's whole-bank GEMM is slower than
+its tiles: 53 ms against route's 33 at 10M tokens B = 8), XLA flags (YNNPACK off, XNNPACK,
+oneDNN, 512-bit vectors), a host callback to numpy per tile.
 """
 
 from __future__ import annotations
@@ -57,8 +83,11 @@ from msa_jax.benchmarks.blas import Worker
 from msa_jax.memory import routing
 
 T, H, J, D, P, DOC_TOKENS, TOP_K = 16, 4, 2, 64, 64, 512, 16
-FULL = dict(tokens=(1_000_000, 10_000_000), batches=(1, 8), iters=11)
-QUICK = dict(tokens=(65_536,), batches=(1, 8), iters=3)
+# warm_s: each side runs untimed this long before its timed calls; longer than OpenBLAS' threads
+# spin after a call (~0.1 s of a core here), which took a core from the XLA side timed next.
+FULL = dict(tokens=(1_000_000, 10_000_000), batches=(1, 8), iters=11, warm_s=0.2)
+QUICK = dict(tokens=(65_536,), batches=(1, 8), iters=3, warm_s=0.01)
+REPEAT = 5  # timed back-to-back calls per side and iteration (`_time_warm`)
 
 
 def make_bank(tokens: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
@@ -84,16 +113,29 @@ def _xla_gemm(keys: jax.Array, qbar: jax.Array) -> jax.Array:
                              preferred_element_type=jnp.float32)
 
 
-def _time_once(fn, *args, clock=time.perf_counter) -> float:
-  t0 = clock()
+def _time_warm(fn, *args, warm_s: float, clock=time.perf_counter,
+               repeat: int = REPEAT) -> float:
+  """Median seconds of `repeat` back-to-back calls of `fn` after running it untimed for
+  `warm_s` seconds (at least once), as the worker times numpy: each side in its steady state
+  (threads awake, operands in cache, the other side's threads idle), the regime of a server
+  routing question after question."""
+  end = time.perf_counter() + warm_s
   jax.block_until_ready(fn(*args))
-  return clock() - t0
+  while time.perf_counter() < end:
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeat):
+    t0 = clock()
+    jax.block_until_ready(fn(*args))
+    times.append(clock() - t0)
+  return statistics.median(times)
 
 
-def run(quick: bool, tile_chunks: int = routing.DEFAULT_TILE_CHUNKS,
+def run(quick: bool, tile_chunks: int | None = None,
         cpu_time: bool = False) -> list[dict]:
-  """Two rows per (bank size, batch): route vs the numpy GEMM, and vs the XLA GEMM (medians of
-  interleaved repeats); wall seconds, or process CPU seconds with `cpu_time`."""
+  """Two rows per (bank size, batch): route vs the numpy GEMM, and vs the XLA GEMM (medians over
+  `iters` interleaved repeats of each side's steady-state time); wall seconds, or process CPU
+  seconds with `cpu_time`."""
   clock = time.process_time if cpu_time else time.perf_counter
   key = "cpu" if cpu_time else "s"
   sizes = QUICK if quick else FULL
@@ -104,25 +146,25 @@ def run(quick: bool, tile_chunks: int = routing.DEFAULT_TILE_CHUNKS,
       keys, chunk_doc, num_docs = make_bank(tokens)
       c = keys.shape[0]
       np.save(os.path.join(tmp, "b.npy"), keys.reshape(c, J * D))
-      dev_keys, dev_doc = jax.device_put(keys), jax.device_put(chunk_doc)
+      # The bank as the engine holds it: keys, chunk_doc and chunk counts resident.
+      bank = (jax.device_put(keys), jax.device_put(chunk_doc),
+              jax.device_put(np.bincount(chunk_doc, minlength=num_docs).astype(np.int32)))
       dev_flat = jax.device_put(keys.reshape(c, J * D))
-      fn = jax.jit(lambda rq, m, k, d, num_docs=num_docs: routing.route(
-          rq, m, k, d, num_docs, top_k=TOP_K, scale=1.0, tile_chunks=tile_chunks))
+      fn = jax.jit(lambda rq, m, k, d, n, num_docs=num_docs: routing.route(
+          rq, m, k, d, num_docs, top_k=TOP_K, scale=1.0, tile_chunks=tile_chunks,
+          chunk_counts=n))
       for b in sizes["batches"]:
         rq, mask = make_questions(b)
         qbar = rq.reshape(b, T, J, H // J, D).sum(axis=3) / H
         np.save(os.path.join(tmp, "a.npy"), qbar.reshape(b * T, J * D))
         blas.call("load", a=os.path.join(tmp, "a.npy"), b=os.path.join(tmp, "b.npy"))
-        args = (jax.device_put(rq), jax.device_put(mask), dev_keys, dev_doc)
+        args = (jax.device_put(rq), jax.device_put(mask), *bank)
         gemm_args = (dev_flat, jax.device_put(qbar.reshape(b * T, J * D)))
-        _time_once(fn, *args)
-        _time_once(_xla_gemm, *gemm_args)
-        blas.call("time")
         ours, base, xla = [], [], []
         for _ in range(sizes["iters"]):
-          ours.append(_time_once(fn, *args, clock=clock))
-          base.append(blas.call("time")[key])
-          xla.append(_time_once(_xla_gemm, *gemm_args, clock=clock))
+          ours.append(_time_warm(fn, *args, warm_s=sizes["warm_s"], clock=clock))
+          base.append(blas.call("time", repeat=REPEAT, warm_s=sizes["warm_s"])[key])
+          xla.append(_time_warm(_xla_gemm, *gemm_args, warm_s=sizes["warm_s"], clock=clock))
         row = dict(stage="routing", case=f"{tokens / 1e6:g}M tokens B={b}",
                    ours_s=statistics.median(ours), flops=2.0 * b * T * J * D * c)
         rows.append(dict(row, baseline=f"numpy sgemm ({core})",
