@@ -149,15 +149,12 @@ def _routing_kernel(q_ref, w_ref, keys_ref, doc_ref, out_ref, *, num_chunks: int
 
 
 def _row_weights(q_mask: jax.Array, query_reduce: str) -> jax.Array:
-  """[B, T] f32 weights that turn the fused row reduction into the query reduce."""
+  """[B, T] f32 weights that turn the fused row reduction into the query reduce ("max" or
+  "mean"; "last" is folded into the queries before)."""
   m = q_mask.astype(jnp.float32)
   if query_reduce == "max":
     return m
-  if query_reduce == "mean":
-    return m / jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
-  t = q_mask.shape[1]
-  last = jnp.max(jnp.where(q_mask, jnp.arange(t), -1), axis=1)
-  return (jnp.arange(t)[None, :] == last[:, None]).astype(jnp.float32)
+  return m / jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
 
 
 def _layout(b: int, t: int, block: RoutingBlockSizes) -> tuple[int, int, int, int]:
@@ -284,10 +281,7 @@ def _forward(q, q_mask, keys, chunk_doc, *, scale: float, head_reduce: str, quer
   chunk_scores = out[:b * splits, :c].reshape(b, splits, c)
   # A question's segments: the max of their maxima, or the sum of their weighted sums (padding
   # chunks are -inf in every segment, so in the sum too).
-  chunk_scores = chunk_scores.max(axis=1) if query_reduce == "max" else chunk_scores.sum(axis=1)
-  if query_reduce == "last":  # a question with no valid token: -inf, as in the reference
-    chunk_scores = jnp.where(q_mask.any(axis=1)[:, None], chunk_scores, NEG_INF)
-  return chunk_scores
+  return chunk_scores.max(axis=1) if query_reduce == "max" else chunk_scores.sum(axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=(
