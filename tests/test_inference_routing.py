@@ -542,12 +542,11 @@ def test_route_sharded_rejects_straddling_documents(worker_result, mesh):
   assert "straddles the boundary of memory shards" in worker_result[f"{mesh}/straddle_error"]
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_route_sharded_needs_the_layout_tile(worker_result, mesh):
   """No automatic tile across shards: the tiles must be the ones the bank was laid out with."""
-  assert "route_sharded needs tile_chunks=None replaced by the tile the bank was laid out" in (
+  assert "tile_chunks=None: route_sharded needs the tile its bank was laid out with" in (
       worker_result[f"{mesh}/no_tile_error"])
 
 

@@ -454,8 +454,8 @@ def route_sharded(mesh: Mesh, rq: jax.Array, query_mask: jax.Array, keys: jax.Ar
   _check_route_args(rq, query_mask, keys, chunk_doc, num_docs, top_k, scale, head_reduce,
                     query_reduce, chunk_reduce, tile_chunks, kernel_impl, doc_mask)
   if tile_chunks is None:
-    raise ValueError("route_sharded needs tile_chunks=None replaced by the tile the bank was "
-                     "laid out with (shard_bank / layout_bank; DEFAULT_TILE_CHUNKS by default)")
+    raise ValueError("tile_chunks=None: route_sharded needs the tile its bank was laid out "
+                     "with (shard_bank / layout_bank; DEFAULT_TILE_CHUNKS by default)")
   _check_axis(mesh, axis_name)
   shards = mesh.shape[axis_name]
   if keys.shape[0] % shards:
