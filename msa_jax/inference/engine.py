@@ -239,8 +239,9 @@ class MSAEngine:
       raise BankError(f"bank layers {list(bank.layer_ids)} != router layers "
                       f"{list(self.router_ids)}")
     self._keys = {}
-    self._chunk_counts = None
-    self.max_chunks = int(bank.chunk_counts.max()) if bank.num_docs else 0
+    counts = bank.chunk_counts
+    self._chunk_counts = jnp.asarray(counts, jnp.int32)  # `route` skips counting chunk_doc
+    self.max_chunks = int(counts.max()) if bank.num_docs else 0
 
   def _routing_keys(self, layer: int):
     """Device-resident routing keys (sharded over `memory` with a mesh) and chunk_doc."""
@@ -263,8 +264,6 @@ class MSAEngine:
       raise BankError(f"bank {self.bank.path} is empty: add documents before asking questions")
     keys, chunk_doc = self._routing_keys(layer)
     arch = self.msa.arch
-    if self._chunk_counts is None:
-      self._chunk_counts = jnp.asarray(self.bank.chunk_counts, jnp.int32)
     kw = dict(top_k=arch.top_k, scale=arch.routing_scale(self.config.head_dim),
               head_reduce=arch.head_reduce, query_reduce=arch.query_reduce,
               chunk_reduce=arch.chunk_reduce, tile_chunks=self.tile_chunks,

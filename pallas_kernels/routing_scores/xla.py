@@ -77,6 +77,11 @@ def check_inputs(q, q_mask, keys, chunk_doc, num_docs, scale, head_reduce, query
     raise ValueError(f"chunk_reduce={chunk_reduce!r}; expected one of {CHUNK_REDUCES}")
 
 
+def last_valid_token(q_mask: jax.Array) -> jax.Array:
+  """[B] int32 index of each question's last valid token, -1 for a question with none."""
+  return jnp.max(jnp.where(q_mask, jnp.arange(q_mask.shape[1]), -1), axis=1)
+
+
 def reduce_queries(s: jax.Array, q_mask: jax.Array, query_reduce: str) -> jax.Array:
   """[B, T, ...] head-reduced scores -> [B, ...] by the query reduce over valid tokens.
 
@@ -91,8 +96,7 @@ def reduce_queries(s: jax.Array, q_mask: jax.Array, query_reduce: str) -> jax.Ar
     return jnp.where(m, s, 0.0).sum(axis=1) / count.reshape((-1,) + (1,) * (s.ndim - 2))
   if query_reduce != "last":
     raise ValueError(f"query_reduce={query_reduce!r}; expected 'max', 'mean' or 'last'")
-  t = q_mask.shape[1]
-  last = jnp.max(jnp.where(q_mask, jnp.arange(t), -1), axis=1)  # -1: no valid token
+  last = last_valid_token(q_mask)
   idx = jnp.maximum(last, 0).reshape((-1, 1) + (1,) * (s.ndim - 2))
   picked = jnp.take_along_axis(s, idx, axis=1)[:, 0]
   return jnp.where((last >= 0).reshape((-1,) + (1,) * (s.ndim - 2)), picked, NEG_INF)
@@ -139,9 +143,9 @@ def fold_query_reduce(rq: jax.Array, q_mask: jax.Array, head_reduce: str,
   keeps mask False, -inf), "mean" with the head mean is linear (scores of the mean of the
   valid tokens' queries, summed in float32; T' = 1, mask True: no valid token gives the zero
   query, score 0). Both leave a max over one token; T' times fewer rows in every GEMM."""
-  b, t = q_mask.shape
+  b = q_mask.shape[0]
   if query_reduce == "last":
-    last = jnp.max(jnp.where(q_mask, jnp.arange(t), -1), axis=1)  # -1: no valid token
+    last = last_valid_token(q_mask)
     picked = jnp.take_along_axis(rq, jnp.maximum(last, 0)[:, None, None, None], axis=1)
     return picked, (last >= 0)[:, None], "max"
   if query_reduce == "mean" and head_reduce == "mean":
