@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from msa_jax.inference import SamplingConfig, generate, generate_text, sample_logits
+from msa_jax.inference.decode import pack_prompts, packed_width, packing_pays
 from msa_jax.model import Transformer, get_preset, init_params
 
 PROMPT_LENGTHS = (3, 7, 11)
@@ -77,10 +78,11 @@ def _cached_logits(model, params, tokens, lengths, generated):
   return np.stack(out)
 
 
-def test_greedy_matches_naive_recomputation(model, params, prompts):
+@pytest.mark.parametrize("pack", [False, True])
+def test_greedy_matches_naive_recomputation(model, params, prompts, pack):
   tokens, lengths = prompts
   out = generate(model, params, tokens, lengths, jax.random.key(1),
-                 SamplingConfig(max_new_tokens=NEW_TOKENS))
+                 SamplingConfig(max_new_tokens=NEW_TOKENS), pack=pack)
   ref_tokens, ref_logits = _reference_decode(
       model, params, tokens, lengths, NEW_TOKENS,
       lambda logits, step: jnp.argmax(logits, axis=-1))
@@ -102,6 +104,38 @@ def test_sampling_matches_naive_recomputation(model, params, prompts):
   # A different key gives different samples (the rng is actually used).
   other = generate(model, params, tokens, lengths, jax.random.key(8), sampling)
   assert not np.array_equal(np.asarray(other.tokens), ref_tokens)
+
+
+def test_pack_prompts_layout():
+  tokens = np.array([[5, 6, 0, 0], [7, 8, 9, 0], [4, 0, 0, 0]], np.int32)
+  lengths = np.array([2, 3, 1], np.int32)
+  assert packed_width(lengths, 4) == 8 and packed_width(lengths, 1) == 6
+  p = pack_prompts(tokens, lengths, 4)
+  np.testing.assert_array_equal(p.tokens, [[5, 6, 7, 8, 9, 4, 0, 0]])
+  np.testing.assert_array_equal(p.positions, [[0, 1, 0, 1, 2, 0, 0, 0]])
+  np.testing.assert_array_equal(p.segments, [[1, 1, 2, 2, 2, 3, 0, 0]])
+  # Cache slot t of prompt b reads packed token start_b + t (its last token past its length).
+  np.testing.assert_array_equal(p.slots, [[0, 1, 1, 1], [2, 3, 4, 4], [5, 5, 5, 5]])
+  np.testing.assert_array_equal(p.last, [1, 4, 5])
+
+
+def test_packing_pays_only_when_it_saves_flops(model):
+  cfg = model.config
+  short_and_long = np.array([3, 60], np.int32)  # 64 packed vs 2 x 64 padded: fewer FLOPs
+  assert packing_pays(cfg, short_and_long, 64, 16)
+  equal = np.array([64, 64], np.int32)  # 128 packed vs 2 x 64: the same tokens, more pairs
+  assert not packing_pays(cfg, equal, 64, 16)
+  assert not packing_pays(cfg, np.array([5], np.int32), 16, 16)  # one prompt: nothing to gain
+
+
+@pytest.mark.parametrize("bucket", [1, 5, 64])
+def test_packed_prefill_equals_padded(model, params, prompts, bucket):
+  """Sampling after the packed prefill: the same tokens as after the padded block's."""
+  tokens, lengths = prompts
+  sampling = SamplingConfig(temperature=1.3, top_p=0.9, max_new_tokens=NEW_TOKENS)
+  want = generate(model, params, tokens, lengths, jax.random.key(3), sampling, pack=False)
+  got = generate(model, params, tokens, lengths, jax.random.key(3), sampling, bucket, True)
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
 
 
 def test_stop_tokens(model, params, prompts):
@@ -241,7 +275,10 @@ def test_sampling_config_coerces_stop_tokens():
     (np.ones((2, 4), np.float32), [1, 2], SamplingConfig(), "float32"),
     (np.full((2, 4), 600, np.int32), [1, 2], SamplingConfig(), "600"),
     (np.ones((2, 4), np.int32), [1, 2], SamplingConfig(stop_tokens=(9999,)), "9999"),
+    (np.ones((2, 4), np.int32), [1, 2], SamplingConfig(), "bucket must be an int >= 1, got 0"),
 ])
 def test_generate_validation(model, params, tokens, lengths, sampling, bad):
+  bucket = 0 if "bucket" in bad else 16
   with pytest.raises(ValueError, match=re.escape(bad)):
-    generate(model, params, tokens, np.array(lengths, np.int32), jax.random.key(0), sampling)
+    generate(model, params, tokens, np.array(lengths, np.int32), jax.random.key(0), sampling,
+             bucket)

@@ -4,18 +4,30 @@
 `MSAEngine.generate` over routed memory); each step runs the model's own `decode_step` and
 `head` (`model.apply(..., method=...)`, the layers training runs). The cache is laid out for
 decoding rather than `Transformer.__call__`'s:
-  * cache slots [B, J, S, D] (kv heads before slots), so each decode step's attention reads
-    every head's keys as one contiguous block instead of transposing the cache each step;
+  * one cache for every layer, [L, B, J, S, D] arrays (kv heads before slots), so each decode
+    step's attention reads every head's keys as one contiguous block instead of transposing
+    the cache each step, and the scanned layers take their slices without a stack and unstack
+    of per-layer caches at every step;
   * one write slot shared by every row: the prompt fills slots 0..Tp-1 (right padding
     included, hidden by `OwnSlots`), decode token s goes to slot Tp + s in every row, so the
     cache update is one in-place dynamic-update-slice (a per-row slot compiles to a scatter
     per layer and per step); RoPE positions stay per row (prompt length + s);
-  * the LM head runs at each row's last prompt token only, not over the padded prompt;
+  * the prefill runs on the prompts packed into one row when that is fewer FLOPs than the
+    padded [B, Tp] block (`pack_prompts`, `packing_pays`), and the LM head at each row's last
+    prompt token only;
   * routed memory (MSA) is read where it is, in the same softmax as the cache (no
     concatenated copy per step), or by the block-sparse kernel when `kernel_impl` says so.
 SmolLM2-135M, batch 8, on 2 busy CPU cores (same process, interleaved): 0.18 s per decode
 step with `Transformer.__call__`'s cache, 0.13-0.14 s with this layout, identical tokens.
-Concatenating the q/k/v and gate/up kernels into one matmul each was slower (0.18 s).
+Concatenating the q/k/v and gate/up kernels into one matmul each was slower (0.18 s). On the
+AMD host of 2026-12-05 (same process, 9 interleaved repeats, the benchmark's 8 prompts of
+5-31 tokens, identical text): packing cut prefill + first token from 0.57-0.60 to 0.40-0.42
+s (86 real tokens in a 96-token row instead of 8 x 32), and the whole 64-token call went from
+4.44 to 3.99 s with the one cache (3.75 to 3.35 s in a second run). Tried and dropped: the
+cache in the layer scan's carry (each layer writing its slot in place; slower on 2 threads,
+its read waits for the write; reading first makes XLA copy the whole cache), the prefill
+unrolled (0.12 s less prefill, 3 ms more per decode step), glibc's mmap threshold raised
+(no change).
 """
 
 from __future__ import annotations
@@ -54,7 +66,7 @@ class _State(NamedTuple):
   tokens: jax.Array   # [B, N] int32.
   lengths: jax.Array  # [B] int32.
   done: jax.Array     # [B] bool: the row has emitted a stop token.
-  cache: tuple        # one heads-first KVCache per layer.
+  cache: attention.KVCache  # the decode cache, [L, B, J, S, D] arrays.
 
 
 def decode_slots(prompt_slots: int, sampling: SamplingConfig) -> int:
@@ -113,27 +125,90 @@ def decode_loop(model: msa_lib.LayerStack, params: Any, sampling: SamplingConfig
 
   state = emit(_State(step=jnp.int32(0), tokens=jnp.full((b, n), sampling.pad_id, jnp.int32),
                       lengths=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
-                      cache=tuple(cache)), last_logits)
+                      cache=cache), last_logits)
   state = jax.lax.while_loop(cond, body, state)
   return GenerateOutput(state.tokens, state.lengths)
+
+
+class PackedPrompts(NamedTuple):
+  """B right-padded prompts packed back to back into one row of P tokens (`pack_prompts`;
+  the prefill's input when that is less work than the padded [B, Tp] block, `packing_pays`).
+
+  tokens, positions, segments: [1, P] int32 (segment b + 1 is prompt b; 0 pads the row to P);
+  slots: [B, Tp] int32, the packed index of each prompt's cache slot (slots past a prompt's
+  length repeat its last token; the decode mask hides them); last: [B] the packed index of
+  each prompt's last token.
+  """
+
+  tokens: jax.Array
+  positions: jax.Array
+  segments: jax.Array
+  slots: jax.Array
+  last: jax.Array
+
+
+def packed_width(lengths: np.ndarray, bucket: int) -> int:
+  """P: the packed row's width, sum(lengths) rounded up to a multiple of `bucket`."""
+  return -(-int(np.sum(lengths)) // bucket) * bucket
+
+
+def packing_pays(cfg, lengths: np.ndarray, prompt_slots: int, bucket: int) -> bool:
+  """Whether the packed row costs fewer prefill FLOPs than the padded [B, Tp] block: a token
+  costs 2 W (W: one layer's weights), a pair of tokens that may see each other 4 H D, and
+  the packed row's attention is dense over P (the segment mask hides the other prompts), so
+  packing loses when the prompts are long and of nearly equal length."""
+  e, h, j, d, f = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+  weights = 2 * e * h * d + 2 * e * j * d + 3 * e * f
+
+  def cost(rows: int, width: int) -> int:
+    return rows * width * (2 * weights + 4 * h * d * width)
+
+  return cost(1, packed_width(lengths, bucket)) < cost(len(lengths), prompt_slots)
+
+
+def pack_prompts(tokens: np.ndarray, lengths: np.ndarray, bucket: int) -> PackedPrompts:
+  """Right-padded prompts [B, Tp] of `lengths` [B] packed into one row (`PackedPrompts`) of
+  `packed_width(lengths, bucket)` tokens."""
+  b, tp = tokens.shape
+  start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
+  packed = np.zeros((3, packed_width(lengths, bucket)), np.int32)  # tokens, positions, segments
+  for row, (s, n) in enumerate(zip(start, lengths)):
+    packed[0, s:s + n], packed[1, s:s + n], packed[2, s:s + n] = tokens[row, :n], range(n), row + 1
+  slots = start[:, None] + np.minimum(np.arange(tp)[None, :], lengths[:, None] - 1)
+  return PackedPrompts(*(jnp.asarray(a[None]) for a in packed), jnp.asarray(slots, jnp.int32),
+                       jnp.asarray(start + lengths - 1, jnp.int32))
+
+
+def _prefill(model: Transformer, variables, prompt_tokens, prompt_lengths, packed):
+  """(last prompt token's hidden state [B, 1, E], each layer's KVCache [B, Tp, J, D]) of the
+  right-padded prompts, computed on the padded block or, given `packed`, on the packed row."""
+  num_layers = model.config.num_layers
+  if packed is None:
+    b, tp = prompt_tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(tp, dtype=jnp.int32), (b, tp))
+    x = model.apply(variables, prompt_tokens, method="embed_tokens")
+    x, kvs = model.apply(variables, 0, num_layers, x, positions,
+                         attention.OwnSlots.prefill(prompt_lengths), method="prompt_layers")
+    return jnp.take_along_axis(x, (prompt_lengths - 1)[:, None, None], axis=1), kvs
+  x = model.apply(variables, packed.tokens, method="embed_tokens")
+  mask = attention.causal_mask(packed.tokens.shape[1], packed.segments)
+  x, kvs = model.apply(variables, 0, num_layers, x, packed.positions, mask,
+                       method="prompt_layers")
+  kvs = [attention.KVCache(kv.k[0, packed.slots], kv.v[0, packed.slots]) for kv in kvs]
+  return x[0, packed.last][:, None], kvs
 
 
 @functools.lru_cache(maxsize=32)
 def _generate_fn(model: Transformer, sampling: SamplingConfig):
   """The jitted generation program (prefill + `decode_loop`) for one (model, sampling)."""
 
-  def run(params: Any, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
-          rng: jax.Array) -> GenerateOutput:
-    b, tp = prompt_tokens.shape
-    s = decode_slots(tp, sampling)
+  def run(params: Any, prompt_tokens: jax.Array, prompt_lengths: jax.Array, rng: jax.Array,
+          packed: PackedPrompts | None) -> GenerateOutput:
+    tp = prompt_tokens.shape[1]
     variables = {"params": params}
-    positions = jnp.broadcast_to(jnp.arange(tp, dtype=jnp.int32), (b, tp))
-    x = model.apply(variables, prompt_tokens, method="embed_tokens")
-    x, kvs = model.apply(variables, 0, model.config.num_layers, x, positions,
-                         attention.OwnSlots.prefill(prompt_lengths), method="prompt_layers")
-    last = jnp.take_along_axis(x, (prompt_lengths - 1)[:, None, None], axis=1)
+    last, kvs = _prefill(model, variables, prompt_tokens, prompt_lengths, packed)
     last_logits = model.apply(variables, last, method="head")[:, 0]
-    cache = tuple(msa_lib.prefill_cache(kv, s) for kv in kvs)
+    cache = msa_lib.prefill_cache(kvs, decode_slots(tp, sampling))
     return decode_loop(model, params, sampling, last_logits, cache, prompt_lengths, tp,
                        prompt_lengths - 1, rng)
 
@@ -141,11 +216,15 @@ def _generate_fn(model: Transformer, sampling: SamplingConfig):
 
 
 def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
-             prompt_lengths: jax.Array, rng: jax.Array,
-             sampling: SamplingConfig) -> GenerateOutput:
+             prompt_lengths: jax.Array, rng: jax.Array, sampling: SamplingConfig,
+             bucket: int = 16, pack: bool | None = None) -> GenerateOutput:
   """Continues every prompt of a batch by `sampling.max_new_tokens` tokens.
 
-  Compiled once per (model, sampling, shapes); call it eagerly (inputs are checked on the host).
+  The prefill runs on the prompts packed back to back into one row of sum(prompt_lengths)
+  tokens rounded up to a multiple of `bucket` (`pack_prompts`) when that is fewer FLOPs than
+  the padded [B, Tp] block (`packing_pays`), so padding costs nothing there; decoding then
+  reads the same [B, Tp]-slot cache either way. Compiled once per (model, sampling, shapes,
+  packed width); call it eagerly (inputs are checked on the host).
 
   Args:
     model: the backbone.
@@ -154,6 +233,9 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
     prompt_lengths: [B] integers in [1, Tp], the true length of each prompt.
     rng: PRNG key; the token of step s is drawn with `jax.random.fold_in(rng, s)`.
     sampling: decoding settings.
+    bucket: the packed row's width granularity in tokens.
+    pack: prefill on the packed row (True), on the padded block (False), or whichever is
+      fewer FLOPs (None). Both give the same tokens up to float rounding.
 
   Returns:
     GenerateOutput(tokens [B, max_new_tokens] int32, lengths [B] int32).
@@ -177,8 +259,13 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
     bad = [i for i in ids if not 0 <= i < vocab]
     if bad:
       raise ValueError(f"{name} must be in [0, {vocab}), got {bad[0]!r}")
+  if not (isinstance(bucket, int) and bucket >= 1):
+    raise ValueError(f"bucket must be an int >= 1, got {bucket!r}")
+  if pack is None:
+    pack = packing_pays(model.config, lengths, tp, bucket)
+  packed = pack_prompts(tokens, lengths, bucket) if pack else None
   return _generate_fn(model, sampling)(params, jnp.asarray(tokens, jnp.int32),
-                                       jnp.asarray(lengths, jnp.int32), rng)
+                                       jnp.asarray(lengths, jnp.int32), rng, packed)
 
 
 def generate_text(model: Transformer, params: Any, tokenizer: Tokenizer, prompts: list[str],
@@ -187,9 +274,10 @@ def generate_text(model: Transformer, params: Any, tokenizer: Tokenizer, prompts
   """Generates a continuation of each prompt and returns it as text.
 
   Prompts are padded with `sampling.pad_id` to the longest one's length rounded up to a
-  multiple of `bucket` tokens: prompts of similar lengths share one compiled program, and the
-  prefill runs at most bucket - 1 positions past the longest prompt (the LM head runs at the
-  last real token of each row only). A final stop token is not decoded.
+  multiple of `bucket` tokens, so prompts of similar lengths share one compiled program; the
+  prefill runs on them packed into one row (rounded up to `bucket` as well) when that is less
+  work (see `generate`), and the LM head at the last real token of each prompt only. A final
+  stop token is not decoded.
 
   Args:
     model: the backbone.
@@ -198,7 +286,7 @@ def generate_text(model: Transformer, params: Any, tokenizer: Tokenizer, prompts
     prompts: the texts to continue; each must encode to at least one token.
     sampling: decoding settings (stop tokens included).
     rng: PRNG key; defaults to `jax.random.key(0)`.
-    bucket: prompt padding granularity in tokens.
+    bucket: prompt padding (and packed row) granularity in tokens.
 
   Returns:
     One continuation per prompt.
@@ -216,7 +304,7 @@ def generate_text(model: Transformer, params: Any, tokenizer: Tokenizer, prompts
   for row, ids in zip(tokens, encoded):
     row[:len(ids)] = ids
   out = generate(model, params, tokens, np.array([len(ids) for ids in encoded], np.int32),
-                 jax.random.key(0) if rng is None else rng, sampling)
+                 jax.random.key(0) if rng is None else rng, sampling, bucket)
   texts = []
   for row, length in zip(np.asarray(out.tokens), np.asarray(out.lengths)):
     ids = row[:length].tolist()

@@ -114,7 +114,7 @@ def _head_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, num_slots: int):
 
   def run(params, x, kvs):
     TRACES["head"] += 1
-    cache = tuple(msa_lib.prefill_cache(kv, num_slots) for kv in kvs)
+    cache = msa_lib.prefill_cache(kvs, num_slots)
     return model.apply({"params": params}, x, method="head"), cache
 
   return jax.jit(run)
@@ -187,12 +187,12 @@ class RoutedMemory:
 
 @flax.struct.dataclass
 class PrefillOutput:
-  """logits [Q, T, V]; memory {router layer: RoutedMemory}; cache (one heads-first KVCache
-  per layer, the decode loop's layout: `msa.prefill_cache`)."""
+  """logits [Q, T, V]; memory {router layer: RoutedMemory}; cache (the decode loop's: one
+  KVCache of every layer's heads-first slots, [L, Q, J, S, D] arrays, `msa.prefill_cache`)."""
 
   logits: jax.Array
   memory: dict[int, RoutedMemory]
-  cache: tuple[attention.KVCache, ...]
+  cache: attention.KVCache
 
 
 class MSAEngine:
@@ -368,7 +368,7 @@ def _decode_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, sampling: Samplin
 
   def run(params, last_logits, cache, blocks, lengths, last_pos, rng):
     TRACES["decode"] += 1
-    prompt_slots = cache[0].k.shape[2] - sampling.max_new_tokens + 1
+    prompt_slots = cache.k.shape[3] - sampling.max_new_tokens + 1
     return decode.decode_loop(model, params, sampling, last_logits, cache, lengths,
                               prompt_slots, last_pos, rng, memory=blocks)
 

@@ -151,12 +151,17 @@ def _kernel_attention(q, k, v, own: attention.OwnSlots, tables, memory_visible, 
       interpret=jax.default_backend() != "gpu")
 
 
-def routed_attention(q, k, v, own: attention.OwnSlots, memory: RoutedBlocks | None,
+def routed_attention(q, k, v, own: attention.OwnSlots | jax.Array, memory: RoutedBlocks | None,
                      memory_visible: jax.Array | None, *, heads_first: bool, use_pallas: bool):
   """Prompt queries [B, T, H, D] over their own k, v ([B, S, J, D], or [B, J, S, D] with
-  `heads_first`) as `own` says and, for the tokens in `memory_visible` [B, T], the routed
-  `memory` blocks: one softmax, no concatenated copy (XLA or the Pallas kernel)."""
+  `heads_first`) as `own` says (`OwnSlots`, or a [B or 1, T, S] bool mask such as packed
+  prompts' `attention.causal_mask(T, segment_ids)`) and, for the tokens in `memory_visible`
+  [B, T], the routed `memory` blocks: one softmax, no concatenated copy (XLA or the Pallas
+  kernel, which takes `OwnSlots` only)."""
+  dense = isinstance(own, jax.Array)
   if memory is not None and use_pallas:
+    if dense:
+      raise ValueError("the Pallas sparse attention kernel takes OwnSlots, not a dense mask")
     return _kernel_attention(q, k, v, own, memory.kernel_tables(), memory_visible,
                              max_doc_chunks=memory.max_doc_chunks, heads_first=heads_first)
   t, s = q.shape[1], k.shape[2 if heads_first else 1]
@@ -164,8 +169,8 @@ def routed_attention(q, k, v, own: attention.OwnSlots, memory: RoutedBlocks | No
   if memory is not None:
     mem_mask = memory_visible[:, :, None] & memory.valid()[:, None, :]
     mem = (memory.k.astype(q.dtype), memory.v.astype(q.dtype), mem_mask)
-  return attention.dot_product_attention(q, k, v, own.mask(t, s), heads_first=heads_first,
-                                         memory=mem)
+  return attention.dot_product_attention(q, k, v, own if dense else own.mask(t, s),
+                                         heads_first=heads_first, memory=mem)
 
 
 def _whole_batch(x: jax.Array) -> jax.Array:
@@ -303,32 +308,33 @@ class MSAAttention(attention.Attention):
       return self._routing_queries(x, None)
     return self._routing_queries(x, self.project(x, positions)[0])
 
-  def prompt_attention(self, x, positions, own: attention.OwnSlots,
-                       memory: RoutedBlocks | None = None, memory_visible=None, cache=None,
-                       slot=None):
-    """The prompt stream over given routed blocks (inference).
+  def prompt_attention(self, x, positions, own: attention.OwnSlots | jax.Array,
+                       memory: RoutedBlocks | None = None, memory_visible=None):
+    """The prompt stream over given routed blocks (inference), without a cache.
 
     Args:
       x: [B, T, E] normed prompt hidden states at `positions` [B, T].
-      own: which own kv slots each token sees.
+      own: which own kv slots each token sees (see `routed_attention`).
       memory: the routed blocks (router layers), or None (no memory).
       memory_visible: [B, T] bool, the tokens that see the memory.
-      cache: None: attend over the T tokens' own k, v; or a decode cache (`KVCache` of
-        [B, J, S, D] arrays): k, v are written at the shared slots slot..slot+T-1 and the
-        tokens attend over the cache.
 
     Returns:
-      (output [B, T, E], the updated cache, or the T tokens' (k, v) [B, T, J, D] as a KVCache
-      when there is no cache).
+      (output [B, T, E], the T tokens' (k, v) [B, T, J, D] as a KVCache).
     """
     q, k, v = self.project(x, positions)
-    if cache is None:
-      out = routed_attention(q, k, v, own, memory, memory_visible, heads_first=False,
-                             use_pallas=self.use_pallas)
-      return self.output(out), attention.KVCache(k, v)
-    cache = attention.write_slots(cache, k, v, slot)
-    out = routed_attention(q, cache.k, cache.v, own, memory, memory_visible, heads_first=True,
+    out = routed_attention(q, k, v, own, memory, memory_visible, heads_first=False,
                            use_pallas=self.use_pallas)
+    return self.output(out), attention.KVCache(k, v)
+
+  def decode_attention(self, x, positions, own: attention.OwnSlots, memory, memory_visible,
+                       cache: attention.KVCache, slot):
+    """`prompt_attention` of T new tokens over this layer's decode cache ([B, J, S, D]
+    arrays): their k, v are written at the shared slots slot..slot+T-1 and they attend over
+    the cache. Returns (output [B, T, E], the updated cache)."""
+    q, k, v = self.project(x, positions)
+    cache = attention.write_slots(cache, k, v, slot)
+    out = routed_attention(q, cache.k, cache.v, own, memory, memory_visible,
+                           heads_first=True, use_pallas=self.use_pallas)
     return self.output(out), cache
 
   def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,
@@ -431,9 +437,15 @@ class MSADecoderLayer(nn.Module):
     """Routing queries [B, T, H, D] of the prompt hidden states entering this layer."""
     return self.attn.routing_queries(self.attn_norm(x), positions)
 
-  def prompt(self, x, positions, own, memory=None, memory_visible=None, cache=None, slot=None):
+  def prompt(self, x, positions, own, memory=None, memory_visible=None):
     """Prompt stream only, over given routed blocks; see `MSAAttention.prompt_attention`."""
-    y, cache = self.attn.prompt_attention(self.attn_norm(x), positions, own, memory,
+    y, kv = self.attn.prompt_attention(self.attn_norm(x), positions, own, memory,
+                                       memory_visible)
+    return self._prompt_mlp(x, y), kv
+
+  def decode(self, x, positions, own, memory, memory_visible, cache, slot):
+    """`prompt` over this layer's decode cache; see `MSAAttention.decode_attention`."""
+    y, cache = self.attn.decode_attention(self.attn_norm(x), positions, own, memory,
                                           memory_visible, cache, slot)
     return self._prompt_mlp(x, y), cache
 
@@ -450,10 +462,12 @@ class MSADecoderLayer(nn.Module):
     return self._doc_mlp(docs, doc_y), self._prompt_mlp(x, y), route
 
 
-def prefill_cache(kv: attention.KVCache, num_slots: int) -> attention.KVCache:
-  """A prompt's own k, v [B, T, J, D] as a heads-first decode cache of `num_slots` slots."""
-  pad = ((0, 0), (0, 0), (0, num_slots - kv.k.shape[1]), (0, 0))
-  return attention.KVCache(*(jnp.pad(a.transpose(0, 2, 1, 3), pad) for a in kv))
+def prefill_cache(kvs, num_slots: int) -> attention.KVCache:
+  """The prompt's own k, v of every layer ([B, T, J, D] each) as the decode cache: one KVCache
+  of [L, B, J, S, D] arrays (heads before slots) with `num_slots` slots."""
+  pad = ((0, 0), (0, 0), (0, 0), (0, num_slots - kvs[0].k.shape[1]), (0, 0))
+  return attention.KVCache(*(jnp.pad(jnp.stack(a).transpose(0, 1, 3, 2, 4), pad)
+                             for a in zip(*kvs)))
 
 
 def _runs(ids, key) -> list[list[int]]:
@@ -568,31 +582,24 @@ class LayerStack(nn.Module):
     """Hidden states [B, T, E] leaving the last layer -> logits [B, T, V] (float32 or wider)."""
     return self._logits(self.final_norm(x))
 
-  def prompt_layers(self, start: int, stop: int, x, positions, own: attention.OwnSlots,
-                    memory: dict[int, RoutedBlocks] | None = None, memory_visible=None,
-                    cache=None, slot=None):
+  def prompt_layers(self, start: int, stop: int, x, positions, own,
+                    memory: dict[int, RoutedBlocks] | None = None, memory_visible=None):
     """The prompt stream through layers start..stop-1, router layers over `memory[i]`.
 
     Args:
       x: [B, T, E] hidden states entering layer `start`, at `positions` [B, T].
       own, memory_visible: see `MSAAttention.prompt_attention`.
       memory: {router layer: RoutedBlocks} (a layer missing from it reads no memory).
-      cache: None, or the whole decode cache (one heads-first KVCache per layer, see
-        `prefill_cache`) with the shared write `slot`.
 
     Returns:
-      (hidden states leaving layer stop-1, the layers' updated caches, or without a cache
-      each layer's (k, v) [B, T, J, D] of the T tokens).
+      (hidden states leaving layer stop-1, each layer's (k, v) [B, T, J, D] of the T tokens).
     """
     memory = memory or {}
 
-    def step(_, layer, x, cache_and_memory):
-      layer_cache, blocks = cache_and_memory
-      return layer.prompt(x, positions, own, blocks, memory_visible, layer_cache, slot)
+    def step(_, layer, x, blocks):
+      return layer.prompt(x, positions, own, blocks, memory_visible)
 
-    return self._layer_range(
-        start, stop, step, x, lambda i: (None if cache is None else cache[i], memory.get(i)),
-        kind=lambda i: i in memory)
+    return self._layer_range(start, stop, step, x, memory.get, kind=lambda i: i in memory)
 
   def document_states(self, doc_tokens, doc_lengths, doc_positions,
                       layer_ids: tuple[int, ...]) -> dict[int, jax.Array]:
@@ -630,11 +637,24 @@ class LayerStack(nn.Module):
 
   def decode_step(self, tokens, positions, own: attention.OwnSlots, cache, slot,
                   memory: dict[int, RoutedBlocks] | None = None, memory_visible=None):
-    """T new tokens [B, T] at `positions` through every layer with a decode cache ->
-    (final hidden states [B, T, E] before the final norm, updated cache)."""
-    x, cache = self.prompt_layers(0, self.config.num_layers, self.embed_tokens(tokens),
-                                  positions, own, memory, memory_visible, cache, slot)
-    return x, tuple(cache)
+    """T new tokens [B, T] at `positions` through every layer over the decode cache (one
+    KVCache of [L, B, J, S, D] arrays, `prefill_cache`), written at the shared `slot` ->
+    (final hidden states [B, T, E] before the final norm, updated cache).
+
+    The cache stays stacked between steps: a scan of the layers takes its slices and
+    returns them stacked (XLA folds restacking an array's slices back into it), where a
+    tuple of per-layer caches was stacked and unstacked around the scan at every step."""
+    memory = memory or {}
+
+    def step(_, layer, x, layer_inputs):
+      layer_cache, blocks = layer_inputs
+      return layer.decode(x, positions, own, blocks, memory_visible, layer_cache, slot)
+
+    x, caches = self._layer_range(
+        0, self.config.num_layers, step, self.embed_tokens(tokens),
+        lambda i: (attention.KVCache(cache.k[i], cache.v[i]), memory.get(i)),
+        kind=lambda i: i in memory)
+    return x, stack_layers(caches)
 
   def _build(self, layer_msa: MSAConfig, router_ids):
     """Layers get the architecture and runtime parts (and from the loss only what their
