@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from msa_jax.model import ModelConfig
+from msa_jax.model import attention
+from msa_jax.model import msa as msa_lib
 from msa_jax.model import routing
 from msa_jax.model.batch import IGNORE, MSABatch, global_doc_positions, prompt_positions
 from msa_jax.model.config import MSAConfig
@@ -430,3 +432,23 @@ def test_answer_attention_loss_reads_the_positive_among_the_samples_chunks():
     assert np.isfinite(g).all() and np.abs(g).max() > 1e-6
   with pytest.raises(ValueError, match="answer_attention_weight must be >= 0, got -1"):
     MSAConfig(answer_attention_weight=-1)
+
+
+def test_routed_attention_takes_a_dense_mask_but_not_into_the_kernel():
+  """A dense own mask (the packed prefill's) gives what the equal `OwnSlots` give; the Pallas
+  kernel path refuses it with one line."""
+  rng = np.random.default_rng(0)
+  b, t, h, j, d = 2, 5, 4, 2, 8
+  q = jnp.asarray(rng.normal(size=(b, t, h, d)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(b, t, j, d)), jnp.float32) for _ in range(2))
+  own = attention.OwnSlots.prefill(jnp.array([5, 3]))
+  memory = msa_lib.RoutedBlocks(k=jnp.asarray(rng.normal(size=(b, 6, j, d)), jnp.float32),
+                                v=jnp.asarray(rng.normal(size=(b, 6, j, d)), jnp.float32),
+                                num_chunks=jnp.array([[3, 1], [0, 2]], jnp.int32))
+  visible = jnp.ones((b, t), bool)
+  want, got = (msa_lib.routed_attention(q, k, v, o, memory, visible, heads_first=False,
+                                        use_pallas=False) for o in (own, own.mask(t, t)))
+  np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match="takes OwnSlots, not a dense mask"):
+    msa_lib.routed_attention(q, k, v, own.mask(t, t), memory, visible, heads_first=False,
+                             use_pallas=True)
