@@ -32,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.head_reduce = "mean"
   c.query_reduce = "max"
   c.chunk_reduce = "max"
-  c.tile_chunks = 2048  # chunks scored per step (routing.DEFAULT_TILE_CHUNKS)
+  c.tile_chunks = 0  # chunks scored per step; 0: route's automatic tile (one device) or
+  # routing.DEFAULT_TILE_CHUNKS (memory_devices)
   c.kernel_impl = "auto"  # auto (the Pallas routing-score kernel on GPU) | xla | pallas
   c.router_layers = 1  # layers that route (total time = per-layer time x this)
   c.memory_devices = 0  # route_sharded over this many devices (0: single-device route)

@@ -393,6 +393,20 @@ def test_benchmark_paper_flags():
     routing_benchmark.check_config(args)
 
 
+def test_benchmark_tile_defaults_to_routes_automatic_tile():
+  from msa_jax.inference import routing_benchmark
+  from msa_jax.memory import routing
+  args = bench_config.get_config()
+  assert args.tile_chunks == 0 and routing_benchmark.tile_chunks(args) is None
+  args.memory_devices = 2
+  assert routing_benchmark.tile_chunks(args) == routing.DEFAULT_TILE_CHUNKS
+  args.tile_chunks = 512
+  assert routing_benchmark.tile_chunks(args) == 512
+  args.tile_chunks = -1
+  with pytest.raises(ValueError, match="--config.tile_chunks"):
+    routing_benchmark.check_config(args)
+
+
 # ----------------------------------------------------------------------------------------------
 # Memory Parallel on 8 fake CPU devices.
 

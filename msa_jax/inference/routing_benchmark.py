@@ -48,8 +48,9 @@ def check_config(config) -> None:
       memory devices than JAX sees, a bad token list.
   """
   for name in ("chunk_size", "doc_tokens", "questions", "query_tokens", "heads", "kv_heads",
-               "dim", "top_k", "tile_chunks", "router_layers", "iters"):
+               "dim", "top_k", "router_layers", "iters"):
     validation.check_at_least(f"--config.{name}", config[name], 1)
+  validation.check_at_least("--config.tile_chunks", config.tile_chunks, 0)
   validation.check_at_least("--config.warmup", config.warmup, 0)
   validation.check_at_least("--config.memory_devices", config.memory_devices, 0)
   validation.check_choice("--config.dtype", config.dtype, ("float32", "bfloat16"))
@@ -77,6 +78,15 @@ def token_sizes(config) -> list[int]:
   return [int(float(t)) for t in config.tokens.split(",") if t.strip()]
 
 
+def tile_chunks(args) -> int | None:
+  """The tile `route` gets: `args.tile_chunks`, or for 0 its automatic tile (None) on one
+  device and `routing.DEFAULT_TILE_CHUNKS` with memory_devices (a sharded bank is laid out in
+  whole tiles), as the engine does."""
+  if args.tile_chunks:
+    return args.tile_chunks
+  return routing.DEFAULT_TILE_CHUNKS if args.memory_devices else None
+
+
 def bank_shape(tokens: int, args) -> tuple[int, int]:
   """(chunks C, documents M) of a bank of `tokens` tokens in documents of doc_tokens.
 
@@ -86,7 +96,7 @@ def bank_shape(tokens: int, args) -> tuple[int, int]:
   per_doc = math.ceil(args.doc_tokens / args.chunk_size)
   chunks = math.ceil(tokens / args.chunk_size)
   if args.memory_devices:
-    unit = args.memory_devices * math.lcm(per_doc, args.tile_chunks)
+    unit = args.memory_devices * math.lcm(per_doc, tile_chunks(args))
     chunks = math.ceil(chunks / unit) * unit
   return chunks, math.ceil(chunks / per_doc)
 
@@ -124,9 +134,11 @@ def run_one(tokens: int, args, mesh) -> dict:
   rq, mask = make_questions(args)
   kw = dict(top_k=args.top_k, scale=1.0, head_reduce=args.head_reduce,
             query_reduce=args.query_reduce, chunk_reduce=args.chunk_reduce,
-            tile_chunks=args.tile_chunks, kernel_impl=args.kernel_impl)
-  if mesh is None:
-    fn = jax.jit(lambda rq, mask, keys, doc: routing.route(rq, mask, keys, doc, num_docs, **kw))
+            tile_chunks=tile_chunks(args), kernel_impl=args.kernel_impl)
+  if mesh is None:  # the bank's chunk counts are known up front (the engine passes them too)
+    counts = jnp.bincount(chunk_doc, length=num_docs)
+    fn = jax.jit(lambda rq, mask, keys, doc: routing.route(rq, mask, keys, doc, num_docs,
+                                                           chunk_counts=counts, **kw))
   else:
     fn = jax.jit(lambda rq, mask, keys, doc: routing.route_sharded(
         mesh, rq, mask, keys, doc, num_docs, return_doc_scores=False, **kw))
@@ -178,7 +190,8 @@ def run(args) -> list[dict]:
   print(f"device: {jax.devices()[0].device_kind} x{max(args.memory_devices, 1)} "
         f"({'route_sharded' if mesh else 'route'}); B={args.questions} T={args.query_tokens} "
         f"H={args.heads} J={args.kv_heads} D={args.dim} {args.dtype}; P={args.chunk_size}, "
-        f"{args.doc_tokens}-token documents, top_k={args.top_k}, tile={args.tile_chunks}, "
+        f"{args.doc_tokens}-token documents, top_k={args.top_k}, "
+        f"tile={tile_chunks(args) or 'auto'}, "
         f"kernel_impl={args.kernel_impl}, "
         f"reduce {args.head_reduce}/{args.query_reduce}/{args.chunk_reduce}", flush=True)
   rows = []
