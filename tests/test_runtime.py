@@ -1,5 +1,6 @@
 """The persistent compilation cache: on by default, overridable, off with a switch, and hit by a
-second run of the same program (each case runs in a fresh subprocess)."""
+second run of the same program; malloc keeping freed host buffers for reuse (each case runs in
+a fresh subprocess)."""
 
 import json
 import os
@@ -138,3 +139,34 @@ def test_commands_hide_info_logs_unless_verbosity_is_given(args, info_shown):
   assert result.returncode == 0, result.stderr
   assert "warning-line" in result.stderr
   assert ("info-line" in result.stderr) == info_shown, result.stderr
+
+
+
+# Allocates, touches and frees a 128 MiB buffer; prints whether the settings applied and how
+# much of it the process still holds after the free (kept for reuse, or returned to the OS).
+_REUSE = """
+import json
+import numpy as np
+from msa_jax import runtime
+applied = runtime.reuse_host_memory()
+def rss():
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * 4096
+before = rss()
+a = np.empty(32 << 20, np.float32)
+a.fill(1.0)
+del a
+print(json.dumps(dict(applied=applied, kept=rss() - before)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.parametrize("setting,reused", [(None, True), ("0", False), ("off", False)])
+def test_reuse_host_memory_keeps_freed_buffers(setting, reused):
+  env = {k: v for k, v in os.environ.items() if k != "MSA_JAX_REUSE_HOST_MEMORY"}
+  if setting is not None:
+    env["MSA_JAX_REUSE_HOST_MEMORY"] = setting
+  out = json.loads(subprocess.run([sys.executable, "-c", _REUSE], env=env, check=True,
+                                  capture_output=True, text=True).stdout)
+  assert out["applied"] is reused
+  assert (out["kept"] > 100 << 20) if reused else (out["kept"] < 16 << 20), out
