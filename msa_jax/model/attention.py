@@ -113,11 +113,21 @@ def grouped_logits(qg, k, heads_first=False, scale=None):
   """[B, J, R, T, S] float32 logits of grouped queries qg [B, T, J, R, D] over keys k
   ([B, S, J, D], or [B, J, S, D] with `heads_first`), times `scale` (default 1/sqrt(D))."""
   scale = qg.shape[-1] ** -0.5 if scale is None else scale
+  if heads_first and qg.shape[1] == 1:  # one decode token: see `_grouped_values`
+    f32 = jnp.float32
+    logits = jnp.sum(qg[:, 0, :, :, None, :].astype(f32) * k[:, :, None].astype(f32), -1)
+    return logits[:, :, :, None, :] * scale
   eqn = "BTJRD,BJSD->BJRTS" if heads_first else "BTJRD,BSJD->BJRTS"
   return jnp.einsum(eqn, qg, k, preferred_element_type=jnp.float32) * scale
 
 
 def _grouped_values(probs, v, heads_first):
+  if heads_first and probs.shape[3] == 1:
+    # One decode token over a heads-first cache: a multiply-reduce XLA fuses into one loop,
+    # where the [S, D] x [D, R] batched dot ran XLA:CPU's naive dot emitter (SmolLM2, batch 8,
+    # one core: 64 tokens 6.78 -> 6.62 s, the same text).
+    out = jnp.sum(probs[:, :, :, 0, :, None].astype(v.dtype) * v[:, :, None], axis=-2)
+    return out[:, None]
   eqn = "BJRTS,BJSD->BTJRD" if heads_first else "BJRTS,BSJD->BTJRD"
   return jnp.einsum(eqn, probs.astype(v.dtype), v)
 
