@@ -282,3 +282,9 @@ def test_generate_validation(model, params, tokens, lengths, sampling, bad):
   with pytest.raises(ValueError, match=re.escape(bad)):
     generate(model, params, tokens, np.array(lengths, np.int32), jax.random.key(0), sampling,
              bucket)
+
+
+def test_generate_rejects_a_bad_pack(model, params, prompts):
+  tokens, lengths = prompts
+  with pytest.raises(ValueError, match="pack must be None, True or False, got 'yes'"):
+    generate(model, params, tokens, lengths, jax.random.key(0), SamplingConfig(), pack="yes")

@@ -26,8 +26,9 @@ s (86 real tokens in a 96-token row instead of 8 x 32), and the whole 64-token c
 4.44 to 3.99 s with the one cache (3.75 to 3.35 s in a second run). Tried and dropped: the
 cache in the layer scan's carry (each layer writing its slot in place; slower on 2 threads,
 its read waits for the write; reading first makes XLA copy the whole cache), the prefill
-unrolled (0.12 s less prefill, 3 ms more per decode step), glibc's mmap threshold raised
-(no change).
+unrolled (0.12 s less prefill, 3 ms more per decode step), the layer scan unrolled by 2 or 3
+(64 tokens 4.1 -> 6.1 s). The commands' malloc setting (`runtime.reuse_host_memory`) saves
+0.2 s of each call's prefill (the stacked weights' pages).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 from msa_jax.inference.sampling import SamplingConfig, sample_logits
 from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
+from msa_jax.model.config import ModelConfig
 from msa_jax.model.transformer import Transformer
 
 
@@ -152,7 +154,8 @@ def packed_width(lengths: np.ndarray, bucket: int) -> int:
   return -(-int(np.sum(lengths)) // bucket) * bucket
 
 
-def packing_pays(cfg, lengths: np.ndarray, prompt_slots: int, bucket: int) -> bool:
+def packing_pays(cfg: ModelConfig, lengths: np.ndarray, prompt_slots: int,
+                 bucket: int) -> bool:
   """Whether the packed row costs fewer prefill FLOPs than the padded [B, Tp] block: a token
   costs 2 W (W: one layer's weights), a pair of tokens that may see each other 4 H D, and
   the packed row's attention is dense over P (the segment mask hides the other prompts), so
@@ -169,12 +172,11 @@ def packing_pays(cfg, lengths: np.ndarray, prompt_slots: int, bucket: int) -> bo
 def pack_prompts(tokens: np.ndarray, lengths: np.ndarray, bucket: int) -> PackedPrompts:
   """Right-padded prompts [B, Tp] of `lengths` [B] packed into one row (`PackedPrompts`) of
   `packed_width(lengths, bucket)` tokens."""
-  b, tp = tokens.shape
   start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
   packed = np.zeros((3, packed_width(lengths, bucket)), np.int32)  # tokens, positions, segments
   for row, (s, n) in enumerate(zip(start, lengths)):
-    packed[0, s:s + n], packed[1, s:s + n], packed[2, s:s + n] = tokens[row, :n], range(n), row + 1
-  slots = start[:, None] + np.minimum(np.arange(tp)[None, :], lengths[:, None] - 1)
+    packed[:, s:s + n] = tokens[row, :n], np.arange(n), np.full(n, row + 1)
+  slots = start[:, None] + np.minimum(np.arange(tokens.shape[1])[None, :], lengths[:, None] - 1)
   return PackedPrompts(*(jnp.asarray(a[None]) for a in packed), jnp.asarray(slots, jnp.int32),
                        jnp.asarray(start + lengths - 1, jnp.int32))
 
@@ -261,6 +263,8 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
       raise ValueError(f"{name} must be in [0, {vocab}), got {bad[0]!r}")
   if not (isinstance(bucket, int) and bucket >= 1):
     raise ValueError(f"bucket must be an int >= 1, got {bucket!r}")
+  if pack not in (None, True, False):
+    raise ValueError(f"pack must be None, True or False, got {pack!r}")
   if pack is None:
     pack = packing_pays(model.config, lengths, tp, bucket)
   packed = pack_prompts(tokens, lengths, bucket) if pack else None

@@ -2,11 +2,11 @@
 
 XLA:CPU allocates a program's large buffers on each call (a generate call's stacked layer
 weights: 425 MB for SmolLM2-135M) from its worker threads' malloc arenas, where glibc maps
-every buffer of more than 32 MiB afresh and unmaps it when freed, so each call pays a page
-fault per 4 KiB page again (stacking 30 layers' 106 MB MLP weights: 56 ms, 10 ms with the
-pages reused; the kernel zeroes every fresh page). `reuse_host_memory()` gives all threads the
-main arena, serves buffers up to 1 GiB from it and never trims it: freed buffers are reused,
-and the process keeps its high-water mark of memory instead of returning it to the OS. Measured on the AMD host of
+every buffer of more than 32 MiB afresh and unmaps it when freed, so each call faults in and
+zeroes those pages again (stacking 30 layers' 106 MB MLP weights: 56 ms; 10 ms with the
+pages reused). `reuse_host_memory()` gives all threads the main arena, serves buffers up to
+1 GiB from it and never trims it: freed buffers are reused, and the process keeps its
+high-water mark of memory instead of returning it to the OS. Measured on the AMD host of
 2026-12-05 (same script, alternating processes): SmolLM2 generation, 8 prompts, prefill + one
 decode step 0.47-0.50 -> 0.26-0.28 s.
 
