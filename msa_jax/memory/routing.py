@@ -214,8 +214,9 @@ def host_keys(keys: np.ndarray) -> np.ndarray:
   return keys.view(np.uint16) if half and jax.default_backend() == "cpu" else keys
 
 
-def _chunk_counts(chunk_doc: jax.Array, num_docs: int) -> jax.Array:
-  """[M] int32 number of chunks of each document (padding rows and ids >= M ignored)."""
+def count_chunks(chunk_doc: jax.Array, num_docs: int) -> jax.Array:
+  """[M] int32 number of chunks of each document (padding rows and ids >= M ignored): what
+  `route` takes as `chunk_counts` from a caller that routes one bank many times."""
   valid = (chunk_doc >= 0) & (chunk_doc < num_docs)
   seg = jnp.where(valid, chunk_doc, num_docs).astype(jnp.int32)
   return jax.ops.segment_sum(valid.astype(jnp.int32), seg, num_segments=num_docs)
@@ -233,7 +234,7 @@ def _bank_doc_scores(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_r
   """(document scores [B, M], chunks per document [M]) of a (local) bank, either scorer;
   `count` is computed from chunk_doc when None."""
   if count is None:
-    count = _chunk_counts(chunk_doc, num_docs)
+    count = count_chunks(chunk_doc, num_docs)
   if pallas_kernels.resolves_to_pallas(kernel_impl, rq.shape[-1]):
     if keys.dtype == BITS:
       keys = jax.lax.bitcast_convert_type(keys, rq.dtype)
