@@ -1,7 +1,9 @@
 """Process setup shared by every command: JAX's persistent compilation cache.
 
-Every entry point calls `enable_compilation_cache()` first, so a second run of the same
-command loads its XLA executables from disk instead of compiling them again. The cache lives
+Every entry point calls `enable_compilation_cache()` at its start (right after
+`host_memory.reuse_host_memory()`, which must come before JAX's CPU client starts), so a
+second run of the same command loads its XLA executables from disk instead of compiling them
+again. The cache lives
 in `$XDG_CACHE_HOME/msa_jax/jax` (default `~/.cache/msa_jax/jax`); the environment variable
 `MSA_JAX_COMPILATION_CACHE` or the flag `--compilation_cache` (absl commands and the bank CLI)
 names another directory, and the value `off` disables it. The flag wins over the variable.
