@@ -8,7 +8,7 @@ import pytest
 
 from msa_jax.model import (Transformer, abstract_params, dot_product_attention, get_preset,
                            init_params)
-from msa_jax.model import attention, rope
+from msa_jax.model import attention, layers, rope
 
 LOGICAL_AXES = {"vocab", "embed", "q_heads", "kv_heads", "head_dim", "mlp", "norm"}
 
@@ -105,3 +105,19 @@ def test_rope_is_a_rotation_by_relative_offset():
 
   assert score(7, 3) == pytest.approx(score(104, 100), rel=1e-4)
   assert score(7, 3) != pytest.approx(score(7, 4), rel=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (8, 1), (4, 8), (1, 33)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_tied_logits_equal_float64_on_both_paths(shape, dtype):
+  """The tied LM head, a multiply-reduce at 2..FEW_ROWS rows on CPU and a dot otherwise, is
+  x @ embedding^T to float32 (bfloat16) rounding, in x's dtype and shape."""
+  assert 8 <= layers.FEW_ROWS < 33  # the shapes above cover both paths
+  v, e = 1000, 96
+  x = jax.random.normal(jax.random.key(0), (*shape, e)).astype(dtype)
+  emb = jax.random.normal(jax.random.key(1), (v, e)).astype(dtype)
+  got = jax.jit(layers.tied_logits)(x, emb)
+  assert got.shape == (*shape, v) and got.dtype == dtype
+  want = np.asarray(x, np.float64) @ np.asarray(emb, np.float64).T
+  tol = 2e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol, atol=tol * 10)

@@ -6,6 +6,7 @@ logical names to mesh axes lives in the config that builds the mesh, never here.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -88,7 +89,31 @@ class Embedder(nn.Module):
 
   def decode(self, x: jax.Array) -> jax.Array:
     x, embedding = nn.dtypes.promote_dtype(x, self.embedding, dtype=self.dtype)
-    return jnp.einsum("BTE,VE->BTV", x, embedding)
+    return tied_logits(x, embedding)
+
+
+# Up to this many rows, XLA:CPU runs x @ embedding^T faster as a multiply-reduce (see
+# `tied_logits`); at 64 rows the two are level, at 128 the dot is 1.2x faster.
+FEW_ROWS = 32
+
+
+def tied_logits(x: jax.Array, embedding: jax.Array) -> jax.Array:
+  """x [..., E] times the embedding [V, E] transposed: logits [..., V] in x's dtype.
+
+  A few rows on CPU (a decode step's batch: 2 to FEW_ROWS) are a multiply-reduce over E in
+  float32, output [V, rows], which XLA fuses into one loop reading each embedding row once
+  for every row of x; XLA:CPU's dot streams the [V, E] matrix more slowly at that size
+  (SmolLM2's 49152 x 576, 8 rows, 2 cores: 7.8 ms against 11 ms; a 64-token batch-8 generate
+  ~3 % faster, the same tokens). One row stays a dot (XLA turns it into a fast GEMV; the
+  reduce form was 100x slower), and so does every other backend.
+  """
+  rows = math.prod(x.shape[:-1])
+  if not (2 <= rows <= FEW_ROWS and jax.default_backend() == "cpu"):
+    return jnp.einsum("...E,VE->...V", x, embedding)
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  flat = x.reshape(1, rows, x.shape[-1]).astype(acc)
+  out = jnp.sum(embedding[:, None, :].astype(acc) * flat, axis=-1)  # [V, rows]
+  return out.T.reshape(*x.shape[:-1], embedding.shape[0]).astype(x.dtype)
 
 
 class MLP(nn.Module):
