@@ -67,9 +67,10 @@ def test_attention_reference_matches_naive_per_head_loop():
       np.testing.assert_allclose(got[b, :, h], p @ v[b, :, h // 3], atol=1e-5)
 
 
-def test_attention_with_memory_and_heads_first_cache_is_one_softmax():
-  """Memory keys join the same softmax without being concatenated, and a heads-first cache
-  gives the same result: both against the plain reference over the concatenated keys."""
+def test_attention_with_blocks_and_heads_first_cache_is_one_softmax():
+  """Blocks of more keys (memory, decode tokens beside their cache) join the same softmax
+  without being concatenated, one or several, and a heads-first cache gives the same result:
+  all against the plain reference over the concatenated keys."""
   rng = np.random.default_rng(1)
   normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
   q, k, v, mem_k, mem_v = normal(2, 3, 4, 8), normal(2, 6, 2, 8), normal(2, 6, 2, 8), \
@@ -78,10 +79,23 @@ def test_attention_with_memory_and_heads_first_cache_is_one_softmax():
   mem_mask = jnp.asarray(rng.random((2, 3, 5)) < 0.6)
   want = dot_product_attention(q, jnp.concatenate([mem_k, k], 1), jnp.concatenate([mem_v, v], 1),
                                jnp.concatenate([mem_mask, mask], -1))
-  got = dot_product_attention(q, k, v, mask, memory=(mem_k, mem_v, mem_mask))
+  got = dot_product_attention(q, k, v, mask, blocks=[(mem_k, mem_v, mem_mask)])
   np.testing.assert_allclose(got, want, atol=1e-6)
   got = dot_product_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask,
-                              heads_first=True, memory=(mem_k, mem_v, mem_mask))
+                              heads_first=True, blocks=[(mem_k, mem_v, mem_mask)])
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  two = [(mem_k[:, :2], mem_v[:, :2], mem_mask[..., :2]),
+         (mem_k[:, 2:], mem_v[:, 2:], mem_mask[..., 2:])]
+  got = dot_product_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask,
+                              heads_first=True, blocks=two)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  # One decode token (T = 1) over a heads-first cache and one block of its own k, v.
+  got = dot_product_attention(q[:, :1], k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                              mask[:, :1], heads_first=True, blocks=[(
+                                  mem_k[:, :1], mem_v[:, :1], jnp.ones((1, 1, 1), bool))])
+  want = dot_product_attention(q[:, :1], jnp.concatenate([k, mem_k[:, :1]], 1),
+                               jnp.concatenate([v, mem_v[:, :1]], 1),
+                               jnp.concatenate([mask[:, :1], jnp.ones((2, 1, 1), bool)], -1))
   np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -90,8 +104,10 @@ def test_own_slots_masks():
   np.testing.assert_array_equal(prefill[0], np.tril(np.ones((3, 3), bool)))
   np.testing.assert_array_equal(prefill[1], [[1, 0, 0]] * 3)  # padding keys hidden
   # Prompts padded to 3 slots, lengths 2 and 3; the second decoded token at slot 4.
-  decode = attention.OwnSlots.decode(jnp.array([2, 3]), 3, jnp.int32(4)).mask(1, 6)
+  own = attention.OwnSlots.decode(jnp.array([2, 3]), 3, jnp.int32(4))
+  decode = own.mask(1, 6)
   np.testing.assert_array_equal(decode[:, 0], [[1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 1, 0]])
+  np.testing.assert_array_equal(own.mask_at(1, jnp.array([4, 2, 5])), decode[..., [4, 2, 5]])
 
 
 def test_rope_is_a_rotation_by_relative_offset():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -92,19 +93,24 @@ class OwnSlots:
 
   def mask(self, num_tokens: int, num_slots: int) -> jax.Array:
     """[B, T, S] bool."""
-    s = jnp.arange(num_slots)[None, None, :]
+    return self.mask_at(num_tokens, jnp.arange(num_slots))
+
+  def mask_at(self, num_tokens: int, slots: jax.Array) -> jax.Array:
+    """[B, T, len(slots)] bool: `mask` at the given slot indices only."""
+    s = slots[None, None, :]
     query_slot = self.offset[:, None, None] + jnp.arange(num_tokens)[None, :, None]
     hidden = (s >= self.hidden_start[:, None, None]) & (s < self.hidden_stop[:, None, None])
     return (s <= query_slot) & (s < self.length[:, None, None]) & ~hidden
 
 
 def write_slots(cache: KVCache, k: jax.Array, v: jax.Array, slot: jax.Array) -> KVCache:
-  """Writes k, v [B, T, J, D] into a heads-first cache ([B, J, S, D] arrays) at slots
-  slot..slot+T-1 of every row: one in-place dynamic-update-slice (a slot per row would compile
-  to a scatter per layer and step)."""
+  """Writes k, v [..., B, T, J, D] into a heads-first cache ([..., B, J, S, D] arrays: one
+  layer's, or every layer's stacked) at slots slot..slot+T-1 of every row: one in-place
+  dynamic-update-slice (a slot per row would compile to a scatter per layer and step)."""
+
   def write(buf, new):
-    return jax.lax.dynamic_update_slice(buf, new.transpose(0, 2, 1, 3).astype(buf.dtype),
-                                        (0, 0, slot, 0))
+    start = (0,) * (buf.ndim - 2) + (slot, 0)
+    return jax.lax.dynamic_update_slice(buf, jnp.swapaxes(new, -3, -2).astype(buf.dtype), start)
 
   return KVCache(write(cache.k, k), write(cache.v, v))
 
@@ -134,7 +140,7 @@ def _grouped_values(probs, v, heads_first):
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
                           heads_first: bool = False,
-                          memory: tuple[jax.Array, jax.Array, jax.Array] | None = None
+                          blocks: Sequence[tuple[jax.Array, jax.Array, jax.Array]] = ()
                           ) -> jax.Array:
   """Softmax attention with grouped kv heads (reference implementation).
 
@@ -143,8 +149,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     k, v: [B, S, J, D] keys and values ([B, J, S, D] with `heads_first`, a decode cache's
       layout); query head h reads kv head h // (H // J).
     mask: [B or 1, T, S] bool, True where a query may attend to a key.
-    memory: optional (mem_k, mem_v [B, M, J, D], mem_mask [B, T, M]): more keys and values
-      in the same softmax, read where they are (never concatenated with k, v).
+    blocks: more keys and values in the same softmax, read where they are (never
+      concatenated with k, v): (k [B, M, J, D], v [B, M, J, D], mask [B or 1, T, M])
+      triples, such as MSA's routed memory or decode tokens' own k, v beside the cache.
 
   Returns:
     [B, T, H, D] in q.dtype. Logits and softmax in float32, scale 1/sqrt(D).
@@ -155,19 +162,24 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     raise ValueError(f"query heads {h} not a multiple of kv heads {j}")
   qg = q.reshape(b, t, j, h // j, d)
   scale = d ** -0.5
-  logits = jnp.where(mask[:, None, None, :, :], grouped_logits(qg, k, heads_first, scale),
-                     MASK_VALUE)
-  if memory is None:
+
+  def masked(logits, m):
+    return jnp.where(m[:, None, None, :, :], logits, MASK_VALUE)
+
+  logits = masked(grouped_logits(qg, k, heads_first, scale), mask)
+  if not blocks:
     out = _grouped_values(jax.nn.softmax(logits, axis=-1), v, heads_first)
-  else:
-    mem_k, mem_v, mem_mask = memory
-    mem_logits = jnp.where(mem_mask[:, None, None, :, :],
-                           grouped_logits(qg, mem_k, False, scale), MASK_VALUE)
-    top = jnp.maximum(logits.max(-1, keepdims=True), mem_logits.max(-1, keepdims=True))
-    p, mem_p = jnp.exp(logits - top), jnp.exp(mem_logits - top)
-    total = p.sum(-1, keepdims=True) + mem_p.sum(-1, keepdims=True)
-    out = (_grouped_values(mem_p / total, mem_v, False)
-           + _grouped_values(p / total, v, heads_first))
+    return out.reshape(b, t, h, d).astype(q.dtype)
+  block_logits = [masked(grouped_logits(qg, bk, False, scale), m) for bk, _, m in blocks]
+  top = logits.max(-1, keepdims=True)
+  for x in block_logits:
+    top = jnp.maximum(top, x.max(-1, keepdims=True))
+  p = jnp.exp(logits - top)
+  block_p = [jnp.exp(x - top) for x in block_logits]
+  total = sum((x.sum(-1, keepdims=True) for x in block_p), p.sum(-1, keepdims=True))
+  out = _grouped_values(p / total, v, heads_first)
+  for (_, bv, _), x in zip(blocks, block_p):
+    out = out + _grouped_values(x / total, bv, False)
   return out.reshape(b, t, h, d).astype(q.dtype)
 
 
