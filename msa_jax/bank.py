@@ -756,8 +756,7 @@ def _app_main(argv: list[str]) -> None:
   """`python -m msa_jax.bank`: the absl app."""
   if len(argv) > 1:
     raise CliError(f"unexpected arguments: {argv[1:]}")
-  runtime.reuse_host_memory()
-  runtime.enable_compilation_cache()
+  runtime.start_command()
   run(flags.FLAGS.config, flags.FLAGS.question)
 
 

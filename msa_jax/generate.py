@@ -68,8 +68,7 @@ def run(config, prompts: Sequence[str] | None = None) -> list[str]:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise validation.UserError(f"unexpected arguments: {argv[1:]}")
-  runtime.reuse_host_memory()
-  runtime.enable_compilation_cache()
+  runtime.start_command()
   config, prompts = flags.FLAGS.config, flags.FLAGS.prompt
   for prompt, text in zip(prompts or config.prompts, run(config, prompts)):
     print(f"\n>>> {prompt}\n{text}")

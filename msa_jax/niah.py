@@ -85,8 +85,7 @@ def main(argv: Sequence[str]) -> None:
     raise validation.UserError(f"unexpected arguments: {argv[1:]}")
   if flags.FLAGS.config is None:
     raise validation.UserError("--config is required (e.g. --config=configs/niah.py)")
-  runtime.reuse_host_memory()
-  runtime.enable_compilation_cache()
+  runtime.start_command()
   run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

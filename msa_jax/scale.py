@@ -519,8 +519,7 @@ def main(argv: Sequence[str]) -> None:
     raise ScaleError(f"unexpected arguments {argv[1:]}")
   if flags.FLAGS.config is None:
     raise ScaleError("--config is required (e.g. --config=configs/scale.py)")
-  runtime.reuse_host_memory()
-  runtime.enable_compilation_cache()
+  runtime.start_command()
   run(flags.FLAGS.config)
 
 

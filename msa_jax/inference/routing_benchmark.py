@@ -209,8 +209,7 @@ def main(argv: Sequence[str]) -> None:
   if flags.FLAGS.config is None:
     raise validation.UserError("--config is required (e.g. --config=configs/"
                                "routing_benchmark.py)")
-  runtime.reuse_host_memory()
-  runtime.enable_compilation_cache()
+  runtime.start_command()
   run(flags.FLAGS.config)
 
 

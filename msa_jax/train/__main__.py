@@ -27,8 +27,7 @@ def main(argv: Sequence[str]) -> None:
   if _CONFIG.value is None:
     raise validation.UserError("--config is required (e.g. --config=configs/demo.py)")
   validation.check_output_dir(_WORKDIR.value)
-  runtime.reuse_host_memory()
-  runtime.enable_compilation_cache()
+  runtime.start_command()
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

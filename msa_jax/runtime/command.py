@@ -1,0 +1,14 @@
+"""What every command's `main` runs first (`start_command`), in the order it needs."""
+
+from __future__ import annotations
+
+from msa_jax.runtime.cache import enable_compilation_cache
+from msa_jax.runtime.host_memory import reuse_host_memory
+
+
+def start_command() -> None:
+  """glibc's malloc set to reuse large host buffers (`reuse_host_memory`: before JAX starts
+  its CPU client, so first), then JAX's persistent compilation cache
+  (`enable_compilation_cache`: the `--compilation_cache` flag or its environment variable)."""
+  reuse_host_memory()
+  enable_compilation_cache()
