@@ -86,9 +86,12 @@ def test_attention_with_blocks_and_heads_first_cache_is_one_softmax():
   np.testing.assert_allclose(got, want, atol=1e-6)
   two = [(mem_k[:, :2], mem_v[:, :2], mem_mask[..., :2]),
          (mem_k[:, 2:], mem_v[:, 2:], mem_mask[..., 2:])]
-  got = dot_product_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask,
-                              heads_first=True, blocks=two)
-  np.testing.assert_allclose(got, want, atol=1e-6)
+  for query_rows in (False, True):  # the inference layout gives the same values
+    got = dot_product_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask,
+                                heads_first=True, blocks=two, query_rows=query_rows)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    got = dot_product_attention(q, k, v, mask, blocks=two, query_rows=query_rows)
+    np.testing.assert_allclose(got, want, atol=1e-6)
   # One decode token (T = 1) over a heads-first cache and one block of its own k, v.
   got = dot_product_attention(q[:, :1], k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
                               mask[:, :1], heads_first=True, blocks=[(

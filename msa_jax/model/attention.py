@@ -115,40 +115,38 @@ def write_slots(cache: KVCache, k: jax.Array, v: jax.Array, slot: jax.Array) -> 
   return KVCache(write(cache.k, k), write(cache.v, v))
 
 
-def grouped_logits(qg, k, heads_first=False, scale=None):
+def grouped_logits(qg, k, heads_first=False, scale=None, query_rows=False):
   """[B, J, R, T, S] float32 logits of grouped queries qg [B, T, J, R, D] over keys k
-  ([B, S, J, D], or [B, J, S, D] with `heads_first`), times `scale` (default 1/sqrt(D)).
-
-  Several query tokens run as one [R * T, D] x [D, S] matmul per sample and kv head, on
-  heads-first operands (k transposed here unless it is already); XLA:CPU ran the
-  'BTJRD,BSJD->BJRTS' batched dot 2.2x slower (16 SmolLM2 documents of 128 tokens: one
-  layer's attention 18.4 -> 13.7 ms, the same values)."""
+  ([B, S, J, D], or [B, J, S, D] with `heads_first`), times `scale` (default 1/sqrt(D));
+  `query_rows`: see `dot_product_attention`."""
   scale = qg.shape[-1] ** -0.5 if scale is None else scale
   b, t, j, r, d = qg.shape
-  if t == 1:
-    if heads_first:  # one decode token: see `_grouped_values`
-      f32 = jnp.float32
-      logits = jnp.sum(qg[:, 0, :, :, None, :].astype(f32) * k[:, :, None].astype(f32), -1)
-      return logits[:, :, :, None, :] * scale
-    return jnp.einsum("BTJRD,BSJD->BJRTS", qg, k, preferred_element_type=jnp.float32) * scale
+  if t == 1 and heads_first:  # one decode token: see `_grouped_values`
+    f32 = jnp.float32
+    logits = jnp.sum(qg[:, 0, :, :, None, :].astype(f32) * k[:, :, None].astype(f32), -1)
+    return logits[:, :, :, None, :] * scale
+  if t == 1 or not query_rows:
+    eqn = "BTJRD,BJSD->BJRTS" if heads_first else "BTJRD,BSJD->BJRTS"
+    return jnp.einsum(eqn, qg, k, preferred_element_type=jnp.float32) * scale
   q_rows = qg.transpose(0, 2, 3, 1, 4).reshape(b, j, r * t, d)
   logits = jnp.einsum("BJMD,BJSD->BJMS", q_rows, k if heads_first else k.transpose(0, 2, 1, 3),
                       preferred_element_type=jnp.float32)
   return logits.reshape(b, j, r, t, -1) * scale
 
 
-def _grouped_values(probs, v, heads_first):
+def _grouped_values(probs, v, heads_first, query_rows=False):
   """[B, T, J, R, D] attention output of probs [B, J, R, T, S] over values v ([B, S, J, D],
-  or [B, J, S, D] with `heads_first`); several query tokens as in `grouped_logits`."""
+  or [B, J, S, D] with `heads_first`); `query_rows`: see `dot_product_attention`."""
   b, j, r, t, s = probs.shape
-  if t == 1:
-    if heads_first:
-      # One decode token over a heads-first cache: a multiply-reduce XLA fuses into one loop,
-      # where the [S, D] x [D, R] batched dot ran XLA:CPU's naive dot emitter (SmolLM2, batch
-      # 8, one core: 64 tokens 6.78 -> 6.62 s, the same text).
-      out = jnp.sum(probs[:, :, :, 0, :, None].astype(v.dtype) * v[:, :, None], axis=-2)
-      return out[:, None]
-    return jnp.einsum("BJRTS,BSJD->BTJRD", probs.astype(v.dtype), v)
+  if t == 1 and heads_first:
+    # One decode token over a heads-first cache: a multiply-reduce XLA fuses into one loop,
+    # where the [S, D] x [D, R] batched dot ran XLA:CPU's naive dot emitter (SmolLM2, batch
+    # 8, one core: 64 tokens 6.78 -> 6.62 s, the same text).
+    out = jnp.sum(probs[:, :, :, 0, :, None].astype(v.dtype) * v[:, :, None], axis=-2)
+    return out[:, None]
+  if t == 1 or not query_rows:
+    eqn = "BJRTS,BJSD->BTJRD" if heads_first else "BJRTS,BSJD->BTJRD"
+    return jnp.einsum(eqn, probs.astype(v.dtype), v)
   out = jnp.einsum("BJMS,BJSD->BJMD", probs.reshape(b, j, r * t, s).astype(v.dtype),
                    v if heads_first else v.transpose(0, 2, 1, 3))
   return out.reshape(b, j, r, t, -1).transpose(0, 3, 1, 2, 4)
@@ -156,8 +154,8 @@ def _grouped_values(probs, v, heads_first):
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
                           heads_first: bool = False,
-                          blocks: Sequence[tuple[jax.Array, jax.Array, jax.Array]] = ()
-                          ) -> jax.Array:
+                          blocks: Sequence[tuple[jax.Array, jax.Array, jax.Array]] = (),
+                          query_rows: bool = False) -> jax.Array:
   """Softmax attention with grouped kv heads (reference implementation).
 
   Args:
@@ -168,6 +166,13 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     blocks: more keys and values in the same softmax, read where they are (never
       concatenated with k, v): (k [B, M, J, D], v [B, M, J, D], mask [B or 1, T, M])
       triples, such as MSA's routed memory or decode tokens' own k, v beside the cache.
+    query_rows: several query tokens as one [R * T, D] x [D, S] matmul per sample and kv head
+      on heads-first operands (k, v transposed here unless they are already), where the
+      default is one 'BTJRD,BSJD->BJRTS' einsum. The same values; XLA:CPU runs it 2.2x
+      faster (16 SmolLM2 documents of 128 tokens: one layer's attention 18.4 -> 13.7 ms).
+      Inference passes True. The training forward keeps False: the gradients' rounding
+      differs (within 1e-6 here), and the demo's recipe (configs/demo.py) trained with True
+      answered 0.914-0.945 of the held-out questions instead of 1.000.
 
   Returns:
     [B, T, H, D] in q.dtype. Logits and softmax in float32, scale 1/sqrt(D).
@@ -182,20 +187,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   def masked(logits, m):
     return jnp.where(m[:, None, None, :, :], logits, MASK_VALUE)
 
-  logits = masked(grouped_logits(qg, k, heads_first, scale), mask)
+  logits = masked(grouped_logits(qg, k, heads_first, scale, query_rows), mask)
   if not blocks:
-    out = _grouped_values(jax.nn.softmax(logits, axis=-1), v, heads_first)
+    out = _grouped_values(jax.nn.softmax(logits, axis=-1), v, heads_first, query_rows)
     return out.reshape(b, t, h, d).astype(q.dtype)
-  block_logits = [masked(grouped_logits(qg, bk, False, scale), m) for bk, _, m in blocks]
+  block_logits = [masked(grouped_logits(qg, bk, False, scale, query_rows), m)
+                  for bk, _, m in blocks]
   top = logits.max(-1, keepdims=True)
   for x in block_logits:
     top = jnp.maximum(top, x.max(-1, keepdims=True))
   p = jnp.exp(logits - top)
   block_p = [jnp.exp(x - top) for x in block_logits]
   total = sum((x.sum(-1, keepdims=True) for x in block_p), p.sum(-1, keepdims=True))
-  out = _grouped_values(p / total, v, heads_first)
+  out = _grouped_values(p / total, v, heads_first, query_rows)
   for (_, bv, _), x in zip(blocks, block_p):
-    out = out + _grouped_values(x / total, bv, False)
+    out = out + _grouped_values(x / total, bv, False, query_rows)
   return out.reshape(b, t, h, d).astype(q.dtype)
 
 

@@ -173,7 +173,8 @@ def routed_attention(q, k, v, own: attention.OwnSlots | jax.Array, memory: Route
   t, s = q.shape[1], k.shape[2 if heads_first else 1]
   blocks = () if memory is None else [_memory_block(q, memory, memory_visible)]
   return attention.dot_product_attention(q, k, v, own if dense else own.mask(t, s),
-                                         heads_first=heads_first, blocks=blocks)
+                                         heads_first=heads_first, blocks=blocks,
+                                         query_rows=True)
 
 
 def _whole_batch(x: jax.Array) -> jax.Array:
@@ -278,13 +279,14 @@ class MSAAttention(attention.Attention):
   def use_pallas(self) -> bool:
     return pallas_kernels.resolves_to_pallas(self.kernel_impl, self.head_dim)
 
-  def doc_attention(self, docs, doc_positions, doc_lengths):
-    """Documents [B, N, G, E] -> (output [B, N, G, E], MemoryBlocks [B, N, C, ...] or None)."""
+  def doc_attention(self, docs, doc_positions, doc_lengths, query_rows=False):
+    """Documents [B, N, G, E] -> (output [B, N, G, E], MemoryBlocks [B, N, C, ...] or None);
+    `query_rows` (inference): see `attention.dot_product_attention`."""
     b, n, g, e = docs.shape
     dq, dk, dv = self.project(docs.reshape(b * n, g, e), doc_positions.reshape(b * n, g))
     doc_valid = jnp.arange(g) < doc_lengths.reshape(b * n, 1)
     doc_out = attention.dot_product_attention(
-        dq, dk, dv, attention.causal_mask(g) & doc_valid[:, None, :])
+        dq, dk, dv, attention.causal_mask(g) & doc_valid[:, None, :], query_rows=query_rows)
     doc_out = self.output(_pad_query_rows(doc_out, doc_valid)).reshape(b, n, g, e)
     if not self.is_router:
       return doc_out, None
@@ -441,8 +443,9 @@ class MSADecoderLayer(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
   def docs(self, docs, doc_positions, doc_lengths):
-    """Document stream only: [B, N, G, E] -> (output, MemoryBlocks or None)."""
-    doc_y, mem = self.attn.doc_attention(self.attn_norm(docs), doc_positions, doc_lengths)
+    """Document stream only (inference): [B, N, G, E] -> (output, MemoryBlocks or None)."""
+    doc_y, mem = self.attn.doc_attention(self.attn_norm(docs), doc_positions, doc_lengths,
+                                         query_rows=True)
     return self._doc_mlp(docs, doc_y), mem
 
   def input_norm(self, x):
