@@ -190,6 +190,8 @@ def test_generate_text(model, params):
   stopping = SamplingConfig(max_new_tokens=8, stop_tokens=(int(base[0, 0]),))
   out = generate_text(model, params, tok, texts, stopping, bucket=16)
   assert out[0] == ""
+  with pytest.raises(ValueError, match="bucket must be an int >= 1, got 0"):
+    generate_text(model, params, tok, texts, greedy, bucket=0)
 
 
 def _draws(logits, temperature, top_p=1.0, top_k=0, num=20_000, seed=0):
@@ -276,9 +278,10 @@ def test_sampling_config_coerces_stop_tokens():
     (np.full((2, 4), 600, np.int32), [1, 2], SamplingConfig(), "600"),
     (np.ones((2, 4), np.int32), [1, 2], SamplingConfig(stop_tokens=(9999,)), "9999"),
     (np.ones((2, 4), np.int32), [1, 2], SamplingConfig(), "bucket must be an int >= 1, got 0"),
+    (np.ones((2, 4), np.int32), [1, 2], SamplingConfig(), "bucket must be an int >= 1, got True"),
 ])
 def test_generate_validation(model, params, tokens, lengths, sampling, bad):
-  bucket = 0 if "bucket" in bad else 16
+  bucket = (True if bad.endswith("True") else 0) if "bucket" in bad else 16
   with pytest.raises(ValueError, match=re.escape(bad)):
     generate(model, params, tokens, np.array(lengths, np.int32), jax.random.key(0), sampling,
              bucket)

@@ -223,6 +223,11 @@ def _generate_fn(model: Transformer, sampling: SamplingConfig):
   return jax.jit(run)
 
 
+def _check_bucket(bucket) -> None:
+  if not (isinstance(bucket, int) and not isinstance(bucket, bool) and bucket >= 1):
+    raise ValueError(f"bucket must be an int >= 1, got {bucket!r}")
+
+
 def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
              prompt_lengths: jax.Array, rng: jax.Array, sampling: SamplingConfig,
              bucket: int = 16, pack: bool | None = None) -> GenerateOutput:
@@ -267,8 +272,7 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
     bad = [i for i in ids if not 0 <= i < vocab]
     if bad:
       raise ValueError(f"{name} must be in [0, {vocab}), got {bad[0]!r}")
-  if not (isinstance(bucket, int) and bucket >= 1):
-    raise ValueError(f"bucket must be an int >= 1, got {bucket!r}")
+  _check_bucket(bucket)
   if pack not in (None, True, False):
     raise ValueError(f"pack must be None, True or False, got {pack!r}")
   if pack is None:
@@ -301,8 +305,7 @@ def generate_text(model: Transformer, params: Any, tokenizer: Tokenizer, prompts
   Returns:
     One continuation per prompt.
   """
-  if not (isinstance(bucket, int) and bucket >= 1):
-    raise ValueError(f"bucket must be an int >= 1, got {bucket!r}")
+  _check_bucket(bucket)
   if not prompts:
     return []
   encoded = [list(tokenizer.encode(text)) for text in prompts]
