@@ -37,9 +37,8 @@ QUICK = dict(docs=16, layers=2, iters=2)
 
 def backbone_flops(cfg, num_layers: int, tokens: int) -> float:
   """FLOPs of `tokens` causal tokens through `num_layers` layers (no LM head)."""
-  e, h, j, d, f = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  matmuls = 2 * (e * h * d + 2 * e * j * d + h * d * e + 3 * e * f) * tokens
-  attention = 4 * h * d * tokens * (tokens + 1) / 2  # scores and values over the prefix
+  matmuls = 2 * cfg.layer_matmul_weights() * tokens
+  attention = 4 * cfg.num_heads * cfg.head_dim * tokens * (tokens + 1) / 2  # over the prefix
   return float(num_layers * (matmuls + attention))
 
 

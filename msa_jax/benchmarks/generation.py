@@ -43,9 +43,8 @@ BATCH_PROMPTS = (
 
 def forward_flops(cfg: ModelConfig, context: int, lm_head: bool) -> float:
   """FLOPs of one token through the model, attending to `context` keys (itself included)."""
-  e, h, j, d, f = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  per_layer = 2 * (e * h * d + 2 * e * j * d + h * d * e + 3 * e * f) + 4 * h * d * context
-  return cfg.num_layers * per_layer + (2 * e * cfg.vocab_size if lm_head else 0)
+  per_layer = 2 * cfg.layer_matmul_weights() + 4 * cfg.num_heads * cfg.head_dim * context
+  return cfg.num_layers * per_layer + (2 * cfg.embed_dim * cfg.vocab_size if lm_head else 0)
 
 
 def generate_flops(cfg: ModelConfig, prompt_lengths, new_tokens: int) -> float:

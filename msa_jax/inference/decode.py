@@ -166,11 +166,10 @@ def packing_pays(cfg: ModelConfig, lengths: np.ndarray, prompt_slots: int,
   costs 2 W (W: one layer's weights), a pair of tokens that may see each other 4 H D, and
   the packed row's attention is dense over P (the segment mask hides the other prompts), so
   packing loses when the prompts are long and of nearly equal length."""
-  e, h, j, d, f = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  weights = 2 * e * h * d + 2 * e * j * d + 3 * e * f
+  weights, hd = cfg.layer_matmul_weights(), cfg.num_heads * cfg.head_dim
 
   def cost(rows: int, width: int) -> int:
-    return rows * width * (2 * weights + 4 * h * d * width)
+    return rows * width * (2 * weights + 4 * hd * width)
 
   return cost(1, packed_width(lengths, bucket)) < cost(len(lengths), prompt_slots)
 

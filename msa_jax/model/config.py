@@ -59,6 +59,12 @@ class ModelConfig:
   def replace(self, **changes) -> ModelConfig:
     return dataclasses.replace(self, **changes)
 
+  def layer_matmul_weights(self) -> int:
+    """Weights of one layer's matmuls (q, k, v, o and the SwiGLU MLP's three): a token costs
+    twice as many FLOPs through them, plus its attention (4 H D per key it sees)."""
+    e, h, j, d = self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim
+    return 2 * e * h * d + 2 * e * j * d + 3 * e * self.mlp_dim
+
 
 # Real dimensions of the published checkpoints (their HF config.json), plus `tiny` for tests.
 PRESETS: dict[str, ModelConfig] = {
