@@ -225,9 +225,7 @@ class MSAEngine:
     self.config, self.msa, self.params, self.bank = config, msa, params, bank
     self.dtype = jnp.dtype(dtype)
     self.mesh = mesh
-    if tile_chunks is None and mesh is not None:
-      tile_chunks = bank_routing.DEFAULT_TILE_CHUNKS
-    self.tile_chunks = tile_chunks
+    self.tile_chunks = bank_routing.bank_tile_chunks(tile_chunks, mesh is not None)
     self.router_ids = msa.arch.router_layer_ids(config.num_layers)
     if check_fingerprint:
       expected = bank_fingerprint(config, msa.arch, params, self.dtype)

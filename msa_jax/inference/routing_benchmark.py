@@ -79,12 +79,9 @@ def token_sizes(config) -> list[int]:
 
 
 def tile_chunks(args) -> int | None:
-  """The tile `route` gets: `args.tile_chunks`, or for 0 its automatic tile (None) on one
-  device and `routing.DEFAULT_TILE_CHUNKS` with memory_devices (a sharded bank is laid out in
-  whole tiles), as the engine does."""
-  if args.tile_chunks:
-    return args.tile_chunks
-  return routing.DEFAULT_TILE_CHUNKS if args.memory_devices else None
+  """The tile `route` gets: `args.tile_chunks`, or for 0 the engine's default
+  (`routing.bank_tile_chunks`: automatic on one device, DEFAULT_TILE_CHUNKS sharded)."""
+  return routing.bank_tile_chunks(args.tile_chunks or None, bool(args.memory_devices))
 
 
 def bank_shape(tokens: int, args) -> tuple[int, int]:

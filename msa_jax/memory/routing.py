@@ -86,6 +86,15 @@ NEG_INF = float("-inf")
 KERNEL_IMPLS = ("auto", "xla", "pallas")
 BITS = jnp.dtype(jnp.uint16)  # a 16-bit float bank given as its bit patterns (`host_keys`)
 DEFAULT_TILE_CHUNKS = 2048  # Memory Parallel's tile (and shard length unit) by default
+
+
+def bank_tile_chunks(tile_chunks: int | None, sharded: bool) -> int | None:
+  """The tile a bank is routed with: `tile_chunks` when given; else `route`'s automatic tile
+  (None) on one device, and DEFAULT_TILE_CHUNKS for a sharded bank (`layout_bank` lays its
+  shards out in whole tiles)."""
+  if tile_chunks is not None:
+    return tile_chunks
+  return DEFAULT_TILE_CHUNKS if sharded else None
 TILE_SCORE_BYTES = 2 << 20  # `auto_tile_chunks`: float32 scores one tile's GEMM writes
 TILE_KEY_BYTES = 8 << 20  # ... and the keys one tile reads
 MIN_TILE_CHUNKS = 256
