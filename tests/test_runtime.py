@@ -141,7 +141,6 @@ def test_commands_hide_info_logs_unless_verbosity_is_given(args, info_shown):
   assert ("info-line" in result.stderr) == info_shown, result.stderr
 
 
-
 # Allocates, touches and frees a 128 MiB buffer; prints whether the settings applied and how
 # much of it the process still holds after the free (kept for reuse, or returned to the OS).
 _REUSE = """

@@ -352,7 +352,7 @@ class MSAAttention(attention.Attention):
     if memory is not None:
       blocks.append(_memory_block(q, memory, memory_visible))
     out = attention.dot_product_attention(q, cache.k, cache.v, old, heads_first=True,
-                                          blocks=blocks)
+                                          blocks=blocks, query_rows=True)
     return self.output(out), attention.KVCache(k, v)
 
   def __call__(self, docs, doc_positions, doc_lengths, x, positions, token_mask, query_mask,

@@ -2,8 +2,8 @@
 
 Every entry point calls `enable_compilation_cache()` at its start (through
 `command.start_command()`, right after `host_memory.reuse_host_memory()`, which must come
-before JAX's CPU client starts), so a second run of the same command loads its XLA executables from disk instead of compiling them
-again. The cache lives
+before JAX's CPU client starts), so a second run of the same command loads its XLA
+executables from disk instead of compiling them again. The cache lives
 in `$XDG_CACHE_HOME/msa_jax/jax` (default `~/.cache/msa_jax/jax`); the environment variable
 `MSA_JAX_COMPILATION_CACHE` or the flag `--compilation_cache` (absl commands and the bank CLI)
 names another directory, and the value `off` disables it. The flag wins over the variable.

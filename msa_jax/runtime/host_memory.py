@@ -11,8 +11,8 @@ high-water mark of memory instead of returning it to the OS. Measured on the AMD
 decode step 0.47-0.50 -> 0.26-0.28 s.
 
 It only acts before JAX starts its CPU client (threads that already have an arena keep it),
-so the commands call it first in `main` (`command.start_command()`). glibc only (elsewhere a no-op); the environment
-variable `MSA_JAX_REUSE_HOST_MEMORY=0` turns it off.
+so the commands call it first in `main` (`command.start_command()`). glibc only (elsewhere a
+no-op); the environment variable `MSA_JAX_REUSE_HOST_MEMORY=0` turns it off.
 """
 
 from __future__ import annotations
