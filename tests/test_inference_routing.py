@@ -155,30 +155,46 @@ def test_automatic_tiles_split_the_bank_evenly(monkeypatch, mode):
   from msa_jax.memory import routing as bank_routing
   monkeypatch.setattr(bank_routing, "MIN_TILE_CHUNKS", 1)
   monkeypatch.setattr(bank_routing, "TILE_SCORE_BYTES", 4 * 12 * 8)
+  monkeypatch.setattr(bank_routing, "KEYS_BOUND_COLUMNS", 0)
+  monkeypatch.setattr(bank_routing, "WHOLE_BANK_BYTES", 0)
   # 3 questions: head mean, 4 tokens -> 12 score columns; head max, "last" folded to 1 token,
   # 4 heads -> 12 too. Keys: J = 2, D = 8, float32.
-  assert bank_routing.auto_tile_chunks(12, 2 * 8 * 4) == 8
   docs = RAGGED + (3,)  # 31 chunks: a bank shape no other test compiles `route` for
+  assert bank_routing.auto_tile_chunks(12, 2 * 8 * 4, sum(docs)) == 8
   check_against_training(random_bank(13, docs), random_questions(13), len(docs), 4, mode, None)
 
 
 def test_auto_tile_chunks():
-  """Powers of two sized by the tile's float32 scores (TILE_SCORE_BYTES) and keys
-  (TILE_KEY_BYTES), at least MIN_TILE_CHUNKS."""
-  from msa_jax.memory.routing import (MIN_TILE_CHUNKS, TILE_KEY_BYTES, TILE_SCORE_BYTES,
-                                      auto_tile_chunks)
+  """The whole bank when its GEMM is keys-bound (<= KEYS_BOUND_COLUMNS score columns) or its
+  keys and scores fit WHOLE_BANK_BYTES; else powers of two sized by the tile's float32 scores
+  (TILE_SCORE_BYTES) and keys (TILE_KEY_BYTES), at least MIN_TILE_CHUNKS."""
+  from msa_jax.memory.routing import (KEYS_BOUND_COLUMNS, MIN_TILE_CHUNKS, TILE_KEY_BYTES,
+                                      TILE_SCORE_BYTES, WHOLE_BANK_BYTES, auto_tile_chunks)
   row = 2 * 64 * 4  # J = 2, D = 64, float32 keys
-  for columns in (1, 3, 16, 100, 128, 1000, 10 ** 6):
-    tile = auto_tile_chunks(columns, row)
+  big = 10 * WHOLE_BANK_BYTES // row  # chunks of a bank beyond WHOLE_BANK_BYTES
+  for columns in (1, 3, 16, 32, 33, 100, 128, 1000, 10 ** 6):
+    tile = auto_tile_chunks(columns, row, big)
+    if columns <= KEYS_BOUND_COLUMNS:
+      assert tile == big
+      continue
     assert tile & (tile - 1) == 0 and tile >= MIN_TILE_CHUNKS
     assert tile == MIN_TILE_CHUNKS or (tile * 4 * columns <= TILE_SCORE_BYTES
                                        and tile * row <= TILE_KEY_BYTES)
     assert tile == MIN_TILE_CHUNKS or 2 * tile * 4 * columns > TILE_SCORE_BYTES or (
         2 * tile * row > TILE_KEY_BYTES)
-  # B questions of T = 16 routing tokens, head mean: one question reads 8 MiB of keys per tile,
-  # 8 questions write 2 MiB of scores.
-  assert auto_tile_chunks(16, row) == 16384 and auto_tile_chunks(8 * 16, row) == 4096
-  assert auto_tile_chunks(10 ** 6, row) == MIN_TILE_CHUNKS
+  # The benchmark's banks (J = 2, D = 64, T = 16, head mean): one question streams any bank in
+  # one step; 8 questions take 1M tokens (15,625 chunks, 8 MiB of keys) in one step and 10M
+  # tokens in tiles of 4,096 chunks (2 MiB of scores).
+  assert auto_tile_chunks(16, row, 156_250) == 156_250
+  assert auto_tile_chunks(8 * 16, row, 15_625) == 15_625
+  assert auto_tile_chunks(8 * 16, row, 156_250) == 4096
+  # A small bank with many columns: whole while its scores fit too (8 MB), else tiles.
+  assert auto_tile_chunks(1000, row, 2048) == 2048
+  assert auto_tile_chunks(4096, row, 2048) == MIN_TILE_CHUNKS  # 32 MiB of scores
+  assert auto_tile_chunks(10 ** 6, row, big) == MIN_TILE_CHUNKS
+  # 16-bit keys always take tiles (the GEMM converts them): 8 MiB of keys per step.
+  assert auto_tile_chunks(16, row // 2, 156_250, half_keys=True) == 32768
+  assert auto_tile_chunks(8 * 16, row // 2, 15_625, half_keys=True) == 4096
 
 
 @pytest.mark.parametrize("kernel_impl", ["xla", "pallas", "auto"])

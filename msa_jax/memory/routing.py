@@ -5,7 +5,7 @@ C chunks of all M documents (a document's chunks contiguous) and `chunk_doc` [C]
 document of each chunk (-1 marks a padding row). `route` scores Q questions against it with
 exactly the training math (`msa_jax.model.routing.chunk_scores` -> `doc_scores` ->
 `select_top_k`), but streams the bank in fixed-size tiles of chunks, so its memory is
-O(Q * tile * T * H + Q * M) whatever C is:
+O(Q * tile * T * H + Q * M) for a given tile whatever C is:
 
   for each tile of chunks:   per-chunk scores [Q, tile] (head reduce, query reduce)
                              scattered into per-document running max / sum [Q, M]
@@ -30,13 +30,19 @@ less than that could rank in the other order; documents with identical keys stil
 (their chunks go through the same GEMM) and ties go to the lower index. The GEMM's summation
 order may depend on its shape, so changing `tile_chunks` can move a score by an ulp.
 
-The tile (`tile_chunks=None`, the default) is sized by what one step writes and reads
-(`auto_tile_chunks`: ~2 MiB of float32 scores, at most 8 MiB of keys; B = 1: 16,384 chunks,
-B = 8: 4,096 at the benchmark's sizes), and the bank is cut into equal tiles of at most that
-(ceil(C / size) of them, so the last one does not overlap the one before by up to a whole
-tile): a small batch streams the bank in a few large steps and a large one keeps its scores
-in cache. A caller holding the bank's chunk counts (the engine:
-`MemoryBank.chunk_counts`) passes them as `chunk_counts` and saves a pass over `chunk_doc`.
+The tile (`tile_chunks=None`, the default) is chosen by `auto_tile_chunks`: for float32 keys,
+the whole bank in one step when its GEMM is keys-bound (up to 32 score columns: two
+questions of 16 routing tokens with the head mean) or the bank is small (keys and scores
+within 16 MiB); else, and for 16-bit keys, tiles sized by what one step writes and reads (~2
+MiB of float32 scores, at most 8 MiB of keys; B = 8: 4,096 chunks at the benchmark's sizes),
+the bank cut into equal tiles of at most that (ceil(C / size) of them, so the last one does
+not overlap the one before by up to a whole tile). A tile is a slice XLA copies out of the
+bank, which costs as much as a keys-bound GEMM reading it; many score columns over a bank
+beyond the cache, and keys the GEMM converts, gain more from tiles that stay in cache. A
+question without a valid token (-inf with a query max) is masked once, on its document
+scores, not on every tile's chunk scores. A caller holding the bank's chunk counts (the
+engine: `MemoryBank.chunk_counts`) passes them as `chunk_counts` and saves a pass over
+`chunk_doc`.
 
 `kernel_impl` ("auto" | "xla" | "pallas", as `MSARuntime.kernel_impl`) picks the scorer:
 "pallas" (or "auto" on a GPU, for a head dim the kernel takes: a power of two >= 16) scores
@@ -79,8 +85,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import pallas_kernels
 from pallas_kernels.routing_scores.kernel import routing_doc_scores
-from pallas_kernels.routing_scores.xla import (check_inputs, query_operand, score_columns,
-                                               tile_chunk_scores)
+from pallas_kernels.routing_scores.xla import (check_inputs, empty_questions, query_operand,
+                                               score_columns, tile_chunk_scores)
 
 NEG_INF = float("-inf")
 KERNEL_IMPLS = ("auto", "xla", "pallas")
@@ -95,24 +101,43 @@ def bank_tile_chunks(tile_chunks: int | None, sharded: bool) -> int | None:
   if tile_chunks is not None:
     return tile_chunks
   return DEFAULT_TILE_CHUNKS if sharded else None
+
+
 TILE_SCORE_BYTES = 2 << 20  # `auto_tile_chunks`: float32 scores one tile's GEMM writes
 TILE_KEY_BYTES = 8 << 20  # ... and the keys one tile reads
 MIN_TILE_CHUNKS = 256
+KEYS_BOUND_COLUMNS = 32  # at most this many score columns: the whole bank in one step
+WHOLE_BANK_BYTES = 16 << 20  # ... and a bank whose keys and scores both fit this
 
 
-def auto_tile_chunks(score_columns: int, key_row_bytes: int) -> int:
-  """The largest tile `route` uses when `tile_chunks` is None: the largest power of two of
-  chunks whose float32 scores (`score_columns` per chunk) fit TILE_SCORE_BYTES and whose keys
-  (`key_row_bytes` per chunk) fit TILE_KEY_BYTES, at least MIN_TILE_CHUNKS (`route` then cuts
-  the bank into equal tiles of at most this).
+def auto_tile_chunks(score_columns: int, key_row_bytes: int, chunks: int,
+                     half_keys: bool = False) -> int:
+  """The largest tile `route` uses for a bank of `chunks` chunks when `tile_chunks` is None
+  (`route` then cuts the bank into equal tiles of at most this).
 
-  Few, large steps; a step's keys (copied out of the bank by the tile's slice) and scores (if
-  XLA writes them: XLA:CPU fuses the unmasked query max into the GEMM) stay in cache. On this
-  project's 2-core CPU (jax 0.10, 2026-12-05, routing one router layer of 1M-10M tokens, T =
-  16, J * D = 128, float32, in one process): B = 1 (16 score columns, keys-bound: 16,384
-  chunks) was the fastest of 4,096-32,768 tiles or level with them; B = 8 (128 columns: 4,096)
-  level with 2,048 and ahead of 1,024 and 8,192-16,384 at 10M tokens.
+  Float32 keys: the whole bank in one step (`chunks`) when its GEMM is keys-bound (at most
+  KEYS_BOUND_COLUMNS float32 scores per chunk: up to two questions of 16 routing tokens with
+  the head mean; the scores, if XLA writes them, are then at most a quarter of a float32
+  bank's keys) or when the bank's keys and scores both fit WHOLE_BANK_BYTES; else the largest
+  power of two of chunks whose scores (`score_columns` per chunk) fit TILE_SCORE_BYTES and
+  whose keys (`key_row_bytes` per chunk) fit TILE_KEY_BYTES, at least MIN_TILE_CHUNKS. 16-bit
+  keys (`half_keys`) always take the tiles: the GEMM converts them, and a bank given as bits
+  is reinterpreted by a copy, so one step over the whole bank converts or copies all of it
+  at once (10M tokens, B = 1, bfloat16 bits: 21.6 ms in one step, 13.7 in 16,384-chunk tiles;
+  1M tokens, B = 8: 7.4 against 6.4 in tiles of 4,096).
+
+  A tile is sliced out of the bank, and XLA:CPU copies the slice: on this project's 2-core
+  AMD EPYC (Zen 2, 16 MiB L3; jax 0.10, 2026-12-05, one router layer, T = 16, J * D = 128,
+  float32) that copy ran at ~9 GB/s, as long as a one-question GEMM over the same keys, and
+  the tiles' GEMMs were less efficient than one: at 1M tokens one step took 0.52 / 2.0 / 3.6
+  ms at B = 1 / 4 / 8 against 1.0-2.2 / 3.9 / 5.0 with 4,096-16,384-chunk tiles, and at 10M
+  tokens 9.7 / 16 ms at B = 1 / 2 against 15 / 20-22. Many columns over a bank beyond the
+  cache are the other way round (10M tokens, B = 4 / 8: one step 31 / 51 ms, 8,192 / 4,096
+  chunk tiles 25 / 37 ms; the whole-bank GEMM re-reads keys that no longer stay in cache).
   """
+  whole = chunks * max(key_row_bytes, 4 * score_columns) <= WHOLE_BANK_BYTES
+  if not half_keys and (score_columns <= KEYS_BOUND_COLUMNS or whole):
+    return chunks
   tile = min(TILE_SCORE_BYTES // (4 * max(score_columns, 1)),
              TILE_KEY_BYTES // max(key_row_bytes, 1))
   return max(MIN_TILE_CHUNKS, 1 << max(tile, 1).bit_length() - 1)
@@ -169,14 +194,16 @@ def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_re
 
   The last tile is the bank's last `tile` rows (its start clamped), with the rows an earlier
   tile already covered dropped; padding rows (chunk_doc < 0) are dropped too. Dropped rows
-  scatter to index M, out of bounds, which the scatter ignores.
+  scatter to index M, out of bounds, which the scatter ignores. A question with no valid
+  token (query max) is -inf for every document, set once on the result (`empty_questions`).
   """
   c = keys.shape[0]
   dtype = _key_dtype(rq, keys)
   q = query_operand(rq, query_mask, keys.shape[1], scale=scale, head_reduce=head_reduce,
                     query_reduce=query_reduce, dtype=dtype)
   if tile_chunks is None:  # the bank in equal tiles of at most the automatic size
-    target = auto_tile_chunks(score_columns(q), math.prod(keys.shape[1:]) * dtype.itemsize)
+    target = auto_tile_chunks(score_columns(q), math.prod(keys.shape[1:]) * dtype.itemsize, c,
+                              half_keys=dtype.itemsize == 2)
     tile = -(-c // -(-c // target))
   else:
     tile = min(tile_chunks, c)
@@ -198,12 +225,13 @@ def _doc_accumulate(rq, query_mask, keys, chunk_doc, num_docs, *, scale, head_re
     doc = jax.lax.dynamic_slice_in_dim(chunk_doc, start, tile, axis=0)
     fresh = start + jnp.arange(tile) >= nominal
     seg = jnp.where(fresh & (doc >= 0) & (doc < num_docs), doc, num_docs)
-    s = tile_chunk_scores(q, k, scale=scale, head_reduce=head_reduce)
+    s = tile_chunk_scores(q, k, scale=scale, head_reduce=head_reduce, mask_empty=False)
     if chunk_reduce == "max":
       return acc.at[:, seg].max(s, mode="drop")
     return acc.at[:, seg].add(s, mode="drop")
 
-  return jax.lax.fori_loop(0, num_tiles, body, init)
+  acc = jax.lax.fori_loop(0, num_tiles, body, init)
+  return jnp.where(empty_questions(q)[:, None], NEG_INF, acc)
 
 
 def _key_dtype(rq, keys) -> jnp.dtype:
@@ -307,7 +335,8 @@ def route(rq: jax.Array, query_mask: jax.Array, keys: jax.Array, chunk_doc: jax.
     query_reduce: "max" | "mean" | "last" over the routing-query tokens.
     chunk_reduce: "max" | "mean" over a document's chunks.
     tile_chunks: chunks scored per step; peak memory grows with it, not with C. None: the
-      bank in equal steps of at most `auto_tile_chunks` chunks (~2 MiB of scores each).
+      bank in equal steps of at most `auto_tile_chunks` chunks (float32 keys: the whole bank
+      for one or two questions or a bank within 16 MiB; else ~2 MiB of scores each).
     kernel_impl: "xla" (tiled GEMMs), "pallas" (the routing-score kernel; interpret mode
       without a GPU) or "auto" (the kernel on a GPU); see the module docstring.
     doc_mask: [M] or [B, M] bool, the documents each question may select (None: all). A
