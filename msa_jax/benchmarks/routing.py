@@ -29,37 +29,48 @@ stage alone on one core:
 which re-runs itself pinned to one CPU with XLA and OpenBLAS single-threaded and compares
 process CPU seconds (medians) instead of wall time: the work each side does per core.
 
-Issue 17's target is `route` within 1.2x of its GEMM. 2026-12-05, jax 0.10.2, a 2-core AMD
-EPYC VM (Zen 4, AVX-512; OpenBLAS runs its SkylakeX kernel), ratios ours / numpy and ours /
-XLA GEMM, the range over separate runs (3 in wall time, 2 on one core):
+Issue 17's target is `route` within 1.2x of its GEMM. Ratios ours / numpy and ours / XLA
+GEMM, the range over separate runs (wall time: 3 runs of the whole stage plus 2 of the XLA
+rows; one core: 2 runs), jax 0.10.2:
 
-| case | wall, 2 threads | one core, CPU s |
-| --- | --- | --- |
-| 1M tokens B=1 | 0.95-1.08 / 1.16-1.34 | 0.71-0.80 / 0.90-1.50 |
-| 1M tokens B=8 | 1.11-1.26 / 1.18-1.28 | 0.93-0.94 / 0.99-1.00 |
-| 10M tokens B=1 | 0.80-0.94 / 1.08-1.20 | 0.72-0.73 / 0.96-0.97 |
-| 10M tokens B=8 | 0.82-0.85 / 0.59-0.61 | 0.79-0.81 / 0.56-0.57 |
+| host, `route` | case | wall, 2 threads | one core, CPU s |
+| --- | --- | --- | --- |
+| Zen 4, s18 | 1M tokens B=1 | 0.95-1.08 / 1.16-1.34 | 0.71-0.80 / 0.90-1.50 |
+| Zen 4, s18 | 1M tokens B=8 | 1.11-1.26 / 1.18-1.28 | 0.93-0.94 / 0.99-1.00 |
+| Zen 4, s18 | 10M tokens B=1 | 0.80-0.94 / 1.08-1.20 | 0.72-0.73 / 0.96-0.97 |
+| Zen 4, s18 | 10M tokens B=8 | 0.82-0.85 / 0.59-0.61 | 0.79-0.81 / 0.56-0.57 |
+| Zen 2, s18 | 1M tokens B=1 | 0.82 / 1.05-1.25 | |
+| Zen 2, s18 | 1M tokens B=8 | 1.64 / 1.28-1.77 | |
+| Zen 2, s18 | 10M tokens B=1 | 1.40 / 1.23-1.67 | |
+| Zen 2, s18 | 10M tokens B=8 | 0.96 / 0.79-0.85 | |
+| Zen 2, s19 | 1M tokens B=1 | 0.78-1.09 / 1.26-1.41 | 0.94-1.02 / 1.17-1.18 |
+| Zen 2, s19 | 1M tokens B=8 | 1.07-1.12 / 1.12-1.18 | 1.02-1.21 / 1.14-1.20 |
+| Zen 2, s19 | 10M tokens B=1 | 0.84-0.90 / 1.03-1.06 | 0.98-1.00 / 1.00-1.01 |
+| Zen 2, s19 | 10M tokens B=8 | 0.86-0.92 / 0.81-0.86 | 0.85 / 0.78 |
 
-The same code before this change, timed in one process beside it (steady state, 25
-interleaved repeats, the XLA side only; identical selections and scores): 1M tokens B=1
-1.16-1.25 -> 0.52-0.53 ms, B=8 3.78-4.09 -> 3.59-3.74; 10M tokens B=1 8.3-8.9 -> 7.6-8.1,
-B=8 34.9-36.4 -> 32.5-33.4 (the whole-bank XLA GEMM: 0.46-0.48 / 3.0-3.2 / 7.0-7.4 /
-53-54). What did it: the query max needs no mask (masked tokens' queries are copies of a
-valid one's), which also lets XLA:CPU fuse the max into the GEMM (one YNNPACK fusion per tile:
-the [tile, B * T] scores are never written); tiles sized by what a step writes and reads
-(`routing.auto_tile_chunks`: at most 16,384 chunks at B = 1, 4,096 at B = 8, against 2,048
-before; the bank in equal tiles, 5-9 % faster than a clamped last tile);
-the chunk counts passed in (a scatter over C ids, ~5 % at 10M tokens B = 1). Before it, the
-wall-time ratios to numpy had been 1.4-2.4 at 1M-10M tokens; much of that was the measurement
-(numpy's spinning threads, see Timing).
+(Zen 4: a 2-core AMD EPYC VM with AVX-512, 2026-12-05 07:00 UTC, OpenBLAS' SkylakeX kernel;
+Zen 2: a 2-core AMD EPYC 7xx2 VM, AVX2, 16 MiB L3, 2026-12-05 21:00 UTC, OpenBLAS' Haswell
+kernel. s18 is the code of session s18, timed on the Zen 2 host beside s19's.)
 
-What is left, at 1M tokens in wall time: ~0.1 ms of per-document scatter and top-k around a
-0.4-0.5 ms GEMM at B = 1; at B = 8 the keys tile each step copies out of the bank (a dynamic
-slice, 2 MiB) and the scatter. Tried without a robust gain: the whole bank as one tile (no
-slice copies; the fused max keeps temporaries at 1.8 MiB for 10M tokens; at B = 1 level with
-or faster than 16,384-chunk tiles, at B >= 2 slower, as XLA's whole-bank GEMM is slower than
-its tiles: 53 ms against route's 33 at 10M tokens B = 8), XLA flags (YNNPACK off, XNNPACK,
-oneDNN, 512-bit vectors), a host callback to numpy per tile.
+On Zen 2 the tiles were the cost: XLA:CPU copies each tile's slice out of the bank (~9 GB/s
+here, as long as a one-question GEMM over the same keys), and a masked max (`where` over the
+[tile, B] scores for a question without a valid token) ran as a pass of its own beside the
+fused GEMM. `route` now takes a float32 bank in one step when the GEMM is keys-bound (<= 32
+score columns) or the bank fits 16 MiB (`routing.auto_tile_chunks`), and masks such a
+question once on its document scores. Same process, the s18 code against s19's (steady state,
+11-21 interleaved repeats, identical results): 1M tokens B=8 3.88 -> 3.50 ms, 10M tokens B=1
+15.4 -> 9.9 ms.
+
+What is left, at 1M tokens B=1 in wall time: the fused GEMM and max take ~1.04x the XLA
+GEMM and the scatter to documents ~0.05x; the rest (~0.1 ms) is XLA:CPU's executor. A program
+of at most 8 thunks runs them in the calling thread; `route`'s has ~18 (queries, the counts
+of present documents, top-k, outputs), so it runs on the thread pool, and that alone cost
+0.1-0.2 ms here (a 5-thunk scoring program 0.48 ms; the same with 10 tiny independent outputs
+added, 0.70). Fusing the queries' preparation into the GEMM (a -inf bias for masked tokens)
+cost more than it saved (+0.1 ms at B = 1). Tried before (s18, Zen 4) without a robust gain:
+the whole bank as one tile at B >= 2 over 10M tokens (the whole-bank GEMM re-reads keys that
+no longer stay in cache: 10M tokens, B = 8, 51 ms against 37 in tiles here too), XLA flags
+(YNNPACK off, XNNPACK, oneDNN, 512-bit vectors), a host callback to numpy per tile.
 """
 
 from __future__ import annotations
