@@ -28,7 +28,11 @@ solo). The default is run M:
     query-rows matmul layout (`attention.dot_product_attention(query_rows=True)`, the same
     forward values, gradients within 8e-7; 6 min 8 s solo, 2026-12-05) it answered 0.914 /
     0.922 / 0.922 / 0.945 (recall@1 1.000 everywhere, held-out LM loss 0.039 at the end): training
-    keeps the einsum layout, and the table above is reproduced (rerun, 5 min 14 s).
+    keeps the einsum layout, and the table above is reproduced (rerun, 5 min 14 s). On another
+    host (a 2-core AMD EPYC Zen 2 VM, AVX2 only, 2026-12-05) the same code trains another
+    model (other GEMM kernels, other rounding): recall@1 1.000 / 1.000 / 1.000 / 0.984, answer
+    0.969 / 0.969 / 0.961 / 0.969 (6 min 40 s solo; commits 6c2a30a and its successor printed
+    the same table, with bit-identical training losses).
   N (M with the old key vocabulary, `:bag_keys`, table at 1x and 2000x only; 27 min 56 s at
     load 5-17): recall@1 1.000 / 0.820, answer 1.000 / 0.820: the copy is exact (105 of 105
     rightly routed questions at 2000x) but all 23 routing misses lose to a key holding one of
