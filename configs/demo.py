@@ -31,7 +31,7 @@ solo). The default is run M:
     keeps the einsum layout, and the table above is reproduced (rerun, 5 min 14 s). On another
     host (a 2-core AMD EPYC Zen 2 VM, AVX2 only, 2026-12-05) the same code trains another
     model (other GEMM kernels, other rounding): recall@1 1.000 / 1.000 / 1.000 / 0.984, answer
-    0.969 / 0.969 / 0.961 / 0.969 (6 min 40 s solo; commits 6c2a30a and its successor printed
+    0.969 / 0.969 / 0.961 / 0.969 (6 min 40 s solo; commits 6c2a30a and f0ceda2 printed
     the same table, with bit-identical training losses).
   N (M with the old key vocabulary, `:bag_keys`, table at 1x and 2000x only; 27 min 56 s at
     load 5-17): recall@1 1.000 / 0.820, answer 1.000 / 0.820: the copy is exact (105 of 105
