@@ -192,7 +192,8 @@ def test_auto_tile_chunks():
   assert auto_tile_chunks(1000, row, 2048) == 2048
   assert auto_tile_chunks(4096, row, 2048) == MIN_TILE_CHUNKS  # 32 MiB of scores
   assert auto_tile_chunks(10 ** 6, row, big) == MIN_TILE_CHUNKS
-  # 16-bit keys always take tiles (the GEMM converts them): 8 MiB of keys per step.
+  # 16-bit keys always take tiles (the GEMM converts them), sized as above: 8 MiB of keys at
+  # one question, 2 MiB of scores at 8.
   assert auto_tile_chunks(16, row // 2, 156_250, half_keys=True) == 32768
   assert auto_tile_chunks(8 * 16, row // 2, 15_625, half_keys=True) == 4096
 
