@@ -117,11 +117,12 @@ def auto_tile_chunks(score_columns: int, key_row_bytes: int, chunks: int,
 
   Float32 keys: the whole bank in one step (`chunks`) when its GEMM is keys-bound (at most
   KEYS_BOUND_COLUMNS float32 scores per chunk: up to two questions of 16 routing tokens with
-  the head mean; the scores, if XLA writes them, then hold at most that many floats per chunk,
-  a quarter of the keys at J * D = 128) or when the bank's keys and scores both fit WHOLE_BANK_BYTES; else the largest
-  power of two of chunks whose scores (`score_columns` per chunk) fit TILE_SCORE_BYTES and
-  whose keys (`key_row_bytes` per chunk) fit TILE_KEY_BYTES, at least MIN_TILE_CHUNKS. 16-bit
-  keys (`half_keys`) always take the tiles: the GEMM converts them, and a bank given as bits
+  the head mean; the scores, if XLA writes them, then hold at most that many floats per
+  chunk, a quarter of the keys at J * D = 128) or when the bank's keys and scores both fit
+  WHOLE_BANK_BYTES; else the largest power of two of chunks whose scores (`score_columns` per
+  chunk) fit TILE_SCORE_BYTES and whose keys (`key_row_bytes` per chunk) fit TILE_KEY_BYTES,
+  at least MIN_TILE_CHUNKS. 16-bit keys (`half_keys`) always take the tiles: the GEMM converts
+  them, and a bank given as bits
   is reinterpreted by a copy, so one step over the whole bank converts or copies all of it
   at once (10M tokens, B = 1, bfloat16 bits: 21.6 ms in one step, 13.7 in 16,384-chunk tiles;
   1M tokens, B = 8: 7.4 against 6.4 in tiles of 4,096).
