@@ -122,10 +122,9 @@ def auto_tile_chunks(score_columns: int, key_row_bytes: int, chunks: int,
   WHOLE_BANK_BYTES; else the largest power of two of chunks whose scores (`score_columns` per
   chunk) fit TILE_SCORE_BYTES and whose keys (`key_row_bytes` per chunk) fit TILE_KEY_BYTES,
   at least MIN_TILE_CHUNKS. 16-bit keys (`half_keys`) always take the tiles: the GEMM converts
-  them, and a bank given as bits
-  is reinterpreted by a copy, so one step over the whole bank converts or copies all of it
-  at once (10M tokens, B = 1, bfloat16 bits: 21.6 ms in one step, 13.7 in 16,384-chunk tiles;
-  1M tokens, B = 8: 7.4 against 6.4 in tiles of 4,096).
+  them, and a bank given as bits is reinterpreted by a copy, so one step over the whole bank
+  converts or copies all of it at once (10M tokens, B = 1, bfloat16 bits: 21.6 ms in one
+  step, 13.7 in 16,384-chunk tiles; 1M tokens, B = 8: 7.4 against 6.4 in tiles of 4,096).
 
   A tile is sliced out of the bank, and XLA:CPU copies the slice: on this project's 2-core
   AMD EPYC (Zen 2, 16 MiB L3; jax 0.10, 2026-12-05, one router layer, T = 16, J * D = 128,
