@@ -31,7 +31,7 @@ process CPU seconds (medians) instead of wall time: the work each side does per 
 
 Issue 17's target is `route` within 1.2x of its GEMM. Ratios ours / numpy and ours / XLA
 GEMM, the range over separate runs (wall time, s18 on Zen 4: 3 runs; s19: 5 runs of this
-stage, 3 of them with the numpy rows, and one of the suite; one core: 2 runs), jax 0.10.2:
+stage, 3 of them with the numpy rows, and two of the suite; one core: 2 runs), jax 0.10.2:
 
 | host, `route` | case | wall, 2 threads | one core, CPU s |
 | --- | --- | --- | --- |
@@ -43,10 +43,10 @@ stage, 3 of them with the numpy rows, and one of the suite; one core: 2 runs), j
 | Zen 2, s18 | 1M tokens B=8 | 1.64 / 1.28-1.77 | |
 | Zen 2, s18 | 10M tokens B=1 | 1.40 / 1.23-1.67 | |
 | Zen 2, s18 | 10M tokens B=8 | 0.96 / 0.79-0.85 | |
-| Zen 2, s19 | 1M tokens B=1 | 0.78-1.09 / 1.26-1.51 | 0.94-1.02 / 1.17-1.18 |
+| Zen 2, s19 | 1M tokens B=1 | 0.78-1.13 / 1.26-1.51 | 0.94-1.02 / 1.17-1.18 |
 | Zen 2, s19 | 1M tokens B=8 | 1.07-1.15 / 1.12-1.18 | 1.02-1.21 / 1.14-1.20 |
 | Zen 2, s19 | 10M tokens B=1 | 0.84-0.94 / 1.03-1.11 | 0.98-1.00 / 1.00-1.01 |
-| Zen 2, s19 | 10M tokens B=8 | 0.84-0.92 / 0.81-1.11 | 0.85 / 0.78 |
+| Zen 2, s19 | 10M tokens B=8 | 0.84-0.92 / 0.81-1.18 | 0.85 / 0.78 |
 
 (Zen 4: a 2-core AMD EPYC VM with AVX-512, 2026-12-05 07:00 UTC, OpenBLAS' SkylakeX kernel;
 Zen 2: a 2-core AMD EPYC 7xx2 VM, AVX2, 16 MiB L3, 2026-12-05 21:00 UTC, OpenBLAS' Haswell
