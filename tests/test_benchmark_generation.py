@@ -53,14 +53,13 @@ def test_quick_run_rows_and_same_tokens_as_the_baseline(smollm2_gguf, monkeypatc
   hf_generate = generation._hf_generate  # pylint: disable=protected-access
   monkeypatch.setattr(generation, "_hf_generate", recorded(hf_generate, theirs))
   rows = generation.run(quick=True)
-  assert [r["case"] for r in rows] == ["SmolLM2-135M greedy B=1 8 tokens",
-                                       "SmolLM2-135M greedy B=8 8 tokens"]
+  assert [r["case"] for r in rows] == ["SmolLM2-135M greedy B=8 8 tokens"]
   for row in rows:
     assert set(row) == KEYS and row["stage"] == "generation"
     assert row["ours_s"] > 0 and row["baseline_s"] > 0 and row["flops"] > 1e9
-  # Each side ran warm-up + 1 repeat at B=1, then at B=8 (all of BATCH_PROMPTS).
-  assert [len(a[3]) for a, _, _ in ours] == [1, 1, 8, 8]
-  assert [len(a[2]) for a, _, _ in theirs] == [1, 1, 8, 8]
+  # Each side ran warm-up + 1 repeat at B=8 (all of BATCH_PROMPTS).
+  assert [len(a[3]) for a, _, _ in ours] == [8, 8]
+  assert [len(a[2]) for a, _, _ in theirs] == [8, 8]
   assert ours[-1][0][3] == list(generation.BATCH_PROMPTS)
   for (args, _, got), (hf_args, _, hf_out) in zip(ours, theirs):
     model, _, tokenizer, prompts, sampling = args
