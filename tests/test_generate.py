@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from msa_jax.inference import SamplingConfig, generate, generate_text, sample_logits
+from msa_jax.inference import decode
 from msa_jax.inference.decode import pack_prompts, packed_width, packing_pays
 from msa_jax.model import Transformer, get_preset, init_params
 
@@ -104,6 +105,31 @@ def test_sampling_matches_naive_recomputation(model, params, prompts):
   # A different key gives different samples (the rng is actually used).
   other = generate(model, params, tokens, lengths, jax.random.key(8), sampling)
   assert not np.array_equal(np.asarray(other.tokens), ref_tokens)
+
+
+def ynn_dot_fusions(hlo: str) -> int:
+  """The number of YNNPACK fusions (kind "__ynn_fusion") in compiled HLO text that do a dot."""
+  called = re.findall(r"calls=(%[\w.\-]+)[^\n]*\"kind\":\"__ynn_fusion\"", hlo)
+  bodies = dict(re.findall(r"^(%[\w.\-]+) .*?{\n(.*?)\n}", hlo, re.S | re.M))
+  return sum(" dot(" in bodies[name] for name in called)
+
+
+def test_decode_programs_run_their_dots_on_eigen():
+  """On CPU, `decode_jit` compiles without YNNPACK's dots (`decode_compiler_options`), which a
+  plain jit uses; the program's other YNNPACK fusions and its values stay."""
+  assert jax.default_backend() == "cpu"
+  assert decode.decode_compiler_options() == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+  def f(w, x):
+    return jnp.sum(jnp.tanh(x @ w) ** 2, axis=-1)
+
+  w, x = jax.random.normal(jax.random.key(0), (64, 96)), jax.random.normal(jax.random.key(1),
+                                                                          (8, 64))
+  plain, ours = jax.jit(f), decode.decode_jit(f)
+  assert ynn_dot_fusions(plain.lower(w, x).compile().as_text()) == 1
+  assert ynn_dot_fusions(ours.lower(w, x).compile().as_text()) == 0
+  np.testing.assert_allclose(ours(w, x), plain(w, x), rtol=1e-5)
 
 
 def test_pack_prompts_layout():

@@ -20,8 +20,10 @@ SIX = CFG.replace(num_layers=6)
 
 
 def both(cls, *args, **kw):
-  """(unrolled model, scanned model)."""
-  return cls(*args, scan_layers=False, **kw), cls(*args, scan_layers=True, **kw)
+  """(unrolled model, scanned model); the scanned one scans its decode steps too (on CPU they
+  unroll by default, `LayerStack.decode_step`)."""
+  return (cls(*args, scan_layers=False, **kw),
+          cls(*args, scan_layers=True, scan_decode=True, **kw))
 
 
 def assert_trees_close(a, b, atol=0.0):
@@ -43,9 +45,10 @@ def test_runs_split_at_every_change_of_kind():
 @pytest.mark.parametrize("msa", [
     # runs: layers 0-2 plain, 3-5 routers
     pytest.param(MSA, id="upper_half", marks=pytest.mark.slow),
+    # runs [0], [1, 2], [3], [4], [5], remat checkpointing the scan body, another loss
     pytest.param(MSA.replace(router_layers=(1, 2, 4), decouple_router=False,
-                             batch_negatives=True), id="split_runs", marks=pytest.mark.slow),
-    pytest.param(MSA.replace(remat=True, aux_loss="bce", cosine_routing=None), id="remat_bce",
+                             batch_negatives=True, remat=True, aux_loss="bce",
+                             cosine_routing=None), id="split_runs_remat_bce",
                  marks=pytest.mark.slow),
 ])
 def test_scan_equals_unrolled_forward_routes_and_grads(msa):
@@ -146,6 +149,34 @@ def test_backbone_scan_equals_unrolled_with_and_without_cache():
   want, got = (jax.jit(m.apply)({"params": params}, tokens, cache=cache, cache_index=index)
                for m in (unrolled, scanned))
   assert_trees_close(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan_layers, scan_decode, scans", [
+    (True, None, False),  # the default on CPU: decode steps unrolled
+    (True, True, True), (True, False, False), (False, True, False), (False, None, False)])
+def test_decode_step_scans_as_scan_decode_says(scan_layers, scan_decode, scans):
+  """`scan_decode` picks the decode step's layer loop (None: unrolled on a CPU backend, the
+  tests' backend); the rest of the model keeps `scan_layers`."""
+  assert jax.default_backend() == "cpu"
+  cfg = ModelConfig(vocab_size=97, embed_dim=32, mlp_dim=64, num_layers=3, num_heads=4,
+                    num_kv_heads=2, head_dim=8)
+  model = Transformer(cfg, scan_layers=scan_layers, scan_decode=scan_decode)
+  params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  cache = msa_lib.prefill_cache([attention.KVCache(jnp.zeros((2, 4, 2, 8)),
+                                                   jnp.zeros((2, 4, 2, 8)))] * 3, 6)
+  own = attention.OwnSlots.decode(jnp.array([4, 2]), 4, 4)
+
+  def primitives(method, *args):
+    jaxpr = jax.make_jaxpr(functools.partial(model.apply, method=method))({"params": params},
+                                                                         *args)
+    return str(jaxpr)
+
+  decode = primitives("decode_step", jnp.zeros((2, 1), jnp.int32), jnp.full((2, 1), 4), own,
+                      cache, 4)
+  assert (" scan[" in decode) == scans
+  tokens = jnp.zeros((2, 4), jnp.int32)
+  forward = primitives("__call__", tokens)
+  assert (" scan[" in forward) == scan_layers
 
 
 @pytest.mark.slow

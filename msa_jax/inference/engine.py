@@ -370,7 +370,7 @@ def _decode_fn(cfg: ModelConfig, msa: MSAConfig, dtype: Dtype, sampling: Samplin
     return decode.decode_loop(model, params, sampling, last_logits, cache, lengths,
                               prompt_slots, last_pos, rng, memory=blocks)
 
-  return jax.jit(run)
+  return decode.decode_jit(run)
 
 
 def routed_doc_ids(bank: MemoryBank, memory: RoutedMemory) -> list[list[str]]:

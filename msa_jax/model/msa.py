@@ -525,7 +525,8 @@ class LayerStack(nn.Module):
   the same thing) as one `jax.lax.scan`, so the layers' math is traced and compiled once per
   run, not once per layer; what still grows with depth is per-parameter work (stacking each
   layer's weights, an optimizer's update per parameter). Off, it unrolls the layers (the same
-  math; tests/test_scan_layers.py tests the two equal).
+  math; tests/test_scan_layers.py tests the two equal). `decode_step` follows the subclasses'
+  `scan_decode` instead (None: unrolled on a CPU backend, else `scan_layers`).
 
   Parameter layout: the tree keeps one `layers_{i}` subtree per layer, the checkpoint layout
   (HF, GGUF, official MSA and orbax name the same paths), so nothing outside the model sees
@@ -547,19 +548,29 @@ class LayerStack(nn.Module):
             and not self.is_mutable_collection("params")
             and not self.is_mutable_collection("intermediates"))
 
-  def _layer_range(self, start: int, stop: int, fn, carry, per_layer=None, kind=None):
+  def _scans_decode(self) -> bool:
+    """Whether `decode_step` scans: `scan_decode` when set, else `scan_layers` except on a CPU
+    backend (see `decode_step`)."""
+    if self.scan_decode is not None:
+      return self.scan_decode and self._scans()
+    return self._scans() and jax.default_backend() != "cpu"
+
+  def _layer_range(self, start: int, stop: int, fn, carry, per_layer=None, kind=None,
+                   scan: bool | None = None):
     """carry, out_i = fn(kind(i), layer i, carry, per_layer(i)) for layers start..stop-1 in
     order; returns (carry, [out_i]).
 
     `fn` may depend on the layer index only through the static `kind(i)` (default None) and
     on its per-layer input `per_layer(i)` (a pytree, default None): consecutive layers of the
-    same kind (router or not, and `kind`) are scanned with `scan_layers`.
+    same kind (router or not, and `kind`) are scanned with `scan_layers` (or `scan`, when
+    given).
     """
     kind = kind or (lambda i: None)
     per_layer = per_layer or (lambda i: None)
     outs = []
+    scan = self._scans() if scan is None else scan
     runs = (_runs(range(start, stop), lambda i: (self.layers[i].is_router, kind(i)))
-            if self._scans() else [[i] for i in range(start, stop)])
+            if scan else [[i] for i in range(start, stop)])
     for ids in runs:
       if len(ids) == 1:
         carry, out = fn(kind(ids[0]), self.layers[ids[0]], carry, per_layer(ids[0]))
@@ -661,12 +672,19 @@ class LayerStack(nn.Module):
     KVCache of [L, B, J, S, D] arrays, `prefill_cache`), written at the shared `slot` ->
     (final hidden states [B, T, E] before the final norm, updated cache).
 
-    A scan of the layers reads the cache's slices (`MSADecoderLayer.decode`: the new
-    tokens' k, v join the softmax beside it) and returns only the new k, v [L, B, T, J, D],
-    written at `slot` by one in-place dynamic-update-slice after the scan. Writing each
-    layer's slice inside the scan copied it (SmolLM2, batch 8, 64 tokens, 2 cores: 3.9 ->
-    3.1 s, the same tokens); so did a tuple of per-layer caches stacked and unstacked around
-    the scan at every step, before that."""
+    The layers read the cache's slices (`MSADecoderLayer.decode`: the new tokens' k, v join
+    the softmax beside it) and return only the new k, v [L, B, T, J, D], written at `slot` by
+    one in-place dynamic-update-slice after them. Writing each layer's slice in the layer
+    scan copied it (SmolLM2, batch 8, 64 tokens, 2 cores: 3.9 -> 3.1 s, the same tokens); so
+    did a tuple of per-layer caches stacked and unstacked around the scan at every step.
+
+    The layers are scanned as `_scans_decode` says: by default unrolled on a CPU backend,
+    where XLA copies each scanned layer's slice of the stacked weights out of the stack at
+    every step before its dots (~14 MB per SmolLM2 layer, a decode step reads all weights
+    from DRAM), and scanned like `scan_layers` elsewhere. SmolLM2, 64 greedy tokens, AMD
+    EPYC 7002 (2 cores, 2026-12-05, same process, 3 interleaved repeats, the same tokens):
+    batch 8 4.85 -> 3.88 s, batch 1 3.39 -> 1.81 s (with the decode program's dots on
+    Eigen, `decode.decode_jit`); compiling the unrolled program takes ~3 s more."""
     memory = memory or {}
 
     def step(_, layer, x, layer_inputs):
@@ -676,7 +694,7 @@ class LayerStack(nn.Module):
     x, new = self._layer_range(
         0, self.config.num_layers, step, self.embed_tokens(tokens),
         lambda i: (attention.KVCache(cache.k[i], cache.v[i]), memory.get(i)),
-        kind=lambda i: i in memory)
+        kind=lambda i: i in memory, scan=self._scans_decode())
     new = stack_layers(new)
     return x, attention.write_slots(cache, new.k, new.v, slot)
 
@@ -702,6 +720,8 @@ class MSATransformer(LayerStack):
   `layers_{i}/attn/router_{q,k}_proj` (kernel, and bias with `router_bias`) in router layers
   (decoupled mode) and `aux_bias` for the BCE aux loss, so a backbone checkpoint loads into it
   unchanged. `scan_layers` scans runs of alike layers (see `LayerStack`); the tree is the same.
+  `scan_decode` (None: unrolled on CPU, else as `scan_layers`) does the same for the decode
+  steps of generation (`LayerStack.decode_step`).
 
   `__call__` is the training forward. The inference engine runs the same layers in stages
   (`LayerStack`'s methods plus `document_memory`, stage 1, and `routing_queries`).
@@ -718,6 +738,7 @@ class MSATransformer(LayerStack):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = True
+  scan_decode: bool | None = None
 
   def setup(self):
     self._build(self.msa, self.msa.arch.router_layer_ids(self.config.num_layers))

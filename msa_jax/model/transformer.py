@@ -34,13 +34,16 @@ class Transformer(msa.LayerStack):
 
   Its layers are `MSADecoderLayer`s without a router (the same block as the MSA model's), and
   it has `LayerStack`'s staged methods, which generation (`msa_jax.inference.decode`) runs.
-  `scan_layers` scans its layers as one run (see `LayerStack`; same parameters, same math).
+  `scan_layers` scans its layers as one run (see `LayerStack`; same parameters, same math);
+  `scan_decode` (None: unrolled on CPU, else as `scan_layers`) the decode steps' layers
+  (`LayerStack.decode_step`).
   """
 
   config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = True
+  scan_decode: bool | None = None
 
   def setup(self):
     self._build(_NO_MSA, ())
