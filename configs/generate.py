@@ -16,6 +16,9 @@ Variants and overrides:
   python -m msa_jax.generate --config=configs/generate.py --config.checkpoint=/path/to/Qwen3-0.6B \
       --config.dtype=bfloat16 --config.param_dtype=bfloat16
 
+  # the scanned decode (quicker to compile and load; slower per token on CPU)
+  python -m msa_jax.generate --config=configs/generate.py --config.scan_decode=True
+
 `dtype` is the compute dtype, as in every config; `param_dtype` is the dtype the weights are
 loaded in (bfloat16 halves their memory).
 """
@@ -35,6 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.sampling = ml_collections.ConfigDict(
       dict(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=24))
+  # Decode steps' layers: None unrolls them on CPU (faster steps, a larger program: ~1 s more
+  # for this one-shot job, see `LayerStack.decode_step`) and scans them elsewhere; True scans.
+  config.scan_decode = ml_collections.FieldReference(None, field_type=bool)
 
   if arg == "chat":
     config.chat = True

@@ -24,7 +24,7 @@ def check_config(config, prompts: Sequence[str]) -> None:
   """Prompts, dtype and sampling settings (before anything is loaded).
 
   Raises:
-    UserError: an empty prompt, an unknown dtype, a bad sampling setting.
+    UserError: an empty prompt, an unknown dtype, a bad sampling setting or scan_decode.
   """
   if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
     raise validation.UserError(f"prompts must be non-empty strings, got {list(prompts)!r}")
@@ -37,6 +37,9 @@ def check_config(config, prompts: Sequence[str]) -> None:
     SamplingConfig(**config.sampling.to_dict())
   except ValueError as e:
     raise validation.UserError(f"sampling.{e}") from None
+  if config.get("scan_decode") not in (None, True, False):
+    raise validation.UserError(f"scan_decode must be None, True or False, got "
+                               f"{config.scan_decode!r}")
 
 
 def run(config, prompts: Sequence[str] | None = None) -> list[str]:
@@ -54,7 +57,8 @@ def run(config, prompts: Sequence[str] | None = None) -> list[str]:
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
   sampling = SamplingConfig(**config.sampling.to_dict(), stop_tokens=tokenizer.stop_ids,
                             pad_id=tokenizer.pad_id or 0)
-  model = Transformer(cfg, dtype=dtype, param_dtype=param_dtype)
+  model = Transformer(cfg, dtype=dtype, param_dtype=param_dtype,
+                      scan_decode=config.get("scan_decode"))
   print("compiling and generating...", flush=True)
   start = time.perf_counter()
   texts = generate_text(model, params, tokenizer, prompts, sampling,

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from msa_jax import generate
@@ -62,12 +63,24 @@ def test_run_rejects_empty_prompts():
     generate.run(config, prompts=["  "])
 
 
+def test_run_rejects_a_bad_scan_decode():
+  config = load_config_module(REPO / "configs" / "generate.py").get_config()
+  assert config.scan_decode is None
+  # Built from a dict (as a notebook may): no field types to refuse the value.
+  config = ml_collections.ConfigDict(dict(config.to_dict(), scan_decode="yes"))
+  with pytest.raises(ValueError, match="scan_decode must be None, True or False, got 'yes'"):
+    generate.run(config)
+
+
 @pytest.mark.slow
 def test_generate_cli_answers_a_factual_prompt(smollm2_gguf):
+  """The command line, with the scanned decode (`--config.scan_decode=True`: the unrolled
+  default's own greedy tokens are tested against HF transformers in test_gguf.py)."""
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   result = subprocess.run(
       [sys.executable, "-m", "msa_jax.generate", "--config=configs/generate.py",
-       "--config.sampling.max_new_tokens=6", "--prompt=The capital of France is"],
+       "--config.sampling.max_new_tokens=6", "--prompt=The capital of France is",
+       "--config.scan_decode=True"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   assert ">>> The capital of France is\n Paris" in result.stdout

@@ -683,7 +683,7 @@ class LayerStack(nn.Module):
     every step before its dots (~14 MB per SmolLM2 layer, a decode step reads all weights
     from DRAM), and scanned like `scan_layers` elsewhere. SmolLM2, 64 greedy tokens, AMD
     EPYC 7002 (2 cores, 2026-12-05, same process, 3 interleaved repeats, the same tokens):
-    batch 8 4.85 -> 3.88 s, batch 1 3.39 -> 1.81 s (with the decode program's dots on
+    batch 8 5.03 -> 3.88 s, batch 1 3.39 -> 1.81 s (with the decode program's dots on
     Eigen, `decode.decode_jit`). The unrolled program costs more once per process: SmolLM2,
     3 prompts, 24 tokens, first call 5.2 -> 8.5 s compiling, 2.5 -> 3.8 s loading it from
     the compilation cache, later calls 1.74 -> 1.25 s; `scan_decode=True` favours one-shot
