@@ -243,7 +243,8 @@ def test_bf16_compute_with_fp32_params():
 
 @pytest.mark.slow
 def test_bce_bias_and_router_projections_train_through_the_aux_loss():
-  """(Remat against no remat: tests/test_scan_layers.py, the remat case.)"""
+  """The BCE bias and the router projections get their gradients through the aux loss (remat
+  against no remat: the remat case of tests/test_scan_layers.py)."""
   batch = make_batch()
   msa = MSA.replace(aux_loss="bce")
   params = init(MSATransformer(CFG, msa), batch)

@@ -60,11 +60,11 @@ from msa_jax.model.transformer import Transformer
 
 
 # XLA:CPU's dots run on YNNPACK by default (the "individual dot" library fusion); Eigen's dot
-# streams a decode step's weights from DRAM about twice as fast: SmolLM2's [8, 1536] x [1536,
-# 576] product 0.49 -> 0.24 ms, a 64-token batch-8 generate 5.40 -> 3.88 s with unrolled decode
+# streams a decode step's weights from DRAM about twice as fast: SmolLM2's [8, 576] x [576,
+# 1536] product 0.45 -> 0.24 ms, a 64-token batch-8 generate 5.40 -> 3.88 s with unrolled decode
 # layers (batch 1: 1.89 -> 1.81 s; a padded 8 x 128-token prefill 1.68 -> 1.62 s), the same
 # tokens (AMD EPYC 7002, 2 cores, 2026-12-05). The other YNNPACK fusion (reductions) stays:
-# turning every one off made the whole call 2.4x slower. Only the decode programs get this.
+# turning every one off made the whole call 2.4x slower (13.2 s). Only decode programs get it.
 _CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
