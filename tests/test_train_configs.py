@@ -58,9 +58,11 @@ def _finished_checkpoints(directory) -> list[int]:
 
 @pytest.mark.slow
 def test_beir_smoke_sigkill_and_resume_through_tfds_and_grain(tmp_path, beir_smoke_run):
-  """NFCorpus through its tfds builder and grain: killed after a checkpoint, the rerun resumes
-  from grain's saved position and logs the uninterrupted run's losses (the session's
-  `beir_smoke_run`, the same config with its own tfds folder and checkpoint steps)."""
+  """`python -m msa_jax.train` (NFCorpus through its tfds builder and grain, `--config.*`
+  overrides) killed by SIGKILL after its first checkpoint: the same command again ignores and
+  deletes a half-written save, resumes from grain's saved position, logs each step once and
+  reproduces the uninterrupted run (the session's `beir_smoke_run`, the same config with its
+  own tfds folder and checkpoint steps)."""
   overrides = {"train.checkpoint_every": 1, "data.data_dir": str(tmp_path / "tfds")}
   command = [sys.executable, "-m", "msa_jax.train",
              f"--config={REPO / 'configs' / 'beir.py'}:smoke", f"--workdir={tmp_path / 'run'}",
@@ -82,10 +84,18 @@ def test_beir_smoke_sigkill_and_resume_through_tfds_and_grain(tmp_path, beir_smo
   assert start < 3 and (tmp_path / "tfds" / "msa_beir").is_dir()
   data_state = json.loads((checkpoints / str(start) / "data" / "metadata").read_text())
   assert data_state == {"next_index": start}  # grain's iterator state
+  # A save killed half-way (the kill may also have hit one): ignored, then deleted.
+  partial = checkpoints / f"{start + 1}.orbax-checkpoint-tmp-1763712000000000"
+  (partial / "state").mkdir(parents=True, exist_ok=True)
+  (partial / "state" / "_METADATA").write_text("{trunc")
   rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
                          timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"resumed from step {start} in" in rerun.stdout, rerun.stdout[-3000:]
+  assert f"[train] step {start + 1} | " in rerun.stdout and "aux_loss" in rerun.stdout
+  assert f"[train] step {start} | " not in rerun.stdout
+  assert _finished_checkpoints(checkpoints)[-1] == 3
+  assert not any(".orbax-checkpoint-tmp" in p.name for p in checkpoints.iterdir())
 
   straight_dir, straight = beir_smoke_run
   resumed = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
@@ -95,5 +105,11 @@ def test_beir_smoke_sigkill_and_resume_through_tfds_and_grain(tmp_path, beir_smo
   reference = {r["step"]: r["loss"] for r in read_metrics(straight_dir, "train")}
   logged = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run", "train")}
   assert sorted(logged) == sorted(reference) == [1, 2, 3]
+  # metrics.jsonl: one row per (split, step); rows logged after the checkpoint and before the
+  # kill were dropped on resume and logged again.
+  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+          .splitlines()]
+  assert [(r["split"], r["step"]) for r in rows] == [("train", 1), ("train", 2),
+                                                      ("train", 3), ("eval", 3)]
   for step, loss in logged.items():
     np.testing.assert_allclose(loss, reference[step], rtol=1e-5, err_msg=f"step {step}")
