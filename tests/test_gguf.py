@@ -246,8 +246,9 @@ def write_gguf(path, hf_model, arch: str) -> None:
 
 
 @pytest.mark.slow
-def test_qwen3_gguf_matches_transformers(tmp_path):
-  """A random Qwen3 written as Q8_0 GGUF: our import vs transformers' import of the same file.
+def test_qwen3_gguf_matches_transformers(tmp_path, monkeypatch):
+  """A random Qwen3 written as Q8_0 GGUF: our import vs transformers' import of the same file
+  (and the benchmarks' baseline conversion of it vs transformers' own).
 
   head_dim is 128 as in every real Qwen3: transformers' GGUF config mapping ignores
   `qwen3.attention.key_length` and assumes 128, while we read it.
@@ -264,6 +265,20 @@ def test_qwen3_gguf_matches_transformers(tmp_path):
   err = np.abs(np.asarray(got) - hf_oracle.hf_logits(theirs, tokens)).max()
   print(f"Qwen3 Q8_0 GGUF: max|logits - transformers| = {err:.2e}")
   assert err <= 1e-5
+  # The benchmarks' conversion of the file (`hf_baseline.causal_lm`, here not saved): the same
+  # tensors as transformers' own, parsing the file once (transformers alone: twice).
+  monkeypatch.setenv(hf_baseline.CACHE_ENV, hf_baseline.OFF)
+  opened, real_reader = [], gguf.GGUFReader
+  def reader(path, mode="r"):
+    opened.append(path)
+    return real_reader(path, mode)
+  monkeypatch.setattr(gguf, "GGUFReader", reader)
+  baseline = hf_baseline.causal_lm(tmp_path / "qwen3.gguf")
+  assert len(opened) == 1 and gguf.GGUFReader is reader
+  want = theirs.state_dict()
+  assert set(baseline.state_dict()) == set(want)
+  for name, x in baseline.state_dict().items():
+    assert torch.equal(x, want[name]), name
 
 
 def test_llama_qk_unpermute_inverts_llama_cpp_permutation():
