@@ -40,8 +40,12 @@ FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusio
 # In parallel runs, XLA:CPU's dots single-threaded too (each worker has a core): its Eigen thread
 # pool waits on a core the other worker holds. Four slow modules (test_train_configs,
 # test_evaluate, test_msa_model, test_inference_cli) on 2 workers: 162 s -> 131 s wall, 125 ->
-# 68 s sys (2026-12-03).
-PARALLEL_RUN_FLAGS = ("--xla_cpu_multi_thread_eigen=false",)
+# 68 s sys (2026-12-03). And each program's LLVM code generated as one module, not split for
+# threads the worker does not have: tests/test_msa_model.py on one core 89.3 / 91.3 s -> 84.3 /
+# 84.8 s, test_inference_engine.py + test_generate.py 59.5 / 59.0 -> 54.6 / 53.6 s
+# (alternating runs, 2026-12-06; a model's init program compiled in 3.5 s -> 2.9 s).
+PARALLEL_RUN_FLAGS = ("--xla_cpu_multi_thread_eigen=false",
+                      "--xla_cpu_parallel_codegen_split_count=1")
 
 
 def xla_flags_accepted(xla_flags: str) -> bool:
