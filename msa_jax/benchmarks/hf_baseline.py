@@ -4,7 +4,7 @@ transformers converts a GGUF file slowly: SmolLM2-135M took ~28 s of CPU, 14 s o
 the file's metadata twice (`gguf.GGUFReader`, once for the config, once for the weights) and
 8 s rebuilding gguf's tensor-name map for each of the model's 397 modules. Within a conversion
 both are read-only and the same each time, so `causal_lm` has one reader per file and one map
-per architecture serve every call (`_one_reader_and_name_map`; ~11 s, the same tensors). The
+per architecture serve every call (`gguf_parsed_once`; ~11 s, the same tensors). The
 baseline is the model transformers converts, so its conversion is kept as a HF checkpoint
 (config.json and float32 safetensors) and loaded from there by later runs (~1 s): in
 `$MSA_JAX_HF_CACHE` (default `$XDG_CACHE_HOME/msa_jax/hf`, else `~/.cache/msa_jax/hf`; `off`:
@@ -82,7 +82,7 @@ def lock_file(saved: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _one_reader_and_name_map():
+def gguf_parsed_once():
   """Within the block, `gguf.GGUFReader(path)` returns one reader per (path, mode) and
   `gguf.get_tensor_name_map(arch, n_blocks)` one map per arguments; both are restored after.
 
@@ -113,7 +113,7 @@ def causal_lm(gguf_path: str | os.PathLike):
 
   path = Path(gguf_path)
   def convert():
-    with _one_reader_and_name_map():
+    with gguf_parsed_once():
       return transformers.AutoModelForCausalLM.from_pretrained(
           path.parent, gguf_file=path.name, dtype=torch.float32).eval()
   root = cache_dir()
