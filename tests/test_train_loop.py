@@ -1,9 +1,10 @@
 """`python -m msa_jax.train` end to end on the demo's smoke variant: metrics, checkpoints,
-a rerun that resumes and reproduces the uninterrupted run, and 2 processes (launch/local.sh)
-that train like one. The command line killed by SIGKILL and rerun: test_train_configs.py.
+a rerun that resumes and reproduces the uninterrupted run, optimiser phases that route other
+top_k, and 2 processes (launch/local.sh) that train like one. The command line killed by SIGKILL
+and rerun: test_train_configs.py.
 
-The uninterrupted smoke run is trained once per module (`smoke_run`): the resume test and the
-2-process test compare against the same run."""
+The uninterrupted run (`smoke_run`: `demo.py:smoke,top4`, every step logged) is trained once
+per module: the resume, phase and 2-process tests compare against it."""
 
 import json
 import os
@@ -19,12 +20,20 @@ from msa_jax.train.loop import train_and_evaluate
 from msa_jax.train.metrics import read_metrics
 from tests.paths import REPO
 
+VARIANT = "smoke,top4"  # 7 steps: 3 warm-up (LM weight 0), 2 routing 1 document, 2 routing 4
+
+
+def smoke_config():
+  config = demo.get_config(VARIANT)
+  config.train.log_every = 1
+  return config
+
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-  """(workdir, final metrics) of one uninterrupted `demo.py:smoke` run, in-process."""
+  """(workdir, final metrics) of one uninterrupted `smoke_config()` run, in-process."""
   workdir = tmp_path_factory.mktemp("smoke") / "straight"
-  return workdir, train_and_evaluate(demo.get_config("smoke"), workdir)
+  return workdir, train_and_evaluate(smoke_config(), workdir)
 
 
 @pytest.mark.slow
@@ -33,25 +42,25 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, smoke_run, capsy
   through grain (same batches: its iterator state is in the checkpoint) and logs the
   uninterrupted run's losses; a third run of the finished workdir trains nothing. The command
   line's SIGKILL and rerun: tests/test_train_configs.py (configs/beir.py:smoke)."""
-  config = demo.get_config("smoke")
+  config = smoke_config()
   straight_dir, straight = smoke_run
-  stopped = demo.get_config("smoke")
+  stopped = smoke_config()
   stopped.train.steps = 3
   stopped.data.loader = config.data.loader = "grain"
   train_and_evaluate(stopped, tmp_path / "resumed")
+  data_state = json.loads((tmp_path / "resumed" / "checkpoints" / "3" / "data" / "metadata")
+                          .read_text())
+  assert data_state == {"next_index": 3}
   capsys.readouterr()
   resumed = train_and_evaluate(config, tmp_path / "resumed")
   out = capsys.readouterr().out
   assert "resumed from step 3 in" in out and "[train] step 4 | " in out
   assert "Train short, infer long (document RoPE" in out  # the evaluators' table
-  data_state = json.loads((tmp_path / "resumed" / "checkpoints" / "3" / "data" / "metadata")
-                          .read_text())
-  assert data_state == {"next_index": 3}
   a = {r["step"]: r["loss"] for r in read_metrics(straight_dir, "train")}
   b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "resumed", "train")}
-  assert sorted(a) == [2, 4, 6] and sorted(b) == [2, 3, 4, 6]
-  for step in (2, 4, 6):
-    np.testing.assert_allclose(b[step], a[step], rtol=1e-5)
+  assert sorted(a) == sorted(b) == list(range(1, 8))
+  for step in range(1, 8):  # the phases routing 1, then 4 documents come after the restart
+    np.testing.assert_allclose(b[step], a[step], rtol=1e-5, err_msg=f"step {step}")
   for key in ("loss", "lm_loss", "aux_loss", "eval_loss", "eval_lm_loss", "eval_aux_loss"):
     assert np.isfinite(straight[key]), key
     np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, err_msg=key)
@@ -69,8 +78,8 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, smoke_run, capsy
     assert len(r["wrong_examples"]) == min(8, r["questions"] - r["answer_kinds"]["right"])
     assert all(e["expected"] != e["generated"] for e in r["wrong_examples"])
   saved = json.loads((straight_dir / "config.json").read_text())
-  assert saved["train"]["steps"] == 6
-  assert (straight_dir / "checkpoints" / "6").is_dir()
+  assert saved["train"]["steps"] == 7
+  assert (straight_dir / "checkpoints" / "7").is_dir()
 
 
 @pytest.mark.slow
@@ -91,11 +100,12 @@ def test_two_processes_train_like_one(tmp_path, smoke_run):
          "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
   run = subprocess.run(
       ["bash", str(REPO / "launch" / "local.sh"), "2", sys.executable, "-m", "msa_jax.train",
-       f"--config={REPO / 'configs' / 'demo.py'}:smoke", f"--workdir={tmp_path / 'two'}"],
+       f"--config={REPO / 'configs' / 'demo.py'}:{VARIANT}", "--config.train.log_every=1",
+       f"--workdir={tmp_path / 'two'}"],
       env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
   logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
   assert run.returncode == 0, run.stderr + "".join(log[-3000:] for log in logs)
-  assert "[train] step 6 | " in logs[0] and "[train]" not in logs[1]  # process 0 logs
+  assert "[train] step 7 | " in logs[0] and "[train]" not in logs[1]  # process 0 logs
   assert "[extrapolation] skipped: run it on one process" in logs[0]
   one_dir, single = smoke_run
   two = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
@@ -107,11 +117,11 @@ def test_two_processes_train_like_one(tmp_path, smoke_run):
     np.testing.assert_allclose(two[key], single[key], rtol=1e-5, err_msg=key)
   rows = {(r["split"], r["step"]): r for r in read_metrics(tmp_path / "two")}
   reference = read_metrics(one_dir)
-  assert len(rows) == len(reference) == 5  # train 2, 4, 6 and eval 3, 6
+  assert len(rows) == len(reference) == 10  # train 1-7 and eval 3, 6, 7
   for r in reference:
     for key in ("loss", "lm_loss", "aux_loss"):
       np.testing.assert_allclose(rows[r["split"], r["step"]][key], r[key], rtol=1e-5)
-  assert (tmp_path / "two" / "checkpoints" / "6").is_dir()
+  assert (tmp_path / "two" / "checkpoints" / "7").is_dir()
 
 
 def test_demo_long_doubles_the_last_phase():
@@ -176,23 +186,19 @@ def test_demo_top4_recipe_is_t21():
 
 
 @pytest.mark.slow
-def test_phase_top_k_routes_that_many_documents_in_its_steps(tmp_path):
+def test_phase_top_k_routes_that_many_documents_in_its_steps(tmp_path, smoke_run):
   """demo.py:top4's curriculum: its LM phase routes 1 document first, then 4. Up to the switch
   the run equals one whose phases all route 1 (same losses; the warm-up's LM loss has weight
   0, so its top_k changes no parameter); after it the LM reads 4 documents (other LM losses).
   Both keep msa.top_k = 4, which also sets the prompt positions (`position_offset`)."""
-  def run(all_one, name):
-    config = demo.get_config("smoke,top4")
-    config.train.log_every = 1
-    config.evals = {}
-    if all_one:
-      config.optim.phases = [dict(p, top_k=1) for p in config.optim.phases]
-    train_and_evaluate(config, tmp_path / name)
-    return {r["step"]: r for r in read_metrics(tmp_path / name, "train")}
-
-  phases = demo.get_config("smoke,top4").optim.phases
+  phases = demo.get_config(VARIANT).optim.phases
   assert [(p["steps"], p.get("top_k")) for p in phases] == [(3, None), (2, 1), (2, 4)]
-  curriculum, one = run(False, "curriculum"), run(True, "one")
+  config = smoke_config()
+  config.evals = {}
+  config.optim.phases = [dict(p, top_k=1) for p in config.optim.phases]
+  train_and_evaluate(config, tmp_path / "one")
+  curriculum = {r["step"]: r for r in read_metrics(smoke_run[0], "train")}
+  one = {r["step"]: r for r in read_metrics(tmp_path / "one", "train")}
   assert sorted(curriculum) == sorted(one) == list(range(1, 8))
   for step in range(1, 6):  # the warm-up (LM weight 0), then the phase routing 1 document
     keys = ("aux_loss", "recall@1") + (("lm_loss",) if step > 3 else ())
