@@ -102,7 +102,8 @@ def test_params_are_the_backbones_plus_router_projections():
   assert attn2["router_q_proj"]["kernel"].shape == (32, 4, 8)
   assert attn2["router_k_proj"]["kernel"].shape == (32, 2, 8)
   assert "router_q_proj" not in params["layers_1"]["attn"]
-  no_router = init(MSATransformer(CFG, MSA.replace(decouple_router=False)), batch)
+  no_router = jax.eval_shape(MSATransformer(CFG, MSA.replace(decouple_router=False)).init,
+                             jax.random.key(0), batch)["params"]
   assert "router_q_proj" not in no_router["layers_2"]["attn"]
   boxed = jax.eval_shape(MSATransformer(CFG, MSA).init, jax.random.key(0), batch)["params"]
   axes = nn.get_partition_spec(boxed)
@@ -260,14 +261,14 @@ def test_bce_bias_and_router_projections_train_through_the_aux_loss():
 @pytest.mark.slow
 def test_abstract_init_of_msa_presets():
   """Qwen3-4B with MSA on its upper half: shapes only, no allocation."""
-  from msa_jax.model import abstract_params, count_params, get_preset, param_logical_axes
+  from msa_jax.model import abstract_params, count_params, get_preset
   cfg = get_preset("qwen3_4b")
   model = MSATransformer(cfg, MSAConfig())
-  params = abstract_params(model)
+  params = abstract_params(model)  # boxed with their logical axes (`param_logical_axes`)
   backbone = 4_022_468_096
   routers = 18 * 2560 * (32 + 8) * 128  # layers 18..35: router_q [E, H*D] + router_k [E, J*D]
   assert count_params(params) == backbone + routers
-  axes = param_logical_axes(model)
+  axes = nn.get_partition_spec(params)
   assert tuple(axes["layers_35"]["attn"]["router_q_proj"]["kernel"]) == (
       "embed", "q_heads", "head_dim")
 
