@@ -25,6 +25,7 @@ from msa_jax.model.config import FIELD_DEFAULTS
 from msa_jax.train import loop
 from msa_jax.train import workdir
 from msa_jax.validation import UserError
+from tests.model_params import eager_init
 from tests.test_msa_model import CFG, make_batch
 
 TINY = get_preset("tiny")
@@ -108,7 +109,7 @@ def test_cosine_routing_is_explicit_routing_math():
   assert bank.msa_fields({"cosine_routing": None}) == {}
   batch = make_batch()
   base = MSAConfig(top_k=2, chunk_size=3)
-  params = init_params(MSATransformer(CFG, base.replace(aux_loss="bce")), jax.random.key(0))
+  params = eager_init(MSATransformer(CFG, base.replace(aux_loss="bce")), jax.random.key(0))
 
   def scores(msa):
     out = MSATransformer(CFG, msa).apply({"params": params}, batch)
@@ -172,7 +173,7 @@ def test_loss_settings_reach_neither_the_engine_nor_the_bank(tmp_path):
   """A bank encoded under one loss serves a model config that differs only in its loss part
   (the fingerprint is the architecture's); the engine keeps only architecture and runtime."""
   base = MSAConfig(top_k=2, chunk_size=3)
-  params = init_params(MSATransformer(CFG, base), jax.random.key(0))
+  params = eager_init(MSATransformer(CFG, base), jax.random.key(0))
   other = base.replace(aux_loss="bce", aux_weight=0.0, lm_weight=2.0, temperature=0.2,
                        batch_negatives=True)
   f32 = jax.numpy.float32

@@ -12,7 +12,8 @@ import pytest
 from msa_jax.inference import SamplingConfig, generate, generate_text, sample_logits
 from msa_jax.inference import decode
 from msa_jax.inference.decode import pack_prompts, packed_width, packing_pays
-from msa_jax.model import Transformer, get_preset, init_params
+from msa_jax.model import Transformer, get_preset
+from tests.model_params import eager_init
 
 PROMPT_LENGTHS = (3, 7, 11)
 PROMPT_LEN = 12  # Tp: prompts are right-padded to this.
@@ -26,7 +27,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def params(model):
-  return init_params(model, jax.random.key(0))
+  return eager_init(model, jax.random.key(0))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from msa_jax.inference import engine as engine_lib
 from msa_jax.memory import encode as encode_lib
 from msa_jax.memory.bank import BankError
 from msa_jax.inference.sampling import SamplingConfig
-from msa_jax.model import MSABatch, MSAConfig, MSATransformer, get_preset, init_params
+from msa_jax.model import MSABatch, MSAConfig, MSATransformer, get_preset
+from tests.model_params import eager_init
 
 CFG = get_preset("tiny").replace(vocab_size=64, embed_dim=64, mlp_dim=128, num_layers=4,
                                  num_heads=4, num_kv_heads=2, head_dim=16)
@@ -57,7 +58,7 @@ def _training_forward(msa, params, batch):
 
 
 def _setup(tmp_path, msa, seed=0, docs=None, bank_dtype="float32"):
-  params = init_params(MSATransformer(CFG, msa), jax.random.key(seed))
+  params = eager_init(MSATransformer(CFG, msa), jax.random.key(seed))
   if docs is None:
     docs, g = _docs()
   else:
@@ -165,7 +166,7 @@ def test_bf16_bank_stays_close(tmp_path):
 def test_bank_from_another_model_is_refused(tmp_path):
   msa = MSA_CASES["decoupled"]
   _, _, _, bank = _setup(tmp_path, msa, seed=0)
-  other = init_params(MSATransformer(CFG, msa), jax.random.key(1))
+  other = eager_init(MSATransformer(CFG, msa), jax.random.key(1))
   with pytest.raises(BankError, match="another model"):
     engine_lib.MSAEngine(CFG, msa, other, bank)
   with pytest.raises(BankError, match="chunk_size"):
@@ -175,7 +176,7 @@ def test_bank_from_another_model_is_refused(tmp_path):
 @pytest.mark.slow
 def test_empty_bank_is_refused_at_routing(tmp_path):
   msa = MSA_CASES["decoupled"]
-  params = init_params(MSATransformer(CFG, msa), jax.random.key(0))
+  params = eager_init(MSATransformer(CFG, msa), jax.random.key(0))
   bank = encode_lib.create_bank(tmp_path / "bank", CFG, msa, params)
   eng = engine_lib.MSAEngine(CFG, msa, params, bank)
   with pytest.raises(BankError, match="empty"):
@@ -184,7 +185,7 @@ def test_empty_bank_is_refused_at_routing(tmp_path):
 
 def test_encode_documents_rejects_bad_input():
   msa = MSA_CASES["decoupled"]
-  params = init_params(MSATransformer(CFG, msa), jax.random.key(0))
+  params = eager_init(MSATransformer(CFG, msa), jax.random.key(0))
   with pytest.raises(ValueError, match="document 1 has no tokens"):
     encode_lib.encode_documents(CFG, msa, params, [[1, 2], []], max_tokens=4, progress=None)
   with pytest.raises(ValueError, match="max_tokens=0"):

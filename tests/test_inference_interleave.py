@@ -13,7 +13,8 @@ from msa_jax.data.synthetic import SyntheticTokenizer
 from msa_jax.inference import engine as engine_lib
 from msa_jax.memory import encode as encode_lib
 from msa_jax.inference import interleave as il
-from msa_jax.model import MSAConfig, MSATransformer, get_preset, init_params
+from msa_jax.model import MSAConfig, MSATransformer, get_preset
+from tests.model_params import eager_init
 
 TOK = SyntheticTokenizer(num_filler_words=8, num_key_words=8, num_value_words=4)
 CFG = get_preset("tiny").replace(vocab_size=TOK.vocab_size, embed_dim=32, mlp_dim=64,
@@ -30,7 +31,7 @@ def _doc_text(m: int) -> str:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-  params = init_params(MSATransformer(CFG, MSA), jax.random.key(0))
+  params = eager_init(MSATransformer(CFG, MSA), jax.random.key(0))
   path = tmp_path_factory.mktemp("interleave") / "bank"
   bank = encode_lib.create_bank(path, CFG, MSA, params)
   texts = [_doc_text(m) for m in range(NUM_DOCS)]

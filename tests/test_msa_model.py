@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msa_jax.model import ModelConfig, init_params
+from msa_jax.model import ModelConfig
 from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
 from msa_jax.model import routing
 from msa_jax.model.batch import IGNORE, MSABatch, global_doc_positions, prompt_positions
 from msa_jax.model.config import MSAConfig
 from msa_jax.model.msa import MSADecoderLayer, MSATransformer, compute_losses
+from tests.model_params import eager_init
 
 CFG = ModelConfig(vocab_size=97, embed_dim=32, mlp_dim=64, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, tie_embeddings=False)
@@ -40,8 +41,8 @@ def make_batch(seed=0, b=2, n=3, g=7, t=6, lengths=((7, 5, 2), (4, 7, 0))):
 
 def init(model, batch, seed=0):
   """The parameters `model.init` makes with `seed` (they depend on the model and the seed, not
-  on the batch's values: `init_params` with the smallest inputs gives the same), compiled once
-  per equal model and seed in a worker (init traces and compiles the whole forward)."""
+  on the batch's values: `init_params` with the smallest inputs gives the same), made once per
+  equal model and seed in a worker, op by op (`tests.model_params.eager_init`)."""
   del batch
   return _init(model, seed)
 
@@ -52,7 +53,7 @@ def _init(model, seed):
 
 @functools.lru_cache(maxsize=None)
 def _init_once(model, seed):
-  return init_params(model, jax.random.key(seed))
+  return eager_init(model, jax.random.key(seed))
 
 
 def forward(model, params, batch):

@@ -14,6 +14,7 @@ from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
 from msa_jax.model.msa import MSATransformer, RoutedBlocks, compute_losses
 from tests import test_msa_goldens as goldens
+from tests.model_params import eager_init
 from tests.test_msa_model import CFG, MSA, init, make_batch, outputs_loss_and_grads
 
 SIX = CFG.replace(num_layers=6)
@@ -141,7 +142,7 @@ def test_backbone_scan_equals_unrolled_with_and_without_cache():
   cfg = ModelConfig(vocab_size=97, embed_dim=32, mlp_dim=64, num_layers=5, num_heads=4,
                     num_kv_heads=2, head_dim=8)
   unrolled, scanned = both(Transformer, cfg)
-  params = init_params(unrolled, jax.random.key(0))
+  params = eager_init(unrolled, jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, cfg.vocab_size)
   segments = jnp.array([[1] * 9, [1] * 4 + [2] * 3 + [0] * 2])
   want, got = (jax.jit(m.apply)({"params": params}, tokens, segment_ids=segments)[0]
