@@ -44,10 +44,6 @@ def init(model, batch, seed=0):
   on the batch's values: `init_params` with the smallest inputs gives the same), made once per
   equal model and seed in a worker, op by op (`tests.model_params.eager_init`)."""
   del batch
-  return _init(model, seed)
-
-
-def _init(model, seed):
   return jax.tree.map(lambda x: x, _init_once(model, seed))  # a tree of its own per caller
 
 

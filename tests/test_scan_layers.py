@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msa_jax.model import ModelConfig, Transformer, init_params
+from msa_jax.model import ModelConfig, Transformer, abstract_params
 from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
 from msa_jax.model.msa import MSATransformer, RoutedBlocks, compute_losses
@@ -165,7 +165,7 @@ def test_decode_step_scans_as_scan_decode_says(scan_layers, scan_decode, scans):
   cfg = ModelConfig(vocab_size=97, embed_dim=32, mlp_dim=64, num_layers=3, num_heads=4,
                     num_kv_heads=2, head_dim=8)
   model = Transformer(cfg, scan_layers=scan_layers, scan_decode=scan_decode)
-  params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  params = abstract_params(model)  # shapes (boxed: `apply` unboxes them)
   cache = msa_lib.prefill_cache([attention.KVCache(jnp.zeros((2, 4, 2, 8)),
                                                    jnp.zeros((2, 4, 2, 8)))] * 3, 6)
   own = attention.OwnSlots.decode(jnp.array([4, 2]), 4, 4)

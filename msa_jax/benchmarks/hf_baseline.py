@@ -3,8 +3,8 @@
 transformers converts a GGUF file slowly: SmolLM2-135M took ~28 s of CPU, 14 s of it parsing
 the file's metadata twice (`gguf.GGUFReader`, once for the config, once for the weights) and
 8 s rebuilding gguf's tensor-name map for each of the model's 397 modules. Within a conversion
-both are read-only and the same each time, so `causal_lm` has one reader per file and one map
-per architecture serve every call (`gguf_parsed_once`; ~11 s, the same tensors). The
+both are read-only and the same each time, so in `causal_lm`'s conversion one reader per file
+and one map per architecture serve every call (`gguf_parsed_once`; ~11 s, the same tensors). The
 baseline is the model transformers converts, so its conversion is kept as a HF checkpoint
 (config.json and float32 safetensors) and loaded from there by later runs (~1 s): in
 `$MSA_JAX_HF_CACHE` (default `$XDG_CACHE_HOME/msa_jax/hf`, else `~/.cache/msa_jax/hf`; `off`:

@@ -549,8 +549,8 @@ class LayerStack(nn.Module):
             and not self.is_mutable_collection("intermediates"))
 
   def _scans_decode(self) -> bool:
-    """Whether `decode_step` scans: `scan_decode` when set, else `scan_layers` except on a CPU
-    backend (see `decode_step`)."""
+    """Whether `decode_step` scans: where the layers scan at all (`_scans`), `scan_decode` when
+    set, else not on a CPU backend (see `decode_step`)."""
     if self.scan_decode is not None:
       return self.scan_decode and self._scans()
     return self._scans() and jax.default_backend() != "cpu"
