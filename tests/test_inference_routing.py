@@ -256,6 +256,33 @@ def test_top_k_larger_than_the_bank():
   assert np.asarray(out.indices)[0, 2] == 1 and np.isneginf(np.asarray(out.scores)[:, 2]).all()
 
 
+@pytest.mark.parametrize("chunk_reduce", ["max", "mean"])
+@pytest.mark.parametrize("counts", [False, True], ids=["counted_here", "chunk_counts"])
+def test_valid_slots_with_and_without_a_question_lacking_tokens(chunk_reduce, counts):
+  """`route` reads the valid slots off the selected ranks and counts the documents present
+  only when some question has every score -inf (`routing._selected`): the same selection as
+  the training path either way. Two absent documents, top_k above the 3 present; a per-question
+  `doc_mask` leaves question 1 only absent documents (no valid slot, every score -inf)."""
+  from msa_jax.memory.routing import route
+  chunks = (2, 0, 3, 0, 1)
+  m = len(chunks)
+  keys, chunk_doc = random_bank(5, chunks)
+  rq, mask = random_questions(5, b=4)  # the last question has no routing token
+  doc_mask = np.ones((4, m), bool)
+  doc_mask[1] = np.asarray(chunks) == 0
+  kw = dict(top_k=4, scale=0.7, chunk_reduce=chunk_reduce,
+            chunk_counts=np.bincount(chunk_doc, minlength=m) if counts else None)
+  for qs, dm in ((slice(0, 4), None), (slice(0, 3), None), (slice(0, 1), None),
+                 (slice(0, 3), doc_mask[:3])):
+    out = route(rq[qs], mask[qs], keys, chunk_doc, m, doc_mask=dm, **kw)
+    ds, idx, sel = training_route(rq[qs], mask[qs], keys, chunk_doc, m, 4, "mean", "max",
+                                  chunk_reduce, 0.7, doc_mask=dm)
+    np.testing.assert_array_equal(np.asarray(out.selected), sel)
+    np.testing.assert_array_equal(np.asarray(out.indices)[sel], idx[sel])
+    np.testing.assert_allclose(np.asarray(out.doc_scores), ds, rtol=1e-6, atol=1e-6)
+  assert np.asarray(out.selected).sum(axis=1).tolist() == [3, 0, 3]
+
+
 @pytest.mark.parametrize("kernel_impl", ["xla", "pallas"])
 @pytest.mark.parametrize("per_question", [False, True], ids=["shared_mask", "per_question"])
 def test_doc_mask_routes_as_if_the_documents_were_removed(kernel_impl, per_question):

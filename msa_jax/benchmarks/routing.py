@@ -47,10 +47,17 @@ stage, 3 of them with the numpy rows, and two of the suite; one core: 2 runs), j
 | Zen 2, s19 | 1M tokens B=8 | 1.07-1.15 / 1.12-1.18 | 1.02-1.21 / 1.14-1.20 |
 | Zen 2, s19 | 10M tokens B=1 | 0.84-0.94 / 1.03-1.11 | 0.98-1.00 / 1.00-1.01 |
 | Zen 2, s19 | 10M tokens B=8 | 0.84-0.92 / 0.81-1.18 | 0.85 / 0.78 |
+| Zen 2, s22 | 1M tokens B=1 | 0.93-0.99 / 1.11-1.35 | 1.00-1.27 / 1.01-1.04 |
+| Zen 2, s22 | 1M tokens B=8 | 1.11-1.16 / 1.15-1.21 | 1.12 / 1.06-1.14 |
+| Zen 2, s22 | 10M tokens B=1 | 0.86-0.93 / 1.00-1.03 | 0.98-1.07 / 1.01-1.09 |
+| Zen 2, s22 | 10M tokens B=8 | 0.94-1.18 / 0.85-1.02 | 0.85-0.98 / 0.77-0.87 |
 
 (Zen 4: a 2-core AMD EPYC VM with AVX-512, 2026-12-05 07:00 UTC, OpenBLAS' SkylakeX kernel;
 Zen 2: a 2-core AMD EPYC 7xx2 VM, AVX2, 16 MiB L3, 2026-12-05 21:00 UTC, OpenBLAS' Haswell
-kernel. s18 is the code of session s18, timed on the Zen 2 host beside s19's.)
+kernel. s18 is the code of session s18, timed on the Zen 2 host beside s19's. s22: 3 runs
+and 2 `:one_core` runs of session s22's code, 2026-12-06 04:45-04:52 UTC, the same host,
+its other tenants busier: the XLA GEMM at 1M tokens B=1 took 0.51-0.62 ms, 0.44-0.47 an hour
+before.)
 
 On Zen 2 the tiles were the cost: XLA:CPU copies each tile's slice out of the bank (~9 GB/s
 here, as long as a one-question GEMM over the same keys), and a masked max (`where` over the
@@ -61,13 +68,21 @@ question once on its document scores. Same process, the s18 code against s19's (
 11-21 interleaved repeats, identical results): 1M tokens B=8 3.88 -> 3.50 ms, 10M tokens B=1
 15.4 -> 9.9 ms.
 
-What is left, at 1M tokens B=1 in wall time: the fused GEMM and max take ~1.04x the XLA
-GEMM and the scatter to documents ~0.05x; the rest (~0.1 ms) is XLA:CPU's executor. A program
-of at most 8 thunks runs them in the calling thread; `route`'s has ~18 (queries, the counts
-of present documents, top-k, outputs), so it runs on the thread pool, and that alone cost
-0.1-0.2 ms here (a 5-thunk scoring program 0.48 ms; the same with 10 tiny independent outputs
-added, 0.70). Fusing the queries' preparation into the GEMM (a -inf bias for masked tokens)
-cost more than it saved (+0.1 ms at B = 1). Tried before (s18, Zen 4) without a robust gain:
+What is left, at 1M tokens B=1 in wall time: s19 measured the fused GEMM and max at ~1.04x
+the XLA GEMM and the scatter at ~0.05x, and put the rest (~0.1 ms) on XLA:CPU's executor (a
+program of at most 8 thunks runs in the calling thread, a longer one on the thread pool;
+`route`'s had 18). Session s22 cut the program to 8 thunks at B=1 (10 at B=8; `routing._select`:
+the scatter takes the chunk ids as they are, the valid slots come from the selected scores
+and the counts of present documents run in a branch taken only for a question without a
+valid token or document): same process, old vs new, interleaved, 1M tokens B=8 1.23-1.49 ->
+1.14-1.25 of the XLA GEMM (6 runs), B=1 1.12-1.31 -> 1.09-1.29 (8 runs: within noise).
+So the executor was not the B=1 gap. A `jax.profiler` trace of 200 calls (s22) shows it:
+the GEMM with its fused query max (one YNNPACK fusion) 521 us against the bare GEMM's 456 us,
+the scatter 25 us, top-k 7 us, everything else ~2 us each. Other YNNPACK fusion types for
+the program (the compiler option `xla_cpu_experimental_ynn_fusion_type`; one run, ratios to
+the XLA GEMM): the default 1.14, YNNPACK's dot alone with XLA's max 1.39, dot fusions 1.22,
+reductions only (Eigen's dot) 1.14. Fusing the queries' preparation into the
+GEMM (a -inf bias for masked tokens) cost more than it saved (+0.1 ms at B = 1, s19). Tried before (s18, Zen 4) without a robust gain:
 the whole bank as one tile at B >= 2 over 10M tokens (the whole-bank GEMM re-reads keys that
 no longer stay in cache: 10M tokens, B = 8, 51 ms against 37 in tiles here too), XLA flags
 (YNNPACK off, XNNPACK, oneDNN, 512-bit vectors), a host callback to numpy per tile.

@@ -185,6 +185,7 @@ def query_operand(rq: jax.Array, q_mask: jax.Array, num_kv_heads: int, *, scale:
   q has `dtype` (the keys'): for bfloat16 keys qbar is rounded to bfloat16, as in the Pallas
   kernel. Scores equal the unreduced math up to float rounding (the sums' order differs).
   """
+  folded_mean = query_reduce == "mean" and head_reduce == "mean"
   rq, q_mask, query_reduce = fold_query_reduce(rq, q_mask, head_reduce, query_reduce)
   if query_reduce == "max":
     rq = _fill_masked(rq, q_mask)
@@ -192,8 +193,14 @@ def query_operand(rq: jax.Array, q_mask: jax.Array, num_kv_heads: int, *, scale:
   j = num_kv_heads
   q = rq.reshape(b, t, j, h // j, d)
   if head_reduce == "mean":
-    qbar = q.astype(jnp.float32).sum(axis=3) * (scale / h)
-    q = qbar.reshape(b * t, j * d)
+    heads = q.astype(jnp.float32)
+    if folded_mean:  # one reduce with the token sum before it (XLA fuses the two)
+      qsum = heads.sum(axis=3)
+    else:  # a left fold of adds, the order of a sequential sum: XLA:CPU fuses it with the
+      qsum = heads[:, :, :, 0]  # fill and the scale (a reduce is a library call of its own)
+      for r in range(1, h // j):
+        qsum = qsum + heads[:, :, :, r]
+    q = (qsum * (scale / h)).reshape(b * t, j * d)
   else:
     q = q.transpose(2, 0, 1, 3, 4).reshape(j, b * t * (h // j), d)
   return TileQueries(q.astype(dtype), q_mask, query_reduce)
@@ -204,6 +211,15 @@ def empty_questions(queries: TileQueries) -> jax.Array:
   if queries.query_reduce != "max":  # a masked mean over no token is 0, not -inf
     return jnp.zeros(queries.mask.shape[:1], jnp.bool_)
   return ~queries.mask.any(axis=1)
+
+
+def no_valid_token(q_mask: jax.Array, query_reduce: str) -> jax.Array:
+  """[B] bool: the questions whose every score is -inf, from the mask as given: a query max
+  or "last" over no valid token (a mean over none is 0). `empty_questions` of the questions'
+  `query_operand`."""
+  if query_reduce == "mean":
+    return jnp.zeros(q_mask.shape[:1], jnp.bool_)
+  return ~q_mask.any(axis=1)
 
 
 def score_columns(queries: TileQueries) -> int:
