@@ -22,6 +22,32 @@ def test_every_parameter_has_logical_axis_names(name):
     assert len(x.names) == len(x.value.shape) and set(x.names) <= LOGICAL_AXES, x
 
 
+def test_abstract_params_traces_a_model_once(monkeypatch):
+  """`abstract_params` traces the init once per equal model and returns a tree of its own each
+  time; the train state's shapes built from it equal those of tracing the whole init."""
+  import optax
+  from msa_jax.model import transformer
+  from msa_jax.train import step as step_lib
+  traced = []
+  init = transformer._init_variables
+  monkeypatch.setattr(transformer, "_init_variables", lambda *a: traced.append(1) or init(*a))
+  cfg = get_preset("tiny").replace(num_layers=1, vocab_size=97)  # a model no other test uses
+  first = abstract_params(Transformer(cfg))
+  first["embed"] = None
+  second = abstract_params(Transformer(cfg))
+  assert len(traced) == 1 and second["embed"] is not None
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), nn.unbox(second)) == jax.tree.map(
+      lambda x: (x.shape, x.dtype), nn.unbox(jax.eval_shape(
+          Transformer(cfg).init, jax.random.key(0), *Transformer(cfg).example_inputs())[
+              "params"]))
+  tx = optax.adamw(1e-3)
+  ours = step_lib.abstract_train_state(Transformer(cfg), tx)
+  assert len(traced) == 1
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), ours) == jax.tree.map(
+      lambda x: (x.shape, x.dtype),
+      jax.eval_shape(step_lib.init_fn(Transformer(cfg), tx), jax.random.key(0)))
+
+
 @pytest.mark.slow
 def test_bf16_compute_with_fp32_storage_tracks_fp32():
   cfg = get_preset("tiny")

@@ -58,11 +58,18 @@ def init_fn(model: nn.Module, optimizer: optax.GradientTransformation):
   return init
 
 
+def _abstract_state(model: nn.Module, optimizer: optax.GradientTransformation) -> TrainState:
+  """`init_fn(model, optimizer)`'s shapes, from `abstract_params` (the model's init is not
+  traced again: only the optimiser's init, on shapes)."""
+  return jax.eval_shape(lambda params: TrainState.create(params, optimizer),
+                        nn.unbox(abstract_params(model)))
+
+
 def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, mesh,
                     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES) -> TrainState:
   """NamedShardings of the TrainState, from the parameters' logical axes (no allocation)."""
   params = sharding_lib.logical_to_shardings(abstract_params(model), mesh, rules)
-  abstract = jax.eval_shape(init_fn(model, optimizer), jax.random.key(0))
+  abstract = _abstract_state(model, optimizer)
   replicated = sharding_lib.NamedSharding(mesh, sharding_lib.P())
   return TrainState(step=replicated, params=params,
                     opt_state=sharding_lib.match_param_shardings(abstract.opt_state, params, mesh))
@@ -88,7 +95,7 @@ def abstract_train_state(model: nn.Module, optimizer: optax.GradientTransformati
                          shardings: TrainState | None = None) -> TrainState:
   """The TrainState's shapes and dtypes (in `shardings`, when given), allocating nothing: the
   target to restore a checkpoint into."""
-  abstract = jax.eval_shape(init_fn(model, optimizer), jax.random.key(0))
+  abstract = _abstract_state(model, optimizer)
   if shardings is None:
     return abstract
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
