@@ -76,6 +76,9 @@ def _ask() -> ml_collections.ConfigDict:
   c.question_prefix = ml_collections.FieldReference(None, field_type=str)
   c.answer_marker = ml_collections.FieldReference(None, field_type=str)
   c.json = False  # also print the results as one JSON line
+  # The decode steps' layer loop: None unrolls it on CPU (faster steps, a longer first
+  # compile), True scans it (a one-shot question starts sooner). `MSAEngine(scan_decode=...)`.
+  c.scan_decode = ml_collections.FieldReference(None, field_type=bool)
   return c
 
 

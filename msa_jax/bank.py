@@ -34,7 +34,8 @@ MSA fields + layers + tokenizer) and the prompt template, so asking needs only t
   python -m msa_jax.bank --config=configs/bank.py:ask --config.bank=/tmp/nf \
       --question="Do statins help?" [--question=...] [--config.questions_file=FILE] \
       [--config.interactive=true] [--config.top_k=8] [--config.max_new_tokens=32] \
-      [--config.interleave=true --config.max_rounds=3] [--config.all_layers=true]
+      [--config.interleave=true --config.max_rounds=3] [--config.all_layers=true] \
+      [--config.scan_decode=true]
 
 The bank and its model are loaded once for all questions: the --question values, then the
 lines of `questions_file` (UTF-8, blank lines skipped), then with `interactive` one question per
@@ -526,6 +527,7 @@ def check_ask_config(config) -> None:
     validation.check_at_least(f"--config.{name}", config[name], 1)
   validation.check_at_least("--config.top_k", config.top_k, 1, optional=True)
   validation.check_choice("--config.id_kind", config.id_kind, ("index", "id"))
+  validation.check_choice("--config.scan_decode", config.scan_decode, (None, True, False))
 
 
 def empty_answer_reason(generated: list[int], stops: tuple[int, ...], tok, spec: dict) -> str:
@@ -572,7 +574,8 @@ class AskSession:
         template[name] = getattr(config, name)
     offset = model.msa.arch.top_k  # the layout the model was built / trained with
     msa = model.msa if config.top_k is None else model.msa.replace(top_k=config.top_k)
-    engine = engine_lib.MSAEngine(model.config, msa, model.params, bank)
+    engine = engine_lib.MSAEngine(model.config, msa, model.params, bank,
+                                  scan_decode=config.scan_decode)
     _log(f"[ask] ready in {time.perf_counter() - start:.1f}s ({bank.num_docs} documents); the "
          "first answer compiles the model")
     return cls(bank, model, engine, template, offset, config)

@@ -119,7 +119,8 @@ def test_encode_beir_slice_with_smollm2_and_ask(tmp_path, capsys):
   assert opened.num_docs == 30 and opened.doc_ids[0] == first["_id"]
   assert opened.texts([0])[0] == f"{first['title']}\n{first['text']}"
   code, out, err = _run([ASK, f"--config.bank={bank}", "--question=Do statins reduce cancer risk?",
-                         "--config.max_new_tokens=3", "--config.all_layers=true"], capsys)
+                         "--config.max_new_tokens=3", "--config.all_layers=true",
+                         "--config.scan_decode=true"], capsys)
   assert code == 0, err
   assert "  layer 1:" in out and "    3. " in out and "  answer: " in out
 

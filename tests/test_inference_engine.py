@@ -105,14 +105,21 @@ def test_prefill_matches_training_forward(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_greedy_decoding_matches_training_argmax(tmp_path):
+def test_greedy_decoding_matches_training_argmax(tmp_path, monkeypatch):
+  """With the decode steps' layers scanned (`scan_decode=True`; the unrolled default decodes in
+  the other engine tests, and test_scan_layers checks the two step for step)."""
   msa = MSA_CASES["decoupled"]
   params, docs, g, bank = _setup(tmp_path, msa)
   prompts = _prompts(msa, q=4, seed=3)
-  eng = engine_lib.MSAEngine(CFG, msa, params, bank)
+  eng = engine_lib.MSAEngine(CFG, msa, params, bank, scan_decode=True)
+  decoders = []
+  loop = engine_lib.decode.decode_loop
+  monkeypatch.setattr(engine_lib.decode, "decode_loop",
+                      lambda model, *a, **kw: decoders.append(model) or loop(model, *a, **kw))
   n = 6
   tokens, lengths, pre = eng.generate(prompts, SamplingConfig(temperature=0.0, max_new_tokens=n,
                                                               stop_tokens=(), pad_id=0))
+  assert [m.scan_decode for m in decoders] == [True]
   assert tokens.shape == (4, n) and (lengths == n).all()
   # The training forward on prompt + generated tokens (the query tokens are unchanged).
   p_len = np.asarray(prompts.token_mask).sum(1)
@@ -181,6 +188,11 @@ def test_empty_bank_is_refused_at_routing(tmp_path):
   eng = engine_lib.MSAEngine(CFG, msa, params, bank)
   with pytest.raises(BankError, match="empty"):
     eng.prefill(_prompts(msa))
+
+
+def test_engine_rejects_a_bad_scan_decode():
+  with pytest.raises(ValueError, match="scan_decode must be None, True or False, got 'yes'"):
+    engine_lib.MSAEngine(CFG, MSAConfig(), None, None, scan_decode="yes")
 
 
 def test_encode_documents_rejects_bad_input():
