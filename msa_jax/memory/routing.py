@@ -43,8 +43,9 @@ question without a valid token (-inf with a query max) is masked once, on its do
 scores, not on every tile's chunk scores. The valid slots come from the selected ranks (a
 document with chunks has a finite score); the count of documents present, a pass over every
 document (and over `chunk_doc` unless the caller passes the bank's `chunk_counts`, as the
-engine does: `MemoryBank.chunk_counts`), runs only for a question whose every score is -inf
-(`_select`), and the chunk counts otherwise only for a chunk mean. The program is short:
+engine does: `MemoryBank.chunk_counts`), runs only when a question has no valid token or no
+allowed document with chunks (`_select`), and the chunk counts otherwise only for a chunk
+mean. The program is short:
 routing one question is 8 XLA:CPU operations ("thunks"; 18 before, 2026-12-06), few enough
 for XLA to run them in the calling thread instead of its thread pool; with the scatter's
 ids taken as they are (out-of-range ids dropped by the scatter) and the selection's

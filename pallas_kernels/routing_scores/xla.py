@@ -196,8 +196,9 @@ def query_operand(rq: jax.Array, q_mask: jax.Array, num_kv_heads: int, *, scale:
     heads = q.astype(jnp.float32)
     if folded_mean:  # one reduce with the token sum before it (XLA fuses the two)
       qsum = heads.sum(axis=3)
-    else:  # a left fold of adds, the order of a sequential sum: XLA:CPU fuses it with the
-      qsum = heads[:, :, :, 0]  # fill and the scale (a reduce is a library call of its own)
+    else:  # a left fold of adds (the reduce's bits for R = 2-16, jit and eager): XLA:CPU
+      qsum = heads[:, :, :, 0]  # fuses it with the fill and the scale; a reduce was a YNNPACK
+      #                           call of its own
       for r in range(1, h // j):
         qsum = qsum + heads[:, :, :, r]
     q = (qsum * (scale / h)).reshape(b * t, j * d)
