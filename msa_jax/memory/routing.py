@@ -357,21 +357,24 @@ def _select(doc_scores: jax.Array, query_mask: jax.Array, query_reduce: str,
   both would be one more operation.
   """
   b = doc_scores.shape[0]
+  # The rank of an allowed document without chunks (-inf: its score; with a mask, `_top_k`'s).
+  absent = NEG_INF if doc_mask is None else jnp.finfo(jnp.float32).min
+  allowed = None if doc_mask is None else _allowed(doc_mask, b, num_docs)
 
   def select(ds):
-    """(document scores, indices, scores, ranks) and the rank of a document without chunks."""
-    if doc_mask is None:  # ranks are the scores: -inf (no chunks) ties go to the lower index
+    """(document scores, indices, scores, ranks)."""
+    if allowed is None:  # ranks are the scores: -inf (no chunks) ties go to the lower index
       top, idx = jax.lax.top_k(ds, k)
-      return (ds, idx, top, top), NEG_INF
-    ds = jnp.where(_allowed(doc_mask, b, num_docs), ds, NEG_INF)
-    rank, idx, scores = _top_k(ds, _allowed(doc_mask, b, num_docs), k)
-    return (ds, idx, scores, rank), jnp.finfo(jnp.float32).min
+      return ds, idx, top, top
+    ds = jnp.where(allowed, ds, NEG_INF)
+    rank, idx, scores = _top_k(ds, allowed, k)
+    return ds, idx, scores, rank
 
-  (ds, idx, scores, rank), absent = select(doc_scores)
+  ds, idx, scores, rank = select(doc_scores)
 
   def counted():
-    (ds, idx, scores, rank), absent = select(_mask_empty(
-        doc_scores, no_valid_token(query_mask, query_reduce)))
+    ds, idx, scores, rank = select(_mask_empty(doc_scores, no_valid_token(query_mask,
+                                                                          query_reduce)))
     n = count_chunks(chunk_doc, num_docs) if count is None else count
     present = jnp.sum((n > 0) & _allowed(doc_mask, b, num_docs), axis=-1)
     return ds, idx, scores, jnp.where(rank[:, :1] > absent, rank > absent,
