@@ -141,31 +141,44 @@ def test_commands_hide_info_logs_unless_verbosity_is_given(args, info_shown):
   assert ("info-line" in result.stderr) == info_shown, result.stderr
 
 
-# Allocates, touches and frees a 128 MiB buffer; prints whether the settings applied and how
-# much of it the process still holds after the free (kept for reuse, or returned to the OS).
+# Allocates, touches and frees a 128 MiB buffer in the main thread or in another thread;
+# prints whether the settings applied and how much of it the process still holds after the
+# free (kept for reuse, or returned to the OS).
 _REUSE = """
-import json
+import json, sys, threading
 import numpy as np
 from msa_jax import runtime
-applied = runtime.reuse_host_memory()
+applied = runtime.reuse_host_memory(shared_arena=sys.argv[1] == "shared")
 def rss():
   with open("/proc/self/statm") as f:
     return int(f.read().split()[1]) * 4096
+def alloc():
+  a = np.empty(32 << 20, np.float32)
+  a.fill(1.0)
+  del a
 before = rss()
-a = np.empty(32 << 20, np.float32)
-a.fill(1.0)
-del a
+if sys.argv[2] == "worker":
+  t = threading.Thread(target=alloc)
+  t.start()
+  t.join()
+else:
+  alloc()
 print(json.dumps(dict(applied=applied, kept=rss() - before)))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-@pytest.mark.parametrize("setting,reused", [(None, True), ("0", False), ("off", False)])
-def test_reuse_host_memory_keeps_freed_buffers(setting, reused):
+@pytest.mark.parametrize("setting,arena,thread,kept", [
+    (None, "shared", "main", True), (None, "shared", "worker", True),
+    (None, "own", "main", True), (None, "own", "worker", False),
+    ("0", "shared", "main", False), ("off", "shared", "worker", False)])
+def test_reuse_host_memory_keeps_freed_buffers(setting, arena, thread, kept):
+  """The main thread's large buffers are kept with either arena choice; another thread's only
+  with the shared arena (its own arena maps one over 64 MiB afresh); none when turned off."""
   env = {k: v for k, v in os.environ.items() if k != "MSA_JAX_REUSE_HOST_MEMORY"}
   if setting is not None:
     env["MSA_JAX_REUSE_HOST_MEMORY"] = setting
-  out = json.loads(subprocess.run([sys.executable, "-c", _REUSE], env=env, check=True,
-                                  capture_output=True, text=True).stdout)
-  assert out["applied"] is reused
-  assert (out["kept"] > 100 << 20) if reused else (out["kept"] < 16 << 20), out
+  out = json.loads(subprocess.run([sys.executable, "-c", _REUSE, arena, thread], env=env,
+                                  check=True, capture_output=True, text=True).stdout)
+  assert out["applied"] is (setting is None)
+  assert (out["kept"] > 100 << 20) if kept else (out["kept"] < 16 << 20), out

@@ -104,7 +104,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from msa_jax import validation
+from msa_jax import runtime, validation
 from msa_jax.benchmarks.blas import Worker
 from msa_jax.memory import routing
 
@@ -232,6 +232,7 @@ def main(argv: Sequence[str]) -> None:
     proc = subprocess.run(cmd, env=one_core_env(os.environ),
                           preexec_fn=lambda: os.sched_setaffinity(0, {cpu}), check=False)
     sys.exit(proc.returncode)
+  runtime.start_command(shared_arena=False)  # as the suite and the inference commands
   print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
         f"{f'; pinned to CPU {sorted(os.sched_getaffinity(0))}' if config.one_core else ''}",
         flush=True)

@@ -27,7 +27,7 @@ def main(argv: Sequence[str]) -> None:
   if _CONFIG.value is None:
     raise validation.UserError("--config is required (e.g. --config=configs/demo.py)")
   validation.check_output_dir(_WORKDIR.value)
-  runtime.start_command()
+  runtime.start_command(shared_arena=True)  # training: see runtime.host_memory
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
