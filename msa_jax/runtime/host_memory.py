@@ -23,7 +23,9 @@ threads then allocate from one arena): same host and day, separate processes, th
 results: greedy SmolLM2 generation of 64 tokens at batch 8 4.80-5.23 s with it against
 3.97-4.14 s without (5 processes each; prefill and the first token 0.30 against 0.34 s),
 `memory.routing.route` 0.57-0.58 against 0.51-0.52 ms at 1M tokens for one question and
-48-51 against 40-41 ms at 10M tokens for eight (3 each), while the demo's training ran at
+48-51 against 40-41 ms at 10M tokens for eight (3 each); how much depends on what the
+process ran before (the benchmark suite's generation stage, after loading SmolLM2 and HF's
+model: batch 8 4.05, 4.16 against 3.89, 3.93 s), while the demo's training ran at
 35.5-42.3k tokens/s with it against 33.3-35.7k without (4 runs each, 110 s each) and stage-1
 encoding did not move. So `shared_arena` is a choice per command: training keeps it
 (`msa_jax.train`), the inference and evaluation commands, whose steady state is decode steps
