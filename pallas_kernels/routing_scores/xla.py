@@ -207,20 +207,18 @@ def query_operand(rq: jax.Array, q_mask: jax.Array, num_kv_heads: int, *, scale:
   return TileQueries(q.astype(dtype), q_mask, query_reduce)
 
 
-def empty_questions(queries: TileQueries) -> jax.Array:
-  """[B] bool: the questions whose every score is -inf (a query max over no valid token)."""
-  if queries.query_reduce != "max":  # a masked mean over no token is 0, not -inf
-    return jnp.zeros(queries.mask.shape[:1], jnp.bool_)
-  return ~queries.mask.any(axis=1)
-
-
 def no_valid_token(q_mask: jax.Array, query_reduce: str) -> jax.Array:
-  """[B] bool: the questions whose every score is -inf, from the mask as given: a query max
-  or "last" over no valid token (a mean over none is 0). `empty_questions` of the questions'
-  `query_operand`."""
+  """[B] bool: the questions whose every score is -inf: a query max or "last" over no valid
+  token (a mean over none is 0), from the mask as given or as `query_operand` folded it."""
   if query_reduce == "mean":
     return jnp.zeros(q_mask.shape[:1], jnp.bool_)
   return ~q_mask.any(axis=1)
+
+
+def empty_questions(queries: TileQueries) -> jax.Array:
+  """[B] bool: `no_valid_token` of the questions' `query_operand` (its reduce is "max" or
+  "mean": "last" is folded into a max over one token)."""
+  return no_valid_token(queries.mask, queries.query_reduce)
 
 
 def score_columns(queries: TileQueries) -> int:
