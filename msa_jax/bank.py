@@ -759,7 +759,7 @@ def _app_main(argv: list[str]) -> None:
   """`python -m msa_jax.bank`: the absl app."""
   if len(argv) > 1:
     raise CliError(f"unexpected arguments: {argv[1:]}")
-  runtime.start_command(shared_arena=False)  # decode steps, routing: see runtime.host_memory
+  runtime.start_command()
   run(flags.FLAGS.config, flags.FLAGS.question)
 
 

@@ -72,7 +72,7 @@ def run(config, prompts: Sequence[str] | None = None) -> list[str]:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise validation.UserError(f"unexpected arguments: {argv[1:]}")
-  runtime.start_command(shared_arena=False)  # decode steps, routing: see runtime.host_memory
+  runtime.start_command()
   config, prompts = flags.FLAGS.config, flags.FLAGS.prompt
   for prompt, text in zip(prompts or config.prompts, run(config, prompts)):
     print(f"\n>>> {prompt}\n{text}")

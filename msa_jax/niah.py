@@ -85,7 +85,7 @@ def main(argv: Sequence[str]) -> None:
     raise validation.UserError(f"unexpected arguments: {argv[1:]}")
   if flags.FLAGS.config is None:
     raise validation.UserError("--config is required (e.g. --config=configs/niah.py)")
-  runtime.start_command(shared_arena=False)  # decode steps, routing: see runtime.host_memory
+  runtime.start_command()
   run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

@@ -519,7 +519,7 @@ def main(argv: Sequence[str]) -> None:
     raise ScaleError(f"unexpected arguments {argv[1:]}")
   if flags.FLAGS.config is None:
     raise ScaleError("--config is required (e.g. --config=configs/scale.py)")
-  runtime.start_command(shared_arena=False)  # decode steps, routing: see runtime.host_memory
+  runtime.start_command()
   run(flags.FLAGS.config)
 
 

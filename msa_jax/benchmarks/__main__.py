@@ -124,7 +124,7 @@ def main(argv: Sequence[str]) -> None:
   stages = check_stages([s.strip() for s in config.stages.split(",") if s.strip()])
   if config.json not in ("", "-") and not Path(config.json).resolve().parent.is_dir():
     raise validation.UserError(f"--config.json={config.json}: its folder does not exist")
-  runtime.start_command(shared_arena=False)  # decode steps, routing: see runtime.host_memory
+  runtime.start_command()
   doc = run_suite(stages, config.quick)
   if config.json == "-":
     print(json.dumps(doc, indent=1))

@@ -232,7 +232,7 @@ def main(argv: Sequence[str]) -> None:
     proc = subprocess.run(cmd, env=one_core_env(os.environ),
                           preexec_fn=lambda: os.sched_setaffinity(0, {cpu}), check=False)
     sys.exit(proc.returncode)
-  runtime.start_command(shared_arena=False)  # as the suite and the inference commands
+  runtime.start_command()  # as the suite and the inference commands
   print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
         f"{f'; pinned to CPU {sorted(os.sched_getaffinity(0))}' if config.one_core else ''}",
         flush=True)

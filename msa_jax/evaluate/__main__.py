@@ -28,7 +28,7 @@ def main(argv: Sequence[str]) -> None:
   if _CONFIG.value is None:
     raise validation.UserError("--config is required (e.g. --config=configs/evaluate.py)")
   validation.check_evaluate_config(_CONFIG.value, _WORKDIR.value)
-  runtime.start_command(shared_arena=False)  # decode steps, routing: see runtime.host_memory
+  runtime.start_command()
   import bm25s  # pylint: disable=import-outside-toplevel,unused-import
   py_logging.getLogger("bm25s").setLevel(py_logging.WARNING)  # bm25s sets DEBUG on import
   evaluate(_CONFIG.value, _WORKDIR.value)

@@ -206,7 +206,7 @@ def main(argv: Sequence[str]) -> None:
   if flags.FLAGS.config is None:
     raise validation.UserError("--config is required (e.g. --config=configs/"
                                "routing_benchmark.py)")
-  runtime.start_command(shared_arena=False)  # decode steps, routing: see runtime.host_memory
+  runtime.start_command()
   run(flags.FLAGS.config)
 
 

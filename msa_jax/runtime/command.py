@@ -6,10 +6,12 @@ from msa_jax.runtime.cache import enable_compilation_cache
 from msa_jax.runtime.host_memory import reuse_host_memory
 
 
-def start_command(shared_arena: bool = True) -> None:
+def start_command(shared_arena: bool = False) -> None:
   """glibc's malloc set to reuse large host buffers (`reuse_host_memory(shared_arena)`: before
-  JAX starts its CPU client, so first; False for the commands whose steady state is decode
-  steps and routing, see `host_memory`), then JAX's persistent compilation cache
-  (`enable_compilation_cache`: the `--compilation_cache` flag or its environment variable)."""
+  JAX starts its CPU client, so first; one arena for all threads only where asked, by
+  training: the inference, evaluation and benchmark commands, whose steady state is decode
+  steps and routing, keep an arena per thread, see `host_memory`), then JAX's persistent
+  compilation cache (`enable_compilation_cache`: the `--compilation_cache` flag or its
+  environment variable)."""
   reuse_host_memory(shared_arena)
   enable_compilation_cache()

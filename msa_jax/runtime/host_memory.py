@@ -28,8 +28,9 @@ process ran before (the benchmark suite's generation stage, after loading SmolLM
 model: batch 8 4.05, 4.16 against 3.89, 3.93 s), while the demo's training ran at
 35.5-42.3k tokens/s with it against 33.3-35.7k without (4 runs each, 110 s each) and stage-1
 encoding did not move. So `shared_arena` is a choice per command: training keeps it
-(`msa_jax.train`), the inference and evaluation commands, whose steady state is decode steps
-and routing, set only the thresholds (`start_command(shared_arena=False)`).
+(`start_command(shared_arena=True)` in `msa_jax.train`), the inference, evaluation and
+benchmark commands, whose steady state is decode steps and routing, set only the thresholds
+(`start_command()`).
 """
 
 from __future__ import annotations
