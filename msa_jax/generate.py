@@ -37,7 +37,7 @@ def check_config(config, prompts: Sequence[str]) -> None:
     SamplingConfig(**config.sampling.to_dict())
   except ValueError as e:
     raise validation.UserError(f"sampling.{e}") from None
-  if config.get("scan_decode") not in (None, True, False):
+  if not (config.get("scan_decode") is None or isinstance(config.scan_decode, bool)):
     raise validation.UserError(f"scan_decode must be None, True or False, got "
                                f"{config.scan_decode!r}")
 

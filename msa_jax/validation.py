@@ -68,7 +68,8 @@ def check_at_least(name: str, value: Any, low: int | float, *, optional: bool = 
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-  if value not in choices:
+  """`value` is one of `choices`; a bool matches only a bool (`1 == True`, but 1 is no flag)."""
+  if not any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices):
     raise UserError(f"{name}={value!r} must be one of {list(choices)}")
 
 

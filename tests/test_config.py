@@ -86,6 +86,7 @@ def test_train_refuses_a_bad_model_config_before_loading_data(tmp_path, monkeypa
       (msa(router_layers=(5,)), r"msa: MSAConfig.router_layers=\(5,\): indices must"),
       (msa(aux_layers=(0,)), r"msa: MSAConfig.aux_layers \[0\] are not router"),
       (msa(cosine_routing="yes"), "msa: MSAConfig.cosine_routing must be"),
+      (msa(cosine_routing=1), "msa: MSAConfig.cosine_routing must be.*got 1$"),
       (lambda config: setattr(config, "dtype", "float8"), "dtype: "),
       (checkpoint, "model.checkpoint=.*does not exist"),
   ]

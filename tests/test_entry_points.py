@@ -63,13 +63,25 @@ def test_run_rejects_empty_prompts():
     generate.run(config, prompts=["  "])
 
 
-def test_run_rejects_a_bad_scan_decode():
+@pytest.mark.parametrize("bad", ["yes", 1])
+def test_run_rejects_a_bad_scan_decode(bad):
   config = load_config_module(REPO / "configs" / "generate.py").get_config()
   assert config.scan_decode is None
   # Built from a dict (as a notebook may): no field types to refuse the value.
-  config = ml_collections.ConfigDict(dict(config.to_dict(), scan_decode="yes"))
-  with pytest.raises(ValueError, match="scan_decode must be None, True or False, got 'yes'"):
+  config = ml_collections.ConfigDict(dict(config.to_dict(), scan_decode=bad))
+  with pytest.raises(ValueError, match=f"scan_decode must be None, True or False, got {bad!r}"):
     generate.run(config)
+
+
+def test_check_choice_tells_flags_from_numbers():
+  validation.check_choice("--config.scan_decode", True, (None, True, False))
+  validation.check_choice("--config.n", 1, (1, 2))
+  for bad in (1, 0, "True"):
+    with pytest.raises(validation.UserError,
+                       match=re.escape(f"--config.scan_decode={bad!r} must be one of")):
+      validation.check_choice("--config.scan_decode", bad, (None, True, False))
+  with pytest.raises(validation.UserError, match="--config.n=True must be one of"):
+    validation.check_choice("--config.n", True, (1, 2))
 
 
 @pytest.mark.slow

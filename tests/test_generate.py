@@ -314,7 +314,8 @@ def test_generate_validation(model, params, tokens, lengths, sampling, bad):
              bucket)
 
 
-def test_generate_rejects_a_bad_pack(model, params, prompts):
+@pytest.mark.parametrize("bad", ["yes", 1])
+def test_generate_rejects_a_bad_pack(model, params, prompts, bad):
   tokens, lengths = prompts
-  with pytest.raises(ValueError, match="pack must be None, True or False, got 'yes'"):
-    generate(model, params, tokens, lengths, jax.random.key(0), SamplingConfig(), pack="yes")
+  with pytest.raises(ValueError, match=f"pack must be None, True or False, got {bad!r}"):
+    generate(model, params, tokens, lengths, jax.random.key(0), SamplingConfig(), pack=bad)

@@ -190,9 +190,10 @@ def test_empty_bank_is_refused_at_routing(tmp_path):
     eng.prefill(_prompts(msa))
 
 
-def test_engine_rejects_a_bad_scan_decode():
-  with pytest.raises(ValueError, match="scan_decode must be None, True or False, got 'yes'"):
-    engine_lib.MSAEngine(CFG, MSAConfig(), None, None, scan_decode="yes")
+@pytest.mark.parametrize("bad", ["yes", 1, 0.0])  # 1 == True, 0.0 == False: still no flags
+def test_engine_rejects_a_bad_scan_decode(bad):
+  with pytest.raises(ValueError, match=f"scan_decode must be None, True or False, got {bad!r}"):
+    engine_lib.MSAEngine(CFG, MSAConfig(), None, None, scan_decode=bad)
 
 
 def test_encode_documents_rejects_bad_input():

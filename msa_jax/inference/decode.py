@@ -308,7 +308,7 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
     if bad:
       raise ValueError(f"{name} must be in [0, {vocab}), got {bad[0]!r}")
   _check_bucket(bucket)
-  if pack not in (None, True, False):
+  if not (pack is None or isinstance(pack, bool)):
     raise ValueError(f"pack must be None, True or False, got {pack!r}")
   if pack is None:
     pack = packing_pays(model.config, lengths, tp, bucket)

@@ -227,7 +227,7 @@ class MSAEngine:
   def __init__(self, config: ModelConfig, msa: MSAConfig, params, bank: MemoryBank, *,
                dtype: Dtype = jnp.float32, mesh=None, tile_chunks: int | None = None,
                check_fingerprint: bool = True, scan_decode: bool | None = None):
-    if scan_decode not in (None, True, False):
+    if not (scan_decode is None or isinstance(scan_decode, bool)):
       raise ValueError(f"scan_decode must be None, True or False, got {scan_decode!r}")
     self.scan_decode = scan_decode
     msa = inference_msa(msa)

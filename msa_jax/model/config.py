@@ -157,7 +157,7 @@ class MSAArch:
         raise ValueError(f"MSAConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
     object.__setattr__(self, "router_layers",
                        _layer_spec("MSAConfig", "router_layers", self.router_layers))
-    if self.cosine_routing not in (True, False):
+    if not isinstance(self.cosine_routing, bool):
       raise ValueError(f"MSAConfig.cosine_routing must be True, False or None (as the aux loss), "
                        f"got {self.cosine_routing!r}")
 
