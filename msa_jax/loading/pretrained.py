@@ -100,10 +100,14 @@ def init_missing(model: nn.Module, rng: jax.Array, provided: Mapping[str, Any],
                  shardings: Mapping[str, Any] | None = None) -> dict[tuple[str, ...], jax.Array]:
   """The parameters `provided` lacks, valued exactly as `model.init(rng, ...)` values them.
 
-  The model is applied to its example inputs with `provided` as its parameters and the
-  "params" collection mutable, so Flax initialises only the parameters that are not there,
-  each from the same path-derived key `init` would use; the forward pass itself is dead code
-  under `jit`, and nothing else is computed.
+  The model is applied with `provided` as its parameters and the "params" collection
+  mutable, so Flax initialises only the parameters that are not there, each from the same
+  path-derived key `init` would use. When every absent parameter is an MSA addition (`FRESH`:
+  a backbone checkpoint) and the model has an `msa_additions` method, that method is what is
+  applied: it touches only those parameters, so the forward is neither traced nor handed to
+  XLA (SmolLM2-135M with fresh routers on the 2-core CPU: tracing and lowering 1.80 -> 0.16 s,
+  the call 4.2 -> 2.7 s; what is left is compiling the 30 initialisers). Otherwise the model
+  runs on its example inputs, the forward pass dead code under `jit`.
 
   Args:
     model: a module with `example_inputs()` (e.g. `MSATransformer`).
@@ -115,10 +119,16 @@ def init_missing(model: nn.Module, rng: jax.Array, provided: Mapping[str, Any],
     {path tuple: array} of the parameters not in `provided`.
   """
   have = set(flax.traverse_util.flatten_dict(dict(provided)))
+  absent = [p for p in flax.traverse_util.flatten_dict(dict(nn.unbox(abstract_params(model))))
+            if p not in have]
+  if hasattr(model, "msa_additions") and all(is_fresh(p) for p in absent):
+    method, args = "msa_additions", ()
+  else:
+    method, args = None, model.example_inputs()
 
   def fresh(params, key):
-    _, variables = model.apply({"params": params}, *model.example_inputs(),
-                               rngs={"params": key}, mutable=["params"])
+    _, variables = model.apply({"params": params}, *args, rngs={"params": key},
+                               mutable=["params"], method=method)
     flat = flax.traverse_util.flatten_dict(dict(nn.unbox(variables["params"])))
     return {"/".join(p): v for p, v in flat.items() if p not in have}
 

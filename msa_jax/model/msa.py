@@ -442,6 +442,14 @@ class MSADecoderLayer(nn.Module):
     x = x + self.mlp(self.mlp_norm(x))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
+  def router_projections(self) -> None:
+    """Applies the decoupled router projections (router layers) to one zero token and
+    nothing else: under a mutable "params" collection it creates just their parameters."""
+    if self.is_router and self.msa.decouple_router:
+      x = jnp.zeros((1, 1, self.config.embed_dim), self.dtype)
+      self.attn.router_q_proj("BTE,EHD->BTHD", x)
+      self.attn.router_k_proj("BTE,EJD->BTJD", x)
+
   def docs(self, docs, doc_positions, doc_lengths):
     """Document stream only (inference): [B, N, G, E] -> (output, MemoryBlocks or None)."""
     doc_y, mem = self.attn.doc_attention(self.attn_norm(docs), doc_positions, doc_lengths,
@@ -752,6 +760,17 @@ class MSATransformer(LayerStack):
   def example_inputs(self) -> tuple[MSABatch]:
     """The smallest inputs `init` accepts (parameters do not depend on their shape)."""
     return (example_batch(),)
+
+  def msa_additions(self) -> None:
+    """Touches only what MSA adds to a backbone (every router layer's decoupled router
+    projections, the BCE aux bias): applied with the "params" collection mutable it creates
+    those parameters, valued as `init` values them (a parameter's key depends only on its
+    module's path and its place among that module's parameters), without tracing the
+    forward (`loading.pretrained.init_missing`)."""
+    for i in self.msa.arch.router_layer_ids(self.config.num_layers):
+      self.layers[i].router_projections()
+    if self.msa.loss.aux_loss == "bce":
+      _ = self.aux_bias  # created by `setup`, which this runs (router layers or not)
 
   def document_memory(self, doc_tokens, doc_lengths, doc_positions) -> dict[int, MemoryBlocks]:
     """Stage 1: b documents [b, G] (lengths [b], RoPE positions [b, G]) through the document
