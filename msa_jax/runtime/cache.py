@@ -1,7 +1,7 @@
 """Process setup shared by every command: JAX's persistent compilation cache.
 
 Every entry point calls `enable_compilation_cache()` at its start (through
-`command.start_command()`, right after `host_memory.reuse_host_memory()`, which must come
+`command.start_command()`, right after `host_memory.reuse_host_memory`, which must come
 before JAX's CPU client starts), so a second run of the same command loads its XLA
 executables from disk instead of compiling them again. The cache lives
 in `$XDG_CACHE_HOME/msa_jax/jax` (default `~/.cache/msa_jax/jax`); the environment variable

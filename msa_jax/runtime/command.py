@@ -13,5 +13,5 @@ def start_command(shared_arena: bool = False) -> None:
   steps and routing, keep an arena per thread, see `host_memory`), then JAX's persistent
   compilation cache (`enable_compilation_cache`: the `--compilation_cache` flag or its
   environment variable)."""
-  reuse_host_memory(shared_arena)
+  reuse_host_memory(shared_arena=shared_arena)
   enable_compilation_cache()

@@ -4,9 +4,9 @@ XLA:CPU allocates a program's large buffers on each call (a generate call's stac
 weights: 425 MB for SmolLM2-135M) from its worker threads' malloc arenas, where glibc maps
 every buffer of more than 32 MiB afresh and unmaps it when freed, so each call faults in and
 zeroes those pages again (stacking 30 layers' 106 MB MLP weights: 56 ms; 10 ms with the
-pages reused). `reuse_host_memory()` gives all threads the main arena, serves buffers up to
-1 GiB from it and never trims it: freed buffers are reused, and the process keeps its
-high-water mark of memory instead of returning it to the OS. Measured on the AMD host of
+pages reused). `reuse_host_memory(shared_arena=True)` gives all threads the main arena,
+serves buffers up to 1 GiB from it and never trims it: freed buffers are reused, and the
+process keeps its high-water mark of memory instead of returning it to the OS. Measured on the AMD host of
 2026-12-05 (same script, alternating processes): SmolLM2 generation, 8 prompts, prefill + one
 decode step 0.47-0.50 -> 0.26-0.28 s.
 
@@ -44,13 +44,15 @@ _THRESHOLDS = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1))
 _SHARED_ARENA = ((_M_ARENA_MAX, 1),)
 
 
-def reuse_host_memory(shared_arena: bool = True) -> bool:
+def reuse_host_memory(*, shared_arena: bool) -> bool:
   """Sets glibc's malloc to reuse large freed buffers (see the module docstring).
 
   Args:
     shared_arena: every thread allocates from the main arena (`M_ARENA_MAX=1`), so that the
       worker threads' large buffers are reused too; False sets only the thresholds (the
-      main thread's buffers up to 1 GiB reused, each thread keeping its own arena).
+      main thread's buffers up to 1 GiB reused, each thread keeping its own arena). No
+      default: the choice is the caller's (`start_command` defaults to False, training
+      passes True).
 
   Returns:
     True when every setting was applied; False when turned off by `MSA_JAX_REUSE_HOST_MEMORY`
