@@ -37,9 +37,7 @@ def check_config(config, prompts: Sequence[str]) -> None:
     SamplingConfig(**config.sampling.to_dict())
   except ValueError as e:
     raise validation.UserError(f"sampling.{e}") from None
-  if not (config.get("scan_decode") is None or isinstance(config.scan_decode, bool)):
-    raise validation.UserError(f"scan_decode must be None, True or False, got "
-                               f"{config.scan_decode!r}")
+  validation.check_choice("scan_decode", config.get("scan_decode"), (None, True, False))
 
 
 def run(config, prompts: Sequence[str] | None = None) -> list[str]:

@@ -69,7 +69,8 @@ def test_run_rejects_a_bad_scan_decode(bad):
   assert config.scan_decode is None
   # Built from a dict (as a notebook may): no field types to refuse the value.
   config = ml_collections.ConfigDict(dict(config.to_dict(), scan_decode=bad))
-  with pytest.raises(ValueError, match=f"scan_decode must be None, True or False, got {bad!r}"):
+  with pytest.raises(validation.UserError,
+                     match=re.escape(f"scan_decode={bad!r} must be one of [None, True, False]")):
     generate.run(config)
 
 
