@@ -20,8 +20,8 @@ The model scans runs of alike layers (`LayerStack.scan_layers`); `train_step_com
 scan_layers=False)` unrolls them, the former way. Before / after on the shared 2-core machine
 at load average 14-19, one fresh process per measurement, interleaved (process CPU seconds of
 lower + compile): qwen3_4b cut to 8 layers 30.6 -> 29.6; all 36 layers 145.0 -> 53.9 (wall 813 -> 289-296 s); SmolLM2-MSA
-first question 16.3, 15.8 -> 9.8 CPU s (wall 105.6, 100.3 -> 69.7, 39.2 s). WORKSPACE.md
-(Benchmarks) has the table.
+first question 16.3, 15.8 -> 9.8 CPU s (wall 105.6, 100.3 -> 69.7, 39.2 s). The table is in
+docs/measurements.md, "Scanned layers".
 """
 
 from __future__ import annotations
