@@ -9,12 +9,15 @@ by `main` are reported in one line; `--verbose` shows the traceback instead.
 `parse_in_process(argv, define)` parses a command line into fresh flags, so that a command can
 run more than once in one process (the bank command's `main(argv)`, tests).
 
-Library callers get `UserError`, a `ValueError`, from the `check_*` functions.
+Library callers get `UserError`, a `ValueError`, from the `check_*` functions. `is_int` and
+`int_at_least` are the integer checks the library's own modules share (a numpy integer counts,
+a bool does not; a plain `ValueError`).
 """
 
 from __future__ import annotations
 
 import difflib
+import numbers
 import os
 import re
 import sys
@@ -57,6 +60,18 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
 # --------------------------------------------------------------------------------------------
 # Numbers and config fields
 # --------------------------------------------------------------------------------------------
+
+
+def is_int(value: Any) -> bool:
+  """`value` is an integer (a Python or numpy one) and not a bool (`True == 1`, but no count)."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def int_at_least(name: str, value: Any, minimum: int = 1) -> int:
+  """`value` as an int, or a ValueError naming `name` if it is not an integer >= minimum."""
+  if not is_int(value) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
 
 
 def check_at_least(name: str, value: Any, low: int | float, *, optional: bool = False) -> None:

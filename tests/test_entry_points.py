@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 import pytest
 
 from msa_jax import generate
@@ -83,6 +84,19 @@ def test_check_choice_tells_flags_from_numbers():
       validation.check_choice("--config.scan_decode", bad, (None, True, False))
   with pytest.raises(validation.UserError, match="--config.n=True must be one of"):
     validation.check_choice("--config.n", True, (1, 2))
+
+
+def test_int_checks_take_numpy_integers_and_refuse_bools():
+  for good in (0, 3, np.int32(3), np.uint8(3)):
+    assert validation.is_int(good)
+  for bad in (True, False, 3.0, np.float32(3), "3", None):
+    assert not validation.is_int(bad)
+  value = validation.int_at_least("budget", np.int64(5), 2)
+  assert value == 5 and type(value) is int
+  for bad, minimum in ((True, 1), (1, 2), (2.0, 1), (-1, 0)):
+    with pytest.raises(ValueError, match=re.escape(
+        f"budget must be an integer >= {minimum}, got {bad!r}")):
+      validation.int_at_least("budget", bad, minimum)
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from msa_jax.validation import int_at_least
+
 
 def document_text(doc: Any) -> str:
   """`title + " " + text` of a document given as a string, a mapping or an object.
@@ -120,8 +122,7 @@ class BM25Retriever:
 
   def search(self, query: str, k: int = 100) -> list[Hashable]:
     """The ids of the query's k best documents, best first (fewer when fewer match)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-      raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    k = int_at_least("k", k)
     return [self.doc_ids[i] for i in top_k(self.scores(query), k)]
 
   def rank(self, queries: Mapping[Hashable, str], k: int = 100) -> dict[Hashable, list]:

@@ -5,14 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
-import numpy as np
-
-
-def positive_int(name: str, value: Any, minimum: int = 1) -> int:
-  """`value` as an int, or a ValueError naming `name` if it is not an integer >= minimum."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return int(value)
+from msa_jax.validation import int_at_least
 
 
 class BatchSource(Protocol):
@@ -39,7 +32,7 @@ class IndexedBatchIterator:
   def __init__(self, source: BatchSource, seed: int, num_epochs: int | None = None):
     self.source = source
     self.seed = int(seed)
-    self.num_epochs = None if num_epochs is None else positive_int("num_epochs", num_epochs)
+    self.num_epochs = None if num_epochs is None else int_at_least("num_epochs", num_epochs)
     self._next = 0
 
   def __iter__(self) -> Iterator[Any]:
@@ -68,8 +61,8 @@ class IndexedBatchIterator:
     if int(state["seed"]) != self.seed:
       raise ValueError(f"iterator state seed={state['seed']} differs from this iterator's "
                        f"seed={self.seed}")
-    epoch = positive_int("state epoch", int(state["epoch"]), minimum=0)
-    index = positive_int("state index", int(state["index"]), minimum=0)
+    epoch = int_at_least("state epoch", int(state["epoch"]), minimum=0)
+    index = int_at_least("state index", int(state["index"]), minimum=0)
     if index >= self.source.batches_per_epoch:
       raise ValueError(f"state index={index} >= batches_per_epoch="
                        f"{self.source.batches_per_epoch}")

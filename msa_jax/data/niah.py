@@ -42,6 +42,7 @@ import numpy as np
 from msa_jax.data import segment
 from msa_jax.data.synthetic import (FACT, QUERY, SPECIAL_TOKENS, SyntheticTokenizer, hash_draws,
                                     key_words, keyed_permutation, words_per_key_position)
+from msa_jax.validation import int_at_least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,17 +170,11 @@ class NiahTask:
     return tuple(s.text for s in self.segments)
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return int(value)
-
-
 def check_spec(spec: NiahSpec, tokenizer: SyntheticTokenizer) -> None:
   """Raises ValueError naming a field that is out of range or needs more words than exist."""
   for name in ("num_keys", "num_values", "num_queries", "key_length", "value_length",
                "min_sentence", "max_sentence", "min_paragraph", "max_paragraph"):
-    _check_int(f"spec.{name}", getattr(spec, name), 1)
+    int_at_least(f"spec.{name}", getattr(spec, name), 1)
   if spec.num_queries > spec.num_keys:
     raise ValueError(f"spec.num_queries={spec.num_queries} exceeds spec.num_keys={spec.num_keys}")
   if spec.max_sentence < spec.min_sentence or spec.max_paragraph < spec.min_paragraph:
@@ -202,9 +197,9 @@ def check_spec(spec: NiahSpec, tokenizer: SyntheticTokenizer) -> None:
 
 def memory_sizes(base_tokens: int, num_scales: int = 3, factor: int = 10) -> list[int]:
   """[base, base * factor, base * factor ** 2, ...]: `num_scales` memory sizes in tokens."""
-  base_tokens = _check_int("base_tokens", base_tokens, 1)
-  num_scales = _check_int("num_scales", num_scales, 1)
-  factor = _check_int("factor", factor, 2)
+  base_tokens = int_at_least("base_tokens", base_tokens, 1)
+  num_scales = int_at_least("num_scales", num_scales, 1)
+  factor = int_at_least("factor", factor, 2)
   return [base_tokens * factor ** i for i in range(num_scales)]
 
 
@@ -237,8 +232,8 @@ def _checked_arguments(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, memo
       raise ValueError(f"unknown NIAH preset {spec!r}; known: {sorted(PRESETS)}")
     spec = PRESETS[spec]
   check_spec(spec, tokenizer)
-  return (spec, _check_int("memory_tokens", memory_tokens, 1),
-          _check_int("doc_tokens", doc_tokens, 1), _check_int("seed", seed, 0))
+  return (spec, int_at_least("memory_tokens", memory_tokens, 1),
+          int_at_least("doc_tokens", doc_tokens, 1), int_at_least("seed", seed, 0))
 
 
 def _draw_facts(rng: np.random.Generator, tokenizer: SyntheticTokenizer, spec: NiahSpec,
@@ -377,7 +372,7 @@ def build_suite(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *, base_tok
   Sample s at size m is built with the seed `SeedSequence([seed, m, s])` draws, so adding sizes
   or samples leaves the other tasks unchanged.
   """
-  samples_per_size = _check_int("samples_per_size", samples_per_size, 1)
+  samples_per_size = int_at_least("samples_per_size", samples_per_size, 1)
   tasks = []
   for size in memory_sizes(base_tokens, num_scales, factor):
     for sample in range(samples_per_size):
@@ -582,7 +577,7 @@ class StreamedNiah:
     """Yields (first document index, `document_tokens` block) over [start, stop) in blocks of
     at most `block_docs` documents."""
     stop = self.num_docs if stop is None else stop
-    block_docs = _check_int("block_docs", block_docs, 1)
+    block_docs = int_at_least("block_docs", block_docs, 1)
     for lo in range(start, stop, block_docs):
       yield lo, self.document_tokens(lo, min(lo + block_docs, stop))
 
@@ -604,13 +599,13 @@ def build_streamed_niah(tokenizer: SyntheticTokenizer, spec: NiahSpec | str, *,
   """
   spec, memory_tokens, doc_tokens, seed = _checked_arguments(tokenizer, spec, memory_tokens,
                                                              doc_tokens, seed)
-  prefix = 0 if id_digits is None else 3 + _check_int("id_digits", id_digits, 1)
+  prefix = 0 if id_digits is None else 3 + int_at_least("id_digits", id_digits, 1)
   room = doc_tokens - prefix - spec.needle_tokens  # last allowed offset after the prefix
   if room < 0:
     raise ValueError(f"doc_tokens={doc_tokens} cannot hold a {prefix}-token identifier prefix "
                      f"and a {spec.needle_tokens}-token needle")
   if needle_span is not None:
-    needle_span = _check_int("needle_span", needle_span, spec.needle_tokens)
+    needle_span = int_at_least("needle_span", needle_span, spec.needle_tokens)
     room = min(room, needle_span - spec.needle_tokens)
   num_docs = memory_tokens // doc_tokens
   if num_docs < spec.num_needles:

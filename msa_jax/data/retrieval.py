@@ -42,7 +42,6 @@ import numpy as np
 
 from msa_jax import validation
 from msa_jax.data.iterator import IndexedBatchIterator
-from msa_jax.data.iterator import positive_int as _positive_int
 from msa_jax.model.batch import IGNORE, MSABatch, prompt_positions
 
 NQ320K_FILES = {"corpus": "NQ_doc_content.tsv", "train": "nq_train_doc_newid.tsv",
@@ -360,9 +359,9 @@ class RetrievalSpec:
   def __post_init__(self):
     for name in ("batch_size", "docs_per_sample", "doc_tokens", "prompt_tokens",
                  "max_positives"):
-      _positive_int(f"RetrievalSpec.{name}", getattr(self, name))
+      validation.int_at_least(f"RetrievalSpec.{name}", getattr(self, name))
     for name in ("position_offset", "seed"):
-      _positive_int(f"RetrievalSpec.{name}", getattr(self, name), minimum=0)
+      validation.int_at_least(f"RetrievalSpec.{name}", getattr(self, name), minimum=0)
 
 
 def identifier(doc: int) -> str:
@@ -514,7 +513,7 @@ class RetrievalTask:
     """Fixed evaluation batches: the first `num_batches` * B samples of `sample_ids` (default:
     the whole split, in query-id order), with negatives from a seed of their own; `rows` as in
     `build_batch`."""
-    num_batches = _positive_int("num_batches", num_batches)
+    num_batches = validation.int_at_least("num_batches", num_batches)
     ids = np.arange(len(self.samples(split))) if sample_ids is None else np.asarray(sample_ids)
     b = self.spec.batch_size
     if len(ids) < b:
@@ -526,7 +525,7 @@ class RetrievalTask:
 
 def holdout_split(num_samples: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(train, held-out) sample indices: a seeded random `holdout` of them held out (sorted)."""
-  holdout = _positive_int("holdout", holdout)
+  holdout = validation.int_at_least("holdout", holdout)
   if holdout >= num_samples:
     raise ValueError(f"holdout={holdout} leaves no training queries of {num_samples}")
   perm = np.random.default_rng([seed, 3]).permutation(num_samples)
@@ -566,7 +565,7 @@ class RetrievalBatchSource:
 
   def sample_ids_of(self, k: int) -> np.ndarray:
     """Sample indices of global batch k."""
-    k = _positive_int("batch index", k, minimum=0)
+    k = validation.int_at_least("batch index", k, minimum=0)
     epoch, i = divmod(k, self.batches_per_epoch)
     cached_epoch, perm = self._perm_cache
     if epoch != cached_epoch:
@@ -592,7 +591,7 @@ def grain_dataset(source: RetrievalBatchSource, num_epochs: int | None = None):
   """The batches of `RetrievalBatchIterator(source)` as a `grain.MapDataset` (element k = batch
   k), whose iterator has grain's checkpointable state (`{"next_index": k}`)."""
   import grain  # pylint: disable=import-outside-toplevel
-  epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
+  epochs = None if num_epochs is None else validation.int_at_least("num_epochs", num_epochs)
   return (grain.MapDataset.range(len(source)).repeat(epochs)
           .map_with_index(lambda k, _: source[k]))
 

@@ -39,6 +39,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from msa_jax.validation import int_at_least
+
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 _SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s)|\n")
 _WORD = re.compile(r"\S+")
@@ -206,12 +208,6 @@ def _overlap_tail(text: str, pieces: list[_Piece], overlap: int,
   return [best] if best is not None else []
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return value
-
-
 def segment_text(text: str, budget: int, *, tokenizer: Any = None,
                  overlap: int = 0) -> list[Segment]:
   """Splits `text` into segments of at most `budget` tokens (see the module docstring).
@@ -231,8 +227,8 @@ def segment_text(text: str, budget: int, *, tokenizer: Any = None,
   """
   if not isinstance(text, str):
     raise ValueError(f"text must be a string, got {type(text).__name__}")
-  budget = _check_int("budget", budget, 1)
-  overlap = _check_int("overlap", overlap, 0)
+  budget = int_at_least("budget", budget, 1)
+  overlap = int_at_least("overlap", overlap, 0)
   if overlap >= budget:
     raise ValueError(f"overlap={overlap} must be smaller than budget={budget}")
   count = token_counter(tokenizer)

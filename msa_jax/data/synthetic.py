@@ -49,8 +49,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from msa_jax.data.iterator import IndexedBatchIterator
-from msa_jax.data.iterator import positive_int as _positive_int
 from msa_jax.model.batch import IGNORE, MSABatch, prompt_positions
+from msa_jax.validation import int_at_least
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 DOC, QUERY, ANSWER, FACT = "<doc>", "<query>", "<answer>", "<fact>"
@@ -79,9 +79,9 @@ class SyntheticTokenizer:
 
   def __init__(self, num_filler_words: int = 64, num_key_words: int = 64,
                num_value_words: int = 32):
-    self.num_filler_words = _positive_int("num_filler_words", num_filler_words)
-    self.num_key_words = _positive_int("num_key_words", num_key_words)
-    self.num_value_words = _positive_int("num_value_words", num_value_words)
+    self.num_filler_words = int_at_least("num_filler_words", num_filler_words)
+    self.num_key_words = int_at_least("num_key_words", num_key_words)
+    self.num_value_words = int_at_least("num_value_words", num_value_words)
     self.tokens: tuple[str, ...] = (
         SPECIAL_TOKENS + (ID_OPEN, ID_CLOSE) + DIGITS
         + tuple(f"w{i}" for i in range(self.num_filler_words))
@@ -301,8 +301,8 @@ def check_corpus_spec(tokenizer: SyntheticTokenizer, spec: CorpusSpec,
   (given `num_docs`, the end of the document range used) more documents than identifiers or
   unique keys."""
   for name in ("doc_length", "facts_per_doc", "key_length", "value_length", "id_digits"):
-    _positive_int(name, getattr(spec, name))
-  _positive_int("seed", spec.seed, minimum=0)
+    int_at_least(name, getattr(spec, name))
+  int_at_least("seed", spec.seed, minimum=0)
   if spec.positional_keys and tokenizer.num_key_words < spec.key_length:
     raise ValueError(f"positional_keys needs num_key_words >= key_length; got num_key_words="
                      f"{tokenizer.num_key_words} for key_length={spec.key_length}")
@@ -312,13 +312,13 @@ def check_corpus_spec(tokenizer: SyntheticTokenizer, spec: CorpusSpec,
                      f"{spec.facts_per_doc} facts of {spec.fact_length} tokens, `<doc>` and a "
                      f"{spec.id_length}-token identifier (needs >= {needed})")
   if spec.fact_span is not None:
-    _positive_int("fact_span", spec.fact_span)
+    int_at_least("fact_span", spec.fact_span)
     if spec.fact_span < spec.facts_per_doc * spec.fact_length:
       raise ValueError(f"fact_span={spec.fact_span} cannot hold facts_per_doc="
                        f"{spec.facts_per_doc} facts of {spec.fact_length} tokens")
   if num_docs is None:
     return
-  _positive_int("num_docs", num_docs)
+  int_at_least("num_docs", num_docs)
   if 10 ** spec.id_digits < num_docs:
     raise ValueError(f"id_digits={spec.id_digits} gives {10 ** spec.id_digits} identifiers, "
                      f"fewer than num_docs={num_docs}")
@@ -471,7 +471,7 @@ def documents(tokenizer: SyntheticTokenizer, spec: CorpusSpec, docs) -> Syntheti
 def document_range(tokenizer: SyntheticTokenizer, spec: CorpusSpec, start: int,
                    stop: int) -> SyntheticCorpus:
   """Documents [start, stop) of the seed's document sequence (`documents`)."""
-  start = _positive_int("start", start, minimum=0)
+  start = int_at_least("start", start, minimum=0)
   if stop <= start:
     raise ValueError(f"stop={stop} must be > start={start}")
   return documents(tokenizer, spec, np.arange(start, stop))
@@ -482,7 +482,7 @@ def stream_documents(tokenizer: SyntheticTokenizer, spec: CorpusSpec, start: int
   """Documents [start, stop) in consecutive blocks of at most `block_docs` (each a
   `SyntheticCorpus` whose `doc_index` gives the global indices): memory stays O(block_docs)
   whatever stop - start is, and the concatenated blocks equal `document_range(start, stop)`."""
-  block_docs = _positive_int("block_docs", block_docs)
+  block_docs = int_at_least("block_docs", block_docs)
   check_corpus_spec(tokenizer, spec, max(int(stop), 1))
   for lo in range(int(start), int(stop), block_docs):
     yield document_range(tokenizer, spec, lo, min(lo + block_docs, int(stop)))
@@ -501,8 +501,8 @@ def generate_corpus(tokenizer: SyntheticTokenizer, *, num_docs: int, doc_length:
     ValueError: naming a parameter that is out of range, facts that do not fit in doc_length,
       or more documents than identifiers or unique keys.
   """
-  num_docs = _positive_int("num_docs", num_docs)
-  first_doc = _positive_int("first_doc", first_doc, minimum=0)
+  num_docs = int_at_least("num_docs", num_docs)
+  first_doc = int_at_least("first_doc", first_doc, minimum=0)
   spec = CorpusSpec(doc_length=doc_length, facts_per_doc=facts_per_doc, key_length=key_length,
                     value_length=value_length, id_digits=id_digits, fact_span=fact_span,
                     seed=seed, positional_keys=positional_keys, id_after_fact=id_after_fact)
@@ -561,8 +561,8 @@ class BatchSpec:
 
 def _shapes(corpus: SyntheticCorpus, spec: BatchSpec) -> tuple[int, int]:
   """(G, T) for this corpus, validating the spec's sizes against it."""
-  g = corpus.doc_length if spec.doc_tokens is None else _positive_int("doc_tokens",
-                                                                     spec.doc_tokens)
+  g = corpus.doc_length if spec.doc_tokens is None else int_at_least("doc_tokens",
+                                                                    spec.doc_tokens)
   if g < corpus.doc_length:
     raise ValueError(f"doc_tokens={g} is shorter than the corpus doc_length={corpus.doc_length}")
   key_len, value_len = corpus.keys.shape[1], corpus.values.shape[1]
@@ -572,12 +572,12 @@ def _shapes(corpus: SyntheticCorpus, spec: BatchSpec) -> tuple[int, int]:
   needed = (len(spec.head) + 1 + key_len + 1
             + (corpus.id_digits + 2 if spec.include_identifier else 0)
             + (value_len if spec.include_value else 0) + 1)
-  t = needed if spec.prompt_tokens is None else _positive_int("prompt_tokens",
-                                                              spec.prompt_tokens)
+  t = needed if spec.prompt_tokens is None else int_at_least("prompt_tokens",
+                                                             spec.prompt_tokens)
   if t < needed:
     raise ValueError(f"prompt_tokens={t} cannot hold the {needed}-token prompt "
                      "(head, query, answer marker, answer)")
-  _positive_int("position_offset", spec.position_offset, minimum=0)
+  int_at_least("position_offset", spec.position_offset, minimum=0)
   return g, t
 
 
@@ -652,14 +652,14 @@ def build_batch(corpus: SyntheticCorpus, questions: Sequence[int], spec: BatchSp
     An MSABatch of numpy arrays: doc_tokens [B, N, G] (B = the rows built), route_labels [B, N]
     with exactly one 1. Rows are identical to the same rows of the full batch.
   """
-  n = _positive_int("docs_per_sample", spec.docs_per_sample)
+  n = int_at_least("docs_per_sample", spec.docs_per_sample)
   if n > corpus.num_docs:
     raise ValueError(f"docs_per_sample={n} exceeds the corpus' num_docs={corpus.num_docs}")
   g, t = _shapes(corpus, spec)
   b = len(questions)
   docs = np.empty((b, n), np.int64)
   route = np.zeros((b, n), np.int32)
-  hard = _positive_int("hard_negatives", spec.hard_negatives, minimum=0)
+  hard = int_at_least("hard_negatives", spec.hard_negatives, minimum=0)
   if hard > n - 1:
     raise ValueError(f"hard_negatives={hard} exceeds the docs_per_sample - 1 = {n - 1} negatives")
   for i, q in enumerate(questions):
@@ -696,9 +696,9 @@ def process_rows(batch_size: int, process_index: int = 0, process_count: int = 1
   Raises:
     ValueError: B not divisible by P, or p outside [0, P).
   """
-  b = _positive_int("batch_size", batch_size)
-  count = _positive_int("process_count", process_count)
-  index = _positive_int("process_index", process_index, minimum=0)
+  b = int_at_least("batch_size", batch_size)
+  count = int_at_least("process_count", process_count)
+  index = int_at_least("process_index", process_index, minimum=0)
   if index >= count:
     raise ValueError(f"process_index={index} must be < process_count={count}")
   if b % count:
@@ -724,8 +724,8 @@ class SyntheticBatchSource:
 
   def __init__(self, corpus: SyntheticCorpus, spec: BatchSpec, process_index: int = 0,
                process_count: int = 1):
-    b = _positive_int("batch_size", spec.batch_size)
-    _positive_int("seed", spec.seed, minimum=0)
+    b = int_at_least("batch_size", spec.batch_size)
+    int_at_least("seed", spec.seed, minimum=0)
     if b > corpus.num_questions:
       raise ValueError(f"batch_size={b} exceeds the corpus' {corpus.num_questions} questions")
     build_batch(corpus, [0], spec, np.random.default_rng(0))  # validates the spec early
@@ -748,7 +748,7 @@ class SyntheticBatchSource:
 
   def questions(self, k: int) -> np.ndarray:
     """Question indices of global batch k."""
-    k = _positive_int("batch index", k, minimum=0)
+    k = int_at_least("batch index", k, minimum=0)
     epoch, i = divmod(k, self.batches_per_epoch)
     b = self.spec.batch_size
     return self._permutation(epoch)[i * b:(i + 1) * b]
@@ -798,7 +798,7 @@ def grain_dataset(corpus: SyntheticCorpus, spec: BatchSpec, num_epochs: int | No
     raise ImportError("grain_dataset needs grain: pip install grain (or use "
                       "SyntheticBatchIterator, which gives the same batches)") from e
   source = SyntheticBatchSource(corpus, spec, process_index, process_count)
-  epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
+  epochs = None if num_epochs is None else int_at_least("num_epochs", num_epochs)
   return (grain.MapDataset.range(len(source)).repeat(epochs)
           .map_with_index(lambda k, _: source[k]))
 
@@ -830,7 +830,7 @@ class EvalBatch:
 def corpus_memory(corpus: SyntheticCorpus, doc_tokens: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
   """The memory once: doc_tokens [M, G] and doc_lengths [M] (encode routing keys one time)."""
-  g = corpus.doc_length if doc_tokens is None else _positive_int("doc_tokens", doc_tokens)
+  g = corpus.doc_length if doc_tokens is None else int_at_least("doc_tokens", doc_tokens)
   if g < corpus.doc_length:
     raise ValueError(f"doc_tokens={g} is shorter than the corpus doc_length={corpus.doc_length}")
   return (_padded_docs(corpus, np.arange(corpus.num_docs), g),
@@ -887,6 +887,6 @@ def chunked_memory_batches(corpus: SyntheticCorpus, questions: Sequence[int], sp
   `check_batch(..., need_route_labels=True)`-valid); merge per-chunk routing scores across
   chunks (by `doc_offset`) to rank all M documents.
   """
-  chunk_docs = _positive_int("chunk_docs", chunk_docs)
+  chunk_docs = int_at_least("chunk_docs", chunk_docs)
   for start in range(0, corpus.num_docs, chunk_docs):
     yield _eval_batch(corpus, questions, spec, start, min(start + chunk_docs, corpus.num_docs))

@@ -30,6 +30,8 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
+from msa_jax.validation import is_int
+
 DEFAULT_METRICS = ("hit@1", "recall@1", "recall@5", "recall@10", "recall@100", "mrr@10",
                    "ndcg@10")
 METRIC_KINDS = ("hit", "recall", "mrr", "ndcg")
@@ -68,7 +70,7 @@ def parse_metric(name: str) -> tuple[str, int]:
 
 
 def _grade(query_id: Hashable, doc_id: Hashable, grade) -> int:
-  if isinstance(grade, bool) or not isinstance(grade, (int, np.integer)):
+  if not is_int(grade):
     raise ValueError(f"qrels[{query_id!r}][{doc_id!r}] = {grade!r} is not an integer grade")
   return int(grade)
 

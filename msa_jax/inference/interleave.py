@@ -38,7 +38,6 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -48,13 +47,10 @@ import numpy as np
 
 from msa_jax.inference.engine import MSAEngine, PrefillOutput, PromptBatch, routed_doc_ids
 from msa_jax.inference.sampling import SamplingConfig
+from msa_jax.validation import is_int
 
 STATUSES = ("answered", "empty", "unknown_id", "repeated_id", "no_text", "max_rounds")
 SYNTHETIC_ID_PATTERN = r"\[((?:\s*\d)+)\s*\]"  # `[ 0 4 2 7 ]` and `[123]` alike
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +98,9 @@ class InterleaveConfig:
   def __post_init__(self):
     for name in ("max_rounds", "max_new_tokens", "pad_to"):
       value = getattr(self, name)
-      if not (_is_int(value) and value >= 1):
+      if not (is_int(value) and value >= 1):
         raise ValueError(f"InterleaveConfig.{name}={value!r} must be an int >= 1")
-    if self.max_doc_tokens is not None and not (_is_int(self.max_doc_tokens)
+    if self.max_doc_tokens is not None and not (is_int(self.max_doc_tokens)
                                                 and self.max_doc_tokens >= 1):
       raise ValueError(f"InterleaveConfig.max_doc_tokens={self.max_doc_tokens!r} must be None "
                        "or an int >= 1")
@@ -121,7 +117,7 @@ class InterleaveConfig:
     if isinstance(self.delimiters, str):
       raise ValueError(f"InterleaveConfig.delimiters={self.delimiters!r} must be a tuple of "
                        "token strings, not a string")
-    if self.position_offset is not None and not (_is_int(self.position_offset)
+    if self.position_offset is not None and not (is_int(self.position_offset)
                                                  and self.position_offset >= 0):
       raise ValueError(f"InterleaveConfig.position_offset={self.position_offset!r} must be "
                        "None or an int >= 0")

@@ -9,9 +9,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+from msa_jax.validation import is_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,17 +40,17 @@ class SamplingConfig:
     p = self.top_p
     if not (isinstance(p, numbers.Real) and not isinstance(p, bool) and 0 < p <= 1):
       raise ValueError(f"top_p must be in (0, 1], got {p!r}")
-    if not (_is_int(self.top_k) and self.top_k >= 0):
+    if not (is_int(self.top_k) and self.top_k >= 0):
       raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
-    if not (_is_int(self.max_new_tokens) and self.max_new_tokens >= 1):
+    if not (is_int(self.max_new_tokens) and self.max_new_tokens >= 1):
       raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
     if isinstance(self.stop_tokens, (str, bytes)) or not hasattr(self.stop_tokens, "__iter__"):
       raise ValueError(f"stop_tokens must be a sequence of ints, got {self.stop_tokens!r}")
     stop_tokens = tuple(self.stop_tokens)
     for tok in stop_tokens:
-      if not (_is_int(tok) and tok >= 0):
+      if not (is_int(tok) and tok >= 0):
         raise ValueError(f"stop_tokens must be ints >= 0, got {tok!r} in {stop_tokens!r}")
-    if not (_is_int(self.pad_id) and self.pad_id >= 0):
+    if not (is_int(self.pad_id) and self.pad_id >= 0):
       raise ValueError(f"pad_id must be an int >= 0, got {self.pad_id!r}")
     object.__setattr__(self, "stop_tokens", tuple(int(tok) for tok in stop_tokens))
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import numbers
 import os
 import shutil
 from pathlib import Path
@@ -53,6 +52,7 @@ import ml_dtypes
 import numpy as np
 
 from msa_jax.memory import store
+from msa_jax.validation import is_int, int_at_least
 
 
 FORMAT = "msa_jax.memory_bank"
@@ -84,10 +84,6 @@ class FingerprintMismatchError(BankError):
 
 
 # --- small pure helpers ---------------------------------------------------------------------------
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _preview(items: Sequence, limit: int = 5) -> str:
@@ -161,17 +157,11 @@ def dtype_name(dtype: Any) -> str:
   return name
 
 
-def _check_positive_int(value, what: str) -> int:
-  if not (_is_int(value) and value >= 1):
-    raise ValueError(f"{what} must be an int >= 1, got {value!r}")
-  return int(value)
-
-
 def _check_layer_ids(layer_ids) -> list[int]:
   if isinstance(layer_ids, (str, bytes)) or not isinstance(layer_ids, Iterable):
     raise ValueError(f"layer_ids must be a sequence of ints >= 0, got {layer_ids!r}")
   ids = list(layer_ids)
-  if not ids or not all(_is_int(l) and l >= 0 for l in ids):
+  if not ids or not all(is_int(l) and l >= 0 for l in ids):
     raise ValueError(f"layer_ids must be a non-empty sequence of ints >= 0, got {layer_ids!r}")
   ids = [int(l) for l in ids]
   if len(set(ids)) != len(ids):
@@ -251,7 +241,7 @@ def _check_layer_batch(layers, layer_ids: list[int], num_chunks: int, num_kv_hea
   """The arrays of an `add`, checked and viewed in their storage dtype."""
   if not isinstance(layers, Mapping):
     raise ValueError(f"layers must map layer id -> {{'keys', 'k', 'v'}}, got {type(layers)}")
-  given = {int(l) if _is_int(l) else l: v for l, v in layers.items()}
+  given = {int(l) if is_int(l) else l: v for l, v in layers.items()}
   missing = [l for l in layer_ids if l not in given]
   extra = [l for l in given if l not in layer_ids]
   if missing or extra:
@@ -333,20 +323,20 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     raise BankError(f"{path}: unknown dtype {manifest['dtype']!r}")
   sizes = [manifest[f] for f in ("num_kv_heads", "head_dim", "chunk_size")]
   layer_ids = manifest["layer_ids"]
-  if not (all(x >= 1 for x in sizes) and layer_ids and all(_is_int(l) for l in layer_ids)):
+  if not (all(x >= 1 for x in sizes) and layer_ids and all(is_int(l) for l in layer_ids)):
     raise BankError(f"{path}: malformed geometry (num_kv_heads, head_dim, chunk_size "
                     f"{sizes}, layer_ids {layer_ids!r})")
   for shard in manifest["shards"]:
     if not (isinstance(shard, dict) and isinstance(shard.get("name"), str)
             and store.is_shard_name(shard["name"]) and isinstance(shard.get("files"), dict)
-            and _is_int(shard.get("num_docs")) and _is_int(shard.get("num_chunks"))):
+            and is_int(shard.get("num_docs")) and is_int(shard.get("num_chunks"))):
       raise BankError(f"{path}: malformed shard entry {shard!r}")
     want = set(shard_files(manifest["layer_ids"]))
     if set(shard["files"]) != want:
       raise BankError(f"{path}: shard {shard['name']} lists files {sorted(shard['files'])}, "
                       f"expected {sorted(want)}")
     for name, entry in shard["files"].items():
-      if not (isinstance(entry, dict) and _is_int(entry.get("bytes"))
+      if not (isinstance(entry, dict) and is_int(entry.get("bytes"))
               and isinstance(entry.get("sha256"), str)):
         raise BankError(f"{path}: shard {shard['name']} file {name}: malformed entry {entry!r}")
 
@@ -360,7 +350,7 @@ def _check_docs(docs: Any, shard: Mapping, chunk_size: int, path: Path) -> None:
     raise BankError(f"{path}: lists must each hold the shard's {n} documents")
   ok = (all(isinstance(i, str) for i in docs["ids"])
         and all(t is None or isinstance(t, str) for t in docs["texts"])
-        and all(_is_int(l) and l >= 1 for l in docs["lengths"])
+        and all(is_int(l) and l >= 1 for l in docs["lengths"])
         and docs["num_chunks"] == [num_chunks_for(l, chunk_size) for l in docs["lengths"]]
         and sum(docs["num_chunks"]) == shard["num_chunks"])
   if not ok:
@@ -473,11 +463,11 @@ class MemoryBank:
     if not isinstance(fingerprint, dict):
       raise ValueError(f"fingerprint must be a dict, got {type(fingerprint).__name__}")
     layer_ids = _check_layer_ids(layer_ids)
-    num_kv_heads = _check_positive_int(num_kv_heads, "num_kv_heads")
-    head_dim = _check_positive_int(head_dim, "head_dim")
-    chunk_size = _check_positive_int(chunk_size, "chunk_size")
+    num_kv_heads = int_at_least("num_kv_heads", num_kv_heads)
+    head_dim = int_at_least("head_dim", head_dim)
+    chunk_size = int_at_least("chunk_size", chunk_size)
     if shard_docs is not None:
-      shard_docs = _check_positive_int(shard_docs, "shard_docs")
+      shard_docs = int_at_least("shard_docs", shard_docs)
     dtype = dtype_name(dtype)
     metadata = to_json(metadata, "metadata")
     old_manifest = _check_create_target(path, overwrite, staged)
@@ -705,7 +695,7 @@ class MemoryBank:
   # --- arrays ---
 
   def _check_layer(self, layer_id) -> int:
-    if not (_is_int(layer_id) and int(layer_id) in self._manifest["layer_ids"]):
+    if not (is_int(layer_id) and int(layer_id) in self._manifest["layer_ids"]):
       raise KeyError(f"layer {layer_id!r} is not a router layer of memory bank {self._path} "
                      f"(it holds layers {self._manifest['layer_ids']})")
     return int(layer_id)
@@ -770,7 +760,7 @@ class MemoryBank:
     counts = self._counts[indices]
     if max_chunks is None:
       max_chunks = int(counts.max(initial=0))
-    elif not (_is_int(max_chunks) and max_chunks >= 0):
+    elif not (is_int(max_chunks) and max_chunks >= 0):
       raise ValueError(f"max_chunks must be an int >= 0 or None, got {max_chunks!r}")
     too_long = [self._ids[i] for i, c in zip(indices, counts) if c > max_chunks]
     if too_long:
@@ -954,7 +944,7 @@ class MemoryBank:
     One shard makes `layer_arrays` a copy-free memory map. The content is unchanged.
     """
     if shard_docs is not None:
-      shard_docs = _check_positive_int(shard_docs, "shard_docs")
+      shard_docs = int_at_least("shard_docs", shard_docs)
     with self._writer():
       if not self.num_docs:
         return
