@@ -39,8 +39,9 @@ from msa_jax import runtime, validation
 from msa_jax.benchmarks.blas import Worker
 
 STAGES = ("routing", "encoding", "generation", "compile")
-# Rough full-size seconds per stage on the shared 2-core CPU, for the progress line's ETA.
-_TYPICAL_S = {"routing": 40.0, "encoding": 300.0, "generation": 150.0, "compile": 300.0}
+# Full-size seconds per stage on the 2-core Zen 2 CPU (2026-12-06, quiet), for the progress
+# line's ETA; a loaded machine takes longer.
+_TYPICAL_S = {"routing": 50.0, "encoding": 60.0, "generation": 110.0, "compile": 75.0}
 
 
 
