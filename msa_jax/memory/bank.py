@@ -52,7 +52,7 @@ import ml_dtypes
 import numpy as np
 
 from msa_jax.memory import store
-from msa_jax.validation import is_int, int_at_least
+from msa_jax.validation import int_at_least, is_int
 
 
 FORMAT = "msa_jax.memory_bank"
