@@ -11,7 +11,8 @@ run more than once in one process (the bank command's `main(argv)`, tests).
 
 Library callers get `UserError`, a `ValueError`, from the `check_*` functions. `is_int` and
 `int_at_least` are the integer checks the library's own modules share (a numpy integer counts,
-a bool does not; a plain `ValueError`).
+a bool does not; a plain `ValueError`), `optional_flag` their check of a None / True / False
+argument, `same_value` the equality that tells a bool from a number.
 """
 
 from __future__ import annotations
@@ -74,6 +75,19 @@ def int_at_least(name: str, value: Any, minimum: int = 1) -> int:
   return int(value)
 
 
+def optional_flag(name: str, value: Any) -> bool | None:
+  """`value` if it is None, True or False, else a ValueError naming `name` (1 and 0 are no
+  flags, though they compare equal to True and False)."""
+  if not (value is None or isinstance(value, bool)):
+    raise ValueError(f"{name} must be None, True or False, got {value!r}")
+  return value
+
+
+def same_value(a: Any, b: Any) -> bool:
+  """`a == b`, where a bool equals only a bool (`1 == True`, but 1 is no flag)."""
+  return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
 def check_at_least(name: str, value: Any, low: int | float, *, optional: bool = False) -> None:
   """`name` is a number >= low (None allowed when `optional`)."""
   if optional and value is None:
@@ -83,8 +97,8 @@ def check_at_least(name: str, value: Any, low: int | float, *, optional: bool = 
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-  """`value` is one of `choices`; a bool matches only a bool (`1 == True`, but 1 is no flag)."""
-  if not any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices):
+  """`value` is one of `choices` (`same_value`: a bool matches only a bool)."""
+  if not any(same_value(value, c) for c in choices):
     raise UserError(f"{name}={value!r} must be one of {list(choices)}")
 
 

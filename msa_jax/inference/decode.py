@@ -57,6 +57,7 @@ from msa_jax.model import attention
 from msa_jax.model import msa as msa_lib
 from msa_jax.model.config import ModelConfig
 from msa_jax.model.transformer import Transformer
+from msa_jax.validation import optional_flag
 
 
 # XLA:CPU's dots run on YNNPACK by default (the "individual dot" library fusion); Eigen's dot
@@ -308,8 +309,7 @@ def generate(model: Transformer, params: Any, prompt_tokens: jax.Array,
     if bad:
       raise ValueError(f"{name} must be in [0, {vocab}), got {bad[0]!r}")
   _check_bucket(bucket)
-  if not (pack is None or isinstance(pack, bool)):
-    raise ValueError(f"pack must be None, True or False, got {pack!r}")
+  pack = optional_flag("pack", pack)
   if pack is None:
     pack = packing_pays(model.config, lengths, tp, bucket)
   packed = pack_prompts(tokens, lengths, bucket) if pack else None

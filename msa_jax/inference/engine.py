@@ -37,6 +37,7 @@ from msa_jax.model import msa as msa_lib
 from msa_jax.model.batch import prompt_positions
 from msa_jax.model.config import ModelConfig, MSAConfig
 from msa_jax.model.msa import MSATransformer, RoutedBlocks
+from msa_jax.validation import optional_flag
 
 Dtype = Any
 
@@ -227,9 +228,7 @@ class MSAEngine:
   def __init__(self, config: ModelConfig, msa: MSAConfig, params, bank: MemoryBank, *,
                dtype: Dtype = jnp.float32, mesh=None, tile_chunks: int | None = None,
                check_fingerprint: bool = True, scan_decode: bool | None = None):
-    if not (scan_decode is None or isinstance(scan_decode, bool)):
-      raise ValueError(f"scan_decode must be None, True or False, got {scan_decode!r}")
-    self.scan_decode = scan_decode
+    self.scan_decode = optional_flag("scan_decode", scan_decode)
     msa = inference_msa(msa)
     self.config, self.msa, self.params, self.bank = config, msa, params, bank
     self.dtype = jnp.dtype(dtype)

@@ -52,7 +52,7 @@ import ml_dtypes
 import numpy as np
 
 from msa_jax.memory import store
-from msa_jax.validation import int_at_least, is_int
+from msa_jax.validation import int_at_least, is_int, same_value
 
 
 FORMAT = "msa_jax.memory_bank"
@@ -115,10 +115,6 @@ def to_json(value: Any, what: str) -> Any:
     raise ValueError(f"{what} must be JSON-serialisable (no NaN/inf), got {value!r}: {e}") from e
 
 
-def _same_json(a: Any, b: Any) -> bool:
-  return a == b and isinstance(a, bool) == isinstance(b, bool)
-
-
 def fingerprint_diff(stored: Any, expected: Any, prefix: str = "") -> list[str]:
   """Where two JSON fingerprints differ, one `field.path: bank X, expected Y` line each."""
   where = prefix or "<fingerprint>"
@@ -138,7 +134,7 @@ def fingerprint_diff(stored: Any, expected: Any, prefix: str = "") -> list[str]:
     for i, (a, b) in enumerate(zip(stored, expected)):
       lines.extend(fingerprint_diff(a, b, f"{prefix}[{i}]"))
     return lines
-  if _same_json(stored, expected):
+  if same_value(stored, expected):
     return []
   return [f"{where}: bank has {stored!r}, expected {expected!r}"]
 
